@@ -1,0 +1,29 @@
+# Two commands do all set-up on a fresh machine (see README.md):
+#   make demo   — runs the main job on an embedded default (no services; CPU is fine)
+#   make test   — runs the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch/torchvision are pinned here only to the releases this machine serves from its disk;
+# the package itself declares ranges (pyproject.toml).
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test install proto clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/ctp-datagen demo --out out/demo
+
+test: install
+	$(PY) -m pytest -q -ra
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,1 @@
+"""Datagen replica: decode videos, generate Catch-the-Patch clips, serve them."""

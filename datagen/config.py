@@ -1,0 +1,147 @@
+"""Typed configuration: the CtP generation spec (DESIGN.md §2) and the YAML/override plumbing.
+
+Both sides of the service import this module: the replica generates from a `GenerationConfig` and the
+trainer sends its digest, so a replica never serves samples of a config it was not given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipConfig:
+    num_frames: int = 16
+    strides: tuple[int, ...] = (1, 2, 3, 4, 5)
+    stride_jitter: bool = True  # with stride s > 1 each index gets a jitter from [0, s-1]
+    short_sides: tuple[int, ...] = (112, 128, 144)
+    crop_size: int = 112
+    flip_prob: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class TrajectoryConfig:
+    num_trajectories: int = 3
+    anchor_scales: tuple[float, ...] = (16, 24, 28, 32, 48, 64)
+    aspect_ratios: tuple[float, ...] = (0.5, 0.67, 0.75, 1.0, 1.33, 1.5, 2.0)
+    size_jitter: float = 0.18  # w, h each multiplied by exp(U(-j, j))
+    inner_keyframe_probs: tuple[float, ...] = (0.5, 0.3, 0.2)  # P(n = 0, 1, 2 inner key frames)
+    max_speed: float = 3.0  # centre motion, px per frame per axis
+    max_scale_rate: float = 0.025  # log size change per frame
+    interpolation_probs: tuple[float, float, float] = (0.7, 0.15, 0.15)  # uniform, accelerate, decelerate
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchConfig:
+    shape_probs: tuple[float, float, float] = (0.5, 0.35, 0.15)  # rectangle, ellipse, rhombus
+    soft_edge_prob: float = 0.5
+    soft_edge_start: tuple[float, float] = (0.30, 0.45)  # d0 ~ U(a, b); the border is at 0.5
+    opacity: tuple[float, float] = (0.8, 1.0)
+    invisible_prob: float = 0.2  # masked region model (MRM)
+    large_first: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class ColourConfig:
+    hue_sat_prob: float = 0.25
+    hue_shift: float = 12.0  # on the 0-180 hue scale
+    saturation_log: float = 0.1
+    brightness_prob: float = 0.5
+    brightness: float = 30.0
+    contrast_prob: float = 0.5
+    contrast_log: float = 0.12
+    inner_keyframe_probs: tuple[float, ...] = (0.7, 0.3)
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationConfig:
+    """Everything that decides a sample besides its key and the video list."""
+
+    clip: ClipConfig = ClipConfig()
+    trajectory: TrajectoryConfig = TrajectoryConfig()
+    patch: PatchConfig = PatchConfig()
+    colour: ColourConfig = ColourConfig()
+    version: int = 1  # bumped whenever the same key would give a different sample
+
+    def digest(self) -> str:
+        """A short stable hash: replicas and trainers agree on a config by comparing digests."""
+        blob = json.dumps(to_dict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Nested dataclass → plain dict (tuples become lists), ready for YAML or JSON."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+    """Plain dict → dataclass `cls`, converting nested dataclasses and tuples; unknown keys are errors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}")
+    kwargs = {name: _convert(hints[name], value, f"{cls.__name__}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        if not isinstance(value, dict):
+            raise ValueError(f"{where}: expected a mapping, got {value!r}")
+        return from_dict(hint, value)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(hint)
+        item = args[0] if args else Any
+        return tuple(_convert(item, v, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(args[0], value, where)
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, bool, str) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, returning a new dict."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        path, raw = item.split("=", 1)
+        node = data
+        *parents, leaf = path.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p!r} is not a section")
+        node[leaf] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Defaults ← YAML file ← command-line overrides, validated into `cls`."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{path}: the top level must be a mapping")
+        data = loaded
+    return from_dict(cls, apply_overrides(data, overrides or []))

@@ -1,0 +1,1 @@
+"""Trainer: the CtP model and loss, pretraining, downstream protocols, and the datagen client."""
