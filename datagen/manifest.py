@@ -1,0 +1,238 @@
+"""Video probing and the manifest: which videos a run may use, and the trustworthy facts about each.
+
+A frame index means the same thing everywhere in the project: the i-th picture a full decode outputs.
+Container metadata sometimes disagrees with that (HMDB-51 AVIs carry placeholder chunks and malformed
+headers), so frame counts come from demuxing, which is cheap, counting only packets that carry a picture.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import av
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"})
+MANIFEST_FORMAT = "ctp-video-manifest"
+MANIFEST_VERSION = 1
+
+# AVI files from DivX/Xvid hold 'dropped frame' placeholder chunks (one byte) that decode to nothing; a real
+# MPEG-4 Part 2 picture, even a not-coded one that repeats the previous frame, starts with a VOP start code.
+_PICTURE_START_CODES = {"mpeg4": b"\x00\x00\x01\xb6"}
+
+
+@dataclasses.dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    num_frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str  # FFmpeg's codec name: h264, hevc, mpeg4, vp8, vp9, mjpeg, av1, ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Rejected:
+    path: str
+    reason: str
+
+
+class VideoError(Exception):
+    """A video that cannot be used; `reason` is what a user reads in reports and manifests."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+def open_video(path: str | os.PathLike[str]) -> av.container.InputContainer:
+    """Open a container tolerantly (malformed metadata is common in HMDB-51) or raise `VideoError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise VideoError(path, "empty file (0 bytes)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise VideoError(path, f"not a readable video container ({exc.strerror or exc})") from exc
+    if not container.streams.video:
+        container.close()
+        raise VideoError(path, "no video stream")
+    return container
+
+
+def picture_packets(container: av.container.InputContainer) -> Iterator[av.Packet]:
+    """Demux the first video stream, yielding only packets that decode to a picture (in decode order)."""
+    stream = container.streams.video[0]
+    start_code = _PICTURE_START_CODES.get(stream.codec_context.name)
+    for packet in container.demux(stream):
+        if packet.size and (start_code is None or start_code in bytes(packet)):
+            yield packet
+
+
+def probe(path: str | os.PathLike[str]) -> VideoInfo:
+    """Frame count, fps, size and codec of a video; raises `VideoError` with the reason it is unusable.
+
+    One demux pass counts picture packets; only the first picture is decoded, to prove the codec works
+    and to read the true frame size.
+    """
+    with open_video(path) as container:
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        first = None
+        count = 0
+        try:
+            for packet in picture_packets(container):
+                count += 1
+                if first is None:
+                    frames = packet.decode()
+                    first = frames[0] if frames else None
+            if first is None and count:
+                first = next(iter(stream.codec_context.decode(None)), None)  # flush a decoder that buffers
+        except av.error.FFmpegError as exc:
+            raise VideoError(path, f"corrupt {codec} stream ({exc.strerror or exc})") from exc
+        if first is None:
+            raise VideoError(path, f"no decodable frame ({count} {codec} packets)")
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+    return VideoInfo(str(path), count, fps, first.width, first.height, codec)
+
+
+def find_videos(root: str | os.PathLike[str]) -> list[Path]:
+    """Video files under a folder (by extension), or the file itself; sorted."""
+    root = Path(root)
+    if root.is_dir():
+        return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
+    return [root]
+
+
+def index_videos(
+    paths: Iterable[str | os.PathLike[str]], min_frames: int = 16, progress: bool = False, workers: int = 4
+) -> tuple[list[VideoInfo], list[Rejected]]:
+    """Probe files and folders; every unusable video becomes a `Rejected` with its reason, never an error."""
+    files = sorted({f for p in paths for f in find_videos(p)})
+
+    def check(path: Path) -> VideoInfo | Rejected:
+        try:
+            info = probe(path)
+        except VideoError as exc:
+            return Rejected(str(path), exc.reason)
+        if info.num_frames < min_frames:
+            return Rejected(str(path), f"too short: {info.num_frames} frames < {min_frames}")
+        return info
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # FFmpeg releases the GIL while demuxing
+        results = list(tqdm(pool.map(check, files), total=len(files), desc="probing", unit="video", disable=not progress))
+    videos = [r for r in results if isinstance(r, VideoInfo)]
+    rejected = [r for r in results if isinstance(r, Rejected)]
+    return videos, rejected
+
+
+def write_manifest(path: str | os.PathLike[str], videos: Sequence[VideoInfo], rejected: Sequence[Rejected] = ()) -> None:
+    """A versioned, human-readable JSON manifest. Videos under the manifest's folder are stored relative to
+    it, so a dataset folder can move (or be mounted elsewhere) together with its manifest."""
+    path = Path(path)
+    base = path.resolve().parent
+
+    def rel(p: str) -> str:
+        resolved = Path(p).resolve()
+        return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(resolved)
+
+    doc = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "videos": [dataclasses.asdict(v) | {"path": rel(v.path)} for v in videos],
+        "rejected": [dataclasses.asdict(r) | {"path": rel(r.path)} for r in rejected],
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.replace(path)  # readers never see a half-written manifest
+
+
+def read_manifest(path: str | os.PathLike[str]) -> tuple[list[VideoInfo], list[Rejected]]:
+    """Load a manifest written by `write_manifest`; paths come back absolute."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable manifest ({exc})") from exc
+    if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
+        raise ValueError(f"{path}: not a {MANIFEST_FORMAT} file; create one with `ctp-datagen index ROOT --out {path}`")
+    if doc.get("version") != MANIFEST_VERSION:
+        raise ValueError(f"{path}: manifest version {doc.get('version')} is not supported (expected {MANIFEST_VERSION}); re-run `ctp-datagen index`")
+    base = path.resolve().parent
+    try:
+        videos = [VideoInfo(**(v | {"path": str(base / v["path"])})) for v in doc["videos"]]
+        rejected = [Rejected(**(r | {"path": str(base / r["path"])})) for r in doc.get("rejected", [])]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: malformed manifest entry ({exc})") from exc
+    return videos, rejected
+
+
+def resolve_videos(paths: Sequence[str | os.PathLike[str]], min_frames: int = 16) -> list[VideoInfo]:
+    """Video files, folders and manifests → the usable videos, sorted by path so every process agrees on the
+    order. Rejected videos are logged, not fatal; an empty result is an error since nothing could run."""
+    found: dict[str, VideoInfo] = {}
+    to_probe: list[str | os.PathLike[str]] = []
+    for p in paths:
+        if Path(p).suffix.lower() == ".json":
+            videos, _ = read_manifest(p)
+            found.update((v.path, v) for v in videos if v.num_frames >= min_frames)
+        else:
+            to_probe.append(p)
+    videos, rejected = index_videos(to_probe, min_frames=min_frames)
+    found.update((v.path, v) for v in videos)
+    for r in rejected:
+        log.warning("skipping %s: %s", r.path, r.reason)
+    if not found:
+        raise ValueError(f"no usable videos in {[str(p) for p in paths]} ({len(rejected)} rejected)")
+    return [found[p] for p in sorted(found)]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The `index` subcommand: probe a dataset once and write its manifest."""
+    parser = subparsers.add_parser("index", help="probe videos and write a manifest (frame counts, fps, size, codec)")
+    parser.add_argument("roots", nargs="+", metavar="ROOT", help="video files or folders (searched recursively)")
+    parser.add_argument("--out", required=True, metavar="MANIFEST", help="manifest JSON file to write")
+    parser.add_argument("--min-frames", type=int, default=16, help="reject videos shorter than this (default 16)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel probes")
+    parser.set_defaults(func=run_index)
+    return parser
+
+
+def run_index(args: argparse.Namespace) -> int:
+    videos, rejected = index_videos(args.roots, min_frames=args.min_frames, progress=True, workers=args.workers)
+    write_manifest(args.out, videos, rejected)
+    print(summary(videos, rejected))
+    print(f"manifest: {args.out}")
+    return 0 if videos else 1
+
+
+def summary(videos: Sequence[VideoInfo], rejected: Sequence[Rejected]) -> str:
+    """A small table: accepted videos per codec, rejected videos per reason."""
+    rows = [("accepted", codec, n) for codec, n in sorted(Counter(v.codec for v in videos).items())]
+    rows += [("rejected", reason, n) for reason, n in sorted(Counter(_reason_kind(r.reason) for r in rejected).items())]
+    width = max([len(r[1]) for r in rows] + [6])
+    lines = [f"{'status':<9} {'codec / reason':<{width}} {'videos':>6}"]
+    lines += [f"{status:<9} {what:<{width}} {n:>6}" for status, what, n in rows]
+    lines.append(f"{'total':<9} {'':<{width}} {len(videos) + len(rejected):>6}")
+    return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons by their leading words ('too short: 12 frames < 16' → 'too short')."""
+    return reason.split(":")[0].split(" (")[0]
