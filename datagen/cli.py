@@ -1,0 +1,150 @@
+"""`ctp-datagen`: index videos, preview and export generated samples, benchmark, and serve them."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import manifest
+from .config import GenerationConfig, load_config
+
+DEMO_DIR = Path("out/demo-videos")
+
+
+def add_generation_args(parser: argparse.ArgumentParser, videos_required: bool = True) -> None:
+    """Options every generating command shares: inputs, spec config, device and decoder."""
+    parser.add_argument("--videos", nargs="+", required=videos_required, metavar="PATH",
+                        help="video files, folders (searched recursively) or manifest JSON files")
+    parser.add_argument("--config", metavar="YAML", help="generation config (defaults reproduce the paper)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set trajectory.num_trajectories=1 (repeatable)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where generation runs (default: cuda when available)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "dali", "pyav"),
+                        help="decoder: auto picks DALI on GPU, DALI-CPU for VP8/VP9/MJPEG and PyAV otherwise")
+
+
+def make_generator(args: argparse.Namespace):
+    from .decode import Decoder
+    from .generator import Generator
+
+    config = load_config(GenerationConfig, args.config, args.overrides)
+    videos = manifest.resolve_videos(args.videos, min_frames=1)
+    return Generator(videos, config, args.device, Decoder(args.device, args.backend))
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from .preview import render_preview
+
+    generator = make_generator(args)
+    batch = generator.generate([(args.seed, args.epoch, args.start + i) for i in range(args.num)])
+    grid, gif = render_preview(batch, args.out)
+    print(f"preview of {len(batch)} clips: {grid} and {gif}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    generator = make_generator(args)
+    keys = [(args.seed, args.epoch, args.start + i) for i in range(args.num)]
+    parts = [generator.generate(keys[i : i + args.batch_size]) for i in range(0, len(keys), args.batch_size)]
+    from .batch import Batch
+
+    batch = Batch.cat(parts).to("cpu")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, clips=batch.clips.numpy(), boxes=batch.boxes.numpy(),
+                        visible=batch.visible.numpy(), keys=batch.keys.numpy())
+    print(f"wrote {len(batch)} samples with keys ({args.seed}, {args.epoch}, {args.start}..{args.start + args.num - 1}) to {args.out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import format_table, run_bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = make_generator(args)
+    rows = run_bench(generator, batch_size=args.batch_size, repeats=args.repeats)
+    print(format_table(rows, f"device={generator.device} backend={args.backend} batch={args.batch_size} "
+                             f"threads={torch.get_num_threads()} videos={len(generator.videos)}"))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The embedded default: synthesise demo videos, then preview generated clips from them."""
+    from .demo import synthesize_demo
+
+    paths = synthesize_demo(args.videos_dir)
+    print(f"demo input: {len(paths)} synthetic videos in {args.videos_dir}")
+    args.videos = [str(args.videos_dir)]
+    return cmd_preview(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ctp-datagen", description=__doc__,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    manifest.add_parser(sub)
+
+    def keyed(p: argparse.ArgumentParser, num: int) -> None:
+        p.add_argument("--num", type=int, default=num, help="number of samples")
+        p.add_argument("--seed", type=int, default=0, help="run seed (first word of every sample key)")
+        p.add_argument("--epoch", type=int, default=0, help="epoch (second word of the key)")
+        p.add_argument("--start", type=int, default=0, help="first sample index (third word of the key)")
+
+    p = sub.add_parser("preview", help="PNG grid + animated GIF of generated clips with their boxes",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_generation_args(p)
+    keyed(p, 8)
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for grid.png and clips.gif")
+    p.set_defaults(func=cmd_preview)
+
+    p = sub.add_parser("sample", help="export samples (S, E, I..I+N-1) to an .npz file",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_generation_args(p)
+    keyed(p, 16)
+    p.add_argument("--batch-size", type=int, default=32, help="samples generated at once")
+    p.add_argument("--out", required=True, metavar="FILE.npz", help="clips (N,T,H,W,3) uint8, boxes (N,K,T,4), visible (N,K,T), keys (N,3)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("bench", help="clips/s and frames/s of decode, generation and end to end",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_generation_args(p)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("demo", help="synthesise demo videos and preview generated clips (no download, no services)",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_generation_args(p, videos_required=False)
+    keyed(p, 8)
+    p.add_argument("--videos-dir", type=Path, default=DEMO_DIR, help="where the demo videos are written")
+    p.add_argument("--out", default="out/demo", metavar="DIR", help="folder for grid.png and clips.gif")
+    p.set_defaults(func=cmd_demo)
+
+    try:
+        from .service.cli import add_parsers as add_service_parsers
+    except ImportError:  # the service extras are part of the package; this only guards partial checkouts
+        add_service_parsers = None
+    if add_service_parsers is not None:
+        add_service_parsers(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ctp-datagen {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
