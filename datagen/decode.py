@@ -23,11 +23,13 @@ class VideoDecodeError(VideoError):
 
 
 class PyAVDecoder:
-    """CPU decoding through FFmpeg. Keeps a bounded cache of each video's key frame positions."""
+    """CPU decoding through FFmpeg: seek to the last key frame at or before the clip, decode forward only as
+    far as its last frame. Keeps a bounded cache of each video's key frame positions."""
 
     def __init__(self, cache_size: int = 4096):
-        self._keyframes: collections.OrderedDict[str, dict[int, int]] = collections.OrderedDict()
+        self._seek_points: collections.OrderedDict[str, dict[int, int]] = collections.OrderedDict()
         self._cache_size = cache_size
+        self.frames_decoded = 0  # pictures FFmpeg decoded, needed or not: the cost of seeking imprecisely
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> np.ndarray:
         """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame."""
@@ -36,8 +38,10 @@ class PyAVDecoder:
             return np.zeros((0, video.height, video.width, 3), np.uint8)
         needed = np.unique(wanted)
         try:
-            with open_video(video.path) as container:
-                frames = self._read(container, video, needed)
+            frames = self._read(video, needed, self._seek_point(video.path, int(needed[0])))
+            if frames is None:  # the seek landed elsewhere: from now on this video is decoded from its start
+                self._seek_points[video.path] = {}
+                frames = self._read(video, needed, None)
         except VideoError as exc:
             raise VideoDecodeError(exc.path, exc.reason) from None
         except av.error.FFmpegError as exc:
@@ -47,62 +51,70 @@ class PyAVDecoder:
         last = max(frames)
         return np.stack([frames[min(int(i), last)] for i in wanted])
 
-    def _read(self, container: av.container.InputContainer, video: VideoInfo, needed: np.ndarray) -> dict[int, np.ndarray]:
-        """Frames at the `needed` (sorted, unique) indices, plus the last one decoded if the video ends early."""
-        stream = container.streams.video[0]
-        keyframes = self._keyframe_index(video.path, container)
-        start_ts, position = max(((ts, f) for ts, f in keyframes.items() if f <= needed[0]), key=lambda kf: kf[1])
-        if position > 0:
-            container.seek(start_ts, backward=True, any_frame=False, stream=stream)
+    def _read(self, video: VideoInfo, needed: np.ndarray, seek: tuple[int, int] | None) -> dict[int, np.ndarray] | None:
+        """Frames at the `needed` (sorted, unique) indices, plus the last one decoded if the video ends early;
+        None if seeking to `seek` = (key frame timestamp, its frame index) did not land on that key frame."""
         frames: dict[int, np.ndarray] = {}
         last: tuple[int, av.VideoFrame] | None = None
-        target = iter(needed.tolist())
-        want = next(target)
-        started = position == 0
-        for packet in container.demux(stream):
-            if not started:  # the seek may land on another key frame: find out which one
-                position = keyframes.get(_timestamp(packet), -1)
-                if position < 0 or position > needed[0]:
-                    return self._read_from_start(container, video, needed)
-                started = True
-            for frame in packet.decode():
-                if want == position:
-                    frames[position] = _to_rgb(frame, video)
-                    want = next(target, None)
-                last = (position, frame)
-                position += 1
-            if want is None:
-                return frames
+        targets = iter(needed.tolist())
+        want = next(targets)
+        with open_video(video.path) as container:
+            stream = container.streams.video[0]
+            position = 0
+            if seek is not None:
+                container.seek(seek[0], backward=True, any_frame=False, stream=stream)
+                position = seek[1]
+            leading = seek is not None  # an open GOP's leading pictures precede its key frame; skip them
+            for count, packet in enumerate(container.demux(stream)):
+                if seek is not None and count == 0 and _timestamp(packet) != seek[0]:
+                    return None
+                for frame in packet.decode():
+                    self.frames_decoded += 1
+                    if leading and not frame.key_frame:
+                        continue
+                    leading = False
+                    if position == want:
+                        frames[position] = _to_rgb(frame, video)
+                        want = next(targets, None)
+                    last = (position, frame)
+                    position += 1
+                if want is None:
+                    return frames
+        if leading:
+            return None
         if last is not None and last[0] not in frames:  # the video ended early: keep its last frame for clamping
             frames[last[0]] = _to_rgb(last[1], video)
         return frames
 
-    def _read_from_start(self, container: av.container.InputContainer, video: VideoInfo, needed: np.ndarray) -> dict[int, np.ndarray]:
-        container.seek(0, backward=True, any_frame=False, stream=container.streams.video[0])
-        self._keyframes[video.path] = {_NO_SEEK: 0}  # this video's seeks are unreliable: always start over
-        return self._read(container, video, needed)
-
-    def _keyframe_index(self, path: str, container: av.container.InputContainer) -> dict[int, int]:
-        """Key frame timestamp → frame index of that key frame, from one demux pass (no decoding)."""
-        if path in self._keyframes:
-            self._keyframes.move_to_end(path)
-            return self._keyframes[path]
-        index = {_NO_SEEK: 0}
-        for position, packet in enumerate(picture_packets(container)):
-            if packet.is_keyframe and position > 0:
-                index.setdefault(_timestamp(packet), position)
-        container.seek(0, backward=True, any_frame=False, stream=container.streams.video[0])
-        self._keyframes[path] = index
-        while len(self._keyframes) > self._cache_size:
-            self._keyframes.popitem(last=False)
-        return index
+    def _seek_point(self, path: str, first: int) -> tuple[int, int] | None:
+        """The last key frame at or before frame `first` as (timestamp, frame index); None: from the start."""
+        if path not in self._seek_points:
+            self._seek_points[path] = _key_frames(path)
+            while len(self._seek_points) > self._cache_size:
+                self._seek_points.popitem(last=False)
+        self._seek_points.move_to_end(path)
+        before = [(index, ts) for ts, index in self._seek_points[path].items() if 0 < index <= first]
+        return max(before)[::-1] if before else None
 
 
-_NO_SEEK = -(2**62)  # key of frame 0 in a key frame index: decode from the start, no seek
+def _key_frames(path: str) -> dict[int, int]:
+    """Key frame timestamp → frame index of that key frame, from one demux pass (no decoding).
+
+    The frame index of a key frame is the number of pictures shown before it: those with a smaller
+    presentation timestamp (an open GOP shows some pictures decoded after its key frame before it).
+    """
+    with open_video(path) as container:
+        packets = [(p.pts, _timestamp(p), p.is_keyframe) for p in picture_packets(container)]
+    pts = [p for p, _, _ in packets]
+    if None in pts:  # no presentation order to go by: assume display order is decode order
+        pts = list(range(len(packets)))
+    shown_before = np.searchsorted(np.sort(pts), pts)
+    return {ts: int(shown_before[i]) for i, (_, ts, key) in enumerate(packets) if key and i > 0 and ts is not None}
 
 
-def _timestamp(packet: av.Packet) -> int:
-    return packet.dts if packet.dts is not None else packet.pts if packet.pts is not None else _NO_SEEK + 1
+def _timestamp(packet: av.Packet) -> int | None:
+    """What FFmpeg seeks by: the presentation timestamp (MP4, WebM; in AVI it equals the frame number)."""
+    return packet.pts if packet.pts is not None else packet.dts
 
 
 def _to_rgb(frame: av.VideoFrame, video: VideoInfo) -> np.ndarray:
