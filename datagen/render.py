@@ -48,82 +48,103 @@ def rescale_crop_flip(frames: torch.Tensor, plan: SamplePlan, crop_size: int) ->
 def composite_patches(clips: torch.Tensor, clean: torch.Tensor, plans: Sequence[SamplePlan]) -> None:
     """Paste every trajectory's patch into `clips` (B, T, S, S, 3) float, in place; patches come from `clean`."""
     b, t, h, w, _ = clips.shape
-    device = clips.device
-    num_traj = plans[0].patches.boxes.shape[0]
     flat_out, flat_src = clips.view(-1, 3), clean.view(-1, 3)
-    for step in range(num_traj):
-        traj = [p.patches.order[step] for p in plans]
-        boxes = np.stack([p.patches.boxes[k] for p, k in zip(plans, traj)])  # B, T, 4
-        src_frame = np.array([p.patches.source_frame[k] for p, k in zip(plans, traj)])
-        src_box = boxes[np.arange(b), src_frame]  # B, 4
-        visible = np.stack([p.patches.visible[k] for p, k in zip(plans, traj)])
-        opacity = np.stack([p.patches.opacity[k] for p, k in zip(plans, traj)])
-        shape = np.array([p.patches.shape[k] for p, k in zip(plans, traj)])
-        soft = np.array([p.patches.soft_start[k] for p, k in zip(plans, traj)])
+    for step in range(plans[0].patches.boxes.shape[0]):
+        boxes = _paste_step_boxes(plans, step, t, h, w)
+        if boxes is None:
+            continue
+        ints, floats = boxes[0].to(clips.device), boxes[1].to(clips.device)
+        count = ints[:, 2] * ints[:, 3]
+        # One row per pixel of every pasted box: the box's parameters and the pixel's place inside it.
+        x1, y1, bw, bh, src_base, dst_base = torch.repeat_interleave(ints, count, dim=0).unbind(1)
+        sx1, sy1, sx2, sy2, shape, soft, opacity = torch.repeat_interleave(floats, count, dim=0).unbind(1)
+        first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        local = torch.arange(first.numel(), device=clips.device) - first
+        py = torch.div(local, bw, rounding_mode="floor")
+        px = local - py * bw
+        u = (px.float() + 0.5) / bw.float()  # pixel centre, normalised to the box
+        v = (py.float() + 0.5) / bh.float()
 
-        # One entry per (sample, frame) box that is pasted; invisible frames are skipped outright.
-        bi, ti = np.nonzero(visible)
-        box = torch.from_numpy(boxes[bi, ti]).to(device)
-        sbox = torch.from_numpy(src_box[bi]).to(device)
-        bw, bh = (box[:, 2] - box[:, 0]).long(), (box[:, 3] - box[:, 1]).long()
-        count = bw * bh
-        owner = torch.repeat_interleave(torch.arange(len(bi), device=device), count)
-        local = torch.arange(owner.numel(), device=device) - (torch.cumsum(count, 0) - count)[owner]
-        bw_o = bw[owner]
-        py, px = local // bw_o, local % bw_o
+        alpha = patch_alpha(u, v, shape, soft) * opacity
+        sx = torch.clamp(sx1 + u * (sx2 - sx1) - 0.5, sx1, sx2 - 1)
+        sy = torch.clamp(sy1 + v * (sy2 - sy1) - 0.5, sy1, sy2 - 1)
+        patch = _bilinear(flat_src, src_base, sy, sx, sy2, sx2, w)
 
-        # Normalised position inside the box (pixel centres), the alpha shape and the source sample point.
-        u = (px + 0.5) / bw_o
-        v = (py + 0.5) / bh[owner]
-        dx, dy = (u - 0.5).abs(), (v - 0.5).abs()
-        shape_o = torch.from_numpy(shape[bi]).to(device)[owner]
-        dist = torch.where(shape_o == ELLIPSE, torch.hypot(dx, dy), torch.where(shape_o == RHOMBUS, dx + dy, torch.maximum(dx, dy)))
-        d0 = torch.from_numpy(soft[bi]).to(device)[owner]
-        hard = (dist < 0.5).to(dist.dtype)
-        alpha = torch.where(d0 >= 0.5, hard, ((0.5 - dist) / (0.5 - d0).clamp_min(1e-6)).clamp(0.0, 1.0))
-        alpha = (alpha * torch.from_numpy(opacity[bi, ti]).to(device)[owner]).float().unsqueeze(1)
-
-        sb = sbox[owner]
-        sx = (sb[:, 0] + u * (sb[:, 2] - sb[:, 0]) - 0.5).clamp(sb[:, 0], sb[:, 2] - 1)
-        sy = (sb[:, 1] + v * (sb[:, 3] - sb[:, 1]) - 0.5).clamp(sb[:, 1], sb[:, 3] - 1)
-        src_base = (torch.from_numpy(bi * t + src_frame[bi]).to(device)[owner]) * (h * w)
-        patch = _bilinear(flat_src, src_base, sy, sx, sb, w)
-
-        dst = (torch.from_numpy(bi * t + ti).to(device)[owner]) * (h * w) + (box[owner, 1].long() + py) * w + box[owner, 0].long() + px
-        under = flat_out[dst]
-        flat_out[dst] = under + (patch - under) * alpha
+        dst = dst_base + (y1 + py) * w + x1 + px
+        flat_out.index_copy_(0, dst, torch.lerp(flat_out.index_select(0, dst), patch, alpha.unsqueeze(1)))
 
 
-def _bilinear(flat: torch.Tensor, base: torch.Tensor, y: torch.Tensor, x: torch.Tensor, box: torch.Tensor, width: int) -> torch.Tensor:
-    """Bilinear samples of (N, 3) pixels at (y, x), staying inside each source box (the patch is its crop)."""
+def _paste_step_boxes(plans: Sequence[SamplePlan], step: int, t: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per pasted (sample, frame) box of paste step `step`: integer and float parameters, as two tensors."""
+    ints, floats = [], []
+    for i, plan in enumerate(plans):
+        p = plan.patches
+        k = p.order[step]
+        frames = np.nonzero(p.visible[k])[0]
+        box = p.boxes[k, frames]
+        j = p.source_frame[k]
+        src = np.broadcast_to(p.boxes[k, j], (len(frames), 4))
+        ints.append(np.stack([box[:, 0], box[:, 1], box[:, 2] - box[:, 0], box[:, 3] - box[:, 1],
+                              np.full(len(frames), (i * t + j) * h * w), (i * t + frames) * h * w], 1))
+        floats.append(np.concatenate([src, np.broadcast_to([[p.shape[k], p.soft_start[k]]], (len(frames), 2)),
+                                      p.opacity[k, frames, None]], 1))
+    ints_np = np.concatenate(ints)
+    if not len(ints_np):
+        return None
+    return torch.from_numpy(ints_np.astype(np.int64)), torch.from_numpy(np.concatenate(floats).astype(np.float32))
+
+
+def patch_alpha(u: torch.Tensor, v: torch.Tensor, shape: torch.Tensor, soft_start: torch.Tensor) -> torch.Tensor:
+    """Alpha at normalised box positions (u, v): the shape's distance d, 1 inside 0.5 (soft from d0 on)."""
+    dx, dy = (u - 0.5).abs(), (v - 0.5).abs()
+    dist = torch.where(shape == ELLIPSE, torch.hypot(dx, dy), torch.where(shape == RHOMBUS, dx + dy, torch.maximum(dx, dy)))
+    soft = ((0.5 - dist) / (0.5 - soft_start).clamp_min(1e-6)).clamp_(0.0, 1.0)
+    return torch.where(soft_start >= 0.5, (dist < 0.5).float(), soft)
+
+
+def _bilinear(flat: torch.Tensor, base: torch.Tensor, y: torch.Tensor, x: torch.Tensor, y_end: torch.Tensor, x_end: torch.Tensor, width: int) -> torch.Tensor:
+    """Bilinear samples of (N, 3) pixels at (y, x), never reading past the source box's far edges."""
     y0, x0 = y.floor(), x.floor()
-    fy, fx = (y - y0).float().unsqueeze(1), (x - x0).float().unsqueeze(1)
-    y0, x0 = y0.long(), x0.long()
-    y1 = torch.minimum(y0 + 1, box[:, 3].long() - 1)
-    x1 = torch.minimum(x0 + 1, box[:, 2].long() - 1)
-    top = flat[base + y0 * width + x0] * (1 - fx) + flat[base + y0 * width + x1] * fx
-    bottom = flat[base + y1 * width + x0] * (1 - fx) + flat[base + y1 * width + x1] * fx
-    return top * (1 - fy) + bottom * fy
+    fy, fx = (y - y0).unsqueeze(1), (x - x0).unsqueeze(1)
+    row0 = base + y0.long() * width
+    row1 = base + torch.minimum(y0 + 1, y_end - 1).long() * width
+    x0l, x1l = x0.long(), torch.minimum(x0 + 1, x_end - 1).long()
+    def at(index: torch.Tensor) -> torch.Tensor:
+        return flat.index_select(0, index)
+
+    top = torch.lerp(at(row0 + x0l), at(row0 + x1l), fx)
+    bottom = torch.lerp(at(row1 + x0l), at(row1 + x1l), fx)
+    return torch.lerp(top, bottom, fy)
 
 
 def apply_colour(clips: torch.Tensor, plans: Sequence[SamplePlan]) -> torch.Tensor:
-    """Hue/saturation (where drawn), then per-frame brightness and contrast; clipped after each step."""
+    """Hue/saturation, then per-frame brightness, then contrast, each only on the clips that drew it;
+    values are clipped to [0, 255] after each step."""
     device = clips.device
-    hs = [i for i, p in enumerate(plans) if p.colour.hue_saturation]
-    if hs:
-        idx = torch.tensor(hs, device=device)
-        hue = torch.tensor([plans[i].colour.hue_shift for i in hs], device=device, dtype=torch.float32)
-        sat = torch.tensor([plans[i].colour.saturation for i in hs], device=device, dtype=torch.float32)
-        clips[idx] = shift_hue_saturation(clips[idx], hue, sat)
-    brightness = torch.from_numpy(np.stack([p.colour.brightness for p in plans])).to(device, torch.float32)
-    contrast = torch.from_numpy(np.stack([p.colour.contrast for p in plans])).to(device, torch.float32)
-    clips = (clips + brightness[:, :, None, None, None]).clamp_(0, 255)
-    # Contrast pivots on each frame's mean grey level; accumulated in float64 so the result does not
-    # depend on how the reduction is split across threads or batch sizes.
-    grey = (clips.double() * clips.new_tensor([0.299, 0.587, 0.114], dtype=torch.float64)).sum(-1)
-    mean = grey.mean(dim=(2, 3)).float()[:, :, None, None, None]
-    factor = contrast[:, :, None, None, None]
-    return ((clips - mean) * factor + mean).clamp_(0, 255)
+
+    def where_drawn(drawn: Sequence[bool]) -> torch.Tensor | None:
+        chosen = [i for i, d in enumerate(drawn) if d]
+        return torch.tensor(chosen, device=device) if chosen else None
+
+    if (idx := where_drawn([p.colour.hue_saturation for p in plans])) is not None:
+        hue = torch.tensor([plans[i].colour.hue_shift for i in idx.tolist()], device=device, dtype=torch.float32)
+        sat = torch.tensor([plans[i].colour.saturation for i in idx.tolist()], device=device, dtype=torch.float32)
+        clips[idx] = shift_hue_saturation(clips[idx], hue, sat).clamp_(0, 255)
+    if (idx := where_drawn([bool(p.colour.brightness.any()) for p in plans])) is not None:
+        offset = torch.from_numpy(np.stack([plans[i].colour.brightness for i in idx.tolist()])).to(device, torch.float32)
+        clips[idx] = (clips[idx] + offset[:, :, None, None, None]).clamp_(0, 255)
+    if (idx := where_drawn([bool((p.colour.contrast != 1).any()) for p in plans])) is not None:
+        factor = torch.from_numpy(np.stack([plans[i].colour.contrast for i in idx.tolist()])).to(device, torch.float32)
+        clips[idx] = adjust_contrast(clips[idx], factor)
+    return clips
+
+
+def adjust_contrast(clips: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale (N, T, H, W, 3) about each frame's mean grey level by factor (N, T). The mean is summed in
+    float64 so that it does not depend on how the reduction is split across threads or batch sizes."""
+    grey = clips[..., 0] * 0.299 + clips[..., 1] * 0.587 + clips[..., 2] * 0.114
+    mean = (grey.sum(dim=(2, 3), dtype=torch.float64) / (grey.shape[2] * grey.shape[3])).float()[:, :, None, None, None]
+    return ((clips - mean) * factor[:, :, None, None, None] + mean).clamp_(0, 255)
 
 
 def shift_hue_saturation(rgb: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor) -> torch.Tensor:
