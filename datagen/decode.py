@@ -2,7 +2,9 @@
 
 Backends: DALI (`mixed`/NVDEC on a GPU; its CPU decoder handles VP8/VP9/MJPEG only) and PyAV (CPU, any
 codec FFmpeg decodes). Frame i is the i-th picture a full decode outputs (see datagen/manifest.py), which
-PyAV reaches by seeking to the last key frame at or before the clip and decoding forward.
+PyAV reaches by seeking to the last key frame at or before the clip and decoding forward. PyAV's pictures
+are converted to RGB the way DALI converts them (BT.601, bilinear chroma), so both backends give the same
+pixels (within 1 level) and a sample does not depend on which replica decoded it.
 """
 from __future__ import annotations
 
@@ -10,12 +12,15 @@ import collections
 from collections.abc import Sequence
 
 import av
+import cv2
 import numpy as np
 import torch
 
 from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
 
 BACKENDS = ("auto", "dali", "pyav")
+DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+DALI_GPU_CODECS = DALI_CPU_CODECS | {"av1", "mpeg4", "h264", "hevc"}  # NVDEC through DALI's `mixed` backend
 
 
 class VideoDecodeError(VideoError):
@@ -118,40 +123,162 @@ def _timestamp(packet: av.Packet) -> int | None:
 
 
 def _to_rgb(frame: av.VideoFrame, video: VideoInfo) -> np.ndarray:
-    """RGB at the probed size (a stream that changes resolution mid-way is scaled back to it)."""
+    """(H, W, 3) uint8 RGB at the probed size (a stream that changes resolution is scaled back to it)."""
+    if frame.format.name in _YUV_8BIT and (frame.width, frame.height) == (video.width, video.height):
+        return yuv_to_rgb(*(np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes),
+                          full_range=frame.color_range == 2)
     return frame.reformat(width=video.width, height=video.height, format="rgb24").to_ndarray()
 
 
-class Decoder:
-    """Chooses a backend per video and returns frames as torch tensors on `device`.
+_YUV_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
+# BT.601 YCbCr → RGB rows (Y, Cb, Cr weights and offset), for limited (MPEG) and full (JPEG) range
+_BT601 = {
+    False: np.array([[1.164383, 0.0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0.0]], np.float32),
+    True: np.array([[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]], np.float32),
+}
 
-    backend="auto": DALI on CUDA; on CPU DALI for VP8/VP9/MJPEG, PyAV for everything else.
+
+def yuv_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool = False) -> np.ndarray:
+    """8-bit planar YCbCr (chroma at any subsampling) → (H, W, 3) uint8 RGB, as DALI's decoder does it:
+    chroma upsampled bilinearly (pixel centres aligned), BT.601, rounded to nearest."""
+    height, width = y.shape
+    planes = [y.astype(np.float32)] + [cv2.resize(c.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR) for c in (cb, cr)]
+    offsets = np.array([0.0 if full_range else 16.0, 128.0, 128.0], np.float32)
+    matrix = _BT601[full_range]
+    transform = np.concatenate([matrix, -(matrix @ offsets)[:, None]], axis=1)
+    rgb = cv2.transform(cv2.merge(planes), transform)
+    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+
+
+class DaliDecoder:
+    """DALI's video decoder, fed the encoded files and each clip's frame indices, a batch at a time.
+
+    On CUDA the `mixed` backend decodes with NVDEC and the frames go from DALI's GPU buffers into torch
+    tensors on the same GPU (a device-to-device copy, no host round trip); on CPU its FFmpeg-based decoder
+    takes VP8/VP9/MJPEG only. The pipeline is built once and reused; after an error DALI declares it
+    invalid, so it is rebuilt.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto"):
+    def __init__(self, device: torch.device, batch_size: int = 8, num_threads: int = 2):
+        self.device = device
+        self.batch_size = batch_size
+        self.num_threads = num_threads
+        self._pipeline = None
+
+    def decode_batch(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor | VideoDecodeError]:
+        results: list[torch.Tensor | VideoDecodeError] = []
+        for start in range(0, len(requests), self.batch_size):
+            chunk = requests[start : start + self.batch_size]
+            try:
+                results += self._run(chunk)
+            except VideoDecodeError:  # one bad video fails DALI's whole batch: find it by decoding one at a time
+                for request in chunk:
+                    try:
+                        results += self._run([request])
+                    except VideoDecodeError as exc:
+                        results.append(exc)
+        return results
+
+    def _run(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor]:
+        encoded, frames = [], []
+        for video, indices in requests:
+            try:
+                encoded.append(np.fromfile(video.path, dtype=np.uint8))
+            except OSError as exc:
+                raise VideoDecodeError(video.path, f"cannot read file ({exc.strerror})") from exc
+            frames.append(np.clip(np.asarray(indices, dtype=np.int32), 0, max(video.num_frames - 1, 0)))
+        pipeline = self._pipeline or self._build()
+        pipeline.feed_input("encoded", encoded)
+        pipeline.feed_input("frames", frames)
+        try:
+            (output,) = pipeline.run()
+        except RuntimeError as exc:
+            self._pipeline = None
+            raise VideoDecodeError(requests[0][0].path, f"DALI could not decode it ({_dali_reason(exc)})") from None
+        return [self._to_torch(output[i]) for i in range(len(requests))]
+
+    def _to_torch(self, tensor) -> torch.Tensor:
+        if self.device.type == "cpu":
+            return torch.from_numpy(np.array(tensor))  # a copy: DALI reuses its output buffers
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        out = torch.empty(tensor.shape(), dtype=torch.uint8, device=self.device)
+        return feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device))
+
+    def _build(self):
+        from nvidia.dali import fn, pipeline_def, types
+
+        gpu = self.device.type == "cuda"
+
+        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, prefetch_queue_depth=1, exec_dynamic=True,
+                      device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None)
+        def clips():
+            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
+            frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
+            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu")
+
+        self._pipeline = clips()
+        self._pipeline.build()
+        return self._pipeline
+
+
+def _dali_reason(exc: RuntimeError) -> str:
+    """The operator's own complaint, without DALI's pipeline traceback."""
+    text = str(exc)
+    detail = text.split("encountered:", 1)[-1].strip().splitlines()
+    line = detail[0] if detail else text
+    return line.split("failed: ", 1)[-1].strip()
+
+
+class Decoder:
+    """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
+
+    backend="auto": DALI where it can decode the codec on this device (on CUDA: NVDEC; on CPU: VP8, VP9,
+    MJPEG), PyAV otherwise. backend="dali" or "pyav" forces one; a video the forced backend cannot decode
+    fails with a VideoDecodeError that says what to do.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int = 8, num_threads: int = 2):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
         self.backend = backend
-        self._pyav = PyAVDecoder()
+        self.pyav = PyAVDecoder()
+        self.dali = DaliDecoder(self.device, batch_size, num_threads)
 
     def backend_for(self, video: VideoInfo) -> str:
-        """The backend that decodes `video` (raises VideoDecodeError when a forced backend cannot)."""
+        """The backend that decodes `video`; raises VideoDecodeError when the forced one cannot."""
+        if self.backend == "pyav":
+            return "pyav"
+        codecs = DALI_GPU_CODECS if self.device.type == "cuda" else DALI_CPU_CODECS
+        if video.codec in codecs:
+            return "dali"
         if self.backend == "dali":
-            raise VideoDecodeError(video.path, "the DALI backend is not available yet; use backend='pyav'")
+            raise VideoDecodeError(video.path, f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
+                                               f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'")
         return "pyav"
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
-        """(len(indices), H, W, 3) uint8 RGB on the decoder's device; raises VideoDecodeError."""
-        self.backend_for(video)
-        return torch.from_numpy(self._pyav.decode(video, indices)).to(self.device)
+        """(len(indices), H, W, 3) uint8 RGB on the decoder's device; raises VideoDecodeError.
+
+        Indices may repeat and come in any order; those past the last decodable frame get that frame."""
+        (result,) = self.decode_many([(video, indices)])
+        if isinstance(result, VideoDecodeError):
+            raise result
+        return result
 
     def decode_many(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor | VideoDecodeError]:
-        """Decode several clips; a bad video yields its VideoDecodeError in place of a tensor, never raises."""
-        results: list[torch.Tensor | VideoDecodeError] = []
-        for video, indices in requests:
+        """Decode several clips (DALI ones batched); a bad video yields its VideoDecodeError, never raises."""
+        results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(requests)
+        batched = []
+        for i, (video, indices) in enumerate(requests):
             try:
-                results.append(self.decode(video, indices))
+                if self.backend_for(video) == "dali":
+                    batched.append(i)
+                else:
+                    results[i] = torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
             except VideoDecodeError as exc:
-                results.append(exc)
+                results[i] = exc
+        for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
+            results[i] = result
         return results

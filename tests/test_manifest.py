@@ -1,0 +1,154 @@
+"""Probing and manifests: trustworthy frame counts on real footage, bad files rejected with reasons."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import av
+import pytest
+
+from datagen import cli
+from datagen.demo import synthesize_demo
+from datagen.manifest import (
+    MANIFEST_VERSION,
+    Rejected,
+    VideoError,
+    index_videos,
+    probe,
+    read_manifest,
+    resolve_videos,
+    write_manifest,
+)
+
+# From ../shared/videos/README.md: what a full decode gives (container metadata disagrees for HMDB-51).
+SHARED = {
+    "ucf101/v_SoccerJuggling_g23_c01.avi": ("mpeg4", 320, 240, 29.97, 240),
+    "ucf101/v_SoccerJuggling_g24_c01.avi": ("mpeg4", 320, 240, 29.97, 251),
+    "hmdb51/hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi": ("mpeg4", 320, 240, 30.0, 83),
+    "hmdb51/SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi": ("mpeg4", 320, 240, 30.0, 74),
+    "hmdb51/TrumanShow_wave_f_nm_np1_fr_med_26.avi": ("mpeg4", 432, 240, 30.0, 48),
+    "hmdb51/RATRACE_wave_f_nm_np1_fr_goo_37.avi": ("mpeg4", 560, 240, 30.0, 72),
+    "kinetics/R6llTwEh07w.mp4": ("h264", 340, 256, 30.0, 303),
+    "kinetics/SOX5yA1l24A.mp4": ("h264", 340, 256, 29.97, 332),
+    "kinetics/WUzgd7C1pWA.mp4": ("h264", 340, 256, 29.97, 327),
+    "misc/basketball.mp4": ("h264", 640, 360, 29.97, 333),
+    "misc/bikes.mp4": ("h264", 640, 272, 25.0, 250),
+    "misc/carphone_pristine.mp4": ("h264", 176, 144, 29.97, 120),
+}
+
+
+def full_decode_count(path) -> int:
+    with av.open(str(path), metadata_errors="ignore") as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+@pytest.mark.parametrize("name", sorted(SHARED))
+def test_probe_of_the_shared_footage_matches_a_full_decode(shared_videos, name):
+    codec, width, height, fps, frames = SHARED[name]
+    info = probe(shared_videos / name)
+    assert (info.codec, info.width, info.height, info.num_frames) == (codec, width, height, frames)
+    assert info.fps == pytest.approx(fps, abs=0.01)
+    assert info.num_frames == full_decode_count(shared_videos / name)
+
+
+def test_hmdb_placeholder_chunks_are_not_counted(shared_videos):
+    """The HMDB file's container claims one frame more than it holds; the probe must not believe it."""
+    path = shared_videos / "hmdb51/hmdb51_Turnk_r_Pippi_Michel_cartwheel_f_cm_np2_le_med_6.avi"
+    with av.open(str(path), metadata_errors="ignore") as container:
+        assert container.streams.video[0].frames == 84
+    assert probe(path).num_frames == 83
+
+
+@pytest.fixture(scope="module")
+def mixed_folder(tmp_path_factory, demo_dir):
+    """Good demo videos next to every kind of bad file a dataset folder can hold."""
+    root = tmp_path_factory.mktemp("mixed")
+    good = sorted(demo_dir.iterdir())
+    for path in good[:3]:
+        shutil.copy(path, root / path.name)
+    mp4 = next(p for p in good if p.suffix == ".mp4").read_bytes()
+    avi = next(p for p in good if p.suffix == ".avi").read_bytes()
+    (root / "empty.mp4").write_bytes(b"")
+    (root / "notes.avi").write_text("these are not the frames you are looking for\n" * 20)
+    (root / "cut_header.mp4").write_bytes(mp4[:2000])  # the moov atom is gone: not a container
+    (root / "half.avi").write_bytes(avi[: len(avi) // 2])  # a truncated AVI still holds decodable frames
+    (root / "README.txt").write_text("not a video extension: never probed")
+    (root / "nested").mkdir()
+    synthesize_demo(root / "nested", num_videos=1, seconds=0.4, codecs=("h264",))  # 10 frames: too short
+    return root
+
+
+def test_index_accepts_good_videos_and_rejects_bad_ones_with_reasons(mixed_folder):
+    videos, rejected = index_videos([mixed_folder], min_frames=16)
+    reasons = {r.path.split("/")[-1]: r.reason for r in rejected}
+    assert reasons["empty.mp4"] == "empty file (0 bytes)"
+    assert reasons["notes.avi"].startswith("not a readable video container")
+    assert reasons["cut_header.mp4"].startswith("not a readable video container")
+    assert reasons["demo_00_h264.mp4"] == "too short: 10 frames < 16"
+    assert len(reasons) == 4
+    names = [v.path.split("/")[-1] for v in videos]
+    assert names == sorted(names) and "README.txt" not in names
+    half = next(v for v in videos if v.path.endswith("half.avi"))
+    assert 16 <= half.num_frames < 75 and half.num_frames == full_decode_count(half.path)
+
+
+@pytest.mark.parametrize("content, reason", [(None, "file not found"), (b"", "empty file (0 bytes)")])
+def test_probe_raises_a_clear_error(tmp_path, content, reason):
+    path = tmp_path / "clip.mp4"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(VideoError) as info:
+        probe(path)
+    assert info.value.reason == reason and info.value.path == str(path)
+
+
+def test_manifest_round_trip_keeps_paths_relative_inside_its_folder(mixed_folder, demo_dir, tmp_path):
+    videos, rejected = index_videos([mixed_folder])
+    outside = resolve_videos([demo_dir])[:1]
+    manifest = mixed_folder / "manifest.json"
+    write_manifest(manifest, videos + outside, rejected)
+    doc = json.loads(manifest.read_text())
+    assert doc["format"] == "ctp-video-manifest" and doc["version"] == MANIFEST_VERSION
+    assert [v["path"] for v in doc["videos"][:-1]] == [Path(v.path).relative_to(mixed_folder).as_posix() for v in videos]
+    assert doc["videos"][-1]["path"] == outside[0].path  # outside the manifest's folder: absolute
+    moved = tmp_path / "moved"
+    shutil.copytree(mixed_folder, moved)  # a dataset folder moves together with its manifest
+    back_videos, back_rejected = read_manifest(moved / "manifest.json")
+    assert [v.num_frames for v in back_videos] == [v.num_frames for v in videos + outside]
+    assert [v.path for v in back_videos] == [str(moved / Path(v.path).relative_to(mixed_folder)) for v in videos] + [outside[0].path]
+    assert back_rejected == [Rejected(str(moved / Path(r.path).relative_to(mixed_folder)), r.reason) for r in rejected]
+
+
+def test_read_manifest_refuses_other_files_and_versions(tmp_path):
+    other = tmp_path / "other.json"
+    other.write_text('{"videos": []}')
+    with pytest.raises(ValueError, match="ctp-datagen index"):
+        read_manifest(other)
+    newer = tmp_path / "newer.json"
+    newer.write_text(json.dumps({"format": "ctp-video-manifest", "version": MANIFEST_VERSION + 1, "videos": []}))
+    with pytest.raises(ValueError, match="not supported"):
+        read_manifest(newer)
+
+
+def test_resolve_videos_merges_files_folders_and_manifests_in_path_order(mixed_folder, demo_dir, tmp_path, caplog):
+    videos, rejected = index_videos([mixed_folder])
+    write_manifest(tmp_path / "m.json", videos[:2], rejected)
+    single = sorted(demo_dir.iterdir())[-1]
+    with caplog.at_level(logging.WARNING):
+        resolved = resolve_videos([str(single), str(tmp_path / "m.json"), str(mixed_folder)])
+    assert [v.path for v in resolved] == sorted({v.path for v in videos} | {str(single)})
+    assert "empty file (0 bytes)" in caplog.text
+    with pytest.raises(ValueError, match="no usable videos"):
+        resolve_videos([str(mixed_folder / "empty.mp4")])
+
+
+def test_index_command_writes_the_manifest_and_prints_a_summary(mixed_folder, tmp_path, capsys):
+    out = tmp_path / "index.json"
+    assert cli.main(["index", str(mixed_folder), "--out", str(out), "--min-frames", "16", "--workers", "2"]) == 0
+    printed = capsys.readouterr().out
+    videos, rejected = read_manifest(out)
+    assert len(videos) == 4 and len(rejected) == 4
+    assert "empty file" in printed and "too short" in printed and "not a readable video container" in printed
+    assert printed.splitlines()[-2].split()[-1] == "8"  # the total row
