@@ -23,7 +23,7 @@ def add_generation_args(parser: argparse.ArgumentParser, videos_required: bool =
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set trajectory.num_trajectories=1 (repeatable)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where generation runs (default: cuda when available)")
+                        help="where generation runs: cuda when available, else cpu")
     parser.add_argument("--backend", default="auto", choices=("auto", "dali", "pyav"),
                         help="decoder: auto picks DALI on GPU, DALI-CPU for VP8/VP9/MJPEG and PyAV otherwise")
 
