@@ -1,0 +1,178 @@
+"""A shared-memory ring of fixed-size slots: clip bytes cross between co-located processes without gRPC.
+
+The client (the consumer) creates the ring and owns it; a replica (the producer) attaches when it sees the
+same segment. Each slot has a state byte that only the producer moves FREE → CLAIMED → FULL and only the
+consumer moves FULL → FREE, so no lock is shared between processes: the descriptor the producer sends on
+the gRPC stream after marking a slot FULL orders the bytes before the consumer reads them. A FULL slot is
+tagged with the stream that filled it, so the consumer can take back slots of streams it abandoned.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import struct
+import sys
+import threading
+import time
+from multiprocessing import resource_tracker
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+import torch
+
+FREE, CLAIMED, FULL = 0, 1, 2
+_MAGIC = b"CTPRING1"
+_HEADER = struct.Struct("<8s16sIQ")  # magic, nonce, number of slots, bytes per slot
+_SLOT = struct.Struct("<B7xQ")  # state, stream id
+_PAGE = 4096
+_created_here: set[str] = set()  # rings this process owns
+
+
+class RingUnreachable(Exception):
+    """The ring cannot be used from this process (another host or IPC namespace, or no room in /dev/shm)."""
+
+
+class ShmRing:
+    """`num_slots` slots of `slot_bytes` each, plus a small header that both sides check."""
+
+    def __init__(self, shm: SharedMemory, num_slots: int, slot_bytes: int, nonce: bytes, owner: bool):
+        self._shm = shm
+        self.num_slots = num_slots
+        self.slot_bytes = slot_bytes
+        self.nonce = nonce
+        self._owner = owner
+        self._data_offset = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE)
+        self._claim_lock = threading.Lock()  # producer threads of one process claim slots one at a time
+
+    @property
+    def name(self) -> str:
+        return self._shm.name
+
+    @classmethod
+    def create(cls, num_slots: int, slot_bytes: int) -> "ShmRing":
+        """A new ring, every page reserved up front so a full /dev/shm fails here and not with SIGBUS later."""
+        slot_bytes = _round_up(slot_bytes, _PAGE)
+        size = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE) + num_slots * slot_bytes
+        shm = SharedMemory(create=True, size=size)
+        _created_here.add(shm.name)
+        try:
+            os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]  # the segment's own descriptor
+        except OSError as exc:
+            shm.close()
+            shm.unlink()
+            raise RingUnreachable(f"no room for a {size >> 20} MiB ring in /dev/shm ({exc.strerror})") from exc
+        nonce = secrets.token_bytes(16)
+        _HEADER.pack_into(shm.buf, 0, _MAGIC, nonce, num_slots, slot_bytes)
+        return cls(shm, num_slots, slot_bytes, nonce, owner=True)
+
+    @classmethod
+    def attach(cls, name: str, nonce: bytes) -> "ShmRing":
+        """The producer's view of a client's ring; RingUnreachable when this process cannot see that ring."""
+        try:
+            shm = _open_untracked(name)
+        except (FileNotFoundError, PermissionError, ValueError) as exc:
+            raise RingUnreachable(f"shared memory {name!r} is not visible here ({exc})") from exc
+        magic, found, num_slots, slot_bytes = _HEADER.unpack_from(shm.buf, 0)
+        if magic != _MAGIC or found != nonce:
+            shm.close()
+            raise RingUnreachable(f"shared memory {name!r} here is not the client's ring (nonce differs)")
+        return cls(shm, num_slots, slot_bytes, nonce, owner=False)
+
+    def put(self, data: torch.Tensor, stream_id: int) -> int | None:
+        """Producer: copy `data` (any device) into a free slot and mark it FULL; None if none is free or fits."""
+        nbytes = data.numel() * data.element_size()
+        if nbytes > self.slot_bytes:
+            return None
+        with self._claim_lock:
+            slot = next((i for i in range(self.num_slots) if self._state(i) == FREE), None)
+            if slot is None:
+                return None
+            self._set(slot, CLAIMED, stream_id)
+        src = data.detach().reshape(-1).view(torch.uint8).cpu().numpy()  # numpy: a plain memcpy, 5x torch's copy_
+        np.copyto(self._view(slot, nbytes), src)
+        self._set(slot, FULL, stream_id)
+        return slot
+
+    def take(self, slot: int, nbytes: int) -> torch.Tensor:
+        """Consumer: copy a FULL slot's first `nbytes` out and free the slot."""
+        if not 0 <= slot < self.num_slots or not 0 <= nbytes <= self.slot_bytes or self._state(slot) != FULL:
+            raise ValueError(f"ring {self.name}: slot {slot} with {nbytes} bytes is not a filled slot")
+        out = torch.from_numpy(self._view(slot, nbytes).copy())
+        self._set(slot, FREE, 0)
+        return out
+
+    def reclaim(self, live_streams: set[int]) -> int:
+        """Consumer: free FULL slots whose stream is no longer read (cancelled, failed); returns how many."""
+        freed = 0
+        for slot in range(self.num_slots):
+            state, stream_id = _SLOT.unpack_from(self._shm.buf, self._slot_entry(slot))
+            if state == FULL and stream_id not in live_streams:
+                self._set(slot, FREE, 0)
+                freed += 1
+        return freed
+
+    def free_slots(self) -> int:
+        return sum(self._state(i) == FREE for i in range(self.num_slots))
+
+    def close(self) -> None:
+        """Unmap; the owner also removes the segment."""
+        self._shm.close()
+        if self._owner:
+            self._shm.unlink()
+            _created_here.discard(self.name)
+
+    def _slot_entry(self, slot: int) -> int:
+        return _HEADER.size + slot * _SLOT.size
+
+    def _slot_offset(self, slot: int) -> int:
+        return self._data_offset + slot * self.slot_bytes
+
+    def _view(self, slot: int, nbytes: int) -> np.ndarray:
+        return np.frombuffer(self._shm.buf, np.uint8, count=nbytes, offset=self._slot_offset(slot))
+
+    def _state(self, slot: int) -> int:
+        return self._shm.buf[self._slot_entry(slot)]
+
+    def _set(self, slot: int, state: int, stream_id: int) -> None:
+        # The stream id goes first so a reader that sees the new state also sees whose slot it is.
+        entry = self._slot_entry(slot)
+        struct.pack_into("<Q", self._shm.buf, entry + 8, stream_id)
+        self._shm.buf[entry] = state
+
+
+def _open_untracked(name: str) -> SharedMemory:
+    """Open an existing segment without letting this process's resource tracker unlink it at exit."""
+    if sys.version_info >= (3, 13):
+        return SharedMemory(name, track=False)
+    shm = SharedMemory(name)
+    if shm.name not in _created_here:  # one tracker per process: keep the creator's entry
+        resource_tracker.unregister("/" + shm.name, "shared_memory")
+    return shm
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class AttachedRings:
+    """A replica's attachments to its clients' rings: opened once, dropped after `idle_s` unused.
+
+    A dropped ring is unmapped when the last stream writing to it lets go, so eviction never pulls
+    memory from under a copy in progress.
+    """
+
+    def __init__(self, idle_s: float = 60.0):
+        self.idle_s = idle_s
+        self._rings: dict[tuple[str, bytes], tuple[ShmRing, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, nonce: bytes) -> ShmRing:
+        """The ring `name` if it is the client's (nonce), attaching on first use; else RingUnreachable."""
+        now = time.monotonic()
+        with self._lock:
+            for key, (_, used) in list(self._rings.items()):
+                if now - used > self.idle_s:
+                    del self._rings[key]
+            ring = self._rings[(name, nonce)][0] if (name, nonce) in self._rings else ShmRing.attach(name, nonce)
+            self._rings[(name, nonce)] = (ring, now)
+            return ring

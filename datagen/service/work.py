@@ -1,0 +1,145 @@
+"""The replica's bounded work queue in front of its one generator (one device, one thread).
+
+Streams submit batches of keys a little ahead of what they send, so generation overlaps transport; the
+queue bound is the replica's backpressure: when it is full, streams wait before submitting more. Jobs of
+a stream that went away are skipped, not generated.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import logging
+import queue
+import threading
+import time
+from typing import Callable, Iterator, Protocol, Sequence
+
+from datagen.batch import Batch
+from datagen.plan import choose_video
+from datagen.rng import SampleKey
+from protos import datagen_pb2 as pb
+
+from .metrics import ReplicaMetrics
+
+log = logging.getLogger(__name__)
+
+
+class BatchGenerator(Protocol):
+    """What the replica needs of datagen.generator.Generator."""
+
+    videos: Sequence  # of VideoInfo
+    bad_videos: set[str]
+    stats: collections.Counter
+
+    def generate(self, keys: Sequence[SampleKey]) -> Batch: ...
+
+    def mark_bad(self, path: str, reason: str = "") -> bool: ...
+
+
+class StreamGone(Exception):
+    """The client of a stream cancelled or disconnected."""
+
+
+@dataclasses.dataclass
+class Generated:
+    batch: Batch
+    problems: list[pb.SampleProblem]
+
+
+@dataclasses.dataclass
+class _Job:
+    keys: list[SampleKey]
+    future: concurrent.futures.Future
+    enqueued: float = dataclasses.field(default_factory=time.monotonic)
+    abandoned: bool = False
+
+
+class WorkQueue:
+    def __init__(self, generator: BatchGenerator, metrics: ReplicaMetrics, capacity: int = 8, lookahead: int = 2):
+        if capacity < 1 or lookahead < 1:
+            raise ValueError("the work queue needs a capacity and a per-stream lookahead of at least 1")
+        self.generator = generator
+        self.metrics = metrics
+        self.capacity = capacity
+        self.lookahead = lookahead
+        self._queue: queue.Queue[_Job | None] = queue.Queue(capacity)
+        self._thread = threading.Thread(target=self._work, name="generate", daemon=True)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    def run(self, keys: Sequence[SampleKey], batch_size: int, active: Callable[[], bool]) -> Iterator[Generated]:
+        """Generate `keys` in batches of `batch_size`, in order; StreamGone once `active()` turns False."""
+        chunks = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
+        jobs: collections.deque[_Job] = collections.deque()
+        submitted = 0
+        try:
+            while submitted < len(chunks) or jobs:
+                while submitted < len(chunks) and len(jobs) < self.lookahead:
+                    jobs.append(self._submit(chunks[submitted], active))
+                    submitted += 1
+                yield self._result(jobs.popleft(), active)
+        finally:
+            for job in jobs:
+                job.abandoned = True
+
+    def _submit(self, keys: list[SampleKey], active: Callable[[], bool]) -> _Job:
+        job = _Job(keys, concurrent.futures.Future())
+        while active():
+            try:
+                self._queue.put(job, timeout=0.25)
+                self.metrics.queue_depth.set(self._queue.qsize())
+                return job
+            except queue.Full:
+                continue
+        raise StreamGone()
+
+    @staticmethod
+    def _result(job: _Job, active: Callable[[], bool]) -> Generated:
+        while active():
+            try:
+                return job.future.result(timeout=0.25)
+            except concurrent.futures.TimeoutError:
+                continue
+        job.abandoned = True
+        raise StreamGone()
+
+    def _work(self) -> None:
+        while (job := self._queue.get()) is not None:
+            self.metrics.queue_depth.set(self._queue.qsize())
+            if job.abandoned:
+                job.future.cancel()
+                continue
+            started = time.monotonic()
+            self.metrics.stage_seconds.labels("queue_wait").observe(started - job.enqueued)
+            failures = self.generator.stats["decode_failures"]
+            try:
+                batch = self.generator.generate(job.keys)
+            except Exception as exc:  # handed to the stream, which reports INTERNAL
+                log.exception("generation failed", extra={"keys": len(job.keys), "first_key": tuple(job.keys[0])})
+                job.future.set_exception(exc)
+                continue
+            self.metrics.stage_seconds.labels("generate").observe(time.monotonic() - started)
+            self.metrics.decode_failures.inc(self.generator.stats["decode_failures"] - failures)
+            problems = self._problems(job.keys)
+            self.metrics.replaced.inc(len(problems))
+            job.future.set_result(Generated(batch, problems))
+
+    def _problems(self, keys: list[SampleKey]) -> list[pb.SampleProblem]:
+        """The samples whose own video is quarantined, hence generated from a replacement."""
+        bad, videos = frozenset(self.generator.bad_videos), self.generator.videos
+        problems = []
+        for key in keys:
+            path = videos[choose_video(key, len(videos))].path
+            if path in bad:
+                problems.append(pb.SampleProblem(index=key.index, video=path, reason="unreadable video: replaced"))
+        return problems

