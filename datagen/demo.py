@@ -12,6 +12,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 
 log = logging.getLogger(__name__)
@@ -21,10 +22,10 @@ log = logging.getLogger(__name__)
 ENCODERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "vp9": ("libvpx-vp9", ".webm", {"deadline": "realtime", "cpu-used": "8", "crf": "32", "b": "0"}),
     "vp8": ("libvpx", ".webm", {"deadline": "realtime", "cpu-used": "8", "crf": "10", "b": "1M"}),
-    "mpeg4": ("mpeg4", ".avi", {"bf": "2", "qscale": "3"}),
+    "mpeg4": ("mpeg4", ".avi", {"bf": "2", "b": "1500k"}),
     "h264": ("libx264", ".mp4", {"preset": "veryfast", "crf": "23"}),
     "hevc": ("libx265", ".mp4", {"preset": "ultrafast", "crf": "28", "x265-params": "log-level=error"}),
-    "mjpeg": ("mjpeg", ".avi", {"qscale": "3"}),
+    "mjpeg": ("mjpeg", ".avi", {"b": "8M"}),
 }
 KEYFRAME_INTERVAL = 25  # frames: several GOPs per video, so decoders really have to seek
 
@@ -122,13 +123,14 @@ def _bounce(position: float, limit: int) -> int:
 
 
 def texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """(H, W, 3) uint8 texture: coloured noise blobs plus a few oriented gratings, so motion is visible."""
-    coarse = rng.uniform(0, 255, (height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
-    blobs = np.kron(coarse, np.ones((16, 16, 1), np.float32))[:height, :width]
+    """(H, W, 3) uint8 texture: smooth coloured blobs under a few oriented gratings, so motion is visible
+    everywhere while the colours stay as smooth as in camera footage (4:2:0 chroma keeps them)."""
+    cell = int(rng.integers(8, 24))
+    coarse = rng.uniform(0, 255, (height // cell + 2, width // cell + 2, 3)).astype(np.float32)
+    blobs = cv2.resize(coarse, ((width // cell + 2) * cell, (height // cell + 2) * cell), interpolation=cv2.INTER_CUBIC)
     yy, xx = np.mgrid[:height, :width].astype(np.float32)
     stripes = np.zeros((height, width), np.float32)
     for _ in range(3):
         angle, period, phase = rng.uniform(0, np.pi), rng.uniform(6, 30), rng.uniform(0, 2 * np.pi)
         stripes += np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period + phase)
-    tint = rng.uniform(20, 60, 3).astype(np.float32)
-    return np.clip(0.6 * blobs + stripes[..., None] * tint, 0, 255).astype(np.uint8)
+    return np.clip(0.7 * blobs[:height, :width] + 18 * stripes[..., None], 0, 255).astype(np.uint8)

@@ -1,0 +1,156 @@
+"""Decoding: exact frames on real footage, DALI-CPU equal to PyAV, backend choice, bad videos reported."""
+from __future__ import annotations
+
+import dataclasses
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from datagen.decode import Decoder, PyAVDecoder, VideoDecodeError, yuv_to_rgb
+from datagen.manifest import VideoInfo, probe, resolve_videos
+
+
+def full_decode(video: VideoInfo) -> np.ndarray:
+    """Every frame in decoder output order, converted with the decoder's own colour conversion."""
+    with av.open(video.path, metadata_errors="ignore") as container:
+        frames = list(container.decode(video=0))
+    return np.stack([yuv_to_rgb(*(np.asarray(p).reshape(p.height, p.line_size)[:, : p.width] for p in f.planes)) for f in frames])
+
+
+def clip_indices(rng: np.random.Generator, num_frames: int) -> np.ndarray:
+    """A CtP-like clip (stride, jitter, clamping past the end) plus a shuffled copy with repeats."""
+    stride = int(rng.integers(1, 6))
+    start = int(rng.integers(0, num_frames))
+    clip = start + np.arange(16) * stride + rng.integers(0, stride, 16)
+    return np.concatenate([clip, rng.permutation(clip)[:5]])
+
+
+@pytest.fixture(scope="module")
+def shared(shared_videos) -> list[VideoInfo]:
+    return resolve_videos([shared_videos], min_frames=1)
+
+
+def test_every_shared_video_decodes_exactly_the_requested_frames(shared):
+    """MPEG-4 AVIs (UCF-101, HMDB-51 with broken metadata and packed B-frames), H.264 MP4s, the 48-frame clip."""
+    decoder = Decoder(backend="pyav")
+    rng = np.random.default_rng(0)
+    assert len(shared) == 12
+    for video in shared:
+        frames = full_decode(video)
+        assert len(frames) == video.num_frames
+        for _ in range(4):
+            indices = clip_indices(rng, video.num_frames)
+            clip = decoder.decode(video, indices)
+            assert clip.shape == (len(indices), video.height, video.width, 3) and clip.dtype == torch.uint8
+            expected = frames[np.minimum(indices, video.num_frames - 1)]
+            assert np.array_equal(clip.numpy(), expected), f"{video.path} {indices}"
+
+
+def test_seeking_starts_at_the_nearest_key_frame(shared):
+    """A late clip costs one GOP of decoding, not the whole video before it."""
+    pyav = PyAVDecoder()
+    for name, first in [("v_SoccerJuggling_g23_c01.avi", 200), ("bikes.mp4", 200), ("SOX5yA1l24A.mp4", 300)]:
+        video = next(v for v in shared if v.path.endswith(name))
+        pyav.frames_decoded = 0
+        pyav.decode(video, first + np.arange(16))
+        assert 16 <= pyav.frames_decoded < 16 + 70, name
+
+
+def test_synthetic_open_gop_b_frames_decode_exactly(demo_videos):
+    """The demo MPEG-4 files have B-frames shown before their key frame (open GOPs) and several GOPs."""
+    pyav = PyAVDecoder()
+    for video in demo_videos:
+        frames = full_decode(video)
+        for start in range(0, video.num_frames, 7):
+            indices = np.arange(start, start + 16)
+            assert np.array_equal(pyav.decode(video, indices), frames[np.minimum(indices, video.num_frames - 1)])
+
+
+def test_dali_cpu_returns_the_frames_pyav_returns_on_vp9(demo_videos):
+    vp9 = [v for v in demo_videos if v.codec == "vp9"]
+    assert len(vp9) == 2
+    rng = np.random.default_rng(1)
+    requests = [(v, clip_indices(rng, v.num_frames)) for v in vp9 for _ in range(3)]
+    dali = Decoder(backend="dali", batch_size=4).decode_many(requests)
+    pyav = Decoder(backend="pyav").decode_many(requests)
+    for (video, indices), a, b in zip(requests, dali, pyav):
+        assert a.shape == b.shape == (len(indices), 240, 320, 3)
+        difference = (a.int() - b.int()).abs()
+        assert difference.max() <= 1 and difference.float().mean() < 0.05
+    neighbours = (pyav[0][1:].int() - pyav[0][:-1].int()).abs().float().mean()
+    assert neighbours > 2  # the tolerance above is far below what one frame of motion changes
+
+
+def test_auto_picks_dali_where_it_can_decode():
+    def video(codec: str) -> VideoInfo:
+        return VideoInfo(f"clip.{codec}", 100, 25.0, 320, 240, codec)
+
+    cpu, gpu = Decoder("cpu"), Decoder("cuda")  # no GPU needed to choose
+    assert [cpu.backend_for(video(c)) for c in ("vp9", "vp8", "mjpeg", "h264", "mpeg4", "hevc")] == ["dali"] * 3 + ["pyav"] * 3
+    assert [gpu.backend_for(video(c)) for c in ("vp9", "h264", "mpeg4", "hevc", "av1", "mpeg2video")] == ["dali"] * 5 + ["pyav"]
+    assert Decoder("cpu", "pyav").backend_for(video("vp9")) == "pyav"
+    with pytest.raises(VideoDecodeError, match="DALI cannot decode h264 on cpu.*use backend 'pyav'"):
+        Decoder("cpu", "dali").backend_for(video("h264"))
+    with pytest.raises(ValueError, match="unknown decode backend"):
+        Decoder("cpu", "ffmpeg")
+
+
+@pytest.fixture(scope="module")
+def bad_videos(demo_videos, tmp_path_factory) -> list[VideoInfo]:
+    """Broken files posing as each demo video (same metadata), so both backends meet them."""
+    root = tmp_path_factory.mktemp("bad")
+    vp9, h264 = (next(v for v in demo_videos if v.codec == c) for c in ("vp9", "h264"))
+    content = {
+        "zero.webm": b"",
+        "text.webm": b"no video here\n" * 100,
+        "cut.webm": open(vp9.path, "rb").read()[:600],
+        "zero.mp4": b"",
+        "text.mp4": b"no video here\n" * 100,
+        "cut.mp4": open(h264.path, "rb").read()[:2000],
+    }
+    bad = []
+    for name, data in content.items():
+        (root / name).write_bytes(data)
+        bad.append(dataclasses.replace(vp9 if name.endswith(".webm") else h264, path=str(root / name)))
+    bad.append(dataclasses.replace(vp9, path=str(root / "missing.webm")))
+    return bad
+
+
+def test_bad_videos_are_reported_in_place_and_good_ones_still_decode(demo_videos, bad_videos):
+    decoder = Decoder(batch_size=4)
+    good = demo_videos[:3]
+    requests = [(v, np.arange(16)) for v in [good[0], *bad_videos[:4], good[1], *bad_videos[4:], good[2]]]
+    results = decoder.decode_many(requests)
+    errors = [r for r in results if isinstance(r, VideoDecodeError)]
+    assert [e.path for e in errors] == [v.path for v in bad_videos]
+    assert all(e.reason for e in errors)
+    assert {e.path.split("/")[-1]: e.reason for e in errors}["zero.mp4"] == "empty file (0 bytes)"
+    clips = [r for r in results if isinstance(r, torch.Tensor)]
+    assert len(clips) == 3
+    for video, clip in zip(good, clips):
+        assert torch.equal(clip, decoder.decode(video, np.arange(16)))  # the DALI pipeline recovered
+    with pytest.raises(VideoDecodeError):
+        decoder.decode(bad_videos[0], np.arange(4))
+
+
+def test_a_truncated_video_clamps_to_its_last_decodable_frame(shared, tmp_path):
+    """Metadata probed before the file was cut: frames past the cut repeat the last one that decodes."""
+    video = next(v for v in shared if v.path.endswith("v_SoccerJuggling_g23_c01.avi"))
+    cut = tmp_path / "cut.avi"
+    data = open(video.path, "rb").read()
+    cut.write_bytes(data[: len(data) // 3])
+    stale = dataclasses.replace(video, path=str(cut))
+    truth = full_decode(probe(cut))
+    clip = Decoder(backend="pyav").decode(stale, np.array([0, len(truth) - 1, len(truth) + 5, 239]))
+    assert np.array_equal(clip.numpy(), truth[[0, -1, -1, -1]])
+
+
+def test_frames_land_on_the_requested_device_with_the_requested_shape(demo_videos):
+    decoder = Decoder("cpu")
+    video = demo_videos[0]
+    assert decoder.decode(video, np.array([], dtype=np.int64)).shape == (0, video.height, video.width, 3)
+    clip = decoder.decode(video, np.array([3, 3, 0, 10_000]))
+    assert clip.device.type == "cpu" and clip.shape == (4, 240, 320, 3)
+    assert torch.equal(clip[0], clip[1]) and torch.equal(clip[3], decoder.decode(video, [video.num_frames - 1])[0])
