@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.decode import Decoder, PyAVDecoder, VideoDecodeError, yuv_to_rgb
+from datagen.decode import Decoder, PyAVDecoder, VideoDecodeError, frame_to_rgb, yuv_to_rgb
 from datagen.manifest import VideoInfo, probe, resolve_videos
 
 
 def full_decode(video: VideoInfo) -> np.ndarray:
     """Every frame in decoder output order, converted with the decoder's own colour conversion."""
     with av.open(video.path, metadata_errors="ignore") as container:
-        frames = list(container.decode(video=0))
-    return np.stack([yuv_to_rgb(*(np.asarray(p).reshape(p.height, p.line_size)[:, : p.width] for p in f.planes)) for f in frames])
+        return np.stack([frame_to_rgb(frame, video) for frame in container.decode(video=0)])
 
 
 def clip_indices(rng: np.random.Generator, num_frames: int) -> np.ndarray:
@@ -66,6 +65,24 @@ def test_synthetic_open_gop_b_frames_decode_exactly(demo_videos):
         for start in range(0, video.num_frames, 7):
             indices = np.arange(start, start + 16)
             assert np.array_equal(pyav.decode(video, indices), frames[np.minimum(indices, video.num_frames - 1)])
+
+
+def test_colour_conversion_is_bt601_with_bilinear_chroma():
+    """Against a plain float implementation of the formula, on random planes of every 8-bit layout."""
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 256, (6, 10), dtype=np.uint8)
+    for chroma_shape in [(3, 5), (6, 5), (6, 10)]:  # 4:2:0, 4:2:2, 4:4:4
+        cb, cr = (rng.integers(0, 256, chroma_shape, dtype=np.uint8) for _ in range(2))
+        up = [torch.nn.functional.interpolate(torch.tensor(c, dtype=torch.float64)[None, None], size=y.shape, mode="bilinear",
+                                              align_corners=False)[0, 0].numpy() for c in (cb, cr)]
+        for full, offset, matrix in [
+            (False, 16, [[1.164383, 0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0]]),
+            (True, 0, [[1, 0, 1.402], [1, -0.344136, -0.714136], [1, 1.772, 0]]),
+        ]:
+            ycc = np.stack([y.astype(np.float64) - offset, up[0] - 128, up[1] - 128], -1)
+            expected = np.clip(np.rint(ycc @ np.array(matrix).T), 0, 255)
+            difference = np.abs(yuv_to_rgb(y, cb, cr, full_range=full).astype(int) - expected)
+            assert difference.max() <= 1 and (difference > 0).mean() < 0.01  # rounding exact halves may differ
 
 
 def test_dali_cpu_returns_the_frames_pyav_returns_on_vp9(demo_videos):
