@@ -141,7 +141,7 @@ def index_videos(
 
 
 def write_manifest(path: str | os.PathLike[str], videos: Sequence[VideoInfo], rejected: Sequence[Rejected] = ()) -> None:
-    """A versioned, human-readable JSON manifest. Videos under the manifest's folder are stored relative to
+    """A versioned, human-readable JSON manifest, one video per line. Videos under the manifest's folder are stored relative to
     it, so a dataset folder can move (or be mounted elsewhere) together with its manifest."""
     path = Path(path)
     base = path.resolve().parent
@@ -150,16 +150,20 @@ def write_manifest(path: str | os.PathLike[str], videos: Sequence[VideoInfo], re
         resolved = Path(p).resolve()
         return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(resolved)
 
-    doc = {
+    header = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    lists = {
         "videos": [dataclasses.asdict(v) | {"path": rel(v.path)} for v in videos],
         "rejected": [dataclasses.asdict(r) | {"path": rel(r.path)} for r in rejected],
     }
+    fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in header.items()]
+    fields += [f" {json.dumps(k)}: [" + ",".join(f"\n  {json.dumps(e)}" for e in v) + ("\n ]" if v else "]") for k, v in lists.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    tmp.write_text("{\n" + ",\n".join(fields) + "\n}\n")  # one entry per line: easy to read, diff and grep
     tmp.replace(path)  # readers never see a half-written manifest
 
 
