@@ -27,6 +27,11 @@ class VideoDecodeError(VideoError):
     """A video (or the requested frames of it) could not be decoded; carries `path` and `reason`."""
 
 
+def clamp_indices(video: VideoInfo, indices: np.ndarray) -> np.ndarray:
+    """Frame indices limited to the video's frames: a clip that runs past the end repeats the last one."""
+    return np.clip(np.asarray(indices, dtype=np.int64), 0, max(video.num_frames - 1, 0))
+
+
 class PyAVDecoder:
     """CPU decoding through FFmpeg: seek to the last key frame at or before the clip, decode forward only as
     far as its last frame. Keeps a bounded cache of each video's key frame positions."""
@@ -38,7 +43,7 @@ class PyAVDecoder:
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> np.ndarray:
         """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame."""
-        wanted = np.clip(np.asarray(indices, dtype=np.int64), 0, max(video.num_frames - 1, 0))
+        wanted = clamp_indices(video, indices)
         if wanted.size == 0:
             return np.zeros((0, video.height, video.width, 3), np.uint8)
         needed = np.unique(wanted)
@@ -197,7 +202,7 @@ class DaliDecoder:
                 encoded.append(np.fromfile(video.path, dtype=np.uint8))
             except OSError as exc:
                 raise VideoDecodeError(video.path, f"cannot read file ({exc.strerror})") from exc
-            frames.append(np.clip(np.asarray(indices, dtype=np.int32), 0, max(video.num_frames - 1, 0)))
+            frames.append(clamp_indices(video, indices).astype(np.int32))  # DALI pads past the end with black
         pipeline = self._pipeline or self._build()
         pipeline.feed_input("encoded", encoded)
         pipeline.feed_input("frames", frames)
