@@ -1,0 +1,89 @@
+"""The downstream classifier (encoder at standard strides → average pool → dropout → linear) and the files its
+weights come from: an exported encoder, a pretraining checkpoint or a fine-tuned checkpoint."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from trainer.export import ENCODER_PREFIX, encoder_state_dict
+from trainer.models import Encoder, build_encoder
+
+FINETUNE_TASK = "finetune"  # the `task` entry of a fine-tuned checkpoint
+
+
+class VideoClassifier(nn.Module):
+    def __init__(self, encoder: Encoder, num_classes: int, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(self.encoder.out_channels, num_classes)
+        nn.init.normal_(self.fc.weight, 0.0, 0.001)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        """(B, 3, T, H, W) normalised clips → (B, classes) logits."""
+        return self.fc(self.dropout(self.pool(self.encoder(clips)).flatten(1)))
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """A weights file loaded on CPU without running pickled code; clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise ValueError(f"{path} is not a readable weights file ({exc})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict or checkpoint")
+    return state
+
+
+def is_finetuned(state: dict[str, Any]) -> bool:
+    return state.get("task") == FINETUNE_TASK
+
+
+def encoder_weights(path: str | Path) -> tuple[str | None, dict[str, torch.Tensor]]:
+    """(encoder name if the file records it, encoder tensors under torchvision's key names) from an exported
+    encoder (`ctp-train export`, or a torchvision video ResNet state dict: its `fc` is dropped), a pretraining
+    checkpoint or a fine-tuned checkpoint."""
+    state = read_state(path)
+    if "model" in state and "config" in state:  # a pretraining or fine-tuned checkpoint
+        return state["config"]["model"]["encoder"], encoder_state_dict(state)
+    return None, {k: v for k, v in state.items() if not k.startswith(("fc.", ENCODER_PREFIX + "fc."))}
+
+
+def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
+    """A standard-stride encoder initialised from `weights` (randomly when None). A checkpoint records its
+    encoder, which then decides the architecture; an exported state dict must fit `name`."""
+    if weights is None:
+        return build_encoder(name, pretraining=False)
+    recorded, tensors = encoder_weights(weights)
+    encoder = build_encoder(recorded or name, pretraining=False)
+    try:
+        result = encoder.load_state_dict(tensors, strict=False)
+    except RuntimeError as exc:  # tensors of the wrong shape
+        raise ValueError(f"{weights} does not fit a {encoder.name} encoder ({str(exc).splitlines()[-1].strip()}); "
+                         "set model.encoder to the encoder it was trained with") from None
+    problems = [f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+                for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
+    if problems:
+        raise ValueError(f"{weights} does not fit a {encoder.name} encoder ({'; '.join(problems)}); "
+                         "set model.encoder to the encoder it was trained with")
+    return encoder
+
+
+def load_classifier(path: str | Path) -> tuple[VideoClassifier, tuple[str, ...], dict[str, Any]]:
+    """A fine-tuned checkpoint → (classifier with its weights, its class names, its config dict)."""
+    state = read_state(path)
+    if not is_finetuned(state):
+        raise ValueError(f"{path} is not a fine-tuned checkpoint (make one with `ctp-train finetune`); "
+                         "retrieval takes exported encoders and pretraining checkpoints too")
+    config, classes = state["config"], tuple(state["classes"])
+    model = VideoClassifier(build_encoder(config["model"]["encoder"], pretraining=False), len(classes), config["model"]["dropout"])
+    model.load_state_dict(state["model"])
+    return model, classes, config
