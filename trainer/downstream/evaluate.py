@@ -1,0 +1,144 @@
+"""`ctp-train eval`: the video-level test of a fine-tuned classifier (DESIGN §2).
+
+Each test video gives `clips.test_clips` (10) clips evenly spaced over it, resized to 171×128 and centre
+cropped to 112; the softmax outputs are averaged per video, which is then scored: top-1 and top-5, per-class
+accuracy and a confusion matrix (also drawn as a picture). Under torchrun the videos are sharded over the
+ranks and gathered on rank 0.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from datagen.manifest import Rejected
+from trainer.data import InProcessSource
+from trainer.downstream.clips import EvalClips
+from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
+from trainer.downstream.datasets import LabelledSet, open_split
+from trainer.downstream.distributed import Ranks, process_group
+from trainer.downstream.metrics import aggregate_clips, confusion_image, confusion_matrix, per_class_accuracy, topk_accuracy
+from trainer.downstream.model import load_classifier
+from trainer.downstream.report import percent, results_path, table, write_json
+from trainer.execution import Execution
+from trainer.network import normalise
+
+
+@torch.no_grad()
+def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
+                ranks: Ranks = Ranks(), desc: str = "videos") -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
+    """`fn` of every evaluation clip (normalised, (N, 3, T, S, S) → (N, D)), averaged per video.
+
+    Returns (positions of the videos in `data`, ascending; their means (V, D) on CPU; skipped videos),
+    the same on every rank when distributed.
+    """
+    positions = list(range(ranks.rank, len(data), ranks.world_size))
+    source = EvalClips(data, cfg.clips, execution.device)
+    ids, means = [torch.zeros(0, dtype=torch.int64)], []
+    stream = InProcessSource(source).stream(0, 0, positions, cfg.clips.test_batch_videos)
+    bar = tqdm(total=len(positions), unit="video", desc=desc, disable=not (cfg.run.progress and ranks.is_main), leave=False)
+    with contextlib.closing(stream) as batches, bar:
+        for batch in batches:
+            if len(batch.clips):
+                with execution.autocast():
+                    values = fn(normalise(batch.clips, execution.channels_last)).float()
+                owner, mean = aggregate_clips(values, batch.videos)
+                ids.append(owner.cpu())
+                means.append(mean.cpu())
+            bar.update(min(cfg.clips.test_batch_videos, len(positions) - bar.n))
+    parts = ranks.gather((torch.cat(ids), torch.cat(means) if means else None, source.skipped))
+    ids_all = torch.cat([p[0] for p in parts])
+    found = [p[1] for p in parts if p[1] is not None]
+    if not found:
+        raise ValueError(f"{data.name}: no video could be decoded ({len(source.skipped)} skipped)")
+    order = ids_all.argsort()
+    return ids_all[order], torch.cat(found)[order], [r for p in parts for r in p[2]]
+
+
+def predict(model: torch.nn.Module, data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
+            ranks: Ranks = Ranks()) -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
+    """(positions, per-video mean softmax (V, C), skipped videos); `model` runs in eval mode, then is restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        return video_means(lambda x: model(x).softmax(1), data, cfg, execution, ranks, desc="testing")
+    finally:
+        model.train(was_training)
+
+
+def classification_results(probs: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...]) -> dict[str, Any]:
+    """Video-level top-1/top-5, per-class accuracy and the confusion matrix, as JSON-ready values."""
+    top = topk_accuracy(probs, labels, (1, 5))
+    confusion = confusion_matrix(probs.argmax(1), labels, len(classes))
+    accuracy, counts = per_class_accuracy(confusion)
+    present = counts > 0
+    return {
+        "videos": len(labels),
+        "top1": top[1],
+        "top5": top[5],
+        "mean_class_accuracy": accuracy[present].mean().item(),
+        "per_class": {name: {"videos": int(n), "top1": acc}
+                      for name, n, acc in zip(classes, counts.tolist(), accuracy.tolist()) if n},
+        "confusion": confusion.tolist(),
+    }
+
+
+def evaluate(model: torch.nn.Module, data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
+             ranks: Ranks = Ranks()) -> dict[str, Any]:
+    """Score `model` on `data` (already labelled in the model's classes)."""
+    positions, probs, skipped = predict(model, data, cfg, execution, ranks)
+    labels = torch.tensor(data.labels)[positions]
+    return {"split": data.name, "clips_per_video": cfg.clips.test_clips, **classification_results(probs, labels, data.classes),
+            "skipped": [dataclasses.asdict(r) for r in (*data.rejected, *skipped)]}
+
+
+def summary_table(title: str, results: dict[str, Any], per_class: bool = True) -> str:
+    text = table(title, [("video top-1 (%)", percent(results["top1"])), ("video top-5 (%)", percent(results["top5"])),
+                         ("mean class accuracy (%)", percent(results["mean_class_accuracy"])),
+                         ("videos", str(results["videos"])), ("skipped videos", str(len(results["skipped"])))],
+                 header=("metric", "value"))
+    if per_class:
+        rows = sorted(results["per_class"].items(), key=lambda item: (item[1]["top1"], item[0]))
+        text += "\n\n" + table("per class (worst first)", [(name, str(r["videos"]), percent(r["top1"])) for name, r in rows],
+                                header=("class", "videos", "top-1 (%)"))
+    return text
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="10-clip video-level top-1/top-5 of a fine-tuned checkpoint, per-class accuracy, confusion matrix",
+        description="Evaluate a `ctp-train finetune` checkpoint on its data.test split (or another one given by "
+        "overrides, e.g. data.test.split=2). Results are printed and written as JSON (and the confusion matrix as "
+        "PNG) next to the checkpoint.",
+        epilog=f"presets: {', '.join(presets())}",
+    )
+    p.add_argument("--checkpoint", required=True, type=Path, help="a fine-tuned checkpoint (finetuned.pt)")
+    p.add_argument("--config", default=None, help="preset or YAML file (default: the checkpoint's own config)")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.split=2")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    model, classes, saved = load_classifier(args.checkpoint)
+    cfg = load_downstream_config(args.config, args.overrides, base=saved)
+    with process_group(cfg.run.device) as ranks:
+        execution = Execution.resolve(ranks.device(cfg.run.device), cfg.run.precision, cfg.run.channels_last)
+        model = execution.prepare(model)
+        test = ranks.broadcast(open_split(cfg.test_split, progress=cfg.run.progress) if ranks.is_main else None)
+        results = evaluate(model, test.relabel(classes), cfg, execution, ranks)
+    if not ranks.is_main:
+        return
+    out = args.out or results_path(args.checkpoint, "eval", test.name)
+    picture = out.with_suffix(".confusion.png")
+    confusion_image(torch.tensor(results["confusion"]), classes).save(picture)
+    write_json(out, {"task": "eval", "checkpoint": str(args.checkpoint), "confusion_image": picture.name, **results})
+    print(summary_table(f"eval: {args.checkpoint} on {test.name} ({cfg.clips.test_clips} clips per video)", results))
+    print(f"results: {out}\nconfusion matrix: {picture}")

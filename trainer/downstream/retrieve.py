@@ -1,0 +1,106 @@
+"""`ctp-train retrieve`: video retrieval with the VCOP protocol (DESIGN §2), between any two splits.
+
+Gallery = data.train, queries = data.test (the protocol: training split vs test split). Each video's
+feature is the encoder's final feature map (standard strides) max-pooled by (1, 2, 2) and flattened,
+averaged over its 10 evaluation clips; neighbours are ranked by cosine distance and a query hits at k when
+one of its k nearest gallery videos has its class (matched by name, so the splits may come from
+different datasets). When the splits overlap, a video never retrieves itself.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
+from trainer.downstream.datasets import LabelledSet, open_split
+from trainer.downstream.distributed import Ranks, process_group
+from trainer.downstream.evaluate import video_means
+from trainer.downstream.metrics import RETRIEVAL_KS, retrieval_hits
+from trainer.downstream.model import is_finetuned, load_encoder, read_state
+from trainer.downstream.report import percent, results_path, table, write_json
+from trainer.execution import Execution
+from trainer.models import Encoder
+
+
+def retrieval_features(feature_map: torch.Tensor) -> torch.Tensor:
+    """(N, C, T', H', W') final conv map → (N, C·T'·⌊H'/2⌋·⌊W'/2⌋): max-pooled by (1, 2, 2), flattened."""
+    return F.max_pool3d(feature_map, kernel_size=(1, 2, 2)).flatten(1)
+
+
+def video_features(encoder: Encoder, data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
+                   ranks: Ranks = Ranks()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(positions in `data` of the decodable videos, their features (V, D))."""
+    encoder.eval()
+    positions, features, _ = video_means(lambda x: retrieval_features(encoder(x)), data, cfg, execution, ranks,
+                                         desc=f"features of {data.name}")
+    return positions, features
+
+
+def retrieve(encoder: Encoder, gallery: LabelledSet, queries: LabelledSet, cfg: DownstreamConfig, execution: Execution,
+             ranks: Ranks = Ranks(), ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, Any]:
+    """Hit rates at each k of `queries` against `gallery`."""
+    g_pos, g_feat = video_features(encoder, gallery, cfg, execution, ranks)
+    same_split = [v.path for v in queries.videos] == [v.path for v in gallery.videos]
+    q_pos, q_feat = (g_pos, g_feat) if same_split else video_features(encoder, queries, cfg, execution, ranks)
+    names = sorted(set(gallery.classes) | set(queries.classes))
+    g_labels = torch.tensor([names.index(gallery.classes[gallery.labels[i]]) for i in g_pos.tolist()])
+    q_labels = torch.tensor([names.index(queries.classes[queries.labels[i]]) for i in q_pos.tolist()])
+    ids: dict[str, int] = {}
+    g_ids = torch.tensor([ids.setdefault(gallery.videos[i].path, len(ids)) for i in g_pos.tolist()])
+    q_ids = torch.tensor([ids.setdefault(queries.videos[i].path, len(ids)) for i in q_pos.tolist()])
+    same = q_ids[:, None] == g_ids[None, :]
+    same = same if same.any() else None
+    hits = retrieval_hits(q_feat, q_labels, g_feat, g_labels, ks, same)
+    return {"gallery": gallery.name, "queries": queries.name, "gallery_videos": len(g_pos), "query_videos": len(q_pos),
+            "feature_size": g_feat.shape[1], "clips_per_video": cfg.clips.test_clips,
+            "top_k": {str(k): hits[k] for k in ks},
+            "skipped": [dataclasses.asdict(r) for r in (*gallery.rejected, *queries.rejected)]}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "retrieve",
+        help="VCOP video retrieval: top-k (k = 1, 5, 10, 20, 50) of data.test queries against the data.train gallery",
+        description="Retrieval with an encoder's pooled final feature map (exported encoder, pretraining or "
+        "fine-tuned checkpoint; without --weights: random initialisation of model.encoder). Gallery = data.train, "
+        "queries = data.test; set both to any two splits, e.g. data.test.format=hmdb51 data.test.videos=... .",
+        epilog=f"presets: {', '.join(presets())}",
+    )
+    p.add_argument("--weights", type=Path, default=None, help="exported encoder or checkpoint (default: random init)")
+    p.add_argument("--config", default=None, help="preset or YAML file (default: a fine-tuned checkpoint's own config)")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the weights, or in run.out_dir)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.train.split=2")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> None:
+    saved = _saved_config(args.weights)
+    cfg = load_downstream_config(args.config, args.overrides, base=saved)
+    with process_group(cfg.run.device) as ranks:
+        execution = Execution.resolve(ranks.device(cfg.run.device), cfg.run.precision, cfg.run.channels_last)
+        encoder = execution.prepare(load_encoder(cfg.model.encoder, args.weights))
+        gallery, queries = ranks.broadcast((open_split(cfg.data.train, progress=cfg.run.progress),
+                                            open_split(cfg.test_split, progress=cfg.run.progress)) if ranks.is_main else None)
+        results = retrieve(encoder, gallery, queries, cfg, execution, ranks)
+    if not ranks.is_main:
+        return
+    anchor = args.weights or Path(cfg.run.out_dir) / f"random-{encoder.name}.pt"
+    out = args.out or results_path(anchor, "retrieval", gallery.name, queries.name)
+    write_json(out, {"task": "retrieve", "weights": str(args.weights) if args.weights else f"random {encoder.name}", **results})
+    rows = [(f"top-{k} (%)", percent(v)) for k, v in results["top_k"].items()]
+    print(table(f"retrieve: {results['query_videos']} queries of {queries.name} against {results['gallery_videos']} videos "
+                f"of {gallery.name} ({args.weights or 'random init'})", rows, header=("metric", "value")))
+    print(f"results: {out}")
+
+
+def _saved_config(weights: Path | None) -> dict[str, Any] | None:
+    """The config of a fine-tuned checkpoint, whose splits are then the default ones."""
+    if weights is None:
+        return None
+    state = read_state(weights)
+    return state["config"] if is_finetuned(state) else None
