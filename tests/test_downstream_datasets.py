@@ -1,4 +1,5 @@
-"""Split-file readers on the official formats (fixtures written here), malformed lines, label subsets, probing."""
+"""Split-file readers on the official formats (fixtures written here), malformed lines, label subsets, probing,
+and the split config."""
 from __future__ import annotations
 
 import os
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from trainer.downstream.config import SplitConfig
-from trainer.downstream.datasets import SplitFileError, label_subset, open_split, read_split
+from datagen.manifest import VideoInfo
+from trainer.downstream.config import SplitConfig, load_downstream_config
+from trainer.downstream.datasets import LabelledSet, SplitFileError, label_subset, open_split, read_split
 
 
 def touch(root: Path, *relative: str) -> None:
@@ -169,9 +171,6 @@ def test_open_split_probes_real_videos_and_reports_bad_ones(shared_videos, tmp_p
 
 
 def test_label_subsets_are_stratified_nested_and_keyed():
-    from datagen.manifest import VideoInfo
-    from trainer.downstream.datasets import LabelledSet
-
     labels = tuple([0] * 20 + [1] * 7 + [2] * 1)
     data = LabelledSet("x", ("a", "b", "c"), tuple(VideoInfo(f"v{i}", 50, 25.0, 64, 64, "h264") for i in range(28)), labels)
     tenth, half = label_subset(data, 0.1, seed=3), label_subset(data, 0.5, seed=3)
@@ -187,3 +186,19 @@ def test_label_subsets_are_stratified_nested_and_keyed():
     assert [relabelled.classes[lb] for lb in relabelled.labels] == [half.classes[lb] for lb in half.labels]
     with pytest.raises(ValueError, match=r"classes the model was not trained on: \['c'\]"):
         half.relabel(("a", "b"))
+
+
+def test_test_split_inherits_the_dataset_and_bad_options_are_named():
+    cfg = load_downstream_config("ucf101", ["data.train.videos=/d/UCF-101", "data.train.annotations=/d/lists", "data.test.split=2"])
+    assert cfg.test_split == SplitConfig("ucf101", "/d/UCF-101", "/d/lists", "test", 2)
+    assert cfg.lr == 0.01 and cfg.optim.milestones == (60, 120) and cfg.clips.test_size == (171, 128)
+    other = load_downstream_config("ucf101", ["data.test.format=hmdb51", "data.test.videos=/d/hmdb51"])
+    assert (other.test_split.format, other.test_split.videos) == ("hmdb51", "/d/hmdb51")
+    with pytest.raises(ValueError, match=r"data.label_fraction must be in \(0, 1\], got 1.5"):
+        load_downstream_config("tiny_cpu", ["data.label_fraction=1.5"])
+    with pytest.raises(ValueError, match="data.train.format must be one of"):
+        load_downstream_config(None, ["data.train.format=ucf"])
+    with pytest.raises(ValueError, match="at least clips.crop_size=112"):
+        load_downstream_config(None, ["clips.test_size=[100, 128]"])
+    with pytest.raises(ValueError, match="neither a file nor a preset; presets: hmdb51, tiny_cpu, ucf101"):
+        load_downstream_config("ucf", [])
