@@ -5,6 +5,7 @@ tests cheap; the multi-process behaviour is in test_service_fleet.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from pathlib import Path
@@ -26,6 +27,7 @@ from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 from tests.service_helpers import RedisServer, make_videos, redis_binary, tiny_config
 from trainer.client import ReplicaClient
+from trainer.remote import RemoteSource
 
 TOKEN = "s3cret-token"
 
@@ -189,3 +191,12 @@ def test_registry_uses_redis_credentials_from_the_url(tmp_path: Path, credential
             Registry(anonymous, namespace="sec").register(record, ttl=30)
     finally:
         server.stop()
+
+
+def test_the_trainer_client_reports_a_refusing_replica_at_once(guarded: Replica, config) -> None:
+    with RemoteSource([guarded.address], token="wrong", config=config) as src:
+        with pytest.raises(RuntimeError, match="UNAUTHENTICATED"):
+            list(src.stream(0, 0, [0], 1))
+    with RemoteSource([guarded.address], token=TOKEN, config=dataclasses.replace(config, version=99)) as src:
+        with pytest.raises(RuntimeError, match="generation config"):
+            list(src.stream(0, 0, [0], 1))

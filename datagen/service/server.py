@@ -93,12 +93,12 @@ class DataGenService(pb_grpc.DataGenServicer):
                 messages = encode_batch(generated.batch, generated.problems, ring, stream_id, self.limits.chunk_bytes)
                 first = next(messages)
                 transport = first.header.WhichOneof("clip_transport")
+                self.metrics.batches.labels(transport).inc()  # counted when handed to gRPC
+                self.metrics.bytes.labels(transport).inc(generated.batch.clips.numel())
+                self.metrics.record_clips(len(generated.batch))
                 yield first
                 yield from messages
                 self.metrics.stage_seconds.labels("send").observe(time.monotonic() - started)
-                self.metrics.batches.labels(transport).inc()
-                self.metrics.bytes.labels(transport).inc(generated.batch.clips.numel())
-                self.metrics.record_clips(len(generated.batch))
             code = "OK"
         except StreamGone:
             pass

@@ -1,0 +1,204 @@
+"""`ctp-datagen serve | status | pull`: run a replica, inspect the fleet, load-test it end to end."""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from . import jsonlog
+from .security import TlsFiles, resolve_token
+from .server import Limits, Replica
+from .registry import Registry, redact
+
+log = logging.getLogger(__name__)
+
+REDIS_ENV = "CTP_REDIS_URL"
+
+
+def add_parsers(subparsers: argparse._SubParsersAction) -> None:
+    _serve_parser(subparsers)
+    _status_parser(subparsers)
+    _pull_parser(subparsers)
+
+
+def _redis_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis", default=os.environ.get(REDIS_ENV), metavar="URL",
+                        help=f"redis://[user:password@]host:port/db of the control plane (default ${REDIS_ENV})")
+    parser.add_argument("--namespace", default="ctp", help="key prefix: one per run or fleet sharing a Redis (default ctp)")
+
+
+def _security_args(parser: argparse.ArgumentParser, side: str) -> None:
+    parser.add_argument("--token-file", metavar="FILE", help="shared token (default $CTP_DATAGEN_TOKEN; none: no check)")
+    parser.add_argument("--tls-cert", metavar="PEM", help=f"{side} certificate (TLS)")
+    parser.add_argument("--tls-key", metavar="PEM", help=f"{side} private key (TLS)")
+    ca_help = "CA that client certificates must chain to (mutual TLS)" if side == "server" else "CA that verifies replicas (TLS)"
+    parser.add_argument("--tls-ca", metavar="PEM", help=ca_help)
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles:
+    return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+
+
+# -- serve -------------------------------------------------------------------------------------------
+
+def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
+    from datagen.cli import add_generation_args  # here, not at the top: datagen.cli imports this module
+
+    p = subparsers.add_parser("serve", help="run one datagen replica (gRPC; SIGTERM drains)")
+    add_generation_args(p)
+    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
+    p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
+    p.add_argument("--advertise", metavar="HOST:PORT", help="address clients use (default this host's IP and the port)")
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0 picks one, -1 disables")
+    p.add_argument("--queue", type=int, default=8, help="work queue capacity in batches (backpressure)")
+    p.add_argument("--max-batch-size", type=int, default=Limits.max_batch_size)
+    p.add_argument("--max-request-samples", type=int, default=Limits.max_request_samples)
+    p.add_argument("--max-streams", type=int, default=Limits.max_streams, help="concurrent streams")
+    p.add_argument("--chunk-bytes", type=int, default=Limits.chunk_bytes, help="inline clip bytes per message")
+    p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between Redis heartbeats")
+    p.add_argument("--ttl", type=float, default=10.0, help="seconds a registration outlives its last heartbeat")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight streams")
+    p.add_argument("--log-level", default="info")
+    _redis_args(p)
+    _security_args(p, "server")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from datagen.cli import make_generator
+
+    jsonlog.setup(args.log_level, service="ctp-datagen")
+    # Every thread started from here on inherits the blocked mask: the signals reach only sigwait below.
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    generator = make_generator(args)
+    replica = Replica(
+        generator,
+        generator.config,
+        str(generator.device),
+        host=args.host,
+        port=args.port,
+        advertise=args.advertise,
+        token=resolve_token(token_file=args.token_file),
+        tls=_tls(args),
+        limits=Limits(args.max_batch_size, args.max_request_samples, args.chunk_bytes, args.max_streams),
+        queue_capacity=args.queue,
+        registry=Registry(args.redis, args.namespace) if args.redis else None,
+        heartbeat_s=args.heartbeat,
+        ttl_s=args.ttl,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+    )
+    replica.start()
+    received = signal.sigwait(stop_signals)
+    log.info("signal received", extra={"signal": signal.Signals(received).name})
+    replica.drain(args.drain_timeout)
+    return 0
+
+
+# -- status ------------------------------------------------------------------------------------------
+
+def _status_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("status", help="live replicas, their throughput and load, quarantined videos")
+    _redis_args(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(func=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    if not args.redis:
+        raise ValueError(f"status reads the Redis control plane: give --redis URL or set ${REDIS_ENV}")
+    registry = Registry(args.redis, args.namespace)
+    replicas, quarantined = registry.replicas(), registry.quarantined()
+    if args.json:
+        print(json.dumps({"replicas": [r.__dict__ for r in replicas], "quarantined": quarantined}, indent=2))
+        return 0
+    now = time.time()
+    print(f"{len(replicas)} live replica(s) in {redact(args.redis)} namespace {args.namespace!r}")
+    if replicas:
+        rows = [("replica", "address", "device", "clips/s", "queue", "streams", "up")]
+        rows += [(r.replica_id, r.address, r.device, f"{r.clips_per_second:.1f}", f"{r.queue_depth}/{r.queue_capacity}",
+                  str(r.active_streams), _duration(now - r.started_at)) for r in replicas]
+        print(_table(rows))
+        print(f"total {sum(r.clips_per_second for r in replicas):.1f} clips/s")
+    print(f"{len(quarantined)} quarantined video(s)")
+    for path, info in sorted(quarantined.items()):
+        print(f"  {path}: {info.get('reason', '?')} (replica {info.get('replica', '?')})")
+    return 0
+
+
+# -- pull --------------------------------------------------------------------------------------------
+
+def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("pull", help="pull N samples of an epoch from live replicas; check exactly-once delivery")
+    p.add_argument("--epoch", type=int, required=True)
+    p.add_argument("--num-samples", type=int, required=True, help="pulls indices 0..N-1")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--addr", action="append", default=[], metavar="HOST:PORT", help="replica address (repeatable)")
+    p.add_argument("--no-shm", action="store_true", help="never use shared memory (inline gRPC only)")
+    p.add_argument("--window", type=int, default=2, help="requests in flight per replica")
+    p.add_argument("--stall-timeout", type=float, default=60.0)
+    p.add_argument("--server-name", help="TLS name to verify replicas against, if not their address")
+    p.add_argument("--json", metavar="FILE", help="write the result as JSON")
+    _redis_args(p)
+    _security_args(p, "client")
+    p.set_defaults(func=run_pull)
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    from trainer.remote import RemoteSource
+
+    if not args.addr and not args.redis:
+        raise ValueError(f"pull needs replicas: --addr HOST:PORT (repeatable) or --redis URL (or ${REDIS_ENV})")
+    if args.num_samples < 1:
+        raise ValueError("--num-samples must be at least 1")
+    seen: collections.Counter[int] = collections.Counter()
+    clip_bytes = 0
+    with RemoteSource(args.addr, args.redis, args.namespace, token=resolve_token(token_file=args.token_file),
+                      tls=_tls(args), server_name=args.server_name, shared_memory=not args.no_shm,
+                      window=args.window, stall_timeout=args.stall_timeout) as source:
+        started = time.perf_counter()
+        for batch in source.stream(args.seed, args.epoch, range(args.num_samples), args.batch_size):
+            seen.update(batch.keys[:, 2].tolist())
+            clip_bytes += batch.clips.numel()
+        elapsed = time.perf_counter() - started
+        stats, delivered = dict(source.stats), dict(source.delivered)
+    result = {
+        "received": stats.get("received", 0),
+        "unique": len(seen),
+        "duplicates_dropped": stats.get("duplicates_dropped", 0),
+        "missing": args.num_samples - len(seen),
+        "yielded_twice": sum(1 for c in seen.values() if c > 1),
+        "clips_per_s": round(len(seen) / elapsed, 2),
+        "mb_per_s": round(clip_bytes / elapsed / 1e6, 2),
+        "seconds": round(elapsed, 3),
+        "shm_batches": stats.get("shm_batches", 0),
+        "inline_batches": stats.get("inline_batches", 0),
+        "requeued": stats.get("requeued", 0),
+        "replaced_samples": stats.get("replaced_samples", 0),
+        "per_replica": delivered,
+    }
+    print(_table([("metric", "value")] + [(k, str(v)) for k, v in result.items() if k != "per_replica"]))
+    for replica, count in sorted(delivered.items()):
+        print(f"  {replica}: {count} samples")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    ok = result["missing"] == 0 and result["yielded_twice"] == 0
+    print("exactly once: " + ("yes" if ok else "NO"))
+    return 0 if ok else 1
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

