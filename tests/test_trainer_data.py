@@ -1,0 +1,74 @@
+"""The data cursor and the in-process sample source."""
+import threading
+
+import pytest
+import torch
+
+from datagen.config import ClipConfig, GenerationConfig
+from datagen.generator import Generator
+from trainer.cursor import EpochCursor
+from trainer.data import HELD_OUT_EPOCH, InProcessSource, held_out_batches
+
+SMALL = GenerationConfig(clip=ClipConfig(num_frames=8, short_sides=(64,), crop_size=64))
+
+
+def test_cursor_tracks_out_of_order_consumption_compactly():
+    cursor = EpochCursor(epoch=3, size=10)
+    cursor.consume([0, 1, 2])
+    cursor.consume([7, 5])
+    assert cursor.remaining() == [3, 4, 6, 8, 9] and len(cursor) == 5
+    state = cursor.state_dict()
+    assert state == {"epoch": 3, "size": 10, "ranges": [[3, 5], [6, 7], [8, 10]]}
+    restored = EpochCursor.from_state_dict(state)
+    assert restored.epoch == 3 and restored.remaining() == cursor.remaining()
+    restored.consume([3, 4, 6, 8, 9])
+    assert len(restored) == 0 and restored.state_dict()["ranges"] == []
+
+
+def test_cursor_rejects_duplicates_and_foreign_indices():
+    cursor = EpochCursor(epoch=0, size=4)
+    cursor.consume([1])
+    with pytest.raises(ValueError, match=r"consumed twice: \[1\]"):
+        cursor.consume([0, 1])
+    with pytest.raises(ValueError, match="out of range"):
+        cursor.consume([4])
+    assert cursor.remaining() == [0, 2, 3]  # a rejected call changes nothing
+
+
+@pytest.fixture(scope="module")
+def generator(demo_videos) -> Generator:
+    return Generator(demo_videos, SMALL)
+
+
+def test_stream_yields_each_index_once_in_batches(generator):
+    indices = [9, 2, 4, 0, 7, 1, 3]
+    batches = list(InProcessSource(generator).stream(5, 1, indices, batch_size=3))
+    assert [len(b) for b in batches] == [3, 3, 1]
+    keys = torch.cat([b.keys for b in batches])
+    assert keys[:, 2].tolist() == indices
+    assert (keys[:, 0] == 5).all() and (keys[:, 1] == 1).all()
+    direct = generator.generate([(5, 1, i) for i in indices[3:6]])
+    assert torch.equal(batches[1].clips, direct.clips)  # a sample is a pure function of its key
+    assert torch.equal(batches[1].boxes, direct.boxes)
+
+
+def test_closing_a_stream_early_stops_its_producer(generator):
+    before = threading.active_count()
+    stream = InProcessSource(generator, prefetch=1).stream(0, 0, list(range(40)), batch_size=2)
+    next(stream)
+    stream.close()
+    assert threading.active_count() == before
+
+
+def test_generation_errors_reach_the_consumer(generator):
+    stream = InProcessSource(generator).stream(0, 0, [0, 1 << 41], batch_size=1)
+    next(stream)
+    with pytest.raises(ValueError, match="out of range"):
+        next(stream)
+
+
+def test_held_out_clips_are_disjoint_from_training_keys(generator):
+    batches = held_out_batches(generator, seed=5, clips=5, batch_size=2)
+    keys = torch.cat([b.keys for b in batches])
+    assert [len(b) for b in batches] == [2, 2, 1]
+    assert keys.tolist() == [[5, HELD_OUT_EPOCH, i] for i in range(5)]

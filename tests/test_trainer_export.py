@@ -1,0 +1,50 @@
+"""`ctp-train export`: the encoder of a pretraining checkpoint, loadable by torchvision's own constructors."""
+import pytest
+import torch
+from torchvision.models import video as tv_video
+
+from datagen.config import to_dict
+from trainer.checkpoint import save_atomic
+from trainer.cli import main
+from trainer.config import load_train_config
+from trainer.models import set_stage4_spatial_stride
+from trainer.network import CtPNetwork
+
+
+def pretraining_checkpoint(tmp_path, encoder: str):
+    torch.manual_seed(0)
+    network = CtPNetwork(encoder, num_frames=16)
+    for m in network.modules():  # non-trivial BN statistics, so a wrong key mapping would show
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    cfg = load_train_config(None, [f"model.encoder={encoder}"])
+    path = save_atomic({"model": network.state_dict(), "config": to_dict(cfg), "step": 1}, tmp_path / "ckpt.pt")
+    return path, network
+
+
+@pytest.mark.parametrize("name", ["r3d_18", "r2plus1d_18"])
+def test_exported_encoder_loads_strictly_into_torchvision(tmp_path, name, capsys):
+    checkpoint, network = pretraining_checkpoint(tmp_path, name)
+    out = tmp_path / "encoder.pth"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert "encoder written" in capsys.readouterr().out
+
+    weights = torch.load(out, weights_only=True)
+    model = getattr(tv_video, name)()
+    with pytest.raises(RuntimeError, match=r'Missing key\(s\) in state_dict: "fc.weight", "fc.bias"'):
+        model.load_state_dict(weights, strict=True)  # the file has no classifier: documented
+    model.fc = torch.nn.Identity()
+    model.load_state_dict(weights, strict=True)
+
+    clip = torch.randn(1, 3, 16, 112, 112)
+    set_stage4_spatial_stride(network.encoder, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(clip), network.encoder.eval()(clip).mean(dim=(2, 3, 4)), rtol=1e-4, atol=1e-5)
+
+
+def test_export_of_the_tiny_encoder_is_refused_clearly(tmp_path, capsys):
+    checkpoint, _ = pretraining_checkpoint(tmp_path, "tiny")
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.pth")]) == 2
+    assert "no torchvision counterpart" in capsys.readouterr().err
+    assert not (tmp_path / "x.pth").exists()

@@ -1,0 +1,36 @@
+"""`ctp-train`: pretraining, tracking evaluation, encoder export and the downstream protocols."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from trainer import export, pretrain, track_eval
+from trainer.downstream import cli as downstream_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctp-train",
+        description="Catch-the-Patch self-supervised video pretraining and its evaluation.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (pretrain, track_eval, export):
+        module.add_parser(subparsers)
+    downstream_cli.add_parsers(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"ctp-train {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,107 @@
+"""Typed pretraining configuration: YAML presets (trainer/configs/) plus `a.b=c` command-line overrides."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from datagen.config import GenerationConfig, load_config
+
+PRESETS_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    encoder: str = "r3d_18"  # r3d_18 | r2plus1d_18 | tiny
+    head_hidden: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    videos: tuple[str, ...] = ()  # video files, folders or manifests
+    seed: int = 0
+    batch_size: int = 32  # clips per optimiser step, over all ranks
+    clips_per_video: int = 1  # an epoch visits every video this many times (with different keys)
+    prefetch: int = 2  # batches generated ahead of the step
+    generation: GenerationConfig = GenerationConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    lr: float = 0.01  # for `base_batch_size` clips; scaled linearly with data.batch_size
+    base_batch_size: int = 32
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    epochs: int = 300
+    milestones: tuple[int, ...] = (100, 200)  # epochs at which lr is multiplied by `gamma`
+    gamma: float = 0.1
+    grad_clip: float = 40.0  # max global gradient norm
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    clips: int = 64  # size of the fixed held-out set of generated clips
+    every_steps: int = 1000  # tracking mIoU and the box image; also at the end of the run
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    out_dir: str = "runs/ctp"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16
+    channels_last: bool | None = None  # None: on CUDA only
+    compile: bool = False  # torch.compile the network
+    log_every: int = 10
+    checkpoint_every: int = 1000  # steps; a checkpoint is also written at every epoch end and at a stop
+    keep_checkpoints: int = 2
+    stop_at_step: int | None = None  # checkpoint and exit at this step (resume later with --resume auto)
+    progress: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @property
+    def lr(self) -> float:
+        """The linearly scaled learning rate for this run's batch size."""
+        return self.optim.lr * self.data.batch_size / self.optim.base_batch_size
+
+
+def presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    """A preset name (`r3d18_ucf101`) or a YAML path → the file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise ValueError(f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(presets())}")
+
+
+def load_train_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Defaults ← preset or YAML file ← `a.b=c` overrides, validated."""
+    path = resolve_preset(name_or_path) if name_or_path else None
+    cfg = load_config(TrainConfig, path, overrides)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    checks = [
+        (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
+        (cfg.data.clips_per_video >= 1, f"data.clips_per_video must be >= 1, got {cfg.data.clips_per_video}"),
+        (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
+        (cfg.run.precision in ("auto", "fp32", "bf16"), f"run.precision must be auto, fp32 or bf16, got {cfg.run.precision!r}"),
+        (cfg.eval.clips >= 1, f"eval.clips must be >= 1, got {cfg.eval.clips}"),
+    ]
+    errors = [message for ok, message in checks if not ok]
+    if errors:
+        raise ValueError("invalid config: " + "; ".join(errors))

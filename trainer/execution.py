@@ -1,0 +1,47 @@
+"""Where and how the network runs: device, autocast precision and memory layout, with CUDA-aware defaults."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import torch
+
+from datagen.batch import Batch
+from trainer.network import normalise
+
+
+@dataclasses.dataclass(frozen=True)
+class Execution:
+    device: torch.device
+    bf16: bool  # autocast the forward pass to bfloat16
+    channels_last: bool  # channels_last_3d activations (cuDNN's fast path for 3D convs in bf16)
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> "Execution":
+        """`auto` means CUDA with bf16 + channels_last_3d when a GPU is present, else CPU fp32."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"run.device={device} but no CUDA device is available; use run.device=cpu")
+        on_cuda = dev.type == "cuda"
+        bf16 = on_cuda if precision == "auto" else precision == "bf16"
+        return cls(dev, bf16, on_cuda if channels_last is None else channels_last)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def inputs(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """A uint8 batch → normalised clips and float boxes on this device (normalised here, not upstream)."""
+        clips = normalise(batch.clips.to(self.device, non_blocking=True), self.channels_last)
+        return clips, batch.boxes.to(self.device, non_blocking=True)
+
+    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Move a module here, in the memory layout the inputs use."""
+        module = module.to(self.device)
+        return module.to(memory_format=torch.channels_last_3d) if self.channels_last else module
+
+    def describe(self) -> str:
+        return f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last_3d' if self.channels_last else ''}"
