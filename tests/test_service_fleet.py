@@ -236,7 +236,7 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
     assert set(problems.values()) == {str(broken)} and len(problems) == 4  # 16 indices over 4 videos
 
     registry = Registry(redis_server.url, NS)
-    assert str(broken) in registry.quarantined()
+    wait_until(lambda: str(broken) in registry.quarantined(), 30, "the quarantine to be published")
     for r in replicas:  # each replica found it or adopted it from Redis
         wait_until(lambda: any(str(broken) in e["event"] and "quarantined" in e["event"] for e in r.events()), 30,
                    f"replica {r.replica_id} to quarantine {broken.name}")

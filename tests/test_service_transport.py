@@ -107,6 +107,9 @@ def test_attach_refuses_a_missing_or_foreign_segment(ring: ShmRing) -> None:
         ShmRing.attach(ring.name + "x", ring.nonce)
     with pytest.raises(RingUnreachable, match="nonce"):
         ShmRing.attach(ring.name, bytes(16))
+    for name in ("../../etc/passwd", "", ".hidden", "a/b"):  # the name comes from a client: only /dev/shm entries
+        with pytest.raises(RingUnreachable, match="not a shared-memory segment name"):
+            ShmRing.attach(name, ring.nonce)
 
 
 def test_take_refuses_slots_that_were_not_filled(ring: ShmRing) -> None:

@@ -301,7 +301,7 @@ class RemoteSource:
                         r.client.close()
                         del self._replicas[address]
         for r in self._replicas.values():
-            if not r.up and not r.refused and now >= r.retry_at:
+            if not r.up and not r.refused and not r.flights and now >= r.retry_at:
                 self._connect(r)
 
     def _connect(self, r: _Replica) -> None:
@@ -318,6 +318,8 @@ class RemoteSource:
             else:
                 self._down(r, f"{exc.code().name}: {exc.details()}")
             return
+        r.client.close_ring()  # a fresh ring: slots a failed replica left claimed are not inherited
+        r.shm_error = None
         r.info, r.up = info, True
         log.info("datagen replica up", extra={"replica": info.replica_id, "address": r.client.address, "device": info.device,
                                              "shared_memory": r.client.ring is not None})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import json
 import logging
 import os
@@ -115,7 +116,7 @@ def run_status(args: argparse.Namespace) -> int:
     registry = Registry(args.redis, args.namespace)
     replicas, quarantined = registry.replicas(), registry.quarantined()
     if args.json:
-        print(json.dumps({"replicas": [r.__dict__ for r in replicas], "quarantined": quarantined}, indent=2))
+        print(json.dumps({"replicas": [dataclasses.asdict(r) for r in replicas], "quarantined": quarantined}, indent=2))
         return 0
     now = time.time()
     print(f"{len(replicas)} live replica(s) in {redact(args.redis)} namespace {args.namespace!r}")

@@ -135,12 +135,17 @@ class Heartbeat:
         self.interval = interval
         self.ttl = ttl
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
         self._published: set[str] = set()
         self.connected: bool | None = None  # None: not tried yet
 
     def start(self) -> None:
         self._thread.start()
+
+    def nudge(self) -> None:
+        """Beat now rather than at the next interval (a video was just found unreadable)."""
+        self._wake.set()
 
     def beat(self) -> None:
         """One heartbeat; raises redis.RedisError when Redis is unreachable."""
@@ -162,11 +167,13 @@ class Heartbeat:
                 if self.connected is not False:  # once per outage
                     log.warning("redis unreachable; serving on, will re-register", extra={"redis": redact(self.registry.url), "error": str(exc)})
                 self.connected, self._published = False, set()  # re-publish everything once it is back
-            self._stop.wait(self.interval)
+            self._wake.wait(self.interval)
+            self._wake.clear()
 
     def stop(self, deregister: bool = True) -> None:
         """Stop beating and, by default, remove the record so clients send no more work here."""
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         if deregister:
             try:

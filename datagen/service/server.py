@@ -243,6 +243,7 @@ class Replica:
                 interval=heartbeat_s,
                 ttl=ttl_s,
             )
+            self.work.on_decode_failure = self.heartbeat.nudge
 
     @property
     def address(self) -> str:

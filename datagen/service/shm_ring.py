@@ -8,14 +8,15 @@ tagged with the stream that filled it, so the consumer can take back slots of st
 """
 from __future__ import annotations
 
+import mmap
 import os
+import re
 import secrets
 import struct
-import sys
 import threading
 import time
-from multiprocessing import resource_tracker
 from multiprocessing.shared_memory import SharedMemory
+from typing import Callable
 
 import numpy as np
 import torch
@@ -25,7 +26,8 @@ _MAGIC = b"CTPRING1"
 _HEADER = struct.Struct("<8s16sIQ")  # magic, nonce, number of slots, bytes per slot
 _SLOT = struct.Struct("<B7xQ")  # state, stream id
 _PAGE = 4096
-_created_here: set[str] = set()  # rings this process owns
+_SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory
+_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,250}")
 
 
 class RingUnreachable(Exception):
@@ -35,26 +37,24 @@ class RingUnreachable(Exception):
 class ShmRing:
     """`num_slots` slots of `slot_bytes` each, plus a small header that both sides check."""
 
-    def __init__(self, shm: SharedMemory, num_slots: int, slot_bytes: int, nonce: bytes, owner: bool):
-        self._shm = shm
+    def __init__(self, name: str, buf: memoryview, unmap: Callable[[], None], num_slots: int, slot_bytes: int,
+                 nonce: bytes, unlink: Callable[[], None] | None = None):
+        self.name = name
+        self._buf = buf
+        self._unmap = unmap
+        self._unlink = unlink  # the owner's: removes the segment
         self.num_slots = num_slots
         self.slot_bytes = slot_bytes
         self.nonce = nonce
-        self._owner = owner
         self._data_offset = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE)
         self._claim_lock = threading.Lock()  # producer threads of one process claim slots one at a time
-
-    @property
-    def name(self) -> str:
-        return self._shm.name
 
     @classmethod
     def create(cls, num_slots: int, slot_bytes: int) -> "ShmRing":
         """A new ring, every page reserved up front so a full /dev/shm fails here and not with SIGBUS later."""
         slot_bytes = _round_up(slot_bytes, _PAGE)
         size = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE) + num_slots * slot_bytes
-        shm = SharedMemory(create=True, size=size)
-        _created_here.add(shm.name)
+        shm = SharedMemory(create=True, size=size)  # tracked: removed even if this process is killed
         try:
             os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]  # the segment's own descriptor
         except OSError as exc:
@@ -63,20 +63,30 @@ class ShmRing:
             raise RingUnreachable(f"no room for a {size >> 20} MiB ring in /dev/shm ({exc.strerror})") from exc
         nonce = secrets.token_bytes(16)
         _HEADER.pack_into(shm.buf, 0, _MAGIC, nonce, num_slots, slot_bytes)
-        return cls(shm, num_slots, slot_bytes, nonce, owner=True)
+        return cls(shm.name, shm.buf, shm.close, num_slots, slot_bytes, nonce, unlink=shm.unlink)
 
     @classmethod
     def attach(cls, name: str, nonce: bytes) -> "ShmRing":
         """The producer's view of a client's ring; RingUnreachable when this process cannot see that ring."""
+        if not _NAME.fullmatch(name):
+            raise RingUnreachable(f"{name!r} is not a shared-memory segment name")
         try:
-            shm = _open_untracked(name)
-        except (FileNotFoundError, PermissionError, ValueError) as exc:
-            raise RingUnreachable(f"shared memory {name!r} is not visible here ({exc})") from exc
-        magic, found, num_slots, slot_bytes = _HEADER.unpack_from(shm.buf, 0)
+            fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDWR | os.O_NOFOLLOW)
+        except OSError as exc:  # another host or IPC namespace, or another user (the ring is mode 0600)
+            raise RingUnreachable(f"shared memory {name!r} is not visible here ({exc.strerror})") from exc
+        try:
+            mapping = mmap.mmap(fd, 0)
+        except (OSError, ValueError) as exc:
+            raise RingUnreachable(f"shared memory {name!r} cannot be mapped ({exc})") from exc
+        finally:
+            os.close(fd)
+        buf = memoryview(mapping)
+        magic, found, num_slots, slot_bytes = _HEADER.unpack_from(buf, 0) if len(buf) >= _HEADER.size else (b"", b"", 0, 0)
         if magic != _MAGIC or found != nonce:
-            shm.close()
+            buf.release()
+            mapping.close()
             raise RingUnreachable(f"shared memory {name!r} here is not the client's ring (nonce differs)")
-        return cls(shm, num_slots, slot_bytes, nonce, owner=False)
+        return cls(name, buf, mapping.close, num_slots, slot_bytes, nonce)
 
     def put(self, data: torch.Tensor, stream_id: int) -> int | None:
         """Producer: copy `data` (any device) into a free slot and mark it FULL; None if none is free or fits."""
@@ -105,7 +115,7 @@ class ShmRing:
         """Consumer: free FULL slots whose stream is no longer read (cancelled, failed); returns how many."""
         freed = 0
         for slot in range(self.num_slots):
-            state, stream_id = _SLOT.unpack_from(self._shm.buf, self._slot_entry(slot))
+            state, stream_id = _SLOT.unpack_from(self._buf, self._slot_entry(slot))
             if state == FULL and stream_id not in live_streams:
                 self._set(slot, FREE, 0)
                 freed += 1
@@ -116,10 +126,11 @@ class ShmRing:
 
     def close(self) -> None:
         """Unmap; the owner also removes the segment."""
-        self._shm.close()
-        if self._owner:
-            self._shm.unlink()
-            _created_here.discard(self.name)
+        if self._unlink is None:
+            self._buf.release()
+        self._unmap()
+        if self._unlink is not None:
+            self._unlink()
 
     def _slot_entry(self, slot: int) -> int:
         return _HEADER.size + slot * _SLOT.size
@@ -128,26 +139,16 @@ class ShmRing:
         return self._data_offset + slot * self.slot_bytes
 
     def _view(self, slot: int, nbytes: int) -> np.ndarray:
-        return np.frombuffer(self._shm.buf, np.uint8, count=nbytes, offset=self._slot_offset(slot))
+        return np.frombuffer(self._buf, np.uint8, count=nbytes, offset=self._slot_offset(slot))
 
     def _state(self, slot: int) -> int:
-        return self._shm.buf[self._slot_entry(slot)]
+        return self._buf[self._slot_entry(slot)]
 
     def _set(self, slot: int, state: int, stream_id: int) -> None:
         # The stream id goes first so a reader that sees the new state also sees whose slot it is.
         entry = self._slot_entry(slot)
-        struct.pack_into("<Q", self._shm.buf, entry + 8, stream_id)
-        self._shm.buf[entry] = state
-
-
-def _open_untracked(name: str) -> SharedMemory:
-    """Open an existing segment without letting this process's resource tracker unlink it at exit."""
-    if sys.version_info >= (3, 13):
-        return SharedMemory(name, track=False)
-    shm = SharedMemory(name)
-    if shm.name not in _created_here:  # one tracker per process: keep the creator's entry
-        resource_tracker.unregister("/" + shm.name, "shared_memory")
-    return shm
+        struct.pack_into("<Q", self._buf, entry + 8, stream_id)
+        self._buf[entry] = state
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -56,13 +56,15 @@ class _Job:
 
 
 class WorkQueue:
-    def __init__(self, generator: BatchGenerator, metrics: ReplicaMetrics, capacity: int = 8, lookahead: int = 2):
+    def __init__(self, generator: BatchGenerator, metrics: ReplicaMetrics, capacity: int = 8, lookahead: int = 2,
+                 on_decode_failure: Callable[[], None] = lambda: None):
         if capacity < 1 or lookahead < 1:
             raise ValueError("the work queue needs a capacity and a per-stream lookahead of at least 1")
         self.generator = generator
         self.metrics = metrics
         self.capacity = capacity
         self.lookahead = lookahead
+        self.on_decode_failure = on_decode_failure  # e.g. publish the quarantine at once
         self._queue: queue.Queue[_Job | None] = queue.Queue(capacity)
         self._thread = threading.Thread(target=self._work, name="generate", daemon=True)
 
@@ -129,7 +131,9 @@ class WorkQueue:
                 job.future.set_exception(exc)
                 continue
             self.metrics.stage_seconds.labels("generate").observe(time.monotonic() - started)
-            self.metrics.decode_failures.inc(self.generator.stats["decode_failures"] - failures)
+            if self.generator.stats["decode_failures"] > failures:
+                self.metrics.decode_failures.inc(self.generator.stats["decode_failures"] - failures)
+                self.on_decode_failure()
             problems = self._problems(job.keys)
             self.metrics.replaced.inc(len(problems))
             job.future.set_result(Generated(batch, problems))
