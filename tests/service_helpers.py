@@ -111,7 +111,7 @@ class ReplicaProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"replica-{time.monotonic_ns()}.log"
         videos = [videos] if isinstance(videos, Path) else videos
-        args = [*wrap, sys.executable, "-m", "datagen.service", "serve", "--videos", *map(str, videos), "--host", "127.0.0.1",
+        args = [*wrap, sys.executable, "-m", "datagen.service", "serve", *map(str, videos), "--host", "127.0.0.1",
                 "--port", "0", "--metrics-port", "0", "--heartbeat", "0.3", "--ttl", "2", "--drain-timeout", "60"]
         for item in overrides:
             args += ["--set", item]
