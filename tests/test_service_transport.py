@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from datagen.batch import Batch
-from datagen.service.shm_ring import FREE, ShmRing, RingUnreachable
+from datagen.service.shm_ring import RingUnreachable, ShmRing
 from datagen.service.wire import BatchDecoder, WireError, encode_batch
 from protos import datagen_pb2 as pb
 

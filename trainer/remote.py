@@ -16,7 +16,6 @@ import heapq
 import itertools
 import json
 import logging
-import math
 import queue
 import threading
 import time
@@ -30,7 +29,7 @@ from datagen.batch import Batch
 from datagen.config import GenerationConfig, from_dict
 from datagen.service.registry import Registry, redact
 from datagen.service.security import TlsFiles
-from datagen.service.wire import Received, WireError
+from datagen.service.wire import Received
 from protos import datagen_pb2 as pb
 
 from .client import GenerateStream, ReplicaClient
@@ -180,7 +179,7 @@ class RemoteSource:
         self.wait_for_replicas, self.max_failures = wait_for_replicas, max_failures
         self.stats: collections.Counter[str] = collections.Counter()
         self.delivered: collections.Counter[str] = collections.Counter()  # samples kept, per replica id
-        self.problems: list[pb.SampleProblem] = []
+        self.problems: collections.deque[pb.SampleProblem] = collections.deque(maxlen=10_000)  # the latest
         self._replicas: dict[str, _Replica] = {}
         for address in addresses:
             self._replicas[address] = _Replica(self._client(address), explicit=True)
@@ -465,7 +464,7 @@ def _pump(flight: _Flight, events: queue.Queue) -> None:
             flight.last_activity = time.monotonic()
             events.put(("batch", flight, received))
         events.put(("end", flight, None))
-    except (grpc.RpcError, WireError, ValueError) as exc:
+    except Exception as exc:  # RpcError, WireError, a bad slot: the scheduler decides
         events.put(("error", flight, exc))
 
 

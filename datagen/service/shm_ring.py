@@ -82,10 +82,11 @@ class ShmRing:
             os.close(fd)
         buf = memoryview(mapping)
         magic, found, num_slots, slot_bytes = _HEADER.unpack_from(buf, 0) if len(buf) >= _HEADER.size else (b"", b"", 0, 0)
-        if magic != _MAGIC or found != nonce:
+        needed = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE) + num_slots * slot_bytes
+        if magic != _MAGIC or found != nonce or needed > len(buf):
             buf.release()
             mapping.close()
-            raise RingUnreachable(f"shared memory {name!r} here is not the client's ring (nonce differs)")
+            raise RingUnreachable(f"shared memory {name!r} here is not the client's ring (nonce or size differs)")
         return cls(name, buf, mapping.close, num_slots, slot_bytes, nonce)
 
     def put(self, data: torch.Tensor, stream_id: int) -> int | None:
@@ -151,10 +152,6 @@ class ShmRing:
         self._buf[entry] = state
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 class AttachedRings:
     """A replica's attachments to its clients' rings: opened once, dropped after `idle_s` unused.
 
@@ -177,3 +174,7 @@ class AttachedRings:
             ring = self._rings[(name, nonce)][0] if (name, nonce) in self._rings else ShmRing.attach(name, nonce)
             self._rings[(name, nonce)] = (ring, now)
             return ring
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
