@@ -162,7 +162,7 @@ class ReplicaProcess:
 
 
 def metric_value(text: str, name: str) -> float:
-    """The value of an unlabelled sample in Prometheus text format (0 when absent)."""
+    """The value of a sample in Prometheus text format, `name` with its labels as printed (0 when absent)."""
     for line in text.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])

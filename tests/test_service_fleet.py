@@ -104,8 +104,16 @@ def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(r
             assert src.stats["duplicates_dropped"] == 0 and src.stats["requeued"] == 0
             assert src.stats["shm_batches"] > 0 and src.stats["inline_batches"] == 0  # same host: shared memory
         assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
-    served = sum(metric_value(r.metrics(), "ctp_datagen_clips_total") for r in replicas)
-    assert served == len(epoch_indices)
+    batches = len(epoch_indices) // batch_size
+    names = ["ctp_datagen_clips_total", 'ctp_datagen_batches_total{transport="shared_memory"}']
+    names += [f'ctp_datagen_stage_seconds_count{{stage="{stage}"}}' for stage in ("queue_wait", "generate", "send")]
+
+    def totals() -> list[float]:
+        metrics = [r.metrics() for r in replicas]
+        return [sum(metric_value(m, name) for m in metrics) for name in names]
+
+    # "send" is observed once gRPC took a stream's last message, a moment after the client has it
+    wait_until(lambda: totals() == [len(epoch_indices)] + [batches] * 4, 30, f"metrics of {len(epoch_indices)} clips, {batches} batches per stage")
 
     cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=True))
     status = json.loads(capsys.readouterr().out)
@@ -250,3 +258,6 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
     result = json.loads(out.read_text())
     assert (result["unique"], result["missing"], result["duplicates_dropped"], result["received"]) == (12, 0, 0, 12)
     assert result["clips_per_s"] > 0 and result["mb_per_s"] > 0 and result["replaced_samples"] == 3
+    metrics = [r.metrics() for r in replicas]
+    assert sum(metric_value(m, "ctp_datagen_replaced_samples_total") for m in metrics) == 4 + 3
+    assert sum(metric_value(m, "ctp_datagen_decode_failures_total") for m in metrics) >= 1
