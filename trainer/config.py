@@ -21,15 +21,17 @@ class DataConfig:
     seed: int = 0
     batch_size: int = 32  # clips per optimiser step, over all ranks
     clips_per_video: int = 1  # an epoch visits every video this many times (with different keys)
-    prefetch: int = 2  # batches generated ahead of the step
     generation: GenerationConfig = GenerationConfig()
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
+    # sgd: the paper. adamw: short CPU runs; with the head's N(0, 0.001) init, SGD needs far more than a few
+    # hundred steps to leave the predict-the-query-box plateau (docs/trainer.md).
+    name: str = "sgd"
     lr: float = 0.01  # for `base_batch_size` clips; scaled linearly with data.batch_size
     base_batch_size: int = 32
-    momentum: float = 0.9
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 1e-4
     epochs: int = 300
     milestones: tuple[int, ...] = (100, 200)  # epochs at which lr is multiplied by `gamma`
@@ -50,6 +52,7 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16
     channels_last: bool | None = None  # None: on CUDA only
     compile: bool = False  # torch.compile the network
+    prefetch: int = 2  # batches generated ahead of the step (in-process data)
     log_every: int = 10
     checkpoint_every: int = 1000  # steps; a checkpoint is also written at every epoch end and at a stop
     keep_checkpoints: int = 2
@@ -99,6 +102,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.data.batch_size >= 1, f"data.batch_size must be >= 1, got {cfg.data.batch_size}"),
         (cfg.data.clips_per_video >= 1, f"data.clips_per_video must be >= 1, got {cfg.data.clips_per_video}"),
         (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
+        (cfg.optim.name in ("sgd", "adamw"), f"optim.name must be sgd or adamw, got {cfg.optim.name!r}"),
         (cfg.run.precision in ("auto", "fp32", "bf16"), f"run.precision must be auto, fp32 or bf16, got {cfg.run.precision!r}"),
         (cfg.eval.clips >= 1, f"eval.clips must be >= 1, got {cfg.eval.clips}"),
     ]

@@ -13,7 +13,7 @@ import math
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,7 @@ class Trainer:
             CtPNetwork(cfg.model.encoder, cfg.data.generation.clip.num_frames, cfg.model.head_hidden)
         )
         self.model: torch.nn.Module = torch.compile(self.network) if cfg.run.compile else self.network
-        self.optimizer = torch.optim.SGD(
-            self.network.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-        )
+        self.optimizer = build_optimizer(self.network, cfg)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
             self.optimizer, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma
         )
@@ -106,7 +104,7 @@ class Trainer:
         if changed:
             raise ValueError(
                 f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's; "
-                "resume with the same preset and overrides (only run.*, eval.* and optim.epochs may change)"
+                "resume with the same model.* and data.* settings (run.*, eval.* and the schedule may change)"
             )
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -121,6 +119,12 @@ class Trainer:
         return self.optimizer.param_groups[0]["lr"]
 
 
+def build_optimizer(network: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optim.name == "adamw":
+        return torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(network.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+
+
 class StepReport:
     """Collects per-step losses and timing between log points: clips/s and the share spent waiting for data."""
 
@@ -129,31 +133,31 @@ class StepReport:
 
     def _reset(self) -> None:
         self.losses: list[torch.Tensor] = []
-        self.steps: list[tuple[int, int]] = []  # (step, epoch)
+        self.steps: list[tuple[int, int, float]] = []  # (step, epoch, lr)
         self.clips = 0
         self.wait = 0.0
         self.started = time.perf_counter()
 
-    def add(self, step: int, epoch: int, losses: torch.Tensor, clips: int, wait: float) -> None:
+    def add(self, step: int, epoch: int, lr: float, losses: torch.Tensor, clips: int, wait: float) -> None:
         self.losses.append(losses)
-        self.steps.append((step, epoch))
+        self.steps.append((step, epoch, lr))
         self.clips += clips
         self.wait += wait
 
-    def flush(self, lr: float) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    def flush(self) -> tuple[list[dict[str, Any]], dict[str, float]]:
         """Per-step records and window averages; resets the window."""
         elapsed = max(time.perf_counter() - self.started, 1e-9)
         values = torch.stack(self.losses).cpu().tolist()
         rows = [
             {"step": s, "epoch": e, "loss": v[0], "loss_centre": v[1], "loss_size": v[2], "lr": lr}
-            for (s, e), v in zip(self.steps, values)
+            for (s, e, lr), v in zip(self.steps, values)
         ]
         mean = [sum(col) / len(values) for col in zip(*values)]
         window = {
             "loss/total": mean[0],
             "loss/centre": mean[1],
             "loss/size": mean[2],
-            "lr": lr,
+            "lr": rows[-1]["lr"],
             "throughput/clips_per_s": self.clips / elapsed,
             "throughput/data_wait": self.wait / elapsed,
         }
@@ -175,90 +179,114 @@ def stop_on_sigterm() -> Iterator[threading.Event]:
         signal.signal(signal.SIGTERM, previous)
 
 
+class Reporter:
+    """What a run reports: per-step records, TensorBoard scalars, the progress bar and held-out tracking."""
+
+    def __init__(self, trainer: Trainer, held_out: list[Batch], run_dir: Path, resumed: bool) -> None:
+        self.trainer = trainer
+        self.held_out = held_out
+        self.metrics = MetricsLog(run_dir, resume_step=trainer.step if resumed else None)
+        self.window = StepReport()
+        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+                        disable=not trainer.cfg.run.progress)
+        self.last_eval: tuple[int, TrackingScore] | None = None
+
+    def step(self, epoch: int, lr: float, losses: torch.Tensor, clips: int, wait: float) -> None:
+        self.window.add(self.trainer.step, epoch, lr, losses, clips, wait)
+        self.bar.update()
+
+    def flush(self) -> None:
+        if not self.window.losses:
+            return
+        rows, window = self.window.flush()
+        self.metrics.records(rows)
+        self.metrics.scalars(self.trainer.step, window)
+        self.bar.set_postfix(loss=f"{window['loss/total']:.3f}", clips_s=f"{window['throughput/clips_per_s']:.1f}",
+                             data_wait=f"{window['throughput/data_wait']:.0%}", refresh=False)
+
+    def evaluate(self) -> TrackingScore:
+        """Held-out tracking mIoU and the boxes image, once per step."""
+        step = self.trainer.step
+        if self.last_eval is not None and self.last_eval[0] == step:
+            return self.last_eval[1]
+        score, predictions = evaluate(self.trainer.model, self.held_out, self.trainer.execution)
+        self.metrics.scalars(step, {"eval/miou": score.miou, "eval/baseline_miou": score.baseline_miou})
+        self.metrics.records([{"step": step, "miou": score.miou, "baseline_miou": score.baseline_miou}])
+        first = self.held_out[0]
+        self.metrics.image(step, "eval/boxes", boxes_image(first.clips[0], first.boxes[0], predictions[0][0]))
+        self.last_eval = (step, score)
+        return score
+
+    def close(self) -> None:
+        self.bar.close()
+        self.metrics.close()
+
+
 def pretrain(cfg: TrainConfig, resume: str | None = None, source: SampleSource | None = None) -> TrackingScore | None:
     """Train per `cfg`; returns the final held-out tracking score, or None when stopped before the end."""
-    run_dir = Path(cfg.run.out_dir)
-    execution = Execution.resolve(cfg.run.device, cfg.run.precision, cfg.run.channels_last)
     if not cfg.data.videos:
         raise ValueError("data.videos is empty: pass video files, folders or manifests, e.g. data.videos=[out/demo]")
+    run_dir = Path(cfg.run.out_dir)
+    execution = Execution.resolve(cfg.run.device, cfg.run.precision, cfg.run.channels_last)
     generator = Generator(resolve_videos(cfg.data.videos), cfg.data.generation, device=execution.device)
-    source = source or InProcessSource(generator, cfg.data.prefetch)
+    source = source or InProcessSource(generator, cfg.run.prefetch)
     trainer = Trainer(cfg, execution, generator.epoch_length * cfg.data.clips_per_video)
-
     checkpoint = _resume_from(resume, run_dir)
     if checkpoint is not None:
         trainer.load_state_dict(load_checkpoint(checkpoint))
         log.info("resumed from %s at step %d (epoch %d)", checkpoint, trainer.step, trainer.cursor.epoch)
-    held_out = held_out_batches(generator, cfg.data.seed, cfg.eval.clips, cfg.data.batch_size)
-    metrics = MetricsLog(run_dir, resume_step=trainer.step if checkpoint else None)
-    log.info("pretraining %s on %s, %d videos, %d steps per epoch", cfg.model.encoder, execution.describe(),
-             len(generator.videos), trainer.steps_per_epoch)
-
-    report = StepReport()
-
-    def flush() -> None:
-        if not report.losses:
-            return
-        rows, window = report.flush(trainer.lr())
-        metrics.records(rows)
-        metrics.scalars(trainer.step, window)
-        bar.set_postfix(loss=f"{window['loss/total']:.3f}", clips_s=f"{window['throughput/clips_per_s']:.1f}",
-                        data_wait=f"{window['throughput/data_wait']:.0%}", refresh=False)
+    log.info("pretraining %s on %s: %d videos, %d steps per epoch, %d epochs", cfg.model.encoder,
+             execution.describe(), len(generator.videos), trainer.steps_per_epoch, cfg.optim.epochs)
+    reporter = Reporter(trainer, held_out_batches(generator, cfg.data.seed, cfg.eval.clips, cfg.data.batch_size),
+                        run_dir, resumed=checkpoint is not None)
 
     def save() -> None:
-        flush()  # the metrics log never lags behind a checkpoint
+        reporter.flush()  # the metrics log never lags behind a checkpoint
         save_atomic(trainer.state_dict(), checkpoint_path(run_dir, trainer.step))
         prune_checkpoints(run_dir, cfg.run.keep_checkpoints)
 
-    def report_eval() -> TrackingScore:
-        score, predictions = evaluate(trainer.model, held_out, execution)
-        metrics.scalars(trainer.step, {"eval/miou": score.miou, "eval/baseline_miou": score.baseline_miou})
-        metrics.records([{"step": trainer.step, "miou": score.miou, "baseline_miou": score.baseline_miou}])
-        first = held_out[0]
-        metrics.image(trainer.step, "eval/boxes", boxes_image(first.clips[0], first.boxes[0], predictions[0][0]))
-        return score
-
-    bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", disable=not cfg.run.progress, dynamic_ncols=True)
-    stopped = False
     try:
         with stop_on_sigterm() as sigterm:
             if trainer.step == 0:
-                report_eval()
+                reporter.evaluate()
+            stopped = False
             while trainer.cursor.epoch < cfg.optim.epochs and not stopped:
-                epoch = trainer.cursor.epoch
-                stream = source.stream(cfg.data.seed, epoch, trainer.cursor.remaining(), cfg.data.batch_size)
-                with contextlib.closing(stream) as batches:
-                    while True:
-                        waited = time.perf_counter()
-                        batch = next(batches, None)
-                        if batch is None:
-                            break
-                        waited = time.perf_counter() - waited
-                        report.add(trainer.step + 1, epoch, trainer.train_step(batch), len(batch), waited)
-                        bar.update()
-                        if trainer.step % cfg.run.log_every == 0:
-                            flush()
-                        if trainer.step % cfg.eval.every_steps == 0:
-                            report_eval()
-                        stopped = sigterm.is_set() or trainer.step == cfg.run.stop_at_step
-                        if stopped:
-                            break
-                        if trainer.step % cfg.run.checkpoint_every == 0 and len(trainer.cursor):
-                            save()
+                stopped = _train_epoch(trainer, source, reporter, save, sigterm)
                 if not len(trainer.cursor):
                     trainer.end_epoch()
                 save()
+            if stopped:
+                log.info("stopped at step %d; continue with --resume auto", trainer.step)
+                return None
+            return reporter.evaluate()
     finally:
-        bar.close()
+        reporter.close()
         if generator.bad_videos:
             log.warning("%d unreadable videos were skipped: %s", len(generator.bad_videos), sorted(generator.bad_videos))
-    if stopped:
-        metrics.close()
-        log.info("stopped at step %d; continue with --resume auto", trainer.step)
-        return None
-    score = report_eval()
-    metrics.close()
-    return score
+
+
+def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, save: Callable[[], None],
+                 sigterm: threading.Event) -> bool:
+    """Train on the rest of the cursor's epoch; True when asked to stop (SIGTERM or run.stop_at_step)."""
+    cfg, epoch = trainer.cfg, trainer.cursor.epoch
+    stream = source.stream(cfg.data.seed, epoch, trainer.cursor.remaining(), cfg.data.batch_size)
+    with contextlib.closing(stream) as batches:
+        while True:
+            started = time.perf_counter()
+            batch = next(batches, None)
+            if batch is None:
+                return False
+            waited = time.perf_counter() - started
+            lr = trainer.lr()
+            reporter.step(epoch, lr, trainer.train_step(batch), len(batch), waited)
+            if trainer.step % cfg.run.log_every == 0:
+                reporter.flush()
+            if trainer.step % cfg.eval.every_steps == 0:
+                reporter.evaluate()
+            if sigterm.is_set() or trainer.step == cfg.run.stop_at_step:
+                return True
+            if trainer.step % cfg.run.checkpoint_every == 0 and len(trainer.cursor):
+                save()
 
 
 def _resume_from(resume: str | None, run_dir: Path) -> Path | None:

@@ -1,0 +1,137 @@
+"""Pretraining end to end on CPU: exact resume, the CLI, TensorBoard output, and that CtP learning works."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from trainer.cli import main
+from trainer.config import load_train_config
+from trainer.metrics import read_records
+from trainer.pretrain import pretrain, stop_on_sigterm
+
+# 6 demo videos × 2 clips = 12 samples per epoch = 3 steps of 4; two epochs with an lr drop between them.
+SHORT_RUN = [
+    "data.batch_size=4",
+    "data.clips_per_video=2",
+    "optim.epochs=2",
+    "optim.milestones=[1]",
+    "eval.clips=4",
+    "eval.every_steps=1000",
+    "run.checkpoint_every=2",
+    "run.log_every=2",
+    "run.progress=false",
+]
+
+
+def short_run(demo_dir, out_dir, *extra):
+    return load_train_config("tiny_cpu", [f"data.videos=[{demo_dir}]", f"run.out_dir={out_dir}", *SHORT_RUN, *extra])
+
+
+def loss_rows(run_dir):
+    return [r for r in read_records(run_dir) if "loss" in r]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(demo_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    score = pretrain(short_run(demo_dir, out))
+    return out, score
+
+
+def test_stopped_and_resumed_run_reproduces_every_step(demo_dir, tmp_path, uninterrupted):
+    reference_dir, _ = uninterrupted
+    assert pretrain(short_run(demo_dir, tmp_path, "run.stop_at_step=4")) is None
+    stopped = load_checkpoint(latest_checkpoint(tmp_path))
+    assert stopped["step"] == 4
+    assert stopped["cursor"] == {"epoch": 1, "size": 12, "ranges": [[4, 12]]}  # one batch into epoch 1
+    assert set(stopped) >= {"model", "optimizer", "scheduler", "step", "cursor", "rng", "config"}
+
+    pretrain(short_run(demo_dir, tmp_path), resume="auto")
+
+    reference, resumed = loss_rows(reference_dir), loss_rows(tmp_path)
+    assert [r["step"] for r in resumed] == list(range(1, 7))
+    assert resumed == reference  # losses, lr and epoch, bit for bit
+    lr = short_run(demo_dir, tmp_path).lr  # linear scaling: preset lr × 4/32
+    assert [r["lr"] for r in reference] == pytest.approx([lr] * 3 + [lr * 0.1] * 3)
+    final_a = load_checkpoint(latest_checkpoint(reference_dir))["model"]
+    final_b = load_checkpoint(latest_checkpoint(tmp_path))["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_run_outputs(uninterrupted):
+    run_dir, score = uninterrupted
+    assert score is not None and score.clips == 4 and 0 <= score.miou <= 1
+    assert [p.name for p in list_checkpoints(run_dir)] == ["ckpt-00000004.pt", "ckpt-00000006.pt"]  # keep 2
+    final = load_checkpoint(latest_checkpoint(run_dir))
+    assert final["cursor"] == {"epoch": 2, "size": 12, "ranges": [[0, 12]]}
+    evals = [r for r in read_records(run_dir) if "miou" in r]
+    assert [r["step"] for r in evals] == [0, 6] and evals[-1]["miou"] == pytest.approx(score.miou)
+
+    events = EventAccumulator(str(run_dir / "tensorboard"))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {
+        "loss/total", "loss/centre", "loss/size", "lr", "throughput/clips_per_s", "throughput/data_wait",
+        "eval/miou", "eval/baseline_miou",
+    }
+    assert [e.step for e in events.Scalars("loss/total")] == [2, 3, 4, 6]  # every 2 steps and at epoch ends
+    assert events.Tags()["images"] == ["eval/boxes"]
+
+
+def test_resume_refuses_a_different_data_or_model_config(demo_dir, tmp_path, uninterrupted):
+    reference_dir, _ = uninterrupted
+    checkpoint = latest_checkpoint(reference_dir)
+    with pytest.raises(ValueError, match="cannot resume: the checkpoint's data config differs"):
+        pretrain(short_run(demo_dir, tmp_path, "data.seed=1"), resume=str(checkpoint))
+
+
+def test_clear_errors_for_bad_configs(tmp_path, capsys):
+    assert main(["pretrain", "--config", "tiny_cpu", f"run.out_dir={tmp_path}"]) == 2
+    assert "data.videos is empty" in capsys.readouterr().err
+    assert main(["pretrain", "--config", "no_such_preset"]) == 2
+    assert "presets: r2plus1d18_k400" in capsys.readouterr().err
+    assert main(["pretrain", "data.batch_size=0", "optim.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size must be >= 1" in err and "optim.epochs must be >= 1" in err
+    assert main(["pretrain", "model.encodr=tiny"]) == 2
+    assert "unknown option(s) ['encodr']" in capsys.readouterr().err
+
+
+def test_sigterm_requests_a_stop():
+    with stop_on_sigterm() as requested:
+        assert not requested.is_set()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert requested.wait(timeout=5)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_track_eval_cli_writes_json(demo_dir, tmp_path, uninterrupted, capsys):
+    run_dir, _ = uninterrupted
+    out = tmp_path / "track.json"
+    args = ["track-eval", "--checkpoint", str(latest_checkpoint(run_dir)), "--videos", str(demo_dir),
+            "--clips", "6", "--batch-size", "4", "--json", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result) >= {"miou", "baseline_miou", "clips"} and result["clips"] == 6
+    assert 0 <= result["miou"] <= 1 and 0 < result["baseline_miou"] < 1
+    assert f"first-box baseline {result['baseline_miou']:.4f}" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_tiny_preset_learns_to_track(demo_dir, tmp_path):
+    """240 CPU steps of the tiny preset lift held-out tracking mIoU well above the first-box baseline.
+
+    Measured on this machine (seed 0): mIoU 0.489 against a baseline of 0.398 on 64 held-out clips, and the
+    mean loss fell from 13.3 (first epoch) to 10.1-10.8 (last two); the asserted margins are about half.
+    """
+    cfg = load_train_config("tiny_cpu", [f"data.videos=[{demo_dir}]", f"run.out_dir={tmp_path}", "run.progress=false"])
+    score = pretrain(cfg)
+    assert score.clips == 64
+    assert score.miou > score.baseline_miou + 0.045, score
+    losses = [r["loss"] for r in loss_rows(tmp_path)]
+    assert len(losses) == 240
+    first_epoch, last_epochs = sum(losses[:24]) / 24, sum(losses[-48:]) / 48
+    assert last_epochs < 0.9 * first_epoch, (first_epoch, last_epochs)
