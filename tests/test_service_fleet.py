@@ -97,23 +97,26 @@ def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(r
     epoch, batch_size = 3, 4
     epoch_indices = list(range(40))
     slices = [epoch_indices[rank::2] for rank in range(2)]  # two DDP ranks, disjoint slices
+    requests = 0
     for indices in slices:
         with source(config, redis_url=redis_server.url) as src:
             got = list(src.stream(SEED, epoch, indices, batch_size))
+            requests += src.stats["requests"]
             assert set(src.delivered) == {r.replica_id for r in replicas}, "both replicas got work"
             assert src.stats["duplicates_dropped"] == 0 and src.stats["requeued"] == 0
             assert src.stats["shm_batches"] > 0 and src.stats["inline_batches"] == 0  # same host: shared memory
         assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
     batches = len(epoch_indices) // batch_size
-    names = ["ctp_datagen_clips_total", 'ctp_datagen_batches_total{transport="shared_memory"}']
+    names = ["ctp_datagen_clips_total", 'ctp_datagen_requests_total{code="OK"}', 'ctp_datagen_batches_total{transport="shared_memory"}']
     names += [f'ctp_datagen_stage_seconds_count{{stage="{stage}"}}' for stage in ("queue_wait", "generate", "send")]
 
     def totals() -> list[float]:
         metrics = [r.metrics() for r in replicas]
         return [sum(metric_value(m, name) for m in metrics) for name in names]
 
-    # "send" is observed once gRPC took a stream's last message, a moment after the client has it
-    wait_until(lambda: totals() == [len(epoch_indices)] + [batches] * 4, 30, f"metrics of {len(epoch_indices)} clips, {batches} batches per stage")
+    # "send" is observed once gRPC has taken a stream's last message, a moment after the client has it
+    expected = [len(epoch_indices), requests] + [batches] * 4  # every stream completed, none cancelled
+    wait_until(lambda: totals() == expected, 30, f"metrics of {len(epoch_indices)} clips, {requests} requests, {batches} batches")
 
     cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=True))
     status = json.loads(capsys.readouterr().out)

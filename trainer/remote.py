@@ -206,7 +206,7 @@ class RemoteSource:
                 r.shm_error = None
         waiting_since = time.monotonic()
         try:
-            while not part.done:
+            while not part.done or flights:  # the streams' own ends too: a replica sees them complete, not cancelled
                 now = time.monotonic()
                 self._maintain(now)
                 self._dispatch(part, flights, events)
