@@ -264,3 +264,14 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
     metrics = [r.metrics() for r in replicas]
     assert sum(metric_value(m, "ctp_datagen_replaced_samples_total") for m in metrics) == 4 + 3
     assert sum(metric_value(m, "ctp_datagen_decode_failures_total") for m in metrics) >= 1
+
+
+def test_a_replica_serves_recorded_footage_as_the_in_process_generator_makes_it(fleet, shared_videos, config):
+    """UCF-101's MPEG-4 AVIs and Kinetics' H.264 MP4s through the service, not only the synthetic demo set."""
+    videos = sorted((shared_videos / "ucf101").glob("*.avi")) + sorted((shared_videos / "kinetics").glob("*.mp4"))[:1]
+    (replica,) = fleet.start(1, videos)
+    epoch, batch_size, indices = 0, 3, list(range(9))
+    with source(config, addresses=[replica.address]) as src:
+        got = list(src.stream(SEED, epoch, indices, batch_size))
+        assert src.describe()[0].num_videos == len(videos)
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
