@@ -228,11 +228,19 @@ class Replica:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         bind = f"{host}:{port}"
-        self.port = self.server.add_secure_port(bind, tls.server_credentials()) if tls else self.server.add_insecure_port(bind)
+        try:  # a taken port is bad options, reported as such (the CLI prints ValueErrors without a traceback)
+            self.port = self.server.add_secure_port(bind, tls.server_credentials()) if tls else self.server.add_insecure_port(bind)
+        except RuntimeError:  # gRPC's "Failed to bind"
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {bind}: the port is taken or the address is not local")
+            raise ValueError(f"cannot listen on {bind}: the port is taken or the address is not local (--host, --port)")
         self.service.address = advertise or f"{_advertised_host(host)}:{self.port}"
-        self.metrics_port = self.work.metrics.serve(metrics_port) if metrics_port is not None else None
+        try:
+            self.metrics_port = self.work.metrics.serve(metrics_port) if metrics_port is not None else None
+        except OSError as exc:
+            self.server.stop(None)
+            raise ValueError(f"cannot serve metrics on port {metrics_port}: {exc.strerror} "
+                             "(--metrics-port: another port, 0 for any free one, -1 for none)") from exc
         self.heartbeat = None
         if registry is not None:
             self.heartbeat = Heartbeat(
