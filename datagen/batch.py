@@ -18,9 +18,12 @@ class Batch:
     def __len__(self) -> int:
         return int(self.keys.shape[0])
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.clips, self.boxes, self.visible, self.keys
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in dataclasses.astuple(self)))
+        return Batch(*(t.to(device, non_blocking=non_blocking) for t in self.tensors()))
 
     @staticmethod
     def cat(batches: list["Batch"]) -> "Batch":
-        return Batch(*(torch.cat(ts) for ts in zip(*(dataclasses.astuple(b) for b in batches))))
+        return Batch(*(torch.cat(ts) for ts in zip(*(b.tensors() for b in batches))))

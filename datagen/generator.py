@@ -40,7 +40,7 @@ class Generator:
         self.config = config
         self.device = torch.device(device)
         self.decoder = decoder or Decoder(self.device)
-        self.bad_videos: set[str] = set()
+        self.bad_videos: dict[str, str] = {}  # path → why it was quarantined
         self.stats: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
@@ -54,7 +54,7 @@ class Generator:
         with self._lock:
             if path in self.bad_videos:
                 return False
-            self.bad_videos.add(path)
+            self.bad_videos[path] = reason or "unknown reason"
         log.warning("quarantined unreadable video %s: %s", path, reason or "unknown reason")
         return True
 

@@ -246,7 +246,7 @@ class Replica:
             self.heartbeat = Heartbeat(
                 registry,
                 snapshot=self.service.record,
-                bad_videos=lambda: {p: "decode failed" for p in frozenset(generator.bad_videos)},
+                bad_videos=lambda: dict(generator.bad_videos),
                 adopt_quarantine=lambda paths: [generator.mark_bad(p, "quarantined by another replica") for p in paths],
                 interval=heartbeat_s,
                 ttl=ttl_s,

@@ -29,7 +29,7 @@ class BatchGenerator(Protocol):
     """What the replica needs of datagen.generator.Generator."""
 
     videos: Sequence  # of VideoInfo
-    bad_videos: set[str]
+    bad_videos: dict[str, str]
     stats: collections.Counter
 
     def generate(self, keys: Sequence[SampleKey]) -> Batch: ...
