@@ -708,11 +708,9 @@ def test_autoscaler_targets_datagen_on_a_metric_replicas_export():
 
 
 def test_environment_agrees():
-    from datagen.service.cli import REDIS_ENV
+    from datagen.service.registry import REDIS_ENV
     from datagen.service.security import TOKEN_ENV
 
-    for script in ("ctp-ready", "ctp-gpu-slot"):  # they keep their own copy: datagen.service.cli imports torch
-        assert load_script(BIN / script).REDIS_ENV == REDIS_ENV
     datagen = k8s_object("Deployment", "ctp-datagen")
     trainer = k8s_object("Job", "ctp-trainer")
     containers = [container(datagen, "datagen"), container(trainer, "trainer"), container(trainer, "wait-for-replicas")]

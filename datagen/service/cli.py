@@ -16,11 +16,10 @@ import torch
 from . import jsonlog
 from .security import TlsFiles, resolve_token
 from .server import Limits, Replica
-from .registry import Registry, redact
+from .registry import REDIS_ENV, Registry, redact
 
 log = logging.getLogger(__name__)
 
-REDIS_ENV = "CTP_REDIS_URL"
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:

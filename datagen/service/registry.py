@@ -17,6 +17,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+REDIS_ENV = "CTP_REDIS_URL"  # where every command looks for the control plane when --redis is not given
+
 log = logging.getLogger(__name__)
 
 
