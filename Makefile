@@ -25,5 +25,8 @@ demo: install
 test: install
 	$(PY) -m pytest -q -ra
 
+proto: install  # regenerate protos/*_pb2*.py after editing protos/datagen.proto
+	$(PY) -m protos.build
+
 clean:
 	rm -rf $(VENV) out
