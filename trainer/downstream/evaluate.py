@@ -22,7 +22,7 @@ from trainer.data import InProcessSource
 from trainer.downstream.clips import EvalClips
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
-from trainer.downstream.distributed import Ranks, process_group
+from trainer.distributed import Ranks, process_group
 from trainer.downstream.metrics import aggregate_clips, confusion_image, confusion_matrix, per_class_accuracy, topk_accuracy
 from trainer.downstream.model import load_classifier
 from trainer.downstream.report import percent, results_path, table, write_json

@@ -30,7 +30,7 @@ from trainer.data import InProcessSource
 from trainer.downstream.clips import ClipBatch, TrainClips
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, label_subset, open_split
-from trainer.downstream.distributed import Ranks, process_group
+from trainer.distributed import Ranks, process_group
 from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import FINETUNE_TASK, VideoClassifier, load_encoder, read_state
 from trainer.downstream.report import write_json

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
-from trainer.downstream.distributed import Ranks, process_group
+from trainer.distributed import Ranks, process_group
 from trainer.downstream.evaluate import video_means
 from trainer.downstream.metrics import RETRIEVAL_KS, retrieval_hits
 from trainer.downstream.model import is_finetuned, load_encoder, read_state

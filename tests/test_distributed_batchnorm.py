@@ -1,0 +1,72 @@
+"""SyncBatchNorm across two real gloo processes on CPU: it must behave as one BatchNorm over the global batch.
+
+Each rank normalises its own rows of one batch; outputs, input gradients, summed parameter gradients and
+running statistics are compared with a plain BatchNorm3d that sees the whole batch at once.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from tests.service_helpers import free_port
+from trainer.distributed import SyncBatchNorm, convert_sync_batchnorm
+
+# (rank 0's rows, rank 1's rows) of a batch of 5: an uneven split, and a rank with an empty batch.
+SPLITS = [((0, 3), (3, 5)), ((0, 5), (5, 5))]
+
+
+def batch_norm_problem() -> tuple[torch.Tensor, torch.Tensor, nn.BatchNorm3d]:
+    """The global batch, a fixed weighting of the outputs (the loss is their weighted sum), a BatchNorm."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(5, 3, 2, 3, 3, generator=g) * 3 + 1.5
+    weights = torch.randn(x.shape, generator=g)
+    bn = nn.BatchNorm3d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.rand(3, generator=g) + 0.5)
+        bn.bias.copy_(torch.randn(3, generator=g))
+    return x, weights, bn
+
+
+def _check_rank(rank: int, port: int) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        for split in SPLITS:
+            start, stop = split[rank]
+            x, weights, reference = batch_norm_problem()
+            full = x.clone().requires_grad_()
+            expected = reference(full)
+            (expected * weights).sum().backward()
+
+            synced = convert_sync_batchnorm(nn.Sequential(batch_norm_problem()[2]))[0]
+            assert type(synced) is SyncBatchNorm and isinstance(synced, nn.SyncBatchNorm)
+            part = x[start:stop].clone().requires_grad_()
+            out = synced(part)
+            (out * weights[start:stop]).sum().backward()
+            for p in synced.parameters():  # each rank holds its share of the parameter gradients: sum them
+                dist.all_reduce(p.grad)
+
+            torch.testing.assert_close(out, expected[start:stop].detach())
+            torch.testing.assert_close(part.grad, full.grad[start:stop])  # the cross-rank terms of backward
+            torch.testing.assert_close(synced.weight.grad, reference.weight.grad)
+            torch.testing.assert_close(synced.bias.grad, reference.bias.grad)
+            torch.testing.assert_close(synced.running_mean, reference.running_mean)
+            torch.testing.assert_close(synced.running_var, reference.running_var)  # unbiased, as torch keeps it
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sync_batchnorm_on_gloo_equals_batchnorm_over_the_global_batch():
+    mp.spawn(_check_rank, args=(free_port(),), nprocs=2, join=True)
+
+
+def test_outside_a_process_group_it_is_plain_batchnorm():
+    x, _, reference = batch_norm_problem()
+    synced = convert_sync_batchnorm(nn.Sequential(batch_norm_problem()[2]))[0]
+    torch.testing.assert_close(synced(x), reference(x), rtol=0, atol=0)
+    torch.testing.assert_close(synced.running_var, reference.running_var, rtol=0, atol=0)
+    assert synced.state_dict().keys() == reference.state_dict().keys()
