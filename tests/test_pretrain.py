@@ -50,6 +50,9 @@ def test_stopped_and_resumed_run_reproduces_every_step(demo_dir, tmp_path, unint
     assert stopped["cursor"] == {"epoch": 1, "size": 12, "ranges": [[4, 12]]}  # one batch into epoch 1
     assert set(stopped) >= {"model", "optimizer", "scheduler", "step", "cursor", "rng", "config"}
 
+    with (tmp_path / "metrics.jsonl").open("a") as f:  # as if the process had died after logging step 5
+        f.write(json.dumps({"step": 5, "epoch": 1, "loss": 999.0}) + "\n")
+
     pretrain(short_run(demo_dir, tmp_path), resume="auto")
 
     reference, resumed = loss_rows(reference_dir), loss_rows(tmp_path)

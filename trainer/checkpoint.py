@@ -56,8 +56,13 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load on CPU with `weights_only` (no pickled code runs); clear errors for missing or foreign files."""
+    """Load a checkpoint file, or a run folder's newest one, on CPU with `weights_only` (no pickled code runs)."""
     path = Path(path)
+    if path.is_dir():
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise FileNotFoundError(f"no checkpoint (ckpt-*.pt) in {path}")
+        path = newest
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:

@@ -39,7 +39,9 @@ class Execution:
         return clips, batch.boxes.to(self.device, non_blocking=True)
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Move a module here, in the memory layout the inputs use."""
+        """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes)."""
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
         module = module.to(self.device)
         return module.to(memory_format=torch.channels_last_3d) if self.channels_last else module
 

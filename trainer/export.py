@@ -45,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchvision.models.video.r3d_18() / r2plus1d_18() after setting `model.fc = torch.nn.Identity()` "
         "(the file has no fc weights).",
     )
-    p.add_argument("--checkpoint", required=True, help="a ctp-train pretraining checkpoint (ckpt-*.pt)")
+    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (ckpt-*.pt) or a run folder (its newest checkpoint)")
     p.add_argument("--out", required=True, type=Path, help="output file, e.g. r3d18_ctp.pth")
     p.set_defaults(func=run)
 

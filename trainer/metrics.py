@@ -14,7 +14,9 @@ class MetricsLog:
         self.path = run_dir / "metrics.jsonl"
         if resume_step is not None:
             self._truncate_after(resume_step)
-        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step)
+        # TensorBoard hides events at or after purge_step: those of a crashed run past its last checkpoint.
+        purge = None if resume_step is None else resume_step + 1
+        self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge)
 
     def _truncate_after(self, step: int) -> None:
         """Forget records a crashed run wrote after its last checkpoint; the resumed run redoes those steps."""

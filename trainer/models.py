@@ -60,10 +60,6 @@ def set_stage4_spatial_stride(encoder: Encoder, stride: int) -> None:
         conv.stride = (conv.stride[0], stride, stride)
 
 
-def stage4_spatial_stride(encoder: Encoder) -> int:
-    return int(encoder.layer4[0].downsample[0].stride[1])
-
-
 def _tiny_encoder() -> Encoder:
     """An R3D-10 with narrow widths from torchvision's own blocks: same layout and strides, ~1/50 the cost."""
     w1, w2, w3, w4 = TINY_WIDTHS

@@ -30,6 +30,7 @@ from trainer.cursor import EpochCursor
 from trainer.data import InProcessSource, SampleSource, held_out_batches
 from trainer.execution import Execution
 from trainer.metrics import MetricsLog
+from trainer.models import count_parameters
 from trainer.network import CtPNetwork
 from trainer.targets import ctp_loss, encode
 from trainer.track_eval import TrackingScore, evaluate
@@ -67,7 +68,7 @@ class Trainer:
         return self.cfg.optim.epochs * self.steps_per_epoch
 
     def train_step(self, batch: Batch) -> torch.Tensor:
-        """One SGD step; returns the detached (total, centre, size) losses without a device sync."""
+        """One optimiser step; returns the detached (total, centre, size) losses without a device sync."""
         clips, boxes = self.execution.inputs(batch)
         with self.execution.autocast():
             predicted = self.model(clips, boxes[:, :, 0])
@@ -104,7 +105,7 @@ class Trainer:
         if changed:
             raise ValueError(
                 f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's; "
-                "resume with the same model.* and data.* settings (run.*, eval.* and the schedule may change)"
+                "resume with the same model.* and data.* settings (run.*, eval.* and optim.epochs may change)"
             )
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -235,8 +236,9 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, source: SampleSource |
     if checkpoint is not None:
         trainer.load_state_dict(load_checkpoint(checkpoint))
         log.info("resumed from %s at step %d (epoch %d)", checkpoint, trainer.step, trainer.cursor.epoch)
-    log.info("pretraining %s on %s: %d videos, %d steps per epoch, %d epochs", cfg.model.encoder,
-             execution.describe(), len(generator.videos), trainer.steps_per_epoch, cfg.optim.epochs)
+    log.info("pretraining %s (%.1fM parameters) on %s: %d videos, %d steps per epoch, %d epochs", cfg.model.encoder,
+             count_parameters(trainer.network) / 1e6, execution.describe(), len(generator.videos),
+             trainer.steps_per_epoch, cfg.optim.epochs)
     reporter = Reporter(trainer, held_out_batches(generator, cfg.data.seed, cfg.eval.clips, cfg.data.batch_size),
                         run_dir, resumed=checkpoint is not None)
 

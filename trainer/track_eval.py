@@ -70,7 +70,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Generate held-out CtP clips from VIDEOS (with the checkpoint's generation config) and "
         "report the mean IoU of the predicted trajectories beside the first-box baseline.",
     )
-    p.add_argument("--checkpoint", required=True, help="a ctp-train pretraining checkpoint (ckpt-*.pt)")
+    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (ckpt-*.pt) or a run folder (its newest checkpoint)")
     p.add_argument("--videos", nargs="+", required=True, help="video files, folders or manifests")
     p.add_argument("--clips", type=int, default=256, help="number of generated clips (default 256)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
