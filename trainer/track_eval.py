@@ -48,7 +48,7 @@ def evaluate(network: torch.nn.Module, batches: list[Batch], execution: Executio
         predictions = [predict_boxes(network, b, execution) for b in batches]
     finally:
         network.train(was_training)
-    truth = torch.cat([b.boxes for b in batches])
+    truth = torch.cat([b.boxes for b in batches]).cpu()  # batches may live on the generator's device
     predicted = torch.cat(predictions)
     miou = box_iou(predicted, truth)[..., 1:].mean().item()
     baseline = box_iou(first_box_baseline(truth), truth)[..., 1:].mean().item()

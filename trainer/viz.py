@@ -10,6 +10,7 @@ PREDICTED_COLOUR = (255, 0, 0)
 
 def boxes_image(clip: torch.Tensor, true_boxes: torch.Tensor, predicted: torch.Tensor, frames: int = 4) -> torch.Tensor:
     """clip (T, H, W, 3) uint8; boxes (K, T, 4) → a (3, H', W') uint8 strip of `frames` evenly spaced frames."""
+    clip, true_boxes, predicted = clip.cpu(), true_boxes.cpu(), predicted.cpu()
     t = clip.shape[0]
     picks = torch.linspace(0, t - 1, min(frames, t)).round().long().tolist()
     k = true_boxes.shape[0]
@@ -17,5 +18,5 @@ def boxes_image(clip: torch.Tensor, true_boxes: torch.Tensor, predicted: torch.T
     for i in picks:
         boxes = torch.cat([true_boxes[:, i], predicted[:, i]]).float()
         colours = [TRUE_COLOUR] * k + [PREDICTED_COLOUR] * k
-        tiles.append(draw_bounding_boxes(clip[i].permute(2, 0, 1).cpu(), boxes.cpu(), colors=colours, width=1))
+        tiles.append(draw_bounding_boxes(clip[i].permute(2, 0, 1), boxes, colors=colours, width=1))
     return make_grid(tiles, nrow=len(tiles), padding=2)
