@@ -114,6 +114,21 @@ def bench_datagen(videos: list, batch_size: int) -> None:
         SUMMARY.append((f"datagen {name}", f"{rate:.0f} clips/s", "≥ 2000 end to end" if name == "end to end" else ""))
 
 
+@section("trainer step: R3D-18 and R(2+1)D-18, fp32 / bf16 / bf16 + channels_last_3d")
+def bench_trainer(budget_s: int) -> None:
+    """bench/train_bench.py on CUDA (each configuration in its own process, so peak memory is its own)."""
+    bench = Path(__file__).with_name("train_bench.py")
+    done = subprocess.run([sys.executable, str(bench), "--device", "cuda", "--steps", "10", "--warmup", "3"],
+                          capture_output=True, text=True, timeout=budget_s)
+    print(done.stderr[-3000:], done.stdout, sep="\n")
+    RESULTS["trainer_step"] = done.stdout
+    for line in done.stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 5 and parts[0] in ("r3d_18", "r2plus1d_18"):
+            target = "≥ 800 (bf16)" if parts[0] == "r3d_18" and parts[1].startswith("bf16") else ""
+            SUMMARY.append((f"train step {parts[0]} {parts[1]}", f"{parts[2]} clips/s", target))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", nargs="+", default=[".devpack/videos"])
@@ -135,8 +150,7 @@ def main() -> None:
     check_decode(videos)
     check_generation(videos)
     bench_datagen(videos, args.batch_size)
-    for extra in EXTRA_CHECKS:
-        extra(args)
+    bench_trainer(240)
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(RESULTS, indent=2, default=str))
@@ -146,8 +160,6 @@ def main() -> None:
         print(f"{name:<{width}}{value:<22}{target}")
     print(f"full results: {args.out}")
 
-
-EXTRA_CHECKS: list[Callable[[argparse.Namespace], None]] = []
 
 if __name__ == "__main__":
     main()
