@@ -473,7 +473,7 @@ def test_interpolation_follows_compose_rules():
         interpolate("${UNSET:?set it}", env)
 
 
-def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas():
+def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas(monkeypatch):
     compose, env = compose_with_env(), read_dotenv()
     services = compose["services"]
     assert set(services) == {"redis", "datagen", "trainer", "tensorboard"}
@@ -512,6 +512,13 @@ def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas():
     assert list(cfg.data.videos) == serve_args.videos, "trainer and replicas must index the same videos (same digest)"
     assert cfg.run.out_dir == f"/runs/{env['CTP_RUN_NAME']}" and torchrun.log_dir.startswith(cfg.run.out_dir + "/")
     assert pretrain.resume == "auto"
+    from trainer.data import replica_settings
+
+    for name, value in trainer["environment"].items():  # the trainer reads the fleet from its environment
+        monkeypatch.setenv(name, str(value))
+    fleet = replica_settings(cfg.service)
+    assert fleet is not None, "with these variables the trainer would generate in-process instead of using the replicas"
+    assert (fleet["redis_url"], fleet["namespace"]) == (datagen["environment"]["CTP_REDIS_URL"], serve_args.namespace)
 
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -734,9 +741,11 @@ def test_environment_agrees():
         assert config["CTP_VIDEOS"].startswith("/data")
 
 
-def test_trainer_job_meets_through_c10d_rendezvous():
+def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
     from torch.distributed.run import get_args_parser
     from trainer.cli import build_parser
+    from trainer.config import load_train_config
+    from trainer.data import replica_settings
 
     job, service = k8s_object("Job", "ctp-trainer"), k8s_object("Service", "ctp-trainer")
     spec, c = job["spec"], container(job, "trainer")
@@ -752,6 +761,12 @@ def test_trainer_job_meets_through_c10d_rendezvous():
     datagen = container(k8s_object("Deployment", "ctp-datagen"), "datagen")
     videos = expand(datagen["command"], container_env(datagen))[2]
     assert f"data.videos=[{videos}]" in expand(pretrain.overrides, container_env(c))
+    for name, value in container_env(c).items():  # the trainer reads the fleet from its environment
+        monkeypatch.setenv(name, value)
+    fleet = replica_settings(load_train_config(pretrain.config, expand(pretrain.overrides, container_env(c))).service)
+    serve = expand(datagen["command"], container_env(datagen))
+    assert fleet is not None and fleet["redis_url"] == container_env(datagen)["CTP_REDIS_URL"]
+    assert fleet["namespace"] == serve[serve.index("--namespace") + 1]
     wait = container(job, "wait-for-replicas")["command"]
     assert wait[:2] == ["ctp-ready", "fleet"], "the trainer starts once a replica serves"
 

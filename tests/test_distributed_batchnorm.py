@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from tests.service_helpers import free_port
-from trainer.distributed import SyncBatchNorm, convert_sync_batchnorm
+from trainer.distributed import CpuSyncBatchNorm, convert_sync_batchnorm, sync_batchnorm_layers
 
 # (rank 0's rows, rank 1's rows) of a batch of 5: an uneven split, and a rank with an empty batch.
 SPLITS = [((0, 3), (3, 5)), ((0, 5), (5, 5))]
@@ -42,8 +42,8 @@ def _check_rank(rank: int, port: int) -> None:
             expected = reference(full)
             (expected * weights).sum().backward()
 
-            synced = convert_sync_batchnorm(nn.Sequential(batch_norm_problem()[2]))[0]
-            assert type(synced) is SyncBatchNorm and isinstance(synced, nn.SyncBatchNorm)
+            synced = convert_sync_batchnorm(nn.Sequential(batch_norm_problem()[2]), torch.device("cpu"))[0]
+            assert type(synced) is CpuSyncBatchNorm
             part = x[start:stop].clone().requires_grad_()
             out = synced(part)
             (out * weights[start:stop]).sum().backward()
@@ -66,7 +66,21 @@ def test_sync_batchnorm_on_gloo_equals_batchnorm_over_the_global_batch():
 
 def test_outside_a_process_group_it_is_plain_batchnorm():
     x, _, reference = batch_norm_problem()
-    synced = convert_sync_batchnorm(nn.Sequential(batch_norm_problem()[2]))[0]
+    synced = convert_sync_batchnorm(nn.Sequential(batch_norm_problem()[2]), torch.device("cpu"))[0]
     torch.testing.assert_close(synced(x), reference(x), rtol=0, atol=0)
     torch.testing.assert_close(synced.running_var, reference.running_var, rtol=0, atol=0)
     assert synced.state_dict().keys() == reference.state_dict().keys()
+
+
+def test_conversion_keeps_the_weights_and_picks_torchs_module_off_cpu():
+    def network() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv3d(3, 4, 1), nn.BatchNorm3d(4), nn.Sequential(nn.BatchNorm3d(4)))
+
+    for device, kind in (("cpu", CpuSyncBatchNorm), ("cuda", nn.SyncBatchNorm)):  # converting needs no GPU
+        converted = convert_sync_batchnorm(network(), torch.device(device))
+        assert [type(m) for m in converted.modules() if "BatchNorm" in type(m).__name__] == [kind, kind]
+        assert sync_batchnorm_layers(converted) == 2
+        reference = network().state_dict()
+        assert converted.state_dict().keys() == reference.keys()
+        assert all(torch.equal(t, reference[k]) for k, t in converted.state_dict().items())

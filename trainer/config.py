@@ -19,7 +19,7 @@ class ModelConfig:
 class DataConfig:
     videos: tuple[str, ...] = ()  # video files, folders or manifests
     seed: int = 0
-    batch_size: int = 32  # clips per optimiser step, over all ranks
+    batch_size: int = 32  # clips per optimiser step, over all ranks (each rank trains batch_size / ranks)
     clips_per_video: int = 1  # an epoch visits every video this many times (with different keys)
     generation: GenerationConfig = GenerationConfig()
 
@@ -58,6 +58,24 @@ class RunConfig:
     keep_checkpoints: int = 2
     stop_at_step: int | None = None  # checkpoint and exit at this step (resume later with --resume auto)
     progress: bool = True
+    log_indices: bool = False  # metrics.jsonl: each step's sample indices, per rank (an exactly-once audit)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceConfig:
+    """The datagen replicas that feed the ranks. With no address and no Redis, samples are generated in-process.
+
+    Deployments set the environment instead ($CTP_REDIS_URL, $CTP_NAMESPACE, $CTP_DATAGEN_TOKEN)."""
+
+    addresses: tuple[str, ...] = ()  # replica HOST:PORTs
+    redis_url: str | None = None  # where replicas register; None: $CTP_REDIS_URL when set
+    namespace: str | None = None  # the fleet's key prefix in Redis; None: $CTP_NAMESPACE when set, else ctp
+    token_file: str | None = None  # the replicas' shared token; None: $CTP_DATAGEN_TOKEN when set
+    tls_ca: str | None = None  # PEM: verify the replicas' certificates (TLS)
+    tls_cert: str | None = None  # PEM: this trainer's certificate, for replicas that require one (with tls_key)
+    tls_key: str | None = None
+    server_name: str | None = None  # the name in the replicas' certificates, when it is not the dialled address
+    shared_memory: bool = True  # clips from replicas on this host through shared memory (else inline gRPC)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +85,7 @@ class TrainConfig:
     optim: OptimConfig = OptimConfig()
     eval: EvalConfig = EvalConfig()
     run: RunConfig = RunConfig()
+    service: ServiceConfig = ServiceConfig()
 
     @property
     def lr(self) -> float:

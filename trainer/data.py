@@ -1,14 +1,27 @@
-"""Where training batches come from: the sample-source protocol and the in-process generator source."""
+"""Where training batches come from: the sample-source protocol, the in-process generator source, and the
+choice between it and the datagen replicas (`trainer.remote.RemoteSource`)."""
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import queue
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from datagen.batch import Batch
 from datagen.generator import Generator
 from datagen.rng import SampleKey
+from datagen.service.registry import REDIS_ENV, redact
+from datagen.service.security import TlsFiles, resolve_token
+from datagen.service.server import videos_digest
+from trainer.config import ServiceConfig, TrainConfig
+from trainer.remote import RemoteSource
+
+log = logging.getLogger(__name__)
+
+NAMESPACE_ENV = "CTP_NAMESPACE"  # the fleet's Redis key prefix, as Compose and Kubernetes set it
 
 # Held-out clips use this reserved epoch of the run seed, which training never reaches: they come from
 # the same videos and the same generation spec but are disjoint from every training sample.
@@ -73,3 +86,32 @@ def held_out_batches(generator: Generator, seed: int, clips: int, batch_size: in
     """The fixed held-out set of generated clips for tracking evaluation, in batches."""
     keys = [SampleKey(seed, HELD_OUT_EPOCH, i) for i in range(clips)]
     return [generator.generate(keys[i : i + batch_size]) for i in range(0, clips, batch_size)]
+
+
+def replica_settings(service: ServiceConfig) -> dict[str, Any] | None:
+    """`RemoteSource` arguments from the config, else the environment; None when no replica is named anywhere."""
+    redis_url = service.redis_url or os.environ.get(REDIS_ENV) or None
+    if not service.addresses and not redis_url:
+        return None
+    return dict(addresses=tuple(service.addresses), redis_url=redis_url,
+                namespace=service.namespace or os.environ.get(NAMESPACE_ENV) or "ctp",
+                token=resolve_token(token_file=service.token_file),
+                tls=TlsFiles(cert=service.tls_cert, key=service.tls_key, ca=service.tls_ca),
+                server_name=service.server_name, shared_memory=service.shared_memory)
+
+
+@contextlib.contextmanager
+def open_source(cfg: TrainConfig, generator: Generator) -> Iterator[SampleSource]:
+    """Datagen replicas when the config or the environment names them, else generation in this process.
+
+    Replicas must serve this run's generation config and video list (`generator.videos`); others are refused."""
+    settings = replica_settings(cfg.service)
+    if settings is None:
+        yield InProcessSource(generator, cfg.run.prefetch)
+        return
+    where = [*settings["addresses"], *([f"Redis {redact(settings['redis_url'])} namespace {settings['namespace']!r}"]
+                                       if settings["redis_url"] else [])]
+    log.info("samples from datagen replicas: %s", ", ".join(where))
+    digest = videos_digest([(v.path, v.num_frames) for v in generator.videos])
+    with RemoteSource(**settings, config=cfg.data.generation, videos_digest=digest) as source:
+        yield source

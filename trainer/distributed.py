@@ -1,5 +1,5 @@
 """torch.distributed for the training loops: torchrun's environment, disjoint shards, gathering results,
-and SyncBatchNorm that also works on CPU (gloo).
+and BatchNorm synchronised across ranks, also on CPU (gloo).
 
 Without torchrun (no WORLD_SIZE) everything degrades to one process and no process group is created.
 """
@@ -14,8 +14,9 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_autograd
+import torch.distributed._functional_collectives as funcol  # collectives with autograd (torch's advice)
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 T = TypeVar("T")
 
@@ -25,6 +26,11 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Ranks":
+        """This process's place in a torchrun job (RANK, WORLD_SIZE, LOCAL_RANK), or the only rank without one."""
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def is_main(self) -> bool:
@@ -73,8 +79,7 @@ class Ranks:
 @contextlib.contextmanager
 def process_group(requested_device: str = "auto", timeout_minutes: int = 30) -> Iterator[Ranks]:
     """Join torchrun's process group (NCCL on CUDA, gloo on CPU) for the duration; a no-op alone."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    ranks = Ranks(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
+    ranks = Ranks.from_env()
     if not ranks.distributed:
         yield ranks
         return
@@ -89,31 +94,32 @@ def process_group(requested_device: str = "auto", timeout_minutes: int = 30) -> 
         dist.destroy_process_group()
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """torch's SyncBatchNorm, plus the CPU case it refuses (its fused kernels are CUDA-only).
+class CpuSyncBatchNorm(_BatchNorm):
+    """SyncBatchNorm for CPU tensors (gloo), which torch's SyncBatchNorm and DDP refuse (their kernels are CUDA's).
 
-    On CPU the batch statistics are all-reduced with autograd (sums, then squared deviations from the
-    global mean), so every rank normalises with the mean and variance of the whole global batch and the
-    backward pass carries the cross-rank terms, exactly as torch's CUDA path does. A rank may bring an
-    empty batch. On CUDA, or outside a multi-rank group, or in eval mode, this is torch's module as is.
+    The batch statistics are all-reduced with autograd (sums, then squared deviations from the global mean), so
+    every rank normalises with the mean and variance of the whole global batch and the backward pass carries the
+    cross-rank terms, as torch's CUDA path does; a rank may bring an empty batch. Outside a multi-rank process
+    group, or in eval mode, it is a plain BatchNorm.
     """
 
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.device.type != "cpu" or not (self.training and dist.is_available() and dist.is_initialized()):
-            return super().forward(input)
-        group = self.process_group or dist.group.WORLD
-        if dist.get_world_size(group) == 1:
+        if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
         if self.momentum is None or not self.track_running_stats:
-            raise ValueError("the CPU SyncBatchNorm supports track_running_stats with a fixed momentum only")
+            raise ValueError("CpuSyncBatchNorm needs track_running_stats and a fixed momentum")
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)
         count = torch.tensor([input.numel() // input.size(1)], dtype=input.dtype)
-        totals = dist_autograd.all_reduce(torch.cat([input.sum(dims), count]), group=group)
+        totals = funcol.all_reduce(torch.cat([input.sum(dims), count]), "sum", dist.group.WORLD)
         n = totals[-1]
         mean = totals[:-1] / n
         centred = input - mean.view(shape)
-        var = dist_autograd.all_reduce((centred * centred).sum(dims), group=group) / n
+        var = funcol.all_reduce((centred * centred).sum(dims), "sum", dist.group.WORLD) / n
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean, self.momentum)
@@ -122,10 +128,17 @@ class SyncBatchNorm(nn.SyncBatchNorm):
         return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
 
 
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm of `module` as a `SyncBatchNorm` (same parameters, buffers and state-dict keys)."""
-    module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """`module` with every BatchNorm synchronised across ranks: torch's SyncBatchNorm on accelerators,
+    `CpuSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys stay those of the BatchNorms."""
+    if device.type != "cpu":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for m in module.modules():
-        if type(m) is nn.SyncBatchNorm:
-            m.__class__ = SyncBatchNorm  # adds only behaviour: no state to convert
+        if isinstance(m, _BatchNorm):
+            m.__class__ = CpuSyncBatchNorm  # same state, only the forward differs: nothing to copy
     return module
+
+
+def sync_batchnorm_layers(module: nn.Module) -> int:
+    """How many BatchNorm layers of `module` synchronise across ranks."""
+    return sum(isinstance(m, (nn.SyncBatchNorm, CpuSyncBatchNorm)) for m in module.modules())

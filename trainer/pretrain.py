@@ -334,10 +334,12 @@ def pretrain(cfg: TrainConfig, resume: str | None = None) -> TrackingScore | Non
 def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingScore | None:
     run_dir = Path(cfg.run.out_dir)
     execution = Execution.resolve(ranks.device(cfg.run.device), cfg.run.precision, cfg.run.channels_last)
-    videos = ranks.broadcast(resolve_videos(cfg.data.videos) if ranks.is_main else None)  # probed once
+    # Probed once, by rank 0. min_frames=1 as the replicas index (datagen.cli), so that both name the same video
+    # list (replicas refuse another); frame indices past a short video's end are clamped to its last frame.
+    videos = ranks.broadcast(resolve_videos(cfg.data.videos, min_frames=1) if ranks.is_main else None)
     generator = Generator(videos, cfg.data.generation, device=execution.device)
     trainer = Trainer(cfg, execution, generator.epoch_length * cfg.data.clips_per_video, ranks)
-    checkpoint = ranks.broadcast(_resume_from(resume, run_dir))
+    checkpoint = ranks.broadcast(_resume_from(resume, run_dir) if ranks.is_main else None)  # rank 0's choice for all
     if checkpoint is not None:
         trainer.load_state_dict(load_checkpoint(checkpoint))
         if ranks.is_main:

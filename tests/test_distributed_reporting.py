@@ -1,0 +1,62 @@
+"""What a distributed run reports: global-batch losses from per-rank windows, per-rank throughput, and the
+starvation advice, with hand-computed numbers."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainer.pretrain import RankReport, merge_reports
+from trainer.starvation import RankWindow, consumption_rate, replicas_needed, starvation_advice
+
+
+def report(losses: list[list[float]], indices: list[list[int]], seconds: float = 2.0, wait: float = 0.5) -> RankReport:
+    steps = [(10 + i, 3, 0.01) for i in range(len(losses))]
+    return RankReport(steps, losses, indices, seconds, wait, delivered=None)
+
+
+def test_a_steps_loss_is_its_global_batchs_mean_whatever_the_split():
+    rank0 = report([[2.0, 1.5, 0.5], [4.0, 3.0, 1.0]], [[0, 2], [4]])
+    rank1 = report([[5.0, 4.0, 1.0], [0.0, 0.0, 0.0]], [[1], []])  # an empty last batch carries no weight
+    rows, scalars = merge_reports([rank0, rank1], log_indices=True)
+    assert [r["step"] for r in rows] == [10, 11] and rows[0]["epoch"] == 3 and rows[0]["lr"] == 0.01
+    assert rows[0]["loss"] == pytest.approx((2 * 2.0 + 5.0) / 3) and rows[0]["loss_centre"] == pytest.approx((3.0 + 4.0) / 3)
+    assert rows[1]["loss"] == 4.0 and rows[1]["loss_size"] == 1.0
+    assert rows[0]["indices"] == [[0, 2], [1]] and rows[1]["indices"] == [[4], []]
+    assert scalars["loss/total"] == pytest.approx((3.0 + 4.0) / 2)
+    assert scalars["throughput/rank0/clips_per_s"] == 1.5 and scalars["throughput/rank1/clips_per_s"] == 0.5
+    assert scalars["throughput/clips_per_s"] == 2.0 and scalars["throughput/data_wait"] == 0.25
+
+
+def test_one_rank_reports_its_own_values_exactly():
+    # float32 losses, as the step computes them: weighted by an integer count and divided again in float64, exact
+    losses = torch.tensor([[1 / 3, 0.1, 1 / 3 - 0.1], [7.123456789, 5.0, 2.123456789]], dtype=torch.float32).tolist()
+    rows, scalars = merge_reports([report(losses, [[0, 1, 2], [3, 4, 5]])], log_indices=False)
+    assert [[r["loss"], r["loss_centre"], r["loss_size"]] for r in rows] == losses  # bit for bit
+    assert "indices" not in rows[0] and not any("rank0" in name for name in scalars)
+
+
+def test_replicas_needed_from_consumption_and_per_replica_delivery():
+    # Two ranks, 64 clips each in 10 s of which 5 s waiting: unstarved they would take 64 / 5 = 12.8 clips/s each.
+    windows = [RankWindow(64, 10.0, 5.0), RankWindow(64, 10.0, 5.0)]
+    assert consumption_rate(windows) == pytest.approx(25.6)
+    # Two replicas delivered 128 clips in 10 s: 6.4 clips/s each; 25.6 / 6.4 = 4 replicas.
+    assert replicas_needed(25.6, {"a": 60, "b": 68}, 10.0) == 4
+    assert replicas_needed(25.7, {"a": 60, "b": 68, "idle": 0}, 10.0) == 5  # idle replicas are not counted
+    assert replicas_needed(25.6, {"a": 0}, 10.0) is None
+
+    advice = starvation_advice(windows, {"a": 60, "b": 68})
+    assert "waited 50% of the last 10 s" in advice and "2 replica(s) delivered 6.4 clips/s each" in advice
+    assert "could consume 25.6 clips/s: about 4 replicas would keep it fed" in advice
+
+
+def test_advice_only_when_starved_and_fitting_the_source():
+    fed = [RankWindow(64, 10.0, 0.9), RankWindow(64, 10.0, 1.0)]  # 9.5 % waiting
+    assert starvation_advice(fed, {"a": 128}) is None and starvation_advice(fed, None) is None
+    starved = [RankWindow(30, 10.0, 4.0)]
+    in_process = starvation_advice(starved, None)
+    assert "in-process generation makes 3.0 clips/s, training could consume 5.0" in in_process
+    assert "CTP_REDIS_URL" in in_process
+    assert "no datagen replica delivered any" in starvation_advice(starved, {"gone": 0})
+    assert math.isclose(RankWindow(0, 0.0, 0.0).wait_share, 0.0)

@@ -1,0 +1,73 @@
+"""Is the trainer waiting on data, and how many datagen replicas would keep it fed.
+
+Over one log window, with every rank's clips, wall seconds and seconds spent waiting for its next batch:
+
+    consumption  C = Σ_ranks clips / (seconds − wait)       clips/s training would take if it never waited
+    per replica  d = delivered clips / seconds / n          clips/s one of the n delivering replicas sent us
+    replicas needed  = ⌈C / d⌉
+
+While the trainer starves, the replicas run flat out, so d is what a replica can make and ⌈C / d⌉ is the
+fleet that would match the ranks; when the trainer is fed, backpressure idles the replicas and d says
+nothing about their capacity, so no advice is given.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+STARVED_SHARE = 0.10  # above this mean share of wall time spent waiting for data, the data side limits training
+
+
+@dataclasses.dataclass(frozen=True)
+class RankWindow:
+    """One rank's measurements over a log window."""
+
+    clips: int
+    seconds: float
+    wait: float
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / max(self.seconds, 1e-9)
+
+    @property
+    def wait_share(self) -> float:
+        return min(self.wait / max(self.seconds, 1e-9), 1.0)
+
+
+def consumption_rate(windows: Sequence[RankWindow]) -> float:
+    """Clips/s all ranks together would train if they never waited for data."""
+    return sum(w.clips / max(w.seconds - w.wait, 1e-9) for w in windows)
+
+
+def replicas_needed(consumption: float, delivered: Mapping[str, int], seconds: float) -> int | None:
+    """⌈consumption / per-replica delivery rate⌉; None when no replica delivered anything."""
+    active = [count for count in delivered.values() if count > 0]
+    if not active or seconds <= 0:
+        return None
+    per_replica = sum(active) / seconds / len(active)
+    return max(1, math.ceil(consumption / per_replica))
+
+
+def starvation_advice(windows: Sequence[RankWindow], delivered: Mapping[str, int] | None) -> str | None:
+    """What to tell the operator when the ranks waited more than STARVED_SHARE of the window, else None.
+
+    `delivered`: clips each replica sent to this job in the window (all ranks), None for in-process data."""
+    wait = sum(w.wait_share for w in windows) / len(windows)
+    if wait <= STARVED_SHARE:
+        return None
+    seconds = max(w.seconds for w in windows)
+    consumption = consumption_rate(windows)
+    head = f"data-starved: the ranks waited {wait:.0%} of the last {seconds:.0f} s for samples"
+    if delivered is None:
+        made = sum(w.clips for w in windows) / seconds
+        return (f"{head}; in-process generation makes {made:.1f} clips/s, training could consume {consumption:.1f}: serve "
+                "the samples from datagen replicas (set CTP_REDIS_URL or service.addresses; docs/operations.md)")
+    needed = replicas_needed(consumption, delivered, seconds)
+    if needed is None:
+        return f"{head}, and no datagen replica delivered any: check the fleet with `ctp-datagen status`"
+    active = sum(1 for count in delivered.values() if count > 0)
+    per_replica = sum(delivered.values()) / seconds / active
+    return (f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
+            f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed (docs/operations.md, scaling the replicas)")
