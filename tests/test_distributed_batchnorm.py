@@ -5,7 +5,6 @@ running statistics are compared with a plain BatchNorm3d that sees the whole bat
 """
 from __future__ import annotations
 
-import os
 
 import torch
 import torch.distributed as dist

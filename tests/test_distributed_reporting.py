@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from trainer.pretrain import RankReport, merge_reports
-from trainer.starvation import RankWindow, consumption_rate, replicas_needed, starvation_advice
+from trainer.starvation import RankWindow, StarvationMonitor, consumption_rate, replicas_needed, starvation_advice
 
 
 def report(losses: list[list[float]], indices: list[list[int]], seconds: float = 2.0, wait: float = 0.5) -> RankReport:
@@ -60,3 +60,20 @@ def test_advice_only_when_starved_and_fitting_the_source():
     assert "CTP_REDIS_URL" in in_process
     assert "no datagen replica delivered any" in starvation_advice(starved, {"gone": 0})
     assert math.isclose(RankWindow(0, 0.0, 0.0).wait_share, 0.0)
+
+
+def test_the_monitor_advises_from_window_deliveries_after_the_first_window_and_not_too_often():
+    now = [0.0]
+    monitor = StarvationMonitor(every_s=300, clock=lambda: now[0])
+    starved = [RankWindow(64, 10.0, 5.0), RankWindow(64, 10.0, 5.0)]  # could consume 25.6 clips/s
+    assert monitor.update(starved, {"a": 500, "b": 500}) is None  # the first window fills the pipeline
+    now[0] = 10.0
+    # Since the start a and b delivered 560 and 568 clips: 60 and 68 in this window, 6.4 clips/s each.
+    assert "about 4 replicas would keep it fed" in monitor.update(starved, {"a": 560, "b": 568})
+    now[0] = 20.0
+    assert monitor.update(starved, {"a": 620, "b": 636}) is None  # said 10 s ago
+    now[0] = 400.0
+    # 20 and 44 clips in the window, and a third replica joined with 64: 3 replicas at 128 / 10 / 3 clips/s.
+    assert "3 replica(s) delivered 4.3 clips/s each" in monitor.update(starved, {"a": 640, "b": 680, "c": 64})
+    now[0] = 800.0
+    assert monitor.update([RankWindow(64, 10.0, 0.0)], {"a": 700, "b": 740, "c": 128}) is None  # fed

@@ -44,7 +44,7 @@ from trainer.metrics import MetricsLog
 from trainer.models import count_parameters
 from trainer.network import CtPNetwork
 from trainer.remote import RemoteSource
-from trainer.starvation import RankWindow, starvation_advice
+from trainer.starvation import RankWindow, StarvationMonitor
 from trainer.targets import ctp_loss, encode
 from trainer.track_eval import TrackingScore, evaluate
 from trainer.viz import boxes_image
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 # Sections that decide the samples and the network: a resumed run must not change them.
 _RESUME_INVARIANTS = ("model", "data")
-ADVICE_EVERY_S = 300.0  # how often a starving trainer repeats its advice
 
 
 class Trainer:
@@ -261,9 +260,7 @@ class Reporter:
                         disable=not (trainer.cfg.run.progress and self.main))
         self.remote = source if isinstance(source, RemoteSource) else None
         self.last_eval: tuple[int, TrackingScore] | None = None
-        self._delivered: collections.Counter[str] = collections.Counter()  # over all ranks, at the last flush
-        self._windows = 0
-        self._advised_at = -math.inf
+        self.starvation = StarvationMonitor()
 
     def step(self, epoch: int, lr: float, losses: torch.Tensor, indices: list[int], wait: float) -> None:
         self.window.add(self.trainer.step, epoch, lr, losses, indices, wait)
@@ -286,20 +283,12 @@ class Reporter:
         self.metrics.scalars(self.trainer.step, scalars)
         self.bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", clips_s=f"{scalars['throughput/clips_per_s']:.1f}",
                              data_wait=f"{scalars['throughput/data_wait']:.0%}", refresh=False)
-        self._advise(reports)
-
-    def _advise(self, reports: list[RankReport]) -> None:
-        """Warn when the ranks wait on data, with the replicas that would feed them (not in the first window,
-        which fills the pipeline, and at most every ADVICE_EVERY_S)."""
         delivered = None
-        if self.remote is not None:
-            total = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
-            delivered, self._delivered = total - self._delivered, total
-        self._windows += 1
-        advice = starvation_advice([r.window for r in reports], delivered)
-        if advice and self._windows > 1 and time.monotonic() - self._advised_at > ADVICE_EVERY_S:
+        if self.remote is not None:  # per replica, over all ranks
+            delivered = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
+        advice = self.starvation.update([r.window for r in reports], delivered)
+        if advice:
             log.warning(advice)
-            self._advised_at = time.monotonic()
 
     def evaluate(self) -> TrackingScore | None:
         """Held-out tracking mIoU and the boxes image, once per step, on rank 0 (None elsewhere)."""

@@ -12,11 +12,14 @@ nothing about their capacity, so no advice is given.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 
 STARVED_SHARE = 0.10  # above this mean share of wall time spent waiting for data, the data side limits training
+ADVICE_EVERY_S = 300.0  # how often a starving trainer repeats its advice
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +74,27 @@ def starvation_advice(windows: Sequence[RankWindow], delivered: Mapping[str, int
     per_replica = sum(delivered.values()) / seconds / active
     return (f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
             f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed (docs/operations.md, scaling the replicas)")
+
+
+class StarvationMonitor:
+    """Advice from successive log windows: not from the first (it fills the pipeline), then at most once every
+    `every_s` seconds while the ranks starve."""
+
+    def __init__(self, every_s: float = ADVICE_EVERY_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self.clock = every_s, clock
+        self._delivered: collections.Counter[str] = collections.Counter()
+        self._windows = 0
+        self._advised_at = -math.inf
+
+    def update(self, windows: Sequence[RankWindow], delivered: Mapping[str, int] | None) -> str | None:
+        """`delivered`: clips kept from each replica since the start, summed over the ranks (None: in-process)."""
+        in_window = None
+        if delivered is not None:
+            total = collections.Counter(delivered)
+            in_window, self._delivered = total - self._delivered, total
+        self._windows += 1
+        advice = starvation_advice(windows, in_window)
+        if advice is None or self._windows == 1 or self.clock() - self._advised_at < self.every_s:
+            return None
+        self._advised_at = self.clock()
+        return advice
