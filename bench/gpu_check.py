@@ -11,6 +11,8 @@ import argparse
 import json
 import math
 import platform
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -129,6 +131,49 @@ def bench_trainer(budget_s: int) -> None:
             SUMMARY.append((f"train step {parts[0]} {parts[1]}", f"{parts[2]} clips/s", target))
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pretrain_rate(videos: list[str], extra: list[str], out_dir: Path, budget_s: int) -> tuple[float, float]:
+    """Run R3D-18 pretraining for 40 steps of 32 clips; (clips/s, data-wait share) after the warm-up."""
+    command = [sys.executable, "-m", "trainer.cli", "pretrain", "--config", "r3d18_ucf101",
+               f"data.videos=[{','.join(videos)}]", "data.clips_per_video=512", "run.stop_at_step=40",
+               "run.log_every=5", "eval.every_steps=1000000", "run.progress=false", f"run.out_dir={out_dir}", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=budget_s)
+    lines = re.findall(r"step (\d+): ([\d.]+) clips/s, (\d+)% of the time waiting for data", done.stderr + done.stdout)
+    if done.returncode or len(lines) < 3:
+        raise RuntimeError(f"pretraining failed (exit {done.returncode}): {(done.stderr or done.stdout)[-1500:]}")
+    steady = lines[2:]  # the first windows hold cuDNN autotuning and the first batches
+    return (sum(float(c) for _, c, _ in steady) / len(steady), sum(int(w) for _, _, w in steady) / len(steady) / 100)
+
+
+@section("replica feeding a trainer on this GPU: in-process vs shared memory vs gRPC")
+def bench_fed_trainer(videos: list[str], budget_s: int) -> None:
+    port = _free_port()
+    replica = subprocess.Popen([sys.executable, "-m", "datagen.cli", "serve", *videos, "--device", "cuda",
+                                "--port", str(port), "--metrics-port", "-1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rows = {}
+    try:
+        address = f"service.addresses=[127.0.0.1:{port}]"
+        runs = {"in-process generation": [], "replica, shared memory": [address, "service.shared_memory=true"],
+                "replica, inline gRPC": [address, "service.shared_memory=false"]}
+        for name, extra in runs.items():
+            clips, wait = _pretrain_rate(videos, extra, Path("/tmp/gpu_check_runs") / name.split(",")[-1].strip().replace(" ", "_"), budget_s // 3)
+            rows[name] = {"clips_per_s": clips, "data_wait": wait}
+            print(f"   {name:<26}{clips:>9.0f} clips/s  data wait {wait:.0%}", flush=True)
+            SUMMARY.append((f"R3D-18 pretraining fed by {name}", f"{clips:.0f} clips/s, wait {wait:.0%}", ""))
+    finally:
+        replica.terminate()
+        try:
+            replica.wait(30)
+        except subprocess.TimeoutExpired:
+            replica.kill()
+    RESULTS["fed_trainer"] = rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--videos", nargs="+", default=[".devpack/videos"])
@@ -151,6 +196,7 @@ def main() -> None:
     check_generation(videos)
     bench_datagen(videos, args.batch_size)
     bench_trainer(240)
+    bench_fed_trainer([str(Path(v).resolve()) for v in args.videos], 240)
 
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(RESULTS, indent=2, default=str))
