@@ -47,7 +47,7 @@ def test_replicas_needed_from_consumption_and_per_replica_delivery():
     assert replicas_needed(25.6, {"a": 0}, 10.0) is None
 
     advice = starvation_advice(windows, {"a": 60, "b": 68})
-    assert "waited 50% of the last 10 s" in advice and "2 replica(s) delivered 6.4 clips/s each" in advice
+    assert "waited 50% of the last 10.0 s" in advice and "2 replica(s) delivered 6.4 clips/s each" in advice
     assert "could consume 25.6 clips/s: about 4 replicas would keep it fed" in advice
 
 

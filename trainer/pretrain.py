@@ -253,11 +253,11 @@ class Reporter:
     def __init__(self, trainer: Trainer, held_out: list[Batch], run_dir: Path, resumed: bool, source: SampleSource) -> None:
         self.trainer = trainer
         self.held_out = held_out
-        self.main = trainer.ranks.is_main
-        self.metrics = MetricsLog(run_dir, resume_step=trainer.step if resumed else None) if self.main else None
+        main = trainer.ranks.is_main
+        self.metrics = MetricsLog(run_dir, resume_step=trainer.step if resumed else None) if main else None
         self.window = StepReport()
         self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
-                        disable=not (trainer.cfg.run.progress and self.main))
+                        disable=not (trainer.cfg.run.progress and main))
         self.remote = source if isinstance(source, RemoteSource) else None
         self.last_eval: tuple[int, TrackingScore] | None = None
         self.starvation = StarvationMonitor()

@@ -62,7 +62,7 @@ def starvation_advice(windows: Sequence[RankWindow], delivered: Mapping[str, int
         return None
     seconds = max(w.seconds for w in windows)
     consumption = consumption_rate(windows)
-    head = f"data-starved: the ranks waited {wait:.0%} of the last {seconds:.0f} s for samples"
+    head = f"data-starved: the ranks waited {wait:.0%} of the last {seconds:.1f} s for samples"
     if delivered is None:
         made = sum(w.clips for w in windows) / seconds
         return (f"{head}; in-process generation makes {made:.1f} clips/s, training could consume {consumption:.1f}: serve "
