@@ -63,12 +63,21 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         if newest is None:
             raise FileNotFoundError(f"no checkpoint (ckpt-*.pt) in {path}")
         path = newest
+    state = read_state(path, "ctp-train checkpoint")
+    if "model" not in state or "config" not in state:
+        raise ValueError(f"{path} is not a ctp-train checkpoint (no model/config entries)")
+    return state
+
+
+def read_state(path: str | Path, what: str = "weights file") -> dict[str, Any]:
+    """A weights file loaded on CPU without running pickled code; clear errors for missing or foreign files."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"{what} {path} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable ctp-train checkpoint ({exc})") from exc
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise ValueError(f"{path} is not a ctp-train checkpoint (no model/config entries)")
+        raise ValueError(f"{path} is not a readable {what} ({exc})") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict or checkpoint")
     return state

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainer.checkpoint import read_state
 from trainer.export import ENCODER_PREFIX, encoder_state_dict
 from trainer.models import Encoder, build_encoder
 
@@ -27,20 +28,6 @@ class VideoClassifier(nn.Module):
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) normalised clips → (B, classes) logits."""
         return self.fc(self.dropout(self.pool(self.encoder(clips)).flatten(1)))
-
-
-def read_state(path: str | Path) -> dict[str, Any]:
-    """A weights file loaded on CPU without running pickled code; clear errors for missing or foreign files."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable weights file ({exc})") from exc
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict or checkpoint")
-    return state
 
 
 def is_finetuned(state: dict[str, Any]) -> bool:
