@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import manifest
+from .service import cli as service_cli
 from .config import GenerationConfig, load_config
 
 DEMO_DIR = Path("out/demo-videos")
@@ -127,12 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/demo", metavar="DIR", help="folder for grid.png and clips.gif")
     p.set_defaults(func=cmd_demo)
 
-    try:
-        from .service.cli import add_parsers as add_service_parsers
-    except ImportError:  # the service extras are part of the package; this only guards partial checkouts
-        add_service_parsers = None
-    if add_service_parsers is not None:
-        add_service_parsers(sub)
+    service_cli.add_parsers(sub)
     return parser
 
 
