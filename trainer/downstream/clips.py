@@ -8,10 +8,8 @@ Evaluation clips are fixed: `test_clips` clips evenly spaced over each video, re
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import logging
-import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,8 +17,9 @@ import torch
 
 from datagen.config import TrajectoryConfig
 from datagen.decode import Decoder, VideoDecodeError
-from datagen.manifest import Rejected
-from datagen.plan import ClipPlan, ColourPlan, choose_video, plan_colour
+from datagen.manifest import Rejected, VideoInfo
+from datagen.plan import ClipPlan, ColourPlan, plan_colour
+from datagen.quarantine import QuarantinedVideos
 from datagen.render import apply_colour, rescale_crop_flip
 from datagen.rng import SampleKey, Stream, generator
 from trainer.downstream.config import ClipsConfig
@@ -28,7 +27,6 @@ from trainer.downstream.datasets import LabelledSet
 
 log = logging.getLogger(__name__)
 
-MAX_ATTEMPTS = 64
 _COLOUR_EASINGS = TrajectoryConfig().interpolation_probs  # brightness/contrast curves ease like pretraining's
 
 
@@ -83,55 +81,28 @@ def _to_uint8(clips: torch.Tensor) -> torch.Tensor:
     return clips.clamp_(0, 255).round_().to(torch.uint8)
 
 
-class TrainClips:
+class TrainClips(QuarantinedVideos[LabelledClipPlan]):
     """Sample keys → augmented training clips. A video that fails to decode is quarantined and its samples
-    drawn again from the key's next attempt, so every process that knows the same bad videos agrees."""
+    drawn again from the key's next attempt (datagen's rule), so every process that knows the same bad
+    videos agrees."""
 
     def __init__(self, data: LabelledSet, cfg: ClipsConfig, device: torch.device, decoder: Decoder | None = None) -> None:
         self.data = data
         self.cfg = cfg
-        self.decoder = decoder or Decoder(device, backend=cfg.decode_backend)
-        self.bad_videos: dict[str, str] = {}  # path → reason
-        self.stats: collections.Counter[str] = collections.Counter()
-        self._lock = threading.Lock()
+        super().__init__(data.videos, decoder or Decoder(device, backend=cfg.decode_backend), self._plan)
 
-    def plan(self, key: SampleKey) -> LabelledClipPlan:
-        for attempt in range(MAX_ATTEMPTS):
-            video = choose_video(key, len(self.data), attempt)
-            info = self.data.videos[video]
-            if info.path not in self.bad_videos:
-                return plan_train_clip(key, video, info.num_frames, self.cfg, attempt)
-        raise RuntimeError(f"no readable video for training sample {tuple(key)} after {MAX_ATTEMPTS} attempts "
-                           f"({len(self.bad_videos)} of {len(self.data)} videos are unreadable)")
+    def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> LabelledClipPlan:
+        return plan_train_clip(key, position, video.num_frames, self.cfg, attempt)
 
     def generate(self, keys: Sequence[SampleKey]) -> ClipBatch:
         plans = [self.plan(SampleKey(*k)) for k in keys]
-        frames: list[torch.Tensor | None] = [None] * len(plans)
-        pending = list(range(len(plans)))
-        while pending:
-            results = self.decoder.decode_many([(self.data.videos[plans[i].video], plans[i].clip.frame_indices) for i in pending])
-            retry = []
-            for i, result in zip(pending, results):
-                if isinstance(result, VideoDecodeError):
-                    self._quarantine(result)
-                    plans[i] = self.plan(plans[i].key)
-                    retry.append(i)
-                else:
-                    frames[i] = result
-            pending = retry
+        frames = self.decode(plans)
         clips = torch.stack([rescale_crop_flip(f, p, self.cfg.crop_size) for f, p in zip(frames, plans)])
         clips = _to_uint8(apply_colour(clips, plans))
         self.stats["clips"] += len(plans)
         device = clips.device
         labels = torch.tensor([self.data.labels[p.video] for p in plans], dtype=torch.int64, device=device)
         return ClipBatch(clips, labels, torch.tensor([p.video for p in plans], dtype=torch.int64, device=device))
-
-    def _quarantine(self, error: VideoDecodeError) -> None:
-        with self._lock:
-            self.stats["decode_failures"] += 1
-            if error.path not in self.bad_videos:
-                self.bad_videos[error.path] = error.reason
-                log.warning("skipping unreadable training video %s: %s", error.path, error.reason)
 
 
 class EvalClips:

@@ -1,0 +1,88 @@
+"""Keyed sampling over a video list that survives unreadable videos (DESIGN §1: determinism contract).
+
+A sample key chooses a video (its epoch's permutation, then keyed redraws); a video that fails to decode
+is quarantined with its reason and every sample that chose it is planned again from the key's next
+attempt. Any process that knows the same quarantine set makes the same replacement, so epoch sizes hold
+and replicas agree. Pretraining samples (`Generator`) and fine-tuning clips share this rule.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from typing import Callable, Generic, Protocol, Sequence, TypeVar
+
+import numpy as np
+import torch
+
+from .decode import Decoder, VideoDecodeError
+from .manifest import VideoInfo
+from .plan import ClipPlan, choose_video
+from .rng import SampleKey
+
+log = logging.getLogger(__name__)
+
+MAX_ATTEMPTS = 64
+
+
+class VideoPlan(Protocol):
+    key: SampleKey
+    video: int  # position in the video list
+    clip: ClipPlan  # its frame_indices are what gets decoded
+
+
+P = TypeVar("P", bound=VideoPlan)
+
+
+class QuarantinedVideos(Generic[P]):
+    """Plans keys onto the readable videos of `videos` with `plan_fn(key, position, info, attempt)` and
+    decodes the planned frames, quarantining the videos that fail."""
+
+    def __init__(self, videos: Sequence[VideoInfo], decoder: Decoder,
+                 plan_fn: Callable[[SampleKey, int, VideoInfo, int], P]) -> None:
+        if not videos:
+            raise ValueError("no videos to generate from: check the paths or the manifest")
+        self.videos = list(videos)
+        self.decoder = decoder
+        self.plan_fn = plan_fn
+        self.bad_videos: dict[str, str] = {}  # path → why it was quarantined
+        self.stats: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+
+    def mark_bad(self, path: str, reason: str = "") -> bool:
+        """Quarantine a video; True when it was not known yet."""
+        with self._lock:
+            if path in self.bad_videos:
+                return False
+            self.bad_videos[path] = reason or "unknown reason"
+        log.warning("quarantined unreadable video %s: %s", path, reason or "unknown reason")
+        return True
+
+    def plan(self, key: SampleKey) -> P:
+        """The plan of `key`, skipping quarantined videos through the key's own replacement attempts."""
+        for attempt in range(MAX_ATTEMPTS):
+            position = choose_video(key, len(self.videos), attempt)
+            info = self.videos[position]
+            if info.path not in self.bad_videos:
+                return self.plan_fn(key, position, info, attempt)
+        raise RuntimeError(f"no readable video found for sample {tuple(key)} after {MAX_ATTEMPTS} attempts "
+                           f"({len(self.bad_videos)} of {len(self.videos)} videos are quarantined)")
+
+    def decode(self, plans: list[P]) -> list[torch.Tensor]:
+        """Decode each plan's frames, re-planning (in place) the samples whose video turns out unreadable."""
+        frames: list[torch.Tensor | None] = [None] * len(plans)
+        pending = list(range(len(plans)))
+        while pending:
+            requests = [(self.videos[plans[i].video], np.asarray(plans[i].clip.frame_indices)) for i in pending]
+            retry = []
+            for i, result in zip(pending, self.decoder.decode_many(requests)):
+                if isinstance(result, VideoDecodeError):
+                    self.stats["decode_failures"] += 1
+                    self.mark_bad(result.path, result.reason)
+                    plans[i] = self.plan(plans[i].key)
+                    self.stats["replaced_samples"] += 1
+                    retry.append(i)
+                else:
+                    frames[i] = result
+            pending = retry
+        return frames  # type: ignore[return-value]
