@@ -55,6 +55,7 @@ def _check_rank(rank: int, port: int) -> None:
             torch.testing.assert_close(synced.bias.grad, reference.bias.grad)
             torch.testing.assert_close(synced.running_mean, reference.running_mean)
             torch.testing.assert_close(synced.running_var, reference.running_var)  # unbiased, as torch keeps it
+        dist.barrier()  # neither rank tears down while the other still talks (gloo aborts a process whose peer left)
     finally:
         dist.destroy_process_group()
 

@@ -90,6 +90,7 @@ def process_group(requested_device: str = "auto", timeout_minutes: int = 30) -> 
                             device_id=device if device.type == "cuda" else None)
     try:
         yield ranks
+        dist.barrier()  # no rank tears down while a peer is still talking: gloo aborts a process whose peer left
     finally:
         dist.destroy_process_group()
 
