@@ -6,12 +6,14 @@
 #
 # It builds .devpack/ (git-ignored): DALI in 45 MiB parts (../shared/tools/dali-offline-pack), the small
 # wheels DALI needs plus PyAV and redis-py for CPython 3.12, and the few real videos the check decodes.
-# Then, on the device tool, one `run` per part, back to back (the machine keeps ignored files while warm):
-#   carry [".devpack/dali.txz.00"]   command: true
-#   carry [".devpack/dali.txz.01"]   command: true
-#   ...
-#   carry [".devpack/dali.txz.NN", ".devpack/wheels", ".devpack/install.sh", ".devpack/videos"]
+# Then, on the device tool, one `run` per line, back to back (the warm machine keeps ignored files between
+# calls; each call carries at most 64 MiB with the repository, so the wheels travel on their own):
+#   carry [".devpack/dali.txz.00"]                                   command: true
+#   carry [".devpack/dali.txz.01"]                                   command: true
+#   carry [".devpack/dali.txz.02", ".devpack/videos"]                command: true
+#   carry [".devpack/wheels", ".devpack/install.sh"]                 timeout_s: 540
 #   command: source .devpack/install.sh && bash bench/gpu_check.sh
+# (more parts if `ls .devpack/dali.txz.*` shows more; the script prints every size at the end).
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 cd "$top"
