@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from datagen.bench import timed  # noqa: E402
 from datagen.config import GenerationConfig  # noqa: E402
 from datagen.decode import Decoder  # noqa: E402
 from datagen.generator import Generator  # noqa: E402
@@ -56,16 +57,6 @@ def section(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - start) / repeats
 
 
 @section("decode: DALI mixed (NVDEC) vs PyAV")
@@ -106,9 +97,9 @@ def bench_datagen(videos: list, batch_size: int) -> None:
     frames = generator.decode(plans)
     crop = generator.config.clip.crop_size
     rates = {
-        "NVDEC decode": batch_size / timed(lambda: generator.decode(list(plans)), 3),
-        "generation (plan + render)": batch_size / timed(lambda: render([generator.plan(k) for k in keys], frames, crop), 5),
-        "end to end": batch_size / timed(lambda: generator.generate(keys), 3),
+        "NVDEC decode": batch_size / timed(lambda: generator.decode(list(plans)), generator.device, 3),
+        "generation (plan + render)": batch_size / timed(lambda: render([generator.plan(k) for k in keys], frames, crop), generator.device, 5),
+        "end to end": batch_size / timed(lambda: generator.generate(keys), generator.device, 3),
     }
     RESULTS["datagen_clips_per_s"] = rates
     for name, rate in rates.items():

@@ -136,6 +136,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+def preset_names(folder: Path) -> list[str]:
+    """The presets in a folder of YAML configs, by name."""
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def resolve_preset(name_or_path: str, folder: Path) -> Path:
+    """A YAML path, or the name of a preset in `folder` (`r3d18_ucf101`) → the file."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = folder / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise ValueError(f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(preset_names(folder))}")
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults ← YAML file ← command-line overrides, validated into `cls`."""
     data: dict[str, Any] = {}

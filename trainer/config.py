@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from datagen.config import GenerationConfig, load_config
+from datagen.config import GenerationConfig, load_config, preset_names, resolve_preset
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -94,23 +94,12 @@ class TrainConfig:
 
 
 def presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
-
-
-def resolve_preset(name_or_path: str) -> Path:
-    """A preset name (`r3d18_ucf101`) or a YAML path → the file."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    preset = PRESETS_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    raise ValueError(f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(presets())}")
+    return preset_names(PRESETS_DIR)
 
 
 def load_train_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Defaults ← preset or YAML file ← `a.b=c` overrides, validated."""
-    path = resolve_preset(name_or_path) if name_or_path else None
+    path = resolve_preset(name_or_path, PRESETS_DIR) if name_or_path else None
     cfg = load_config(TrainConfig, path, overrides)
     _validate(cfg)
     return cfg

@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from datagen.config import ColourConfig, apply_overrides, from_dict, load_config
+from datagen.config import ColourConfig, apply_overrides, from_dict, load_config, preset_names, resolve_preset
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 FORMATS = ("ucf101", "hmdb51", "kinetics", "folder")
@@ -103,7 +103,7 @@ class DownstreamConfig:
 
 
 def presets() -> list[str]:
-    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    return preset_names(PRESETS_DIR)
 
 
 def load_downstream_config(name_or_path: str | None = None, overrides: list[str] | None = None,
@@ -112,19 +112,9 @@ def load_downstream_config(name_or_path: str | None = None, overrides: list[str]
     if base is not None and name_or_path is None:
         cfg = from_dict(DownstreamConfig, apply_overrides(base, overrides or []))
     else:
-        cfg = load_config(DownstreamConfig, _resolve_preset(name_or_path) if name_or_path else None, overrides)
+        cfg = load_config(DownstreamConfig, resolve_preset(name_or_path, PRESETS_DIR) if name_or_path else None, overrides)
     validate(cfg)
     return cfg
-
-
-def _resolve_preset(name_or_path: str) -> Path:
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    preset = PRESETS_DIR / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    raise ValueError(f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(presets())}")
 
 
 def validate(cfg: DownstreamConfig) -> None:
