@@ -11,31 +11,9 @@ import torch
 
 from . import manifest
 from .service import cli as service_cli
-from .config import GenerationConfig, load_config
+from .options import add_generation_args, make_generator
 
 DEMO_DIR = Path("out/demo-videos")
-
-
-def add_generation_args(parser: argparse.ArgumentParser, videos_required: bool = True) -> None:
-    """Options every generating command shares: inputs, spec config, device and decoder."""
-    parser.add_argument("--videos", nargs="+", required=videos_required, metavar="PATH",
-                        help="video files, folders (searched recursively) or manifest JSON files")
-    parser.add_argument("--config", metavar="YAML", help="generation config (defaults reproduce the paper)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set trajectory.num_trajectories=1 (repeatable)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where generation runs: cuda when available, else cpu")
-    parser.add_argument("--backend", default="auto", choices=("auto", "dali", "pyav"),
-                        help="decoder: auto picks DALI on GPU, DALI-CPU for VP8/VP9/MJPEG and PyAV otherwise")
-
-
-def make_generator(args: argparse.Namespace):
-    from .decode import Decoder
-    from .generator import Generator
-
-    config = load_config(GenerationConfig, args.config, args.overrides)
-    videos = manifest.resolve_videos(args.videos, min_frames=1)
-    return Generator(videos, config, args.device, Decoder(args.device, args.backend))
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
@@ -122,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="synthesise demo videos and preview generated clips (no download, no services)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_generation_args(p, videos_required=False)
+    add_generation_args(p, videos="optional")
     keyed(p, 8)
     p.add_argument("--videos-dir", type=Path, default=DEMO_DIR, help="where the demo videos are written")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="folder for grid.png and clips.gif")

@@ -11,8 +11,7 @@ import signal
 import time
 from pathlib import Path
 
-import torch
-
+from ..options import add_generation_args, make_generator
 from . import jsonlog
 from .security import TlsFiles, resolve_token
 from .server import Limits, Replica
@@ -50,13 +49,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles:
 
 def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run one datagen replica (gRPC; SIGTERM drains)")
-    # The options of datagen.cli.add_generation_args, with the videos positional: a replica's one operand.
-    p.add_argument("videos", nargs="+", metavar="VIDEOS", help="video files, folders (searched recursively) or manifest JSON files")
-    p.add_argument("--config", metavar="YAML", help="generation config (defaults reproduce the paper)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set clip.num_frames=8 (repeatable)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--backend", default="auto", choices=("auto", "dali", "pyav"), help="video decoder")
+    add_generation_args(p, videos="positional")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
     p.add_argument("--advertise", metavar="HOST:PORT", help="address clients use (default this host's IP and the port)")
@@ -76,8 +69,6 @@ def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from datagen.cli import make_generator  # here, not at the top: datagen.cli imports this module
-
     jsonlog.setup(args.log_level, service="ctp-datagen")
     # Every thread started from here on inherits the blocked mask: the signals reach only sigwait below.
     stop_signals = {signal.SIGTERM, signal.SIGINT}

@@ -1,0 +1,40 @@
+"""The command-line options every generating command shares (preview, sample, bench, demo, serve), and the
+generator they describe."""
+from __future__ import annotations
+
+import argparse
+from typing import Literal
+
+import torch
+
+from . import manifest
+from .config import GenerationConfig, load_config
+
+VIDEOS_HELP = "video files, folders (searched recursively) or manifest JSON files"
+
+
+def add_generation_args(parser: argparse.ArgumentParser,
+                        videos: Literal["required", "optional", "positional"] = "required") -> None:
+    """Inputs, spec config, device and decoder. `videos` is an option (`--videos`), required or not, or the
+    command's positional operand (a replica's one argument)."""
+    if videos == "positional":
+        parser.add_argument("videos", nargs="+", metavar="VIDEOS", help=VIDEOS_HELP)
+    else:
+        parser.add_argument("--videos", nargs="+", required=videos == "required", metavar="PATH", help=VIDEOS_HELP)
+    parser.add_argument("--config", metavar="YAML", help="generation config (defaults reproduce the paper)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set trajectory.num_trajectories=1 (repeatable)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where generation runs (cpu, cuda or cuda:N): cuda when available, else cpu")
+    parser.add_argument("--backend", default="auto", choices=("auto", "dali", "pyav"),
+                        help="decoder: auto picks DALI on GPU, DALI-CPU for VP8/VP9/MJPEG and PyAV otherwise")
+
+
+def make_generator(args: argparse.Namespace):
+    """The generator of the options added by `add_generation_args`."""
+    from .decode import Decoder
+    from .generator import Generator
+
+    config = load_config(GenerationConfig, args.config, args.overrides)
+    videos = manifest.resolve_videos(args.videos, min_frames=1)
+    return Generator(videos, config, args.device, Decoder(args.device, args.backend))
