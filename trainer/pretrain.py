@@ -322,7 +322,7 @@ def pretrain(cfg: TrainConfig, resume: str | None = None) -> TrackingScore | Non
 
 def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingScore | None:
     run_dir = Path(cfg.run.out_dir)
-    execution = Execution.resolve(ranks.device(cfg.run.device), cfg.run.precision, cfg.run.channels_last)
+    execution = Execution.for_rank(ranks, cfg.run)
     # Probed once, by rank 0. min_frames=1 as the replicas index (datagen.cli), so that both name the same video
     # list (replicas refuse another); frame indices past a short video's end are clamped to its last frame.
     videos = ranks.broadcast(resolve_videos(cfg.data.videos, min_frames=1) if ranks.is_main else None)

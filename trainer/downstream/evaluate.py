@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> None:
     model, classes, saved = load_classifier(args.checkpoint)
     cfg = load_downstream_config(args.config, args.overrides, base=saved)
     with process_group(cfg.run.device) as ranks:
-        execution = Execution.resolve(ranks.device(cfg.run.device), cfg.run.precision, cfg.run.channels_last)
+        execution = Execution.for_rank(ranks, cfg.run)
         model = execution.prepare(model)
         test = ranks.broadcast(open_split(cfg.test_split, progress=cfg.run.progress) if ranks.is_main else None)
         results = evaluate(model, test.relabel(classes), cfg, execution, ranks)

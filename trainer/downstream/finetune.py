@@ -115,7 +115,7 @@ def finetune(cfg: DownstreamConfig, resume: str | None = None) -> Path:
 
 def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
     checkpoint = Path(cfg.run.out_dir) / CHECKPOINT_NAME
-    execution = Execution.resolve(ranks.device(cfg.run.device), cfg.run.precision, cfg.run.channels_last)
+    execution = Execution.for_rank(ranks, cfg.run)
     if cfg.data.batch_size % ranks.world_size:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {ranks.world_size} ranks")
     train, val = ranks.broadcast(_open_data(cfg) if ranks.is_main else None)

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     saved = _saved_config(args.weights)
     cfg = load_downstream_config(args.config, args.overrides, base=saved)
     with process_group(cfg.run.device) as ranks:
-        execution = Execution.resolve(ranks.device(cfg.run.device), cfg.run.precision, cfg.run.channels_last)
+        execution = Execution.for_rank(ranks, cfg.run)
         encoder = execution.prepare(load_encoder(cfg.model.encoder, args.weights))
         gallery, queries = ranks.broadcast((open_split(cfg.data.train, progress=cfg.run.progress),
                                             open_split(cfg.test_split, progress=cfg.run.progress)) if ranks.is_main else None)
