@@ -1,4 +1,4 @@
-"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (DESIGN §2).
+"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (docs/spec.md).
 
 Compositing touches only the pixels inside the boxes: every (sample, frame) box of one paste step is
 enumerated into one flat list of pixels, which is sampled from the patch's source frame, shaped by its

@@ -2,7 +2,7 @@
 
 Boxes are (x1, y1, x2, y2) in output-frame pixels. The target of frame i relative to the frame-0 box is
 ((cx_i − cx_0)/σx, (cy_i − cy_0)/σy, log(w_i/w_0)/σw, log(h_i/h_0)/σh) with σ = (0.8, 0.8, 0.04, 0.04)
-and sizes clamped to at least 1 px (DESIGN.md §2).
+and sizes clamped to at least 1 px (docs/spec.md).
 """
 from __future__ import annotations
 

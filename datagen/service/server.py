@@ -1,6 +1,6 @@
 """A datagen replica as a gRPC service: validated requests in, batches streamed out.
 
-The replica is stateless (DESIGN §1): it generates whatever (seed, epoch, indices) it is asked for, with
+The replica is stateless (docs/service.md): it generates whatever (seed, epoch, indices) it is asked for, with
 the one generation config and video list it was started with, and the client owns the cursor. A
 request for another config or video list, or with bad indices or sizes, gets INVALID_ARGUMENT and
 changes nothing. Besides DataGen it serves the standard health service and server reflection.

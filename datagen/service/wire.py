@@ -1,7 +1,7 @@
 """Batch ↔ GenerateResponse messages: clips as uint8 inline chunks or a shared-memory slot descriptor.
 
 Both sides import this module, so the encoding and its checks exist once. Clips are never converted to
-float on the wire (DESIGN §1): the trainer normalises on its own device.
+float on the wire (docs/service.md): the trainer normalises on its own device.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """`ctp-train finetune`: action recognition from a pretrained encoder (or random init, the baseline).
 
-The paper's recipe is the default (DESIGN §2): SGD lr 0.01 for batch 32, momentum 0.9, weight decay 5e-4,
+The paper's recipe is the default (docs/spec.md): SGD lr 0.01 for batch 32, momentum 0.9, weight decay 5e-4,
 150 epochs with ×0.1 at 60 and 120, gradient-norm clip 40, dropout 0.5. Training clips are drawn per
 (seed, epoch, index) like pretraining samples, decoded in-process; under torchrun each rank takes a
 disjoint shard of every epoch and the gradients are averaged by DDP. The checkpoint is written after every
