@@ -19,7 +19,7 @@ from trainer.downstream.clips import (
     ClipColour,
     EvalClips,
     TrainClips,
-    apply_colour,
+    apply_static_colour,
     eval_clip_indices,
     plan_train_clip,
     retrieval_clip_indices,
@@ -84,7 +84,7 @@ def test_colour_jitter_pixels(juggling):
     frames = Decoder("cpu").decode(juggling[0], np.array([0, 40, 80])).float()  # (3, 240, 320, 3) 0-255
     clips = frames[None].repeat(4, 1, 1, 1, 1)
     colours = [ClipColour(), ClipColour(brightness=20.0), ClipColour(contrast=0.8), ClipColour(hue_shift=10.0, saturation=1.1)]
-    out = apply_colour(clips.clone(), colours)
+    out = apply_static_colour(clips.clone(), colours)
     x = frames.numpy()
     assert torch.equal(out[0], frames)
     assert np.array_equal(out[1].numpy(), np.clip(x + 20, 0, 255))  # the same offset on every frame
@@ -99,7 +99,7 @@ def test_colour_jitter_pixels(juggling):
     diff = np.abs(out[3].numpy() - expected)
     assert diff.mean() < 0.05 and diff.max() < 0.5
     # The official order: brightness, then contrast, each clipped (a dark pixel pushed below 0 stays 0).
-    both = apply_colour(torch.tensor([[[[[10.0, 100.0, 250.0]]]]]), [ClipColour(brightness=-20.0, contrast=1.2)])
+    both = apply_static_colour(torch.tensor([[[[[10.0, 100.0, 250.0]]]]]), [ClipColour(brightness=-20.0, contrast=1.2)])
     assert both.flatten().tolist() == pytest.approx([0.0, 96.0, 255.0])
 
 

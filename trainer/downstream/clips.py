@@ -74,7 +74,7 @@ def is_portrait(video: VideoInfo) -> bool:
     return video.height > video.width
 
 
-def plan_colour(rng: np.random.Generator, cfg: StaticColourConfig) -> ClipColour:
+def plan_static_colour(rng: np.random.Generator, cfg: StaticColourConfig) -> ClipColour:
     """Brightness, contrast and hue/saturation, each drawn with its own probability."""
     brightness = float(rng.uniform(-cfg.brightness, cfg.brightness)) if rng.random() < cfg.brightness_prob else 0.0
     contrast = float(np.exp(rng.uniform(-cfg.contrast_log, cfg.contrast_log))) if rng.random() < cfg.contrast_prob else 1.0
@@ -85,14 +85,14 @@ def plan_colour(rng: np.random.Generator, cfg: StaticColourConfig) -> ClipColour
     return ClipColour(brightness, contrast, hue, saturation)
 
 
-def apply_colour(clips: torch.Tensor, colours: Sequence[ClipColour]) -> torch.Tensor:
-    """(N, T, H, W, 3) float 0-255: add the brightness, multiply by the contrast gain, then shift hue and
-    scale saturation (the official order), clipping to [0, 255] after each step."""
+def apply_static_colour(clips: torch.Tensor, colours: Sequence[ClipColour]) -> torch.Tensor:
+    """(N, T, H, W, 3) float 0-255, in place: add the brightness, multiply by the contrast gain, then shift
+    hue and scale saturation (the official order), clipping to [0, 255] after each step."""
     def per_clip(values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=clips.device).view(-1, 1, 1, 1, 1)
 
-    clips = (clips + per_clip([c.brightness for c in colours])).clamp_(0, 255)
-    clips = (clips * per_clip([c.contrast for c in colours])).clamp_(0, 255)
+    clips.add_(per_clip([c.brightness for c in colours])).clamp_(0, 255)
+    clips.mul_(per_clip([c.contrast for c in colours])).clamp_(0, 255)
     chosen = [i for i, c in enumerate(colours) if c.hue_saturation]
     if chosen:
         idx = torch.tensor(chosen, device=clips.device)
@@ -115,7 +115,7 @@ def plan_train_clip(key: SampleKey, video: int, num_frames: int, cfg: ClipsConfi
     size = cfg.crop_size
     crop = (int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1)))
     flip = bool(rng.random() < cfg.flip_prob)
-    colour = plan_colour(generator(key, Stream.COLOUR, attempt), cfg.colour)
+    colour = plan_static_colour(generator(key, Stream.COLOUR, attempt), cfg.colour)
     return LabelledClipPlan(key, video, ClipPlan(indices, (height, width), crop, flip), colour)
 
 
@@ -167,7 +167,7 @@ class TrainClips(QuarantinedVideos[LabelledClipPlan]):
         plans = [self.plan(SampleKey(*k)) for k in keys]
         frames = self.decode(plans)
         clips = torch.stack([rescale_crop_flip(f, p, self.cfg.crop_size) for f, p in zip(frames, plans)])
-        clips = _to_uint8(apply_colour(clips, [p.colour for p in plans]))
+        clips = _to_uint8(apply_static_colour(clips, [p.colour for p in plans]))
         self.stats["clips"] += len(plans)
         device = clips.device
         labels = torch.tensor([self.data.labels[p.video] for p in plans], dtype=torch.int64, device=device)
