@@ -25,4 +25,4 @@ cp ../shared/videos/ucf101/v_SoccerJuggling_g23_c01.avi ../shared/videos/kinetic
 .venv/bin/python -c "from datagen.demo import synthesize_demo; synthesize_demo('.devpack/videos', num_videos=4, seconds=2.4, codecs=('hevc', 'vp9', 'mjpeg', 'av1'))" 2>/dev/null
 git rev-parse --short HEAD > .devpack/commit  # the device machine may have no git
 du -sh .devpack/* | sort -h
-echo "last call carries: the last dali part, .devpack/wheels, .devpack/install.sh, .devpack/videos"
+echo "send and run: see the header of bench/gpu_check.sh"
