@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
@@ -112,6 +114,12 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad)
 
 
+def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the batch statistics torch's SyncBatchNorm all-gathers for an input of `dtype`: its CUDA
+    kernel (`batch_norm_stats`) accumulates and returns them in float32 for bf16/fp16, else in the input's."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class CpuSyncBatchNorm(_BatchNorm):
     """SyncBatchNorm for CPU tensors (gloo), which torch's SyncBatchNorm and DDP refuse (their kernels are CUDA's).
 
@@ -132,29 +140,57 @@ class CpuSyncBatchNorm(_BatchNorm):
             raise ValueError("CpuSyncBatchNorm needs track_running_stats and a fixed momentum")
         dims = [0, *range(2, input.dim())]
         shape = [1, -1] + [1] * (input.dim() - 2)
-        count = torch.tensor([input.numel() // input.size(1)], dtype=input.dtype)
-        totals = _AllReduceSum.apply(torch.cat([input.sum(dims), count]))
+        x = input.to(statistics_dtype(input.dtype))  # as torch's CUDA kernel: bf16 activations, float32 statistics
+        count = torch.tensor([x.numel() // x.size(1)], dtype=x.dtype)
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
         n = totals[-1]
         mean = totals[:-1] / n
-        centred = input - mean.view(shape)
+        centred = x - mean.view(shape)
         var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * n / (n - 1).clamp(min=1), self.momentum)  # unbiased, as torch keeps it
         out = centred * torch.rsqrt(var + self.eps).view(shape)
-        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        return (out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out).to(input.dtype)
+
+
+class EmptySafeSyncBatchNorm(nn.SyncBatchNorm):
+    """torch's SyncBatchNorm, safe for a rank with an empty batch under autocast.
+
+    An empty rank still joins the collectives, with zeros of its input's dtype, while the other ranks send
+    statistics in `statistics_dtype` (float32 for bf16 activations); NCCL does not compare dtypes, so the step
+    would hang or average garbage. An empty input is therefore handed over in the statistics' dtype."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.numel():
+            return super().forward(input)
+        return super().forward(input.to(statistics_dtype(input.dtype))).to(input.dtype)
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """`module` with every BatchNorm synchronised across ranks: torch's SyncBatchNorm on accelerators,
-    `CpuSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys stay those of the BatchNorms."""
+    """`module` with every BatchNorm synchronised across ranks: torch's SyncBatchNorm on accelerators (made safe
+    for empty ranks), `CpuSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys stay the BatchNorms'."""
     if device.type != "cpu":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     for m in module.modules():
-        if isinstance(m, _BatchNorm):
-            m.__class__ = CpuSyncBatchNorm  # same state, only the forward differs: nothing to copy
+        if isinstance(m, _BatchNorm):  # same state, only the forward differs: nothing to copy
+            m.__class__ = EmptySafeSyncBatchNorm if device.type != "cpu" else CpuSyncBatchNorm
     return module
+
+
+def data_parallel(module: nn.Module, device: torch.device) -> DistributedDataParallel:
+    """DDP that takes rank 0's buffers once at the start and never again, on every torch the package supports.
+
+    Synchronised BatchNorm keeps the buffers equal, so broadcasting them before every forward would only cost.
+    torch ≥ 2.13 says so with `forward_sync_buffers=False`; older torch has only `broadcast_buffers=False`,
+    which also skips the start's broadcast, so that one is done here."""
+    device_ids = [device] if device.type == "cuda" else None
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return DistributedDataParallel(module, device_ids=device_ids, forward_sync_buffers=False)
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=False)
 
 
 def sync_batchnorm_layers(module: nn.Module) -> int:
