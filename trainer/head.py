@@ -41,10 +41,12 @@ class CtPHead(nn.Module):
         """features (B, C, T', h, w); queries (B, K, 4) x1, y1, x2, y2 in input pixels → (B, K, T, 4) targets."""
         b, k = queries.shape[:2]
         squeezed = torch.relu(self.temporal(features)).squeeze(2)  # (B, C, h, w)
-        batch_index = torch.arange(b, device=queries.device, dtype=queries.dtype).repeat_interleave(k)
-        rois = torch.cat([batch_index[:, None], queries.reshape(b * k, 4)], dim=1).to(squeezed.dtype)
+        # Boxes and batch indices stay float32 under autocast: bf16 has 0.5 px steps at 64-128 px, and indices
+        # above 256 would round to another sample. RoIAlign pools in float32 (as torchvision's autocast does).
+        batch_index = torch.arange(b, device=queries.device, dtype=torch.float32).repeat_interleave(k, output_size=b * k)
+        rois = torch.cat([batch_index[:, None], queries.reshape(b * k, 4).float()], dim=1)
         pooled = roi_align(
-            squeezed,
+            squeezed.float(),
             rois,
             output_size=self.pool_size,
             spatial_scale=self.spatial_scale,
