@@ -1,6 +1,8 @@
 """The pretraining network: uint8 clips in, trajectory targets out (encoder + CtP head)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -11,13 +13,21 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
+@functools.cache
+def _pixel_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and 1/std in uint8 units, built once per device (a fresh `torch.tensor` per step is a host-device
+    copy), outside inference mode so that autograd may use them later."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(MEAN, device=device).view(1, 1, 1, 1, 3) * 255
+        return mean, 1 / (torch.tensor(STD, device=device).view(1, 1, 1, 1, 3) * 255)
+
+
 def normalise(clips: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """(B, T, H, W, 3) uint8 RGB → (B, 3, T, H, W) float, ImageNet mean/std, on the clips' device.
 
     The permuted view is already in channels_last_3d order, so keeping that layout costs no copy.
     """
-    mean = torch.tensor(MEAN, device=clips.device).view(1, 1, 1, 1, 3) * 255
-    inv_std = 1 / (torch.tensor(STD, device=clips.device).view(1, 1, 1, 1, 3) * 255)
+    mean, inv_std = _pixel_statistics(clips.device)
     x = ((clips.float() - mean) * inv_std).permute(0, 4, 1, 2, 3)
     return x.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 

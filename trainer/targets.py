@@ -6,6 +6,7 @@ and sizes clamped to at least 1 px (docs/spec.md).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -21,21 +22,25 @@ def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centre, size
 
 
-def _scales(like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(SCALES, dtype=like.dtype, device=like.device)
+@functools.cache
+def _scales(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Built once per dtype and device (a fresh `torch.tensor` per step is a host-device copy), outside
+    inference mode so that autograd may use it later."""
+    with torch.inference_mode(False):
+        return torch.tensor(SCALES, dtype=dtype, device=device)
 
 
 def encode(boxes: torch.Tensor) -> torch.Tensor:
     """(..., T, 4) boxes → (..., T, 4) targets relative to frame 0 of each trajectory."""
     centre, size = _centre_size(boxes)
     delta = torch.cat([centre - centre[..., :1, :], torch.log(size / size[..., :1, :])], dim=-1)
-    return delta / _scales(delta)
+    return delta / _scales(delta.dtype, delta.device)
 
 
 def decode(targets: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """(..., T, 4) targets and (..., 4) query boxes → (..., T, 4) boxes, the inverse of `encode`."""
     centre0, size0 = _centre_size(query[..., None, :])
-    delta = targets * _scales(targets)
+    delta = targets * _scales(targets.dtype, targets.device)
     centre = centre0 + delta[..., :2]
     size = size0 * torch.exp(delta[..., 2:])
     return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
