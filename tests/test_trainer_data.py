@@ -74,3 +74,11 @@ def test_held_out_clips_are_disjoint_from_training_keys(generator):
     keys = torch.cat([b.keys for b in batches])
     assert [len(b) for b in batches] == [2, 2, 1]
     assert keys.tolist() == [[5, HELD_OUT_EPOCH, i] for i in range(5)]
+
+
+def test_keys_stay_on_the_host_when_a_batch_moves_to_a_device(generator):
+    """The trainer reads every step's keys with `.tolist()`: on a GPU that read would be a device sync."""
+    batch = generator.generate([(0, 0, 0), (0, 0, 1)])
+    moved = batch.to("meta")  # a device other than the host, available without a GPU
+    assert moved.clips.device.type == "meta" and moved.boxes.device.type == "meta"
+    assert moved.keys.device.type == "cpu" and moved.keys.tolist() == [[0, 0, 0], [0, 0, 1]]

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+import torch
+
 from datagen.batch import Batch
 from datagen.generator import Generator
 from datagen.rng import SampleKey
@@ -34,10 +36,41 @@ class SampleSource(Protocol):
         ...
 
 
+class StreamHandover:
+    """Batches made on a CUDA stream of their own, handed to the consumer's stream with an event, so that
+    generating the next batch overlaps the training step on the GPU too. On CPU every method does nothing."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+
+    def producing(self) -> contextlib.AbstractContextManager:
+        """Where the producer thread runs its kernels."""
+        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
+
+    def made(self) -> torch.cuda.Event | None:
+        """Mark the end of a batch's work on the producer's stream."""
+        if self.stream is None:
+            return None
+        event = torch.cuda.Event()
+        event.record(self.stream)
+        return event
+
+    def receive(self, batch: Batch, made: torch.cuda.Event | None) -> Batch:
+        """Let the consumer's stream wait for the batch, and keep its memory from reuse until that stream is done."""
+        if made is not None:
+            consumer = torch.cuda.current_stream(self.stream.device)
+            consumer.wait_event(made)
+            for tensor in batch.tensors():
+                if tensor.is_cuda:
+                    tensor.record_stream(consumer)
+        return batch
+
+
 class InProcessSource:
     """Generates batches in this process, in index order, one batch ahead on a background thread.
 
-    Torch ops and the decoders release the GIL, so generating the next batch overlaps the training step.
+    Torch ops and the decoders release the GIL, so generating the next batch overlaps the training step; on a
+    GPU the producer runs on its own CUDA stream (`StreamHandover`).
     """
 
     def __init__(self, generator: Generator, prefetch: int = 2) -> None:
@@ -46,16 +79,18 @@ class InProcessSource:
 
     def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
         chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-        ready: queue.Queue[Batch | BaseException | None] = queue.Queue(self.prefetch)
+        ready: queue.Queue[tuple[Batch, torch.cuda.Event | None] | BaseException | None] = queue.Queue(self.prefetch)
         stop = threading.Event()
+        handover = StreamHandover(self.generator.device)
 
         def produce() -> None:
             try:
-                for chunk in chunks:
-                    if stop.is_set():
-                        return
-                    batch = self.generator.generate([SampleKey(seed, epoch, int(i)) for i in chunk])
-                    _put(ready, batch, stop)
+                with handover.producing():
+                    for chunk in chunks:
+                        if stop.is_set():
+                            return
+                        batch = self.generator.generate([SampleKey(seed, epoch, int(i)) for i in chunk])
+                        _put(ready, (batch, handover.made()), stop)
                 _put(ready, None, stop)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 _put(ready, exc, stop)
@@ -66,7 +101,7 @@ class InProcessSource:
             while (item := ready.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                yield handover.receive(*item)
         finally:
             stop.set()
             worker.join()
