@@ -11,7 +11,8 @@ UNIFORM, ACCELERATE, DECELERATE = 0, 1, 2
 
 
 def draw_keyframes(rng: np.random.Generator, num_frames: int, inner_probs: tuple[float, ...]) -> np.ndarray:
-    """Sorted unique key frames: 0, T-1 and n inner ticks ⌊i·T/(n+1)⌋ with a jitter of ±⌊T/(n+1)/3⌋."""
+    """Sorted unique key frames: 0, T-1 and n inner ticks ⌊i·T/(n+1)⌋ with a jitter from [−r, r),
+    r = ⌊T/(n+1)/3⌋ (half-open, as the official `sample_key_frames`)."""
     n = int(rng.choice(len(inner_probs), p=np.asarray(inner_probs, dtype=np.float64)))
     last = num_frames - 1
     ticks = [0, last]
@@ -19,7 +20,7 @@ def draw_keyframes(rng: np.random.Generator, num_frames: int, inner_probs: tuple
         gap = num_frames / (n + 1)
         reach = int(gap / 3)
         for i in range(1, n + 1):
-            tick = int(i * num_frames / (n + 1)) + int(rng.integers(-reach, reach + 1))
+            tick = int(i * num_frames / (n + 1)) + (int(rng.integers(-reach, reach)) if reach else 0)
             ticks.append(min(max(tick, 0), last))
     return np.unique(np.asarray(ticks, dtype=np.int64))
 

@@ -13,7 +13,7 @@ import numpy as np
 from .config import ClipConfig, ColourConfig, GenerationConfig, PatchConfig
 from .keyframes import draw_easings, draw_keyframes, interpolate
 from .rng import SampleKey, Stream, epoch_permutation, generator
-from .trajectory import draw_trajectory
+from .trajectory import draw_trajectories
 
 RECTANGLE, ELLIPSE, RHOMBUS = 0, 1, 2
 
@@ -89,7 +89,7 @@ def plan_clip(rng: np.random.Generator, cfg: ClipConfig, num_frames: int, height
 def plan_patches(key: SampleKey, cfg: GenerationConfig, attempt: int) -> PatchPlan:
     t, size, pc = cfg.clip.num_frames, cfg.clip.crop_size, cfg.patch
     rng = generator(key, Stream.TRAJECTORY, attempt)
-    boxes = np.stack([draw_trajectory(rng, cfg.trajectory, t, size, size).boxes for _ in range(cfg.trajectory.num_trajectories)])
+    boxes = np.stack([tr.boxes for tr in draw_trajectories(rng, cfg.trajectory, cfg.trajectory.num_trajectories, t, size, size)])
     k = len(boxes)
 
     rng = generator(key, Stream.PATCH, attempt)

@@ -129,8 +129,9 @@ def _bilinear(flat: torch.Tensor, base: torch.Tensor, y: torch.Tensor, x: torch.
 
 
 def apply_colour(clips: torch.Tensor, plans: Sequence[SamplePlan]) -> torch.Tensor:
-    """Hue/saturation, then per-frame brightness, then contrast, each only on the clips that drew it;
-    values are clipped to [0, 255] after each step."""
+    """Hue/saturation, then per-frame brightness offsets, then per-frame contrast gains (every pixel times
+    the factor, as the official `DynamicContrast`: the frame's mean moves with it), each only on the clips
+    that drew it; values are clipped to [0, 255] after each step."""
     device = clips.device
 
     def where_drawn(drawn: Sequence[bool]) -> torch.Tensor | None:
@@ -146,16 +147,8 @@ def apply_colour(clips: torch.Tensor, plans: Sequence[SamplePlan]) -> torch.Tens
         clips[idx] = (clips[idx] + offset[:, :, None, None, None]).clamp_(0, 255)
     if (idx := where_drawn([bool((p.colour.contrast != 1).any()) for p in plans])) is not None:
         factor = torch.from_numpy(np.stack([plans[i].colour.contrast for i in idx.tolist()])).to(device, torch.float32)
-        clips[idx] = adjust_contrast(clips[idx], factor)
+        clips[idx] = (clips[idx] * factor[:, :, None, None, None]).clamp_(0, 255)
     return clips
-
-
-def adjust_contrast(clips: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Scale (N, T, H, W, 3) about each frame's mean grey level by factor (N, T). The mean is summed in
-    float64 so that it does not depend on how the reduction is split across threads or batch sizes."""
-    grey = clips[..., 0] * 0.299 + clips[..., 1] * 0.587 + clips[..., 2] * 0.114
-    mean = (grey.sum(dim=(2, 3), dtype=torch.float64) / (grey.shape[2] * grey.shape[3])).float()[:, :, None, None, None]
-    return ((clips - mean) * factor[:, :, None, None, None] + mean).clamp_(0, 255)
 
 
 def shift_hue_saturation(rgb: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor) -> torch.Tensor:

@@ -34,33 +34,45 @@ def draw_first_box(rng: np.random.Generator, cfg: TrajectoryConfig, width: int, 
     return np.array([x1 + w / 2, y1 + h / 2, w, h, aw, ah])
 
 
-def draw_trajectory(rng: np.random.Generator, cfg: TrajectoryConfig, num_frames: int, width: int, height: int) -> Trajectory:
-    cx, cy, w, h, aw, ah = draw_first_box(rng, cfg, width, height)
+def draw_trajectories(rng: np.random.Generator, cfg: TrajectoryConfig, count: int, num_frames: int, width: int, height: int) -> list[Trajectory]:
+    """`count` trajectories of one clip. By default (as the official `rectangle_movement`) they share one
+    centre and one size key-frame set and each segment's easing; only the amounts differ. With
+    `cfg.shared_keyframes` off every trajectory draws its own."""
+    if not cfg.shared_keyframes:
+        return [t for _ in range(count) for t in _draw_group(rng, cfg, 1, num_frames, width, height)]
+    return _draw_group(rng, cfg, count, num_frames, width, height)
+
+
+def _draw_group(rng: np.random.Generator, cfg: TrajectoryConfig, count: int, num_frames: int, width: int, height: int) -> list[Trajectory]:
+    first = np.stack([draw_first_box(rng, cfg, width, height) for _ in range(count)])  # K, 6
     limits = np.array([width - 1.0, height - 1.0])
+    frame = np.array([width, height], dtype=np.float64)
 
     # Size: log-space random walk between key frames, |Δ log size| ≤ rate·Δ per axis.
     size_kf = draw_keyframes(rng, num_frames, cfg.inner_keyframe_probs)
-    log_size = [np.log([w, h])]
+    size_easing = draw_easings(rng, len(size_kf) - 1, cfg.interpolation_probs)
+    log_size = [np.log(first[:, 2:4])]
     for gap in np.diff(size_kf):
-        step = rng.uniform(-cfg.max_scale_rate * gap, cfg.max_scale_rate * gap, size=2)
+        step = rng.uniform(-cfg.max_scale_rate * gap, cfg.max_scale_rate * gap, size=(count, 2))
         log_size.append(np.clip(log_size[-1] + step, 0.0, np.log(limits)))
-    sizes = np.exp(interpolate(size_kf, np.array(log_size), draw_easings(rng, len(size_kf) - 1, cfg.interpolation_probs), num_frames))
+    sizes = np.exp(interpolate(size_kf, np.stack(log_size), size_easing, num_frames)).transpose(1, 0, 2)  # K, T, 2
 
     # Centre: ±max_speed·Δ px per axis between key frames, kept where the box fits the frame.
     centre_kf = draw_keyframes(rng, num_frames, cfg.inner_keyframe_probs)
+    centre_easing = draw_easings(rng, len(centre_kf) - 1, cfg.interpolation_probs)
     half = sizes / 2
-    centres = [np.array([cx, cy])]
+    centres = [first[:, 0:2]]
     for k, gap in zip(centre_kf[1:], np.diff(centre_kf)):
-        step = rng.uniform(-cfg.max_speed * gap, cfg.max_speed * gap, size=2)
-        centres.append(np.clip(centres[-1] + step, half[k], np.array([width, height]) - half[k]))
-    centre = interpolate(centre_kf, np.array(centres), draw_easings(rng, len(centre_kf) - 1, cfg.interpolation_probs), num_frames)
-    centre = np.clip(centre, half, np.array([width, height]) - half)
+        step = rng.uniform(-cfg.max_speed * gap, cfg.max_speed * gap, size=(count, 2))
+        centres.append(np.clip(centres[-1] + step, half[:, k], frame - half[:, k]))
+    centre = interpolate(centre_kf, np.stack(centres), centre_easing, num_frames).transpose(1, 0, 2)
+    centre = np.clip(centre, half, frame - half)
 
-    boxes = np.round(np.concatenate([centre - half, centre + half], axis=1))
+    boxes = np.round(np.concatenate([centre - half, centre + half], axis=2))
     boxes = np.clip(boxes, 0.0, np.array([width, height, width, height], dtype=np.float64))
     # Rounding may leave a 1-px box empty; give it one pixel, still inside the frame.
     for lo, hi, edge in ((0, 2, width), (1, 3, height)):
-        empty = boxes[:, hi] <= boxes[:, lo]
-        boxes[empty, hi] = np.minimum(boxes[empty, lo] + 1, edge)
-        boxes[empty, lo] = boxes[empty, hi] - 1
-    return Trajectory(boxes, centre, sizes, (float(aw), float(ah)), centre_kf, size_kf)
+        empty = boxes[..., hi] <= boxes[..., lo]
+        boxes[..., hi][empty] = np.minimum(boxes[..., lo][empty] + 1, edge)
+        boxes[..., lo][empty] = boxes[..., hi][empty] - 1
+    return [Trajectory(boxes[i], centre[i], sizes[i], (float(first[i, 4]), float(first[i, 5])), centre_kf, size_kf) for i in range(count)]

@@ -1,6 +1,7 @@
 """Statistics of generated trajectories and patch plans over thousands of samples (DESIGN §2)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,7 +11,7 @@ from datagen.config import GenerationConfig, TrajectoryConfig
 from datagen.keyframes import ACCELERATE, DECELERATE, UNIFORM, draw_keyframes, interpolate
 from datagen.plan import plan_patches
 from datagen.rng import SampleKey, Stream, generator
-from datagen.trajectory import draw_trajectory
+from datagen.trajectory import draw_trajectories
 
 T, W = 16, 112
 CFG = TrajectoryConfig()
@@ -19,7 +20,7 @@ CFG = TrajectoryConfig()
 @pytest.fixture(scope="module")
 def trajectories():
     rng = generator(SampleKey(7, 0, 0), Stream.TRAJECTORY)
-    return [draw_trajectory(rng, CFG, T, W, W) for _ in range(4000)]
+    return [draw_trajectories(rng, CFG, 1, T, W, W)[0] for _ in range(4000)]  # independent trajectories
 
 
 def binomial_ok(count: int, n: int, p: float, sigmas: float = 4.0) -> bool:
@@ -85,10 +86,10 @@ def test_keyframe_jitter_stays_within_its_reach():
     rng = np.random.default_rng(0)
     seen = set()
     for _ in range(2000):
-        kf = draw_keyframes(rng, T, (0.0, 0.0, 1.0))  # always two inner ticks at 5 and 10, reach ±1
+        kf = draw_keyframes(rng, T, (0.0, 0.0, 1.0))  # always two inner ticks at 5 and 10, reach 1
         assert len(kf) == 4
         seen.update((kf[1:3] - np.array([5, 10])).tolist())
-    assert seen == {-1, 0, 1}
+    assert seen == {-1, 0}  # [-r, r), as the official sample_key_frames
 
 
 @pytest.mark.parametrize("easing", [UNIFORM, ACCELERATE, DECELERATE])
@@ -132,3 +133,31 @@ def test_mrm_visibility_and_patch_choices():
     for p in plans[:200]:  # larger trajectories (mean area) are pasted first
         area = ((p.boxes[..., 2] - p.boxes[..., 0]) * (p.boxes[..., 3] - p.boxes[..., 1])).mean(1)
         assert (np.diff(area[p.order]) <= 0).all()
+
+
+def _speed_correlation(cfg: GenerationConfig, clips: int = 600) -> float:
+    """Mean Pearson correlation between the per-frame centre speeds of two trajectories of one clip."""
+    found = []
+    for i in range(clips):
+        boxes = plan_patches(SampleKey(5, 0, i), cfg, 0).boxes
+        speed = np.linalg.norm(np.diff((boxes[..., :2] + boxes[..., 2:]) / 2, axis=1), axis=2)  # K, T-1
+        for a in range(len(speed)):
+            for b in range(a + 1, len(speed)):
+                if speed[a].std() > 0 and speed[b].std() > 0:
+                    found.append(np.corrcoef(speed[a], speed[b])[0, 1])
+    return float(np.mean(found))
+
+
+def test_a_clips_trajectories_share_key_frames_and_easings():
+    rng = generator(SampleKey(9, 0, 0), Stream.TRAJECTORY)
+    for _ in range(200):
+        group = draw_trajectories(rng, CFG, 3, T, W, W)
+        for t in group[1:]:
+            assert np.array_equal(t.centre_keyframes, group[0].centre_keyframes)
+            assert np.array_equal(t.size_keyframes, group[0].size_keyframes)
+    # Shared key frames and easings make the trajectories speed up and slow down together: the official
+    # samples measure 0.30-0.32; independent key frames measure ~0.
+    cfg = GenerationConfig()
+    assert _speed_correlation(cfg) > 0.2
+    own = dataclasses.replace(cfg, trajectory=dataclasses.replace(cfg.trajectory, shared_keyframes=False))
+    assert abs(_speed_correlation(own)) < 0.06
