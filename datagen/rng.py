@@ -118,3 +118,48 @@ def epoch_permutation(seed: int, epoch: int, size: int) -> np.ndarray:
     perm = generator(SampleKey(seed, epoch, 0), Stream.PERMUTATION).permutation(size)
     perm.setflags(write=False)
     return perm
+
+
+class Draws:
+    """Hands out the columns of an (N, n) matrix of uniforms in a fixed order, so that each choice of a
+    sample has a fixed place in its stream. `Draws.counting()` hands out zeros and counts them: running a
+    planner on it once tells how many uniforms the planner takes for a config."""
+
+    def __init__(self, u: np.ndarray | None) -> None:
+        self.u, self.used = u, 0
+
+    @classmethod
+    def counting(cls) -> "Draws":
+        return cls(None)
+
+    def take(self, *shape: int) -> np.ndarray:
+        """(N, *shape) uniforms in [0, 1)."""
+        n = int(np.prod(shape, dtype=np.int64))
+        start, self.used = self.used, self.used + n
+        if self.u is None:
+            return np.zeros((1, *shape))
+        if self.used > self.u.shape[1]:
+            raise ValueError(f"a planner took more than the {self.u.shape[1]} uniforms drawn for it")
+        return self.u[:, start : self.used].reshape(len(self.u), *shape)
+
+
+def choose(u: np.ndarray, probs: Sequence[float]) -> np.ndarray:
+    """Indices drawn with probabilities `probs` (inverse CDF of uniforms `u`)."""
+    cdf = np.cumsum(np.asarray(probs, dtype=np.float64))
+    return np.minimum(np.searchsorted(cdf / cdf[-1], u, side="right"), len(cdf) - 1)
+
+
+def pick(u: np.ndarray, values: Sequence[float] | np.ndarray) -> np.ndarray:
+    """One of `values`, each equally likely."""
+    values = np.asarray(values)
+    return values[np.minimum((u * len(values)).astype(np.int64), len(values) - 1)]
+
+
+def between(u: np.ndarray, low: float | np.ndarray, high: float | np.ndarray) -> np.ndarray:
+    """Uniform in [low, high)."""
+    return low + (high - low) * u
+
+
+def below(u: np.ndarray, high: np.ndarray | int) -> np.ndarray:
+    """Integers uniform in [0, high), high ≥ 1."""
+    return np.minimum((u * high).astype(np.int64), np.asarray(high) - 1)

@@ -8,10 +8,9 @@ import torch
 from PIL import Image
 
 from datagen.config import GenerationConfig
-from datagen.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_sample
+from datagen.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_patches, plan_sample
 from datagen.render import render, rescale_crop_flip, shift_hue_saturation
-from datagen.rng import SampleKey, Stream, generator
-from datagen.trajectory import draw_trajectories
+from datagen.rng import SampleKey
 
 T, S = 16, 112
 
@@ -41,8 +40,7 @@ def one_patch_plan(boxes: np.ndarray, visible: np.ndarray, source: int, shape: i
 
 @pytest.fixture(scope="module")
 def trajectory_boxes() -> np.ndarray:
-    rng = generator(SampleKey(1, 2, 3), Stream.TRAJECTORY)
-    return draw_trajectories(rng, GenerationConfig().trajectory, 1, T, S, S)[0].boxes
+    return plan_patches(SampleKey(1, 2, 3), GenerationConfig(), 0).boxes[0]
 
 
 def test_opaque_rectangle_is_the_source_crop_resized(trajectory_boxes):
