@@ -214,7 +214,7 @@ class DaliDecoder:
                 encoded.append(np.fromfile(video.path, dtype=np.uint8))
             except OSError as exc:
                 raise VideoDecodeError(video.path, f"cannot read file ({exc.strerror})") from exc
-            frames.append(clamp_indices(video, indices).astype(np.int32))  # DALI pads past the end with black
+            frames.append(clamp_indices(video, indices).astype(np.int32))
         pipeline = self._pipeline or self._build()
         pipeline.feed_input("encoded", encoded)
         pipeline.feed_input("frames", frames)
@@ -243,7 +243,9 @@ class DaliDecoder:
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu")
+            # pad_mode="edge": an index past the frame count in the container header (which DALI goes by,
+            # and which may be lower than the manifest's) repeats the last frame instead of a black one.
+            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu", pad_mode="edge")
 
         self._pipeline = clips()
         self._pipeline.build()

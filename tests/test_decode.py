@@ -102,6 +102,18 @@ def test_dali_cpu_returns_the_frames_pyav_returns_on_vp9(demo_videos):
     assert neighbours > 2  # the tolerance above is far below what one frame of motion changes
 
 
+def test_dali_repeats_its_last_frame_past_its_own_frame_count(demo_videos):
+    """The manifest may count more frames than the container header DALI reads: those indices must repeat
+    the last real frame (as PyAV does), not come back black."""
+    vp9 = next(v for v in demo_videos if v.codec == "vp9")
+    overcounted = dataclasses.replace(vp9, num_frames=vp9.num_frames + 10)
+    last = vp9.num_frames - 1
+    clip = Decoder(backend="dali").decode(overcounted, np.array([last, last + 1, last + 6, 0]))
+    assert clip[0].float().mean() > 20
+    assert torch.equal(clip[1], clip[0]) and torch.equal(clip[2], clip[0])
+    assert not torch.equal(clip[3], clip[0])
+
+
 def test_auto_routes_each_codec_to_a_backend_that_decodes_it_on_the_device():
     """On CUDA, AV1 (no NVDEC AV1 on Hopper) and MJPEG (rejected by DALI 2.4's mixed decoder) go to PyAV."""
     codecs = ("vp9", "vp8", "mjpeg", "h264", "mpeg4", "hevc", "av1", "mpeg2video")
