@@ -19,6 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import av
+from av.video.frame import PictureType
 from tqdm import tqdm
 
 from .manifest import Rejected, VideoError, VideoInfo, find_videos, open_video, probe, summary, write_manifest
@@ -100,6 +101,7 @@ def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> 
                 last_pts = pts
                 picture = frame.reformat(width, height, "yuv420p", interpolation="AREA")
                 picture.pts, picture.time_base = pts, stream.time_base
+                picture.pict_type = PictureType.NONE  # the source's I frames would force key frames off the grid
                 dst.mux(out.encode(picture))
                 written += 1
             dst.mux(out.encode(None))
