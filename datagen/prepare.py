@@ -22,7 +22,7 @@ import av
 from av.video.frame import PictureType
 from tqdm import tqdm
 
-from .manifest import Rejected, VideoError, VideoInfo, find_videos, open_video, probe, summary, write_manifest
+from .manifest import Rejected, VideoError, VideoInfo, find_videos, open_video, picture_packets, probe, summary, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,16 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
+def display_times(source: Path) -> list[int | None]:
+    """The pictures' timestamps in display order, from one demux pass: the i-th decoded picture gets the i-th.
+
+    Decoders report some AVIs' (packed B-frame) pictures with swapped timestamps; sorting the packets'
+    timestamps restores the source's timing without decoding twice."""
+    with open_video(source) as container:
+        stamps = [p.pts if p.pts is not None else p.dts for p in picture_packets(container)]
+    return sorted(stamps) if None not in stamps else stamps
+
+
 def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> int:
     """Decode every picture of `source` and encode it to `output`; returns the number of frames written.
 
@@ -93,11 +103,11 @@ def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> 
             g = settings.gop
             out.options = {"crf": str(settings.crf), "preset": "veryfast", "g": str(g), "bf": "0", "threads": str(threads),
                            "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:open-gop=0"}
-            last_pts = None
+            times = display_times(source)
+            last_pts = -1
             for frame in src.decode(stream):
-                pts = frame.pts if frame.pts is not None else (last_pts or 0) + 1
-                if last_pts is not None and pts <= last_pts:
-                    pts = last_pts + 1  # keep timestamps strictly increasing: MP4 requires it
+                pts = times[written] if written < len(times) else frame.pts
+                pts = max(pts if pts is not None else last_pts + 1, last_pts + 1)  # MP4 needs increasing times
                 last_pts = pts
                 picture = frame.reformat(width, height, "yuv420p", interpolation="AREA")
                 picture.pts, picture.time_base = pts, stream.time_base
