@@ -57,7 +57,11 @@ def plan_jobs(sources: list[str | os.PathLike[str]], out: Path) -> list[Job]:
     jobs = {}
     for src in map(Path, sources):
         root = src if src.is_dir() else src.parent
+        if root.resolve() == out.resolve():
+            raise ValueError(f"--out {out} is the source folder {src}: choose a new folder (sources are never overwritten)")
         for video in find_videos(src):
+            if video.resolve().is_relative_to(out.resolve()):
+                continue  # a DIR inside a source folder holds earlier outputs, not sources
             job = Job(video, output_path(video, root, out))
             if job.output in jobs and jobs[job.output].source != video:
                 raise ValueError(f"{video} and {jobs[job.output].source} would both be written to {job.output}")
@@ -158,8 +162,8 @@ def prepare(sources: list[str | os.PathLike[str]], out: str | os.PathLike[str], 
     """Re-encode every video under `sources` into `out`, write `out/manifest.json`; returns the report."""
     out = Path(out)
     started = time.perf_counter()
-    check_settings(out, settings)
     jobs = plan_jobs(sources, out)
+    check_settings(out, settings)
     workers = workers or max(1, os.cpu_count() or 1)
     threads = max(1, (os.cpu_count() or 1) // workers)
     videos: list[VideoInfo] = []

@@ -126,3 +126,14 @@ def test_cli_reports_size_and_time(dataset: Path, tmp_path: Path, capsys: pytest
     text = capsys.readouterr().out
     assert "1 encoded, 0 already done, 0 rejected in" in text and "MiB ->" in text
     assert json.loads((out / "prepare.json").read_text())["gop"] == 4
+
+
+def test_out_inside_or_equal_to_source(dataset: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(dataset / "Wave", src)
+    with pytest.raises(ValueError, match="is the source folder"):
+        prepare([src], src)
+    assert not (src / "prepare.json").exists()
+    prepare([src], src / "prepared", Settings(gop=GOP), workers=1)
+    report = prepare([src], src / "prepared", Settings(gop=GOP), workers=1)  # its own outputs are not sources
+    assert report["counts"] == {"done": 0, "skipped": 2, "rejected": 1}
