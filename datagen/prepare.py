@@ -97,12 +97,8 @@ def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> 
         with open_video(source) as src, av.open(str(tmp), "w", format="mp4") as dst:
             stream = src.streams.video[0]
             stream.thread_type = "AUTO"
-            ctx = stream.codec_context
-            width, height = scaled_size(ctx.width, ctx.height, settings.short_side)
-            rate = stream.average_rate or stream.guessed_rate or 30
-            out = dst.add_stream("libx264", rate=rate)
-            out.width, out.height, out.pix_fmt = width, height, "yuv420p"
-            out.time_base = stream.time_base
+            out = dst.add_stream("libx264", rate=stream.average_rate or stream.guessed_rate or 30)
+            out.pix_fmt, out.time_base = "yuv420p", stream.time_base
             out.codec_context.time_base = stream.time_base
             g = settings.gop
             out.options = {"crf": str(settings.crf), "preset": "veryfast", "g": str(g), "bf": "0", "threads": str(threads),
@@ -110,6 +106,9 @@ def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> 
             times = display_times(source)
             last_pts = -1
             for frame in src.decode(stream):
+                if not written:  # the first picture's size, not the header's (HMDB-51 headers can be wrong)
+                    width, height = scaled_size(frame.width, frame.height, settings.short_side)
+                    out.width, out.height = width, height
                 pts = times[written] if written < len(times) else frame.pts
                 pts = max(pts if pts is not None else last_pts + 1, last_pts + 1)  # MP4 needs increasing times
                 last_pts = pts
