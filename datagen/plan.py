@@ -1,4 +1,4 @@
-"""A sample's plan: every random choice of one CtP sample, drawn from its key (docs/datagen.md).
+"""A sample's plan: every random choice of one CtP sample, drawn from its key (docs/spec.md; determinism: docs/datagen.md).
 
 Planning is host code that runs for a whole batch of keys at once, in NumPy array code over each key's own
 Philox uniforms (`rng.uniforms`): every choice has a fixed place in its stream, so a sample is a pure

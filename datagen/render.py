@@ -1,4 +1,4 @@
-"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (DESIGN §2).
+"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (docs/spec.md).
 
 Compositing touches only the pixels inside the boxes: every (sample, frame) box of one paste step is
 enumerated into one flat list of pixels, which is sampled from the patch's source frame, shaped by its
@@ -37,7 +37,8 @@ def render(plans: Sequence[SamplePlan] | PlanBatch, frames: Sequence[torch.Tenso
     step = CPU_CHUNK if device.type == "cpu" else len(batch)
     clips = torch.cat([render_clips(batch[i : i + step], frames[i : i + step], crop_size) for i in range(0, len(batch), step)])
     boxes = to_device(batch.boxes.astype(np.float32), device)
-    return Batch(clips, boxes, to_device(batch.visible, device), to_device(batch.keys, device))
+    keys = torch.from_numpy(batch.keys)  # on the host, where they are read
+    return Batch(clips, boxes, to_device(batch.visible, device), keys)
 
 
 def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: int) -> torch.Tensor:

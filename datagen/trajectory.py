@@ -1,4 +1,4 @@
-"""Patch trajectories: first boxes from the anchor set, then key-frame motion and scaling (docs/datagen.md).
+"""Patch trajectories: first boxes from the anchor set, then key-frame motion and scaling (docs/spec.md).
 
 Planned for a whole batch at once in float64 NumPy from each sample's own uniforms (`rng.Draws`), so boxes
 are bit-identical on every device and in every batch; the pixel work that follows is batched on the device.
