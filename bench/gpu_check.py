@@ -157,7 +157,7 @@ def check_nvdec(ctx: Context) -> None:
 
 @section("decode per codec", 30)
 def check_decode(ctx: Context) -> None:
-    from datagen.decode import Decoder
+    from datagen.decode import Decoder, auto_backend
 
     if not ctx.nvdec:
         raise RuntimeError("skipped: NVDEC unusable (see the smoke test)")
@@ -175,7 +175,7 @@ def check_decode(ctx: Context) -> None:
             frames = auto.decode(video, indices).cpu().numpy()
             row.update(seconds=time.perf_counter() - start, psnr_db=psnr(frames, cpu.decode(video, indices).numpy()),
                        frames_decoded_per_clip=frames_decoded(auto))
-            row["routed_to"] = getattr(auto, "last_backend", "auto")
+            row.update(routed_to=auto_backend(video.codec, "cuda"), retried_on_cpu=int(auto.stats["dali_fallbacks"]))
         except Exception as exc:  # noqa: BLE001 — a codec this device cannot take is a result
             row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
         ctx.record(f"decode_{video.codec}", row,

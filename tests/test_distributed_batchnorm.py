@@ -54,6 +54,16 @@ def _check_rank(rank: int, init_method: str) -> None:
             torch.testing.assert_close(synced.bias.grad, reference.bias.grad)
             torch.testing.assert_close(synced.running_mean, reference.running_mean)
             torch.testing.assert_close(synced.running_var, reference.running_var)  # unbiased, as torch keeps it
+        # bf16 input (CPU autocast), rank 1 empty: statistics still exchanged in float32, so the running
+        # statistics are those of the global batch's values exactly (a bf16 sum of 90 values is off by ~1e-2).
+        x, _, reference = batch_norm_problem()
+        x = x.bfloat16()
+        reference(x.float())
+        synced = convert_sync_batchnorm(nn.Sequential(batch_norm_problem()[2]), torch.device("cpu"))[0]
+        out = synced(x[:5] if rank == 0 else x[:0])
+        assert out.dtype == torch.bfloat16
+        torch.testing.assert_close(synced.running_mean, reference.running_mean, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(synced.running_var, reference.running_var, rtol=1e-6, atol=1e-6)
         dist.barrier()  # neither rank tears down while the other still talks (gloo aborts a process whose peer left)
     finally:
         dist.destroy_process_group()

@@ -22,12 +22,14 @@ def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return centre, size
 
 
-@functools.cache
-def _scales(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Built once per dtype and device (a fresh `torch.tensor` per step is a host-device copy), outside
-    inference mode so that autograd may use it later."""
-    with torch.inference_mode(False):
-        return torch.tensor(SCALES, dtype=dtype, device=device)
+def _scales(like: torch.Tensor) -> torch.Tensor:
+    return _scales_on(like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _scales_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Made once per device and dtype: built from a list every step it would be a blocking copy on CUDA."""
+    return torch.tensor(SCALES, dtype=dtype, device=device)
 
 
 def encode(boxes: torch.Tensor) -> torch.Tensor:
