@@ -36,36 +36,6 @@ class SampleSource(Protocol):
         ...
 
 
-class StreamHandover:
-    """Batches made on a CUDA stream of their own, handed to the consumer's stream with an event, so that
-    generating the next batch overlaps the training step on the GPU too. On CPU every method does nothing."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.stream = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-    def producing(self) -> contextlib.AbstractContextManager:
-        """Where the producer thread runs its kernels."""
-        return torch.cuda.stream(self.stream) if self.stream is not None else contextlib.nullcontext()
-
-    def made(self) -> torch.cuda.Event | None:
-        """Mark the end of a batch's work on the producer's stream."""
-        if self.stream is None:
-            return None
-        event = torch.cuda.Event()
-        event.record(self.stream)
-        return event
-
-    def receive(self, batch: Batch, made: torch.cuda.Event | None) -> Batch:
-        """Let the consumer's stream wait for the batch, and keep its memory from reuse until that stream is done."""
-        if made is not None:
-            consumer = torch.cuda.current_stream(self.stream.device)
-            consumer.wait_event(made)
-            for tensor in batch.tensors():
-                if tensor.is_cuda:
-                    tensor.record_stream(consumer)
-        return batch
-
-
 class InProcessSource:
     """Generates batches in this process, in index order, one batch ahead on a background thread.
 

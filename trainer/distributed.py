@@ -114,12 +114,6 @@ class _AllReduceSum(torch.autograd.Function):
         return _AllReduceSum.apply(grad)
 
 
-def statistics_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of the batch statistics torch's SyncBatchNorm all-gathers for an input of `dtype`: its CUDA
-    kernel (`batch_norm_stats`) accumulates and returns them in float32 for bf16/fp16, else in the input's."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 class CpuSyncBatchNorm(_BatchNorm):
     """SyncBatchNorm for CPU tensors (gloo), which torch's SyncBatchNorm and DDP refuse (their kernels are CUDA's).
 
@@ -175,8 +169,8 @@ class EmptySafeSyncBatchNorm(nn.SyncBatchNorm):
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
-    """`module` with every BatchNorm synchronised across ranks: torch's SyncBatchNorm on accelerators (made safe
-    for empty ranks), `CpuSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys stay the BatchNorms'."""
+    """`module` with every BatchNorm synchronised across ranks: torch's SyncBatchNorm on accelerators,
+    `CpuSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys stay those of the BatchNorms."""
     if device.type != "cpu":
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
     kind = CpuSyncBatchNorm if device.type == "cpu" else EmptySafeSyncBatchNorm

@@ -13,15 +13,6 @@ MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
 
-@functools.cache
-def _pixel_statistics(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and 1/std in uint8 units, built once per device (a fresh `torch.tensor` per step is a host-device
-    copy), outside inference mode so that autograd may use them later."""
-    with torch.inference_mode(False):
-        mean = torch.tensor(MEAN, device=device).view(1, 1, 1, 1, 3) * 255
-        return mean, 1 / (torch.tensor(STD, device=device).view(1, 1, 1, 1, 3) * 255)
-
-
 def normalise(clips: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     """(B, T, H, W, 3) uint8 RGB → (B, 3, T, H, W) float, ImageNet mean/std, on the clips' device.
 
@@ -35,9 +26,10 @@ def normalise(clips: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
 @functools.lru_cache(maxsize=None)
 def _mean_inv_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalisation constants on `device`, made once: a tensor built from a list every step is a
-    blocking host-to-device copy on CUDA."""
-    mean = torch.tensor(MEAN, device=device).view(1, 1, 1, 1, 3) * 255
-    return mean, 1 / (torch.tensor(STD, device=device).view(1, 1, 1, 1, 3) * 255)
+    blocking host-to-device copy on CUDA. Made outside inference mode, so that autograd may use them later."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(MEAN, device=device).view(1, 1, 1, 1, 3) * 255
+        return mean, 1 / (torch.tensor(STD, device=device).view(1, 1, 1, 1, 3) * 255)
 
 
 class CtPNetwork(nn.Module):

@@ -28,21 +28,23 @@ def _scales(like: torch.Tensor) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _scales_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """Made once per device and dtype: built from a list every step it would be a blocking copy on CUDA."""
-    return torch.tensor(SCALES, dtype=dtype, device=device)
+    """Made once per device and dtype: built from a list every step it would be a blocking copy on CUDA.
+    Made outside inference mode: a cached inference tensor could never again be saved for backward."""
+    with torch.inference_mode(False):
+        return torch.tensor(SCALES, dtype=dtype, device=device)
 
 
 def encode(boxes: torch.Tensor) -> torch.Tensor:
     """(..., T, 4) boxes → (..., T, 4) targets relative to frame 0 of each trajectory."""
     centre, size = _centre_size(boxes)
     delta = torch.cat([centre - centre[..., :1, :], torch.log(size / size[..., :1, :])], dim=-1)
-    return delta / _scales(delta.dtype, delta.device)
+    return delta / _scales(delta)
 
 
 def decode(targets: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
     """(..., T, 4) targets and (..., 4) query boxes → (..., T, 4) boxes, the inverse of `encode`."""
     centre0, size0 = _centre_size(query[..., None, :])
-    delta = targets * _scales(targets.dtype, targets.device)
+    delta = targets * _scales(targets)
     centre = centre0 + delta[..., :2]
     size = size0 * torch.exp(delta[..., 2:])
     return torch.cat([centre - size / 2, centre + size / 2], dim=-1)
