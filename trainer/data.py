@@ -74,7 +74,7 @@ class InProcessSource:
                 if isinstance(item, BaseException):
                     raise item
                 batch, done = item
-                yield _received(batch, done)
+                yield _received(batch, done, device)
         finally:
             stop.set()
             worker.join()
@@ -89,10 +89,11 @@ def _record(stream: Any) -> Any:
     return event
 
 
-def _received(batch: Batch, done: Any) -> Batch:
-    """The consumer's stream waits for the producer's work, and the allocator learns the consumer uses it."""
+def _received(batch: Batch, done: Any, device: torch.device) -> Batch:
+    """The consumer's stream on `device` waits for the producer's work, and the allocator learns the consumer
+    uses it. (`current_stream()` alone is the current device's: cuda:0 for a run on cuda:1 outside torchrun.)"""
     if done is not None:
-        consumer = torch.cuda.current_stream()
+        consumer = torch.cuda.current_stream(device)
         consumer.wait_event(done)
         for tensor in batch.tensors():
             if tensor.is_cuda:
