@@ -9,6 +9,7 @@ pixels (within 1 level) and a sample does not depend on which replica decoded it
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Sequence
 
 import av
@@ -18,9 +19,16 @@ import torch
 
 from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "dali", "pyav")
-DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-DALI_GPU_CODECS = DALI_CPU_CODECS | {"av1", "mpeg4", "h264", "hevc"}  # NVDEC through DALI's `mixed` backend
+# The codecs DALI decodes on each device type; every other codec goes to PyAV. On CUDA this is what NVDEC
+# through DALI 2.4's `mixed` backend takes on a data-centre GPU: not AV1 (no AV1 engine on A100/H100/H200)
+# and not MJPEG (DALI 2.4's GPU decoder rejects it, though its docs list it).
+DALI_CODECS = {
+    "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
+    "cuda": frozenset({"h264", "hevc", "mpeg4", "vp8", "vp9"}),
+}
 
 
 class VideoDecodeError(VideoError):
@@ -202,7 +210,7 @@ class DaliDecoder:
                 encoded.append(np.fromfile(video.path, dtype=np.uint8))
             except OSError as exc:
                 raise VideoDecodeError(video.path, f"cannot read file ({exc.strerror})") from exc
-            frames.append(clamp_indices(video, indices).astype(np.int32))  # DALI pads past the end with black
+            frames.append(clamp_indices(video, indices).astype(np.int32))
         pipeline = self._pipeline or self._build()
         pipeline.feed_input("encoded", encoded)
         pipeline.feed_input("frames", frames)
@@ -231,7 +239,9 @@ class DaliDecoder:
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu")
+            # DALI counts frames from the container; "edge" repeats its last frame for indices past that count
+            # (the default pads with black), as PyAV repeats the last decodable frame.
+            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu", pad_mode="edge")
 
         self._pipeline = clips()
         self._pipeline.build()
@@ -249,29 +259,32 @@ def _dali_reason(exc: RuntimeError) -> str:
 class Decoder:
     """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
 
-    backend="auto": DALI where it can decode the codec on this device (on CUDA: NVDEC; on CPU: VP8, VP9,
-    MJPEG), PyAV otherwise. backend="dali" or "pyav" forces one; a video the forced backend cannot decode
-    fails with a VideoDecodeError that says what to do.
+    backend="auto": DALI for the codecs it decodes on this device type (`dali_codecs`, by default
+    DALI_CODECS), PyAV otherwise; a clip DALI fails on is decoded again by PyAV, so a video is quarantined
+    only when the CPU cannot decode it either. backend="dali" or "pyav" forces one, with no retry; a video
+    the forced backend cannot decode fails with a VideoDecodeError that says what to do.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int = 8, num_threads: int = 2):
+    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int = 8, num_threads: int = 2,
+                 dali_codecs: frozenset[str] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
         self.backend = backend
+        self.dali_codecs = DALI_CODECS["cuda" if self.device.type == "cuda" else "cpu"] if dali_codecs is None else dali_codecs
         self.pyav = PyAVDecoder()
         self.dali = DaliDecoder(self.device, batch_size, num_threads)
+        self.fallbacks = 0  # clips DALI failed on and PyAV decoded
 
     def backend_for(self, video: VideoInfo) -> str:
         """The backend that decodes `video`; raises VideoDecodeError when the forced one cannot."""
         if self.backend == "pyav":
             return "pyav"
-        codecs = DALI_GPU_CODECS if self.device.type == "cuda" else DALI_CPU_CODECS
-        if video.codec in codecs:
+        if video.codec in self.dali_codecs:
             return "dali"
         if self.backend == "dali":
             raise VideoDecodeError(video.path, f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
-                                               f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'")
+                                               f"{', '.join(sorted(self.dali_codecs))} there); use backend 'pyav' or 'auto'")
         return "pyav"
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
@@ -292,9 +305,24 @@ class Decoder:
                 if self.backend_for(video) == "dali":
                     batched.append(i)
                 else:
-                    results[i] = torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
+                    results[i] = self._pyav(video, indices)
             except VideoDecodeError as exc:
                 results[i] = exc
         for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
+            if isinstance(result, VideoDecodeError) and self.backend == "auto":
+                result = self._retry_on_cpu(requests[i], result)
             results[i] = result
         return results
+
+    def _pyav(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
+
+    def _retry_on_cpu(self, request: tuple[VideoInfo, np.ndarray], failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
+        """A clip DALI failed on, decoded by PyAV; PyAV's error (the CPU's verdict) if it fails too."""
+        try:
+            clip = self._pyav(*request)
+        except VideoDecodeError as exc:
+            return exc
+        self.fallbacks += 1
+        log.warning("DALI failed on %s (%s); decoded on the CPU with PyAV instead", failure.path, failure.reason)
+        return clip

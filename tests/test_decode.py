@@ -106,7 +106,8 @@ def test_auto_picks_dali_where_it_can_decode():
 
     cpu, gpu = Decoder("cpu"), Decoder("cuda")  # no GPU needed to choose
     assert [cpu.backend_for(video(c)) for c in ("vp9", "vp8", "mjpeg", "h264", "mpeg4", "hevc")] == ["dali"] * 3 + ["pyav"] * 3
-    assert [gpu.backend_for(video(c)) for c in ("vp9", "h264", "mpeg4", "hevc", "av1", "mpeg2video")] == ["dali"] * 5 + ["pyav"]
+    # NVDEC on A100/H100/H200 has no AV1 engine and DALI 2.4's GPU decoder rejects MJPEG: both go to PyAV
+    assert [gpu.backend_for(video(c)) for c in ("vp9", "vp8", "h264", "mpeg4", "hevc", "av1", "mjpeg", "mpeg2video")] == ["dali"] * 5 + ["pyav"] * 3
     assert Decoder("cpu", "pyav").backend_for(video("vp9")) == "pyav"
     with pytest.raises(VideoDecodeError, match="DALI cannot decode h264 on cpu.*use backend 'pyav'"):
         Decoder("cpu", "dali").backend_for(video("h264"))
@@ -162,6 +163,39 @@ def test_a_truncated_video_clamps_to_its_last_decodable_frame(shared, tmp_path):
     truth = full_decode(probe(cut))
     clip = Decoder(backend="pyav").decode(stale, np.array([0, len(truth) - 1, len(truth) + 5, 239]))
     assert np.array_equal(clip.numpy(), truth[[0, -1, -1, -1]])
+
+
+def test_a_clip_dali_fails_on_is_decoded_by_pyav_and_its_video_not_quarantined(demo_videos):
+    """The GPU failure emulated on CPU: route H.264 to DALI-CPU, which cannot decode it."""
+    from datagen.config import GenerationConfig
+    from datagen.generator import Generator
+
+    h264 = [v for v in demo_videos if v.codec == "h264"]
+    decoder = Decoder("cpu", dali_codecs=frozenset({"h264", "vp9"}), batch_size=4)
+    assert decoder.backend_for(h264[0]) == "dali"
+    indices = np.array([3, 40, 3, 74])
+    assert torch.equal(decoder.decode(h264[0], indices), Decoder(backend="pyav").decode(h264[0], indices))
+    assert decoder.fallbacks == 1
+    generator = Generator(h264, GenerationConfig(), "cpu", decoder)
+    generator.generate([(0, 0, i) for i in range(4)])
+    assert generator.bad_videos == {} and generator.stats["decode_failures"] == 0 and decoder.fallbacks == 5
+    forced = Decoder("cpu", "dali", dali_codecs=frozenset({"h264"}))  # a forced backend is never replaced
+    with pytest.raises(VideoDecodeError, match="DALI could not decode it"):
+        forced.decode(h264[0], indices)
+
+
+def test_dali_repeats_the_last_frame_past_its_own_count(demo_videos):
+    """A manifest that counts more frames than DALI finds (stale, or a container header that undercounts):
+    indices past DALI's count get its last frame, as with PyAV, not black."""
+    vp9 = next(v for v in demo_videos if v.codec == "vp9")
+    longer = dataclasses.replace(vp9, num_frames=vp9.num_frames + 10)
+    indices = np.array([0, vp9.num_frames - 1, vp9.num_frames, vp9.num_frames + 5])
+    dali = Decoder(backend="dali").decode(longer, indices)
+    pyav = Decoder(backend="pyav").decode(longer, indices)
+    assert dali[2:].float().mean() > 50
+    for i in (2, 3):
+        assert torch.equal(dali[i], dali[1])
+    assert (dali.int() - pyav.int()).abs().max() <= 1
 
 
 def test_frames_land_on_the_requested_device_with_the_requested_shape(demo_videos):
