@@ -99,8 +99,11 @@ class ShmRing:
             if slot is None:
                 return None
             self._set(slot, CLAIMED, stream_id)
-        src = data.detach().reshape(-1).view(torch.uint8).cpu().numpy()  # numpy: a plain memcpy, 5x torch's copy_
-        np.copyto(self._view(slot, nbytes), src)
+        src, dst = data.detach().reshape(-1).view(torch.uint8), self._view(slot, nbytes)
+        if src.device.type == "cpu":
+            np.copyto(dst, src.numpy())  # numpy: a plain memcpy, 5x torch's copy_
+        else:  # straight from the device into the slot: one copy, no staging in pageable memory first
+            torch.from_numpy(dst).copy_(src)
         self._set(slot, FULL, stream_id)
         return slot
 
