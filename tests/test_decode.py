@@ -198,6 +198,23 @@ def test_dali_repeats_the_last_frame_past_its_own_count(demo_videos):
     assert (dali.int() - pyav.int()).abs().max() <= 1
 
 
+def test_dali_decodes_only_the_segment_a_clip_needs(tmp_path):
+    """Late clips in an 8-second VP9 file: DALI is fed from the key frame before each clip, so it decodes
+    about as many pictures as PyAV's seek (not every frame from the start), and the same pixels."""
+    from datagen.demo import synthesize_demo
+
+    video = resolve_videos([str(p) for p in synthesize_demo(tmp_path, num_videos=1, seconds=8, codecs=("vp9",))])[0]
+    assert video.num_frames == 200
+    rng = np.random.default_rng(3)
+    requests = [(video, clip_indices(rng, video.num_frames)) for _ in range(6)] + [(video, np.array([190, 150, 150, 199]))]
+    dali, pyav = Decoder(backend="dali", batch_size=4), Decoder(backend="pyav")
+    for (_, indices), a, b in zip(requests, dali.decode_many(requests), pyav.decode_many(requests)):
+        assert a.shape == b.shape == (len(indices), 240, 320, 3)
+        assert (a.int() - b.int()).abs().max() <= 1
+    late = [int(np.clip(i, 0, 199).max()) + 1 for _, i in requests]  # what a decode from frame 0 costs
+    assert dali.dali.frames_decoded <= 1.2 * pyav.pyav.frames_decoded < 0.6 * sum(late)
+
+
 def test_frames_land_on_the_requested_device_with_the_requested_shape(demo_videos):
     decoder = Decoder("cpu")
     video = demo_videos[0]
