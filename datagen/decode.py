@@ -12,8 +12,10 @@ import collections
 import dataclasses
 import io
 import logging
+import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import cv2
@@ -34,6 +36,14 @@ DALI_CODECS = {
 }
 
 
+NVDEC_ENGINES = 7  # video decode engines of an H100 / H200: DALI threads on CUDA, so each has work
+
+
+def default_decode_threads(device: torch.device) -> int:
+    """Decoder threads sized to the hardware: NVDEC engines on CUDA, the cores this process may use on CPU."""
+    return NVDEC_ENGINES if device.type == "cuda" else len(os.sched_getaffinity(0))
+
+
 class VideoDecodeError(VideoError):
     """A video (or the requested frames of it) could not be decoded; carries `path` and `reason`."""
 
@@ -51,6 +61,7 @@ class PyAVDecoder:
         self.index = index or PacketIndexCache()
         self._no_seek: set[str] = set()  # videos whose seeks land elsewhere: decoded from their start
         self.frames_decoded = 0  # pictures FFmpeg decoded, needed or not: the cost of seeking imprecisely
+        self._count_lock = threading.Lock()  # decode() runs in several threads at once
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> np.ndarray:
         """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame."""
@@ -77,30 +88,35 @@ class PyAVDecoder:
         None if seeking to `seek` = (key frame timestamp, its frame index) did not land on that key frame."""
         frames: dict[int, np.ndarray] = {}
         last: tuple[int, av.VideoFrame] | None = None
+        decoded = 0
         targets = iter(needed.tolist())
         want = next(targets)
-        with open_video(video.path) as container:
-            stream = container.streams.video[0]
-            position = 0
-            if seek is not None:
-                container.seek(seek[0], backward=True, any_frame=False, stream=stream)
-                position = seek[1]
-            leading = seek is not None  # an open GOP's leading pictures precede its key frame; skip them
-            for count, packet in enumerate(container.demux(stream)):
-                if seek is not None and count == 0 and _timestamp(packet) != seek[0]:
-                    return None
-                for frame in packet.decode():
-                    self.frames_decoded += 1
-                    if leading and not frame.key_frame:
-                        continue
-                    leading = False
-                    if position == want:
-                        frames[position] = frame_to_rgb(frame, video)
-                        want = next(targets, None)
-                    last = (position, frame)
-                    position += 1
-                if want is None:
-                    return frames
+        try:
+            with open_video(video.path) as container:
+                stream = container.streams.video[0]
+                position = 0
+                if seek is not None:
+                    container.seek(seek[0], backward=True, any_frame=False, stream=stream)
+                    position = seek[1]
+                leading = seek is not None  # an open GOP's leading pictures precede its key frame; skip them
+                for count, packet in enumerate(container.demux(stream)):
+                    if seek is not None and count == 0 and _timestamp(packet) != seek[0]:
+                        return None
+                    for frame in packet.decode():
+                        decoded += 1
+                        if leading and not frame.key_frame:
+                            continue
+                        leading = False
+                        if position == want:
+                            frames[position] = frame_to_rgb(frame, video)
+                            want = next(targets, None)
+                        last = (position, frame)
+                        position += 1
+                    if want is None:
+                        return frames
+        finally:
+            with self._count_lock:
+                self.frames_decoded += decoded
         if leading:
             return None
         if last is not None and last[0] not in frames:  # the video ended early: keep its last frame for clamping
@@ -361,15 +377,18 @@ class Decoder:
     the forced backend cannot decode fails with a VideoDecodeError that says what to do.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int = 8, num_threads: int = 2,
-                 dali_codecs: frozenset[str] | None = None):
+    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int | None = None,
+                 num_threads: int | None = None, dali_codecs: frozenset[str] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
         self.backend = backend
-        self.dali_codecs = DALI_CODECS["cuda" if self.device.type == "cuda" else "cpu"] if dali_codecs is None else dali_codecs
+        gpu = self.device.type == "cuda"
+        self.dali_codecs = DALI_CODECS["cuda" if gpu else "cpu"] if dali_codecs is None else dali_codecs
+        self.num_threads = num_threads or default_decode_threads(self.device)
         self.pyav = PyAVDecoder()
-        self.dali = DaliDecoder(self.device, batch_size, num_threads, self.pyav.index)
+        self.dali = DaliDecoder(self.device, batch_size or (4 * NVDEC_ENGINES if gpu else 8), self.num_threads, self.pyav.index)
+        self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="pyav") if self.num_threads > 1 else None
         self.fallbacks = 0  # clips DALI failed on and PyAV decoded
 
     def backend_for(self, video: VideoInfo) -> str:
@@ -392,18 +411,24 @@ class Decoder:
             raise result
         return result
 
+    @property
+    def frames_decoded(self) -> int:
+        """Pictures decoded so far by both backends, the frames each clip needed and those on the way to them."""
+        return self.pyav.frames_decoded + self.dali.frames_decoded
+
     def decode_many(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor | VideoDecodeError]:
-        """Decode several clips (DALI ones batched); a bad video yields its VideoDecodeError, never raises."""
+        """Decode several clips (DALI ones batched; PyAV ones in `num_threads` threads, FFmpeg releasing the GIL);
+        a bad video yields its VideoDecodeError, never raises."""
         results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(requests)
-        batched = []
-        for i, (video, indices) in enumerate(requests):
+        batched, on_cpu = [], []
+        for i, (video, _) in enumerate(requests):
             try:
-                if self.backend_for(video) == "dali":
-                    batched.append(i)
-                else:
-                    results[i] = self._pyav(video, indices)
+                (batched if self.backend_for(video) == "dali" else on_cpu).append(i)
             except VideoDecodeError as exc:
                 results[i] = exc
+        mapper = self._pool.map if self._pool is not None and len(on_cpu) > 1 else map
+        for i, result in zip(on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu])):
+            results[i] = result
         for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
             if isinstance(result, VideoDecodeError) and self.backend == "auto":
                 result = self._retry_on_cpu(requests[i], result)
@@ -413,12 +438,16 @@ class Decoder:
     def _pyav(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
 
-    def _retry_on_cpu(self, request: tuple[VideoInfo, np.ndarray], failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
-        """A clip DALI failed on, decoded by PyAV; PyAV's error (the CPU's verdict) if it fails too."""
+    def _pyav_or_error(self, request: tuple[VideoInfo, np.ndarray]) -> torch.Tensor | VideoDecodeError:
         try:
-            clip = self._pyav(*request)
+            return self._pyav(*request)
         except VideoDecodeError as exc:
             return exc
-        self.fallbacks += 1
-        log.warning("DALI failed on %s (%s); decoded on the CPU with PyAV instead", failure.path, failure.reason)
+
+    def _retry_on_cpu(self, request: tuple[VideoInfo, np.ndarray], failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
+        """A clip DALI failed on, decoded by PyAV; PyAV's error (the CPU's verdict) if it fails too."""
+        clip = self._pyav_or_error(request)
+        if isinstance(clip, torch.Tensor):
+            self.fallbacks += 1
+            log.warning("DALI failed on %s (%s); decoded on the CPU with PyAV instead", failure.path, failure.reason)
         return clip
