@@ -1,4 +1,4 @@
-"""Typed configuration: the CtP generation spec (DESIGN.md §2) and the YAML/override plumbing.
+"""Typed configuration: the CtP generation spec (docs/spec.md) and the YAML/override plumbing.
 
 Both sides of the service import this module: the replica generates from a `GenerationConfig` and the
 trainer sends its digest, so a replica never serves samples of a config it was not given.

@@ -14,7 +14,7 @@ import io
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import av
@@ -27,14 +27,17 @@ from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dali", "pyav")
-# The codecs DALI decodes on each device type; every other codec goes to PyAV. On CUDA this is what NVDEC
-# through DALI 2.4's `mixed` backend takes on a data-centre GPU: not AV1 (no AV1 engine on A100/H100/H200)
-# and not MJPEG (DALI 2.4's GPU decoder rejects it, though its docs list it).
-DALI_CODECS = {
-    "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
-    "cuda": frozenset({"h264", "hevc", "mpeg4", "vp8", "vp9"}),
-}
+# What DALI 2.4's decoder accepts per device (its docs; `mixed` is NVDEC): a forced "dali" backend tries these.
+DALI_CODECS = {"cpu": frozenset({"vp8", "vp9", "mjpeg"}),
+               "cuda": frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc"})}
+# What `auto` sends to DALI: on CUDA not AV1 (Hopper's NVDEC has no AV1) nor MJPEG (DALI 2.4's `mixed`
+# decoder rejects it, its docs notwithstanding); those go to PyAV on the CPU.
+AUTO_DALI_CODECS = {"cpu": DALI_CODECS["cpu"], "cuda": DALI_CODECS["cuda"] - {"av1", "mjpeg"}}
 
+
+def auto_backend(codec: str, device_type: str) -> str:
+    """The backend `auto` decodes `codec` with on a `device_type` ("cpu" or "cuda") device."""
+    return "dali" if codec in AUTO_DALI_CODECS.get(device_type, ()) else "pyav"
 
 NVDEC_ENGINES = 7  # video decode engines of an H100 / H200: DALI threads on CUDA, so each has work
 
@@ -351,8 +354,8 @@ class DaliDecoder:
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            # DALI counts frames from the container; "edge" repeats its last frame for indices past that count
-            # (the default pads with black), as PyAV repeats the last decodable frame.
+            # pad_mode="edge": an index past the frame count in the container header (which DALI goes by,
+            # and which may be lower than the manifest's) repeats the last frame instead of a black one.
             return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu", pad_mode="edge")
 
         self._pipeline = clips()
@@ -371,36 +374,39 @@ def _dali_reason(exc: RuntimeError) -> str:
 class Decoder:
     """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
 
-    backend="auto": DALI for the codecs it decodes on this device type (`dali_codecs`, by default
-    DALI_CODECS), PyAV otherwise; a clip DALI fails on is decoded again by PyAV, so a video is quarantined
-    only when the CPU cannot decode it either. backend="dali" or "pyav" forces one, with no retry; a video
-    the forced backend cannot decode fails with a VideoDecodeError that says what to do.
+    backend="auto": DALI for the codecs in `dali_codecs` (default AUTO_DALI_CODECS of the device), PyAV
+    otherwise; a video DALI fails on is decoded again by PyAV before it counts as unreadable, since a
+    video quarantined by one replica's decoder is lost to the whole fleet. backend="dali" or "pyav"
+    forces one, without that second try; a video the forced backend cannot decode fails with a
+    VideoDecodeError that says what to do.
     """
 
     def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int | None = None,
-                 num_threads: int | None = None, dali_codecs: frozenset[str] | None = None):
+                 num_threads: int | None = None, dali_codecs: Collection[str] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
         self.backend = backend
         gpu = self.device.type == "cuda"
-        self.dali_codecs = DALI_CODECS["cuda" if gpu else "cpu"] if dali_codecs is None else dali_codecs
+        self.dali_codecs = frozenset(AUTO_DALI_CODECS.get(self.device.type, ()) if dali_codecs is None else dali_codecs)
         self.num_threads = num_threads or default_decode_threads(self.device)
         self.pyav = PyAVDecoder()
         self.dali = DaliDecoder(self.device, batch_size or (4 * NVDEC_ENGINES if gpu else 8), self.num_threads, self.pyav.index)
         self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="pyav") if self.num_threads > 1 else None
-        self.fallbacks = 0  # clips DALI failed on and PyAV decoded
+        self.stats: collections.Counter[str] = collections.Counter()  # dali_fallbacks: clips PyAV decoded after DALI failed
+        self._fell_back: set[str] = set()  # videos already warned about
 
     def backend_for(self, video: VideoInfo) -> str:
-        """The backend that decodes `video`; raises VideoDecodeError when the forced one cannot."""
+        """The backend that decodes `video` first; raises VideoDecodeError when the forced one cannot."""
         if self.backend == "pyav":
             return "pyav"
-        if video.codec in self.dali_codecs:
-            return "dali"
-        if self.backend == "dali":
+        if self.backend == "auto":
+            return "dali" if video.codec in self.dali_codecs else "pyav"
+        codecs = DALI_CODECS.get(self.device.type, frozenset())
+        if video.codec not in codecs:
             raise VideoDecodeError(video.path, f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
-                                               f"{', '.join(sorted(self.dali_codecs))} there); use backend 'pyav' or 'auto'")
-        return "pyav"
+                                               f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'")
+        return "dali"
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
         """(len(indices), H, W, 3) uint8 RGB on the decoder's device; raises VideoDecodeError.
@@ -430,9 +436,8 @@ class Decoder:
         for i, result in zip(on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu])):
             results[i] = result
         for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
-            if isinstance(result, VideoDecodeError) and self.backend == "auto":
-                result = self._retry_on_cpu(requests[i], result)
-            results[i] = result
+            results[i] = self._fall_back(*requests[i], result) if isinstance(result, VideoDecodeError) and self.backend == "auto" else result
+        self.stats["frames_decoded"] = self.frames_decoded
         return results
 
     def _pyav(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
@@ -444,10 +449,13 @@ class Decoder:
         except VideoDecodeError as exc:
             return exc
 
-    def _retry_on_cpu(self, request: tuple[VideoInfo, np.ndarray], failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
-        """A clip DALI failed on, decoded by PyAV; PyAV's error (the CPU's verdict) if it fails too."""
-        clip = self._pyav_or_error(request)
-        if isinstance(clip, torch.Tensor):
-            self.fallbacks += 1
-            log.warning("DALI failed on %s (%s); decoded on the CPU with PyAV instead", failure.path, failure.reason)
-        return clip
+    def _fall_back(self, video: VideoInfo, indices: np.ndarray, failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
+        """PyAV's decode of a clip DALI failed on; the error names both reasons when PyAV fails too."""
+        if video.path not in self._fell_back:
+            self._fell_back.add(video.path)
+            log.warning("DALI failed on %s (%s); decoding it with PyAV on the CPU", video.path, failure.reason)
+        self.stats["dali_fallbacks"] += 1
+        try:
+            return self._pyav(video, indices)
+        except VideoDecodeError as exc:
+            return VideoDecodeError(video.path, f"{exc.reason}; DALI before it: {failure.reason}")

@@ -1,4 +1,4 @@
-"""Key frames and easing: the shared machinery behind trajectories, opacity and colour curves (DESIGN §2).
+"""Key frames and easing: the shared machinery behind trajectories, opacity and colour curves (docs/spec.md).
 
 A curve is defined by values at a few key frames (always the first and last frame) and interpolated in
 between, each segment uniformly, accelerating or decelerating.

@@ -1,4 +1,4 @@
-"""A sample's plan: every random choice of one CtP sample, drawn from its key (DESIGN §1-2).
+"""A sample's plan: every random choice of one CtP sample, drawn from its key (docs/spec.md; determinism: docs/datagen.md).
 
 Planning is cheap host code (a few hundred scalars per sample); rendering the plan into pixels is the
 batched device work in `render.py`. Splitting the two is what makes a sample independent of the batch,

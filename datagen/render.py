@@ -1,4 +1,4 @@
-"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (DESIGN §2).
+"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (docs/spec.md).
 
 Compositing touches only the pixels inside the boxes: every (sample, frame) box of one paste step is
 enumerated into one flat list of pixels, which is sampled from the patch's source frame, shaped by its
@@ -29,7 +29,7 @@ def render(plans: Sequence[SamplePlan], frames: Sequence[torch.Tensor], crop_siz
     clips = torch.cat([render_clips(plans[i : i + step], frames[i : i + step], crop_size) for i in range(0, len(plans), step)])
     boxes = torch.from_numpy(np.stack([p.patches.boxes for p in plans])).to(device, torch.float32)
     visible = torch.from_numpy(np.stack([p.patches.visible for p in plans])).to(device)
-    keys = torch.tensor([tuple(p.key) for p in plans], dtype=torch.int64, device=device)
+    keys = torch.tensor([tuple(p.key) for p in plans], dtype=torch.int64)  # on the host, where they are read
     return Batch(clips, boxes, visible, keys)
 
 

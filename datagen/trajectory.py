@@ -1,4 +1,4 @@
-"""Patch trajectories: a first box from the anchor set, then key-frame motion and scaling (DESIGN §2).
+"""Patch trajectories: a first box from the anchor set, then key-frame motion and scaling (docs/spec.md).
 
 Computed per sample in float64 NumPy from the sample's own Philox stream, so boxes are bit-identical on
 every device and in every batch; the pixel work that follows is batched on the device.

@@ -1,4 +1,4 @@
-"""Pixel correctness of rescale/crop/flip, compositing and colour (DESIGN §2)."""
+"""Pixel correctness of rescale/crop/flip, compositing and colour (docs/spec.md)."""
 from __future__ import annotations
 
 import cv2

@@ -1,4 +1,4 @@
-"""Statistics of generated trajectories and patch plans over thousands of samples (DESIGN §2)."""
+"""Statistics of generated trajectories and patch plans over thousands of samples (docs/spec.md)."""
 from __future__ import annotations
 
 import math
