@@ -172,7 +172,8 @@ class PacketIndex:
         before its key frame, so not wanted). Shown in order, they are frames shown[start] onwards."""
         start = self.key_packet(first)
         before = np.flatnonzero(self.shown <= last)
-        stop = max(int(before[-1]) if before.size else start, start)
+        # one packet more: a decoder with reorder delay (packed MPEG-4 B-frames) outputs a picture one packet late
+        stop = min(max(int(before[-1]) if before.size else start, start) + 1, len(self.shown) - 1)
         positions = np.arange(start, stop + 1)
         return positions[self.shown[positions] >= self.shown[start]]
 

@@ -219,6 +219,27 @@ def test_dali_decodes_only_the_segment_a_clip_needs(tmp_path):
     assert dali.dali.frames_decoded <= 1.2 * pyav.pyav.frames_decoded < 0.6 * sum(late)
 
 
+def test_every_shared_video_segment_holds_the_clip_frames(shared):
+    """What NVDEC is fed, checked by decoding it with FFmpeg: the remuxed segment of a clip of each real video
+    (B-frames in MP4, packed B-frames and placeholder chunks in HMDB-51 AVIs) shows frame `first` first and
+    every frame up to `last` in order, the same pixels as PyAV's seek."""
+    import io
+
+    from datagen.decode import PacketIndex, remux
+
+    pyav = PyAVDecoder()
+    for video in shared:
+        index = PacketIndex.of(video.path)
+        for first in (video.num_frames // 2, video.num_frames - 20):
+            last = min(first + 30, video.num_frames - 1)
+            positions = index.segment(first, last)
+            with av.open(io.BytesIO(remux(video.path, index, positions).tobytes())) as container:
+                segment = np.stack([frame_to_rgb(f, video) for f in container.decode(video=0)])
+            offset = int(index.shown[positions[0]])
+            assert offset <= first and len(segment) > last - offset, video.path
+            assert np.array_equal(segment[first - offset : last - offset + 1], pyav.decode(video, np.arange(first, last + 1))), video.path
+
+
 def test_frames_land_on_the_requested_device_with_the_requested_shape(demo_videos):
     decoder = Decoder("cpu")
     video = demo_videos[0]
