@@ -34,15 +34,15 @@ def run_bench(generator: Generator, batch_size: int = 32, repeats: int = 3, seed
     """Clips/s of decode, generation (plan + render) and end to end; pictures decoded per clip; host
     milliseconds per sample (planning: the host work that does not shrink with a faster device)."""
     keys = [SampleKey(seed, 0, i) for i in range(batch_size)]
-    plans = [generator.plan(k) for k in keys]
+    plans = generator.plan_many(keys)
     frames = generator.decode(plans)
     crop = generator.config.clip.crop_size
     decoded = generator.decoder.frames_decoded
     decode_s = timed(lambda: generator.decode(list(plans)), generator.device, repeats)
     frames_per_clip = (generator.decoder.frames_decoded - decoded) / ((repeats + 1) * batch_size)
-    generate_s = timed(lambda: render([generator.plan(k) for k in keys], frames, crop), generator.device, repeats)
+    generate_s = timed(lambda: render(generator.plan_many(keys), frames, crop), generator.device, repeats)
     end_to_end_s = timed(lambda: generator.generate(keys), generator.device, repeats)
-    host_s = timed(lambda: [generator.plan(k) for k in keys], generator.device, repeats)
+    host_s = timed(lambda: generator.plan_many(keys), generator.device, repeats)
     return {
         "decode": {"clips_per_s": batch_size / decode_s, "frames_decoded_per_clip": frames_per_clip},
         "generate": {"clips_per_s": batch_size / generate_s},
