@@ -202,6 +202,44 @@ def test_a_truncated_video_clamps_to_its_last_decodable_frame(shared, tmp_path):
     assert np.array_equal(clip.numpy(), truth[[0, -1, -1, -1]])
 
 
+def test_dali_decodes_only_the_segment_a_clip_needs(tmp_path):
+    """Late clips in an 8-second VP9 file: DALI is fed from the key frame before each clip, so it decodes
+    about as many pictures as PyAV's seek (not every frame from the start), and the same pixels."""
+    from datagen.demo import synthesize_demo
+
+    video = resolve_videos([str(p) for p in synthesize_demo(tmp_path, num_videos=1, seconds=8, codecs=("vp9",))])[0]
+    assert video.num_frames == 200
+    rng = np.random.default_rng(3)
+    requests = [(video, clip_indices(rng, video.num_frames)) for _ in range(6)] + [(video, np.array([190, 150, 150, 199]))]
+    dali, pyav = Decoder(backend="dali", batch_size=4), Decoder(backend="pyav")
+    for (_, indices), a, b in zip(requests, dali.decode_many(requests), pyav.decode_many(requests)):
+        assert a.shape == b.shape == (len(indices), 240, 320, 3)
+        assert (a.int() - b.int()).abs().max() <= 1
+    late = [int(np.clip(i, 0, 199).max()) + 1 for _, i in requests]  # what a decode from frame 0 costs
+    assert dali.dali.frames_decoded <= 1.2 * pyav.pyav.frames_decoded < 0.6 * sum(late)
+
+
+def test_every_shared_video_segment_holds_the_clip_frames(shared):
+    """What NVDEC is fed, checked by decoding it with FFmpeg: the remuxed segment of a clip of each real video
+    (B-frames in MP4, packed B-frames and placeholder chunks in HMDB-51 AVIs) shows frame `first` first and
+    every frame up to `last` in order, the same pixels as PyAV's seek."""
+    import io
+
+    from datagen.decode import PacketIndex, remux
+
+    pyav = PyAVDecoder()
+    for video in shared:
+        index = PacketIndex.of(video.path)
+        for first in (video.num_frames // 2, video.num_frames - 20):
+            last = min(first + 30, video.num_frames - 1)
+            positions = index.segment(first, last)
+            with av.open(io.BytesIO(remux(video.path, index, positions).tobytes())) as container:
+                segment = np.stack([frame_to_rgb(f, video) for f in container.decode(video=0)])
+            offset = int(index.shown[positions[0]])
+            assert offset <= first and len(segment) > last - offset, video.path
+            assert np.array_equal(segment[first - offset : last - offset + 1], pyav.decode(video, np.arange(first, last + 1))), video.path
+
+
 def test_frames_land_on_the_requested_device_with_the_requested_shape(demo_videos):
     decoder = Decoder("cpu")
     video = demo_videos[0]

@@ -189,3 +189,4 @@ def test_decoder_rejects_streams_that_break_the_contract(ring: ShmRing) -> None:
     with pytest.raises(WireError, match="cannot hold"):
         decode_all(BatchDecoder(), [bad, *messages[1:]])
     producer.close()
+
