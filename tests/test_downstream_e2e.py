@@ -60,6 +60,13 @@ def test_finetune_trains_validates_and_reports(finetuned):
     assert list((finetuned.parent / "tensorboard").glob("events.out.tfevents.*"))
 
 
+def test_a_new_finetune_refuses_the_folder_of_another(finetuned, shared_videos):
+    before = finetuned.stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already holds a run .*finetuned.pt.*--resume auto"):
+        ctp_train("finetune", *tiny(shared_videos, finetuned.parent))  # e.g. the random-init baseline
+    assert finetuned.stat().st_mtime_ns == before
+
+
 def test_eval_scores_the_checkpoint_like_its_validation(finetuned, capsys):
     ctp_train("eval", "--checkpoint", finetuned)
     printed = capsys.readouterr().out

@@ -11,7 +11,8 @@ from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpo
 from trainer.cli import main
 from trainer.config import load_train_config
 from trainer.metrics import read_records
-from trainer.pretrain import pretrain, stop_on_sigterm
+from trainer.pretrain import pretrain
+from trainer.signals import stop_on_signals
 
 # 6 demo videos × 2 clips = 12 samples per epoch = 3 steps of 4; two epochs with an lr drop between them.
 SHORT_RUN = [
@@ -104,7 +105,7 @@ def test_clear_errors_for_bad_configs(tmp_path, capsys):
 
 
 def test_sigterm_requests_a_stop():
-    with stop_on_sigterm() as requested:
+    with stop_on_signals() as requested:
         assert not requested.is_set()
         os.kill(os.getpid(), signal.SIGTERM)
         assert requested.wait(timeout=5)

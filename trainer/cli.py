@@ -7,6 +7,7 @@ import sys
 
 from trainer import export, pretrain, track_eval
 from trainer.downstream import cli as downstream_cli
+from trainer.signals import stopped_at_once
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +27,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except Exception as exc:
+        if stopped_at_once():  # a second Ctrl-C: whatever it broke, stop without a traceback
+            return _interrupted(args.command)
+        if not isinstance(exc, (ValueError, FileNotFoundError, FileExistsError)):
+            raise
         print(f"ctp-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        return _interrupted(args.command)
     return 0
+
+
+def _interrupted(command: str) -> int:
+    print(f"ctp-train {command}: interrupted; the newest checkpoint in run.out_dir is intact (--resume auto)",
+          file=sys.stderr)
+    return 130
 
 
 if __name__ == "__main__":

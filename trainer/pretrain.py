@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -34,7 +33,8 @@ from datagen.batch import Batch
 from datagen.config import GenerationConfig, to_dict
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
-from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_atomic
+from trainer.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
+                                save_atomic)
 from trainer.config import TrainConfig, load_train_config, presets
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source
@@ -44,6 +44,8 @@ from trainer.metrics import MetricsLog
 from trainer.models import count_parameters
 from trainer.network import CtPNetwork
 from trainer.remote import RemoteSource
+from trainer.rundir import claim_run_dir
+from trainer.signals import stop_on_signals
 from trainer.starvation import RankWindow, StarvationMonitor
 from trainer.targets import ctp_loss, encode
 from trainer.track_eval import TrackingScore, evaluate
@@ -232,20 +234,6 @@ def merge_reports(reports: list[RankReport], log_indices: bool) -> tuple[list[di
     return rows, scalars
 
 
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[threading.Event]:
-    """An event set by SIGTERM (preemption), so the loop checkpoints and exits at the next step boundary."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class Reporter:
     """What a run reports: every rank its own throughput in the log; rank 0 the per-step records, TensorBoard
     scalars, the progress bar, held-out tracking and, when the ranks wait on data, how to feed them."""
@@ -311,16 +299,16 @@ class Reporter:
             self.metrics.close()
 
 
-def pretrain(cfg: TrainConfig, resume: str | None = None) -> TrackingScore | None:
+def pretrain(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrackingScore | None:
     """Train per `cfg` (under torchrun: as one DDP rank); returns the final held-out tracking score, or None when
-    stopped before the end."""
+    stopped before the end. A run.out_dir holding another run is refused unless resuming or `overwrite`."""
     if not cfg.data.videos:
         raise ValueError("data.videos is empty: pass video files, folders or manifests, e.g. data.videos=[out/demo]")
     with process_group(cfg.run.device) as ranks:
-        return _pretrain(cfg, resume, ranks)
+        return _pretrain(cfg, resume, overwrite, ranks)
 
 
-def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingScore | None:
+def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Ranks) -> TrackingScore | None:
     run_dir = Path(cfg.run.out_dir)
     execution = Execution.for_rank(ranks, cfg.run)
     # Probed once, by rank 0. min_frames=1 as the replicas index (datagen.cli), so that both name the same video
@@ -328,7 +316,7 @@ def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingSco
     videos = ranks.broadcast(resolve_videos(cfg.data.videos, min_frames=1) if ranks.is_main else None)
     generator = Generator(videos, cfg.data.generation, device=execution.device)
     trainer = Trainer(cfg, execution, generator.epoch_length * cfg.data.clips_per_video, ranks)
-    checkpoint = ranks.broadcast(_resume_from(resume, run_dir) if ranks.is_main else None)  # rank 0's choice for all
+    checkpoint = ranks.broadcast(_resume_from(resume, run_dir, overwrite) if ranks.is_main else None)  # rank 0's choice for all
     if checkpoint is not None:
         trainer.load_state_dict(load_checkpoint(checkpoint))
         if ranks.is_main:
@@ -351,19 +339,20 @@ def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingSco
                 prune_checkpoints(run_dir, cfg.run.keep_checkpoints)
 
         try:
-            with stop_on_sigterm() as sigterm:
+            with stop_on_signals(f"the next log point (every {cfg.run.log_every} steps)") as stop_requested:
                 if trainer.step == 0:
                     reporter.evaluate()
                 stopped = False
                 while trainer.cursor.epoch < cfg.optim.epochs and not stopped:
-                    stopped = _train_epoch(trainer, source, reporter, save, sigterm)
+                    stopped = _train_epoch(trainer, source, reporter, save, stop_requested)
                     trainer.sync_cursor()
                     if not len(trainer.cursor):
                         trainer.end_epoch()
                     save()
                 if stopped:
                     if ranks.is_main:
-                        log.info("stopped at step %d; continue with --resume auto", trainer.step)
+                        log.info("stopped at step %d, checkpoint %s; continue by running the same command with --resume auto",
+                                 trainer.step, checkpoint_path(run_dir, trainer.step))
                     return None
                 return ranks.broadcast(reporter.evaluate())
         finally:
@@ -388,8 +377,8 @@ def _empty_batch(generation: GenerationConfig) -> Batch:
 
 
 def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, save: Callable[[], None],
-                 sigterm: threading.Event) -> bool:
-    """Train on the rest of the cursor's epoch; True when asked to stop (SIGTERM or run.stop_at_step).
+                 stop_requested: threading.Event) -> bool:
+    """Train on the rest of the cursor's epoch; True when asked to stop (SIGTERM, Ctrl-C or run.stop_at_step).
 
     Every rank takes the same number of steps: one per `data.batch_size` remaining indices. In the last step a
     rank may have nothing left; it then steps on an empty batch so that the collectives still meet."""
@@ -409,7 +398,7 @@ def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, sav
             stop = False
             if trainer.step % cfg.run.log_every == 0:
                 reporter.flush()
-                stop = any(ranks.gather(sigterm.is_set()))  # the ranks stop together, at the same step
+                stop = any(ranks.gather(stop_requested.is_set()))  # the ranks stop together, at the same step
             if trainer.step % cfg.eval.every_steps == 0:
                 reporter.evaluate()
             if stop or trainer.step == cfg.run.stop_at_step:
@@ -421,15 +410,18 @@ def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, sav
     return False
 
 
-def _resume_from(resume: str | None, run_dir: Path) -> Path | None:
-    if resume is None:
-        return None
+def _resume_from(resume: str | None, run_dir: Path, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, once the run folder is this run's (trainer.rundir)."""
+    checkpoint = None
     if resume == "auto":
-        found = latest_checkpoint(run_dir)
-        if found is None:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
             log.info("--resume auto: no checkpoint in %s yet, starting fresh", run_dir)
-        return found
-    return Path(resume)
+    elif resume is not None:
+        checkpoint = Path(resume)
+    # --resume auto without a checkpoint: what lies there is an unfinished run's metrics, redone from step 0.
+    claim_run_dir(run_dir, list_checkpoints(run_dir), checkpoint is not None, overwrite or resume == "auto")
+    return checkpoint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -443,14 +435,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default=None, help="preset name or YAML file (default: built-in defaults)")
     p.add_argument("--resume", default=None, metavar="auto|CKPT",
-                   help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any")
+                   help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any (default: a new run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.batch_size=64")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = load_train_config(args.config, args.overrides)
-    score = pretrain(cfg, resume=args.resume)
+    score = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if score is not None and Ranks.from_env().is_main:
         print(f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  "
               f"({score.clips} held-out clips)  run: {cfg.run.out_dir}")

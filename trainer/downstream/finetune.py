@@ -37,6 +37,8 @@ from trainer.downstream.report import write_json
 from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.network import normalise
+from trainer.rundir import claim_run_dir
+from trainer.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -107,21 +109,26 @@ class FineTuner:
         self.epoch, self.step = state["epoch"], state["step"]
 
 
-def finetune(cfg: DownstreamConfig, resume: str | None = None) -> Path:
-    """Fine-tune per `cfg`; returns the checkpoint (its validation results lie beside it as JSON)."""
+def finetune(cfg: DownstreamConfig, resume: str | None = None, overwrite: bool = False) -> Path:
+    """Fine-tune per `cfg`; returns the checkpoint (its validation results lie beside it as JSON). A run.out_dir
+    holding another fine-tuning run is refused unless resuming or `overwrite`."""
     with process_group(cfg.run.device) as ranks:
-        return _finetune(cfg, resume, ranks)
+        return _finetune(cfg, resume, overwrite, ranks)
 
 
-def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
+def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks: Ranks) -> Path:
     checkpoint = Path(cfg.run.out_dir) / CHECKPOINT_NAME
     execution = Execution.for_rank(ranks, cfg.run)
     if cfg.data.batch_size % ranks.world_size:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {ranks.world_size} ranks")
+    resume_file = checkpoint if resume == "auto" else Path(resume) if resume else None
+    resuming = resume_file is not None and (resume_file.is_file() or resume != "auto")
+    if ranks.is_main:
+        outputs = sorted(checkpoint.parent.glob(f"{checkpoint.stem}.*"))  # the checkpoint, its results, its evaluations
+        claim_run_dir(checkpoint.parent, outputs, resuming, overwrite or resume == "auto")
     train, val = ranks.broadcast(_open_data(cfg) if ranks.is_main else None)
     tuner = FineTuner(cfg, train.classes, execution, ranks)
-    resume_file = checkpoint if resume == "auto" else Path(resume) if resume else None
-    if resume_file is not None and (resume_file.is_file() or resume != "auto"):
+    if resuming:
         tuner.load_state_dict(read_state(resume_file), resume_file)
         log.info("resumed from %s after epoch %d", resume_file, tuner.epoch)
 
@@ -138,8 +145,9 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
     results: dict[str, Any] = {}
     bar = tqdm(total=cfg.optim.epochs * steps_per_epoch, initial=tuner.step, unit="step", dynamic_ncols=True,
                disable=not (cfg.run.progress and ranks.is_main))
-    with bar:
-        while tuner.epoch < cfg.optim.epochs:
+    stopped = False
+    with bar, stop_on_signals("the end of the epoch (fine-tuning checkpoints once per epoch)") as stop_requested:
+        while tuner.epoch < cfg.optim.epochs and not stopped:
             epoch = tuner.epoch
             tuner.network.train()
             torch.manual_seed(cfg.data.seed * 1_000_003 + epoch * ranks.world_size + ranks.rank)  # dropout masks
@@ -161,6 +169,14 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
                                       "val_top5": results["top5"]}])
             if ranks.is_main:
                 save_atomic(tuner.state_dict(), checkpoint)
+            stopped = tuner.epoch < cfg.optim.epochs and any(ranks.gather(stop_requested.is_set()))  # together
+    if stopped:
+        if ranks.is_main:
+            log.info("stopped after epoch %d of %d, checkpoint %s; continue by running the same command with --resume auto",
+                     tuner.epoch, cfg.optim.epochs, checkpoint)
+        if metrics:
+            metrics.close()
+        return checkpoint
     unreadable = {path: reason for found in ranks.gather(clips.bad_videos) for path, reason in found.items()}
     if metrics:
         metrics.close()
@@ -213,7 +229,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--init", default=None, metavar="WEIGHTS", help="exported encoder or pretraining checkpoint (sets model.init)")
     p.add_argument("--label-fraction", type=float, default=None, metavar="F",
                    help="train on this share of each class's labelled videos, e.g. 0.1 (sets data.label_fraction)")
-    p.add_argument("--resume", default=None, metavar="auto|CKPT", help="continue a run; `auto`: its own checkpoint, if any")
+    p.add_argument("--resume", default=None, metavar="auto|CKPT",
+                   help="continue a run; `auto`: its own checkpoint, if any (default: a new run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete a fine-tuning run already in run.out_dir first (default: refuse)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=50")
     p.set_defaults(func=run)
 
@@ -224,4 +243,4 @@ def run(args: argparse.Namespace) -> None:
         overrides.append(f"model.init={json.dumps(args.init)}")  # a quoted YAML string
     if args.label_fraction is not None:
         overrides.append(f"data.label_fraction={args.label_fraction}")
-    finetune(load_downstream_config(args.config, overrides), resume=args.resume)
+    finetune(load_downstream_config(args.config, overrides), resume=args.resume, overwrite=args.overwrite)
