@@ -43,6 +43,7 @@ from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.models import count_parameters
 from trainer.network import CtPNetwork
+from trainer.progress import eta, show_bars
 from trainer.remote import RemoteSource
 from trainer.rundir import claim_run_dir
 from trainer.signals import stop_on_signals
@@ -245,7 +246,7 @@ class Reporter:
         self.metrics = MetricsLog(run_dir, resume_step=trainer.step if resumed else None) if main else None
         self.window = StepReport()
         self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
-                        disable=not (trainer.cfg.run.progress and main))
+                        disable=not (show_bars(trainer.cfg.run.progress) and main))
         self.remote = source if isinstance(source, RemoteSource) else None
         self.last_eval: tuple[int, TrackingScore] | None = None
         self.starvation = StarvationMonitor()
@@ -261,8 +262,9 @@ class Reporter:
         ranks = self.trainer.ranks
         mine = self.window.flush(dict(self.remote.delivered) if self.remote else None)
         w = mine.window
-        log.info("rank %d/%d step %d: %.1f clips/s, %.0f%% of the time waiting for data", ranks.rank, ranks.world_size,
-                 self.trainer.step, w.clips_per_s, 100 * w.wait_share)
+        if ranks.distributed:
+            log.info("rank %d/%d step %d: %.1f clips/s, %.0f%% of the time waiting for data", ranks.rank, ranks.world_size,
+                     self.trainer.step, w.clips_per_s, 100 * w.wait_share)
         reports = ranks.gather(mine)
         if self.metrics is None:
             return
@@ -271,12 +273,23 @@ class Reporter:
         self.metrics.scalars(self.trainer.step, scalars)
         self.bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", clips_s=f"{scalars['throughput/clips_per_s']:.1f}",
                              data_wait=f"{scalars['throughput/data_wait']:.0%}", refresh=False)
+        if self.bar.disable:
+            self._log_line(rows, scalars, mine.seconds)
         delivered = None
         if self.remote is not None:  # per replica, over all ranks
             delivered = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
         advice = self.starvation.update([r.window for r in reports], delivered)
         if advice:
             log.warning(advice)
+
+    def _log_line(self, rows: list[dict[str, Any]], scalars: dict[str, float], seconds: float) -> None:
+        """The bar's content as one plain line (stderr is no terminal, or run.progress=false)."""
+        trainer = self.trainer
+        left = (trainer.total_steps - trainer.step) * seconds / len(rows)
+        log.info("step %d/%d epoch %d/%d: loss %.4f (centre %.4f, size %.4f), lr %.3g, %.1f clips/s, data wait %.0f%%, ETA %s",
+                 trainer.step, trainer.total_steps, rows[-1]["epoch"] + 1, trainer.cfg.optim.epochs, scalars["loss/total"],
+                 scalars["loss/centre"], scalars["loss/size"], scalars["lr"], scalars["throughput/clips_per_s"],
+                 100 * scalars["throughput/data_wait"], eta(left))
 
     def evaluate(self) -> TrackingScore | None:
         """Held-out tracking mIoU and the boxes image, once per step, on rank 0 (None elsewhere)."""
@@ -285,7 +298,10 @@ class Reporter:
         step = self.trainer.step
         if self.last_eval is not None and self.last_eval[0] == step:
             return self.last_eval[1]
+        log.info("step %d: evaluating %d held-out clips…", step, sum(len(b) for b in self.held_out))
         score, predictions = evaluate(self.trainer.network, self.held_out, self.trainer.execution)
+        log.info("step %d: held-out tracking mIoU %.4f (first-box baseline %.4f, %d clips)", step, score.miou,
+                 score.baseline_miou, score.clips)
         self.metrics.scalars(step, {"eval/miou": score.miou, "eval/baseline_miou": score.baseline_miou})
         self.metrics.records([{"step": step, "miou": score.miou, "baseline_miou": score.baseline_miou}])
         first = self.held_out[0]
@@ -328,7 +344,7 @@ def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Rank
                  ranks.world_size, len(videos), trainer.steps_per_epoch, cfg.data.batch_size, cfg.optim.epochs,
                  f", {sync_batchnorm_layers(trainer.model)} SyncBatchNorm layers" if ranks.distributed else "")
     held_out = held_out_batches(generator, cfg.data.seed, cfg.eval.clips, cfg.data.batch_size) if ranks.is_main else []
-    with open_source(cfg, generator) as source, _quiet_bar(ranks.is_main and cfg.run.progress):
+    with open_source(cfg, generator) as source, _quiet_bar(ranks.is_main and show_bars(cfg.run.progress)):
         reporter = Reporter(trainer, held_out, run_dir, checkpoint is not None, source)
 
         def save() -> None:

@@ -28,6 +28,7 @@ from trainer.downstream.model import load_classifier
 from trainer.downstream.report import percent, results_path, table, write_json
 from trainer.execution import Execution
 from trainer.network import normalise
+from trainer.progress import show_bars
 
 
 @torch.no_grad()
@@ -42,7 +43,7 @@ def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, c
     source = EvalClips(data, cfg.clips, execution.device)
     ids, means = [torch.zeros(0, dtype=torch.int64)], []
     stream = InProcessSource(source).stream(0, 0, positions, cfg.clips.test_batch_videos)
-    bar = tqdm(total=len(positions), unit="video", desc=desc, disable=not (cfg.run.progress and ranks.is_main), leave=False)
+    bar = tqdm(total=len(positions), unit="video", desc=desc, disable=not (show_bars(cfg.run.progress) and ranks.is_main), leave=False)
     with contextlib.closing(stream) as batches, bar:
         for batch in batches:
             if len(batch.clips):
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
         model = execution.prepare(model)
-        test = ranks.broadcast(open_split(cfg.test_split, progress=cfg.run.progress) if ranks.is_main else None)
+        test = ranks.broadcast(open_split(cfg.test_split, progress=show_bars(cfg.run.progress)) if ranks.is_main else None)
         results = evaluate(model, test.relabel(classes), cfg, execution, ranks)
     if not ranks.is_main:
         return

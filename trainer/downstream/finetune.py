@@ -37,6 +37,7 @@ from trainer.downstream.report import write_json
 from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.network import normalise
+from trainer.progress import eta, show_bars
 from trainer.rundir import claim_run_dir
 from trainer.signals import stop_on_signals
 
@@ -144,7 +145,7 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
                  execution.describe(), ranks.world_size)
     results: dict[str, Any] = {}
     bar = tqdm(total=cfg.optim.epochs * steps_per_epoch, initial=tuner.step, unit="step", dynamic_ncols=True,
-               disable=not (cfg.run.progress and ranks.is_main))
+               disable=not (show_bars(cfg.run.progress) and ranks.is_main))
     stopped = False
     with bar, stop_on_signals("the end of the epoch (fine-tuning checkpoints once per epoch)") as stop_requested:
         while tuner.epoch < cfg.optim.epochs and not stopped:
@@ -158,11 +159,16 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
                     window.append(tuner.train_step(batch))
                     bar.update()
                     if metrics and (tuner.step % cfg.run.log_every == 0 or tuner.step % steps_per_epoch == 0):
-                        _log_window(metrics, bar, tuner, window, time.perf_counter() - started)
+                        _log_window(metrics, bar, tuner, window, time.perf_counter() - started, steps_per_epoch)
                         window, started = [], time.perf_counter()
             tuner.end_epoch()
             if cfg.run.val_every and (tuner.epoch % cfg.run.val_every == 0 or tuner.epoch == cfg.optim.epochs):
+                if ranks.is_main:
+                    log.info("epoch %d: validating on %d videos of %s…", tuner.epoch, len(val), val.name)
                 results = evaluate(tuner.model, val, cfg, execution, ranks)
+                if ranks.is_main:
+                    log.info("epoch %d/%d: validation top-1 %.2f%%, top-5 %.2f%%", tuner.epoch, cfg.optim.epochs,
+                             100 * results["top1"], 100 * results["top5"])
                 if metrics:
                     metrics.scalars(tuner.step, {"val/top1": results["top1"], "val/top5": results["top5"]})
                     metrics.records([{"step": tuner.step, "epoch": tuner.epoch, "val_top1": results["top1"],
@@ -185,15 +191,17 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
 
 
 def _open_data(cfg: DownstreamConfig) -> tuple[LabelledSet, LabelledSet | None]:
-    train = label_subset(open_split(cfg.data.train, progress=cfg.run.progress), cfg.data.label_fraction, cfg.data.seed)
-    val = open_split(cfg.test_split, progress=cfg.run.progress).relabel(train.classes) if cfg.run.val_every else None
+    train = label_subset(open_split(cfg.data.train, progress=show_bars(cfg.run.progress)), cfg.data.label_fraction, cfg.data.seed)
+    val = open_split(cfg.test_split, progress=show_bars(cfg.run.progress)).relabel(train.classes) if cfg.run.val_every else None
     if val is not None and {v.path for v in val.videos} & {v.path for v in train.videos}:
         log.warning("the validation split %s shares videos with the training split %s", val.name, train.name)
     return train, val
 
 
-def _log_window(metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[torch.Tensor], seconds: float) -> None:
-    """Per-step records and TensorBoard averages of rank 0's loss and clip accuracy since the last log."""
+def _log_window(metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[torch.Tensor], seconds: float,
+                steps_per_epoch: int) -> None:
+    """Per-step records and TensorBoard averages of rank 0's loss and clip accuracy since the last log; a plain
+    log line instead of the bar's postfix when no bar is drawn."""
     values = torch.stack(window).cpu()
     first = tuner.step - len(window) + 1
     lr = tuner.lr()
@@ -203,6 +211,11 @@ def _log_window(metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[t
     metrics.scalars(tuner.step, {"train/loss": mean[0], "train/clip_top1": mean[1], "lr": lr,
                                  "throughput/steps_per_s": len(window) / seconds})
     bar.set_postfix(loss=f"{mean[0]:.3f}", top1=f"{mean[1]:.2f}", refresh=False)
+    if bar.disable:
+        total = tuner.cfg.optim.epochs * steps_per_epoch
+        log.info("step %d/%d epoch %d/%d: loss %.4f, clip top-1 %.2f, lr %.3g, %.2f steps/s, ETA %s", tuner.step, total,
+                 tuner.epoch + 1, tuner.cfg.optim.epochs, mean[0], mean[1], lr, len(window) / seconds,
+                 eta((total - tuner.step) * seconds / len(window)))
 
 
 def _report(cfg: DownstreamConfig, train: LabelledSet, unreadable: dict[str, str], checkpoint: Path, results: dict[str, Any]) -> None:
