@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import manifest
+from .service import jsonlog
 from .service import cli as service_cli
 from .options import add_generation_args, make_generator
 
@@ -112,10 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    jsonlog.setup_plain(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"ctp-datagen {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

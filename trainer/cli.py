@@ -5,6 +5,7 @@ import argparse
 import logging
 import sys
 
+from datagen.service import jsonlog
 from trainer import export, pretrain, track_eval
 from trainer.downstream import cli as downstream_cli
 from trainer.signals import stopped_at_once
@@ -24,13 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    jsonlog.setup_plain()
     try:
         args.func(args)
     except Exception as exc:
         if stopped_at_once():  # a second Ctrl-C: whatever it broke, stop without a traceback
             return _interrupted(args.command)
-        if not isinstance(exc, (ValueError, FileNotFoundError, FileExistsError)):
+        from trainer.remote import NoReplicaError  # imported already by any command that can raise it
+
+        if not isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NoReplicaError)):
             raise
         print(f"ctp-train {args.command}: error: {exc}", file=sys.stderr)
         return 2

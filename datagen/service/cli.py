@@ -139,7 +139,9 @@ def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--addr", action="append", default=[], metavar="HOST:PORT", help="replica address (repeatable)")
     p.add_argument("--no-shm", action="store_true", help="never use shared memory (inline gRPC only)")
     p.add_argument("--window", type=int, default=2, help="requests in flight per replica")
-    p.add_argument("--stall-timeout", type=float, default=60.0)
+    p.add_argument("--stall-timeout", type=float, default=60.0, help="seconds a stream may deliver nothing (default 60)")
+    p.add_argument("--wait", type=float, default=120.0, metavar="S",
+                   help="seconds to wait for a live replica before giving up (default 120)")
     p.add_argument("--server-name", help="TLS name to verify replicas against, if not their address")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     _redis_args(p)
@@ -148,6 +150,15 @@ def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_pull(args: argparse.Namespace) -> int:
+    from trainer.remote import NoReplicaError
+
+    try:
+        return _pull(args)
+    except NoReplicaError as exc:
+        raise ConnectionError(str(exc)) from exc
+
+
+def _pull(args: argparse.Namespace) -> int:
     from trainer.remote import RemoteSource
 
     if not args.addr and not args.redis:
@@ -158,7 +169,7 @@ def run_pull(args: argparse.Namespace) -> int:
     clip_bytes = 0
     with RemoteSource(args.addr, args.redis, args.namespace, token=resolve_token(token_file=args.token_file),
                       tls=_tls(args), server_name=args.server_name, shared_memory=not args.no_shm,
-                      window=args.window, stall_timeout=args.stall_timeout) as source:
+                      window=args.window, stall_timeout=args.stall_timeout, wait_for_replicas=args.wait) as source:
         started = time.perf_counter()
         for batch in source.stream(args.seed, args.epoch, range(args.num_samples), args.batch_size):
             seen.update(batch.keys[:, 2].tolist())
