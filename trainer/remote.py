@@ -26,7 +26,7 @@ import redis
 import torch
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, from_dict
+from datagen.config import GenerationConfig, differences, from_dict, to_dict
 from datagen.service.registry import Registry, redact
 from datagen.service.security import TlsFiles
 from datagen.service.wire import Received
@@ -343,7 +343,9 @@ class RemoteSource:
         if self.videos_digest is None:
             self.videos_digest = info.videos_digest
         if info.config_digest != self.config_digest:
-            return f"serves generation config {info.config_digest}, this client trains with {self.config_digest}"
+            differ = differences(json.loads(info.config_json), to_dict(self._config)) if self._config else []
+            return (f"serves generation config {info.config_digest}, this client trains with {self.config_digest}"
+                    + (f"; differing settings (replica -> this client): {', '.join(differ)}" if differ else ""))
         if info.videos_digest != self.videos_digest:
             return f"serves video list {info.videos_digest} ({info.num_videos} videos), this client expects {self.videos_digest}"
         return ""

@@ -1,0 +1,49 @@
+"""Impossible generation settings are refused when the config is loaded, naming key, value and allowed range;
+the generating commands take a training preset's generation section."""
+import pytest
+
+from datagen.cli import main
+from datagen.config import GenerationConfig, differences, to_dict, validate_generation
+from datagen.options import generation_config
+from trainer.config import PRESETS_DIR, load_train_config
+
+
+@pytest.mark.parametrize("override, message", [
+    ("clip.crop_size=200", "data.generation.clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200"),
+    ("clip.short_sides=[100]", "data.generation.clip.short_sides=[100]: must be a non-empty list, each >= clip.crop_size=112"),
+    ("trajectory.num_trajectories=0", "data.generation.trajectory.num_trajectories=0: must be >= 1"),
+    ("clip.num_frames=0", "data.generation.clip.num_frames=0: must be >= 1"),
+    ("clip.strides=[0]", "data.generation.clip.strides=[0]: must be a non-empty list of values > 0"),
+    ("patch.opacity=[1.0,0.5]", "data.generation.patch.opacity=[1.0, 0.5]: must be [a, b] with 0.0 <= a <= b <= 1.0"),
+    ("trajectory.interpolation_probs=[0.5,0.5,0.5]", "interpolation_probs=[0.5, 0.5, 0.5]: must be non-negative probabilities summing to 1"),
+    ("clip.flip_prob=2", "data.generation.clip.flip_prob=2.0: must be a probability in [0, 1]"),
+])
+def test_impossible_settings_name_key_value_and_range(override, message):
+    with pytest.raises(ValueError, match="invalid generation config") as info:
+        load_train_config(None, [f"data.generation.{override}"])
+    assert message in str(info.value)
+
+
+def test_the_defaults_and_every_preset_are_valid():
+    validate_generation(GenerationConfig())
+    for preset in PRESETS_DIR.glob("*.yaml"):
+        load_train_config(str(preset))
+
+
+def test_generating_commands_take_a_training_preset_or_yaml():
+    trained = load_train_config("tiny_cpu").data.generation
+    assert trained != GenerationConfig()  # the preset changes generation settings: the test can tell them apart
+    assert generation_config("tiny_cpu", []) == trained
+    assert generation_config(str(PRESETS_DIR / "tiny_cpu.yaml"), []) == trained
+    assert generation_config("tiny_cpu", ["clip.num_frames=4"]).clip.num_frames == 4
+
+
+def test_a_bad_setting_on_the_command_line_is_a_clear_error(demo_dir, capsys):
+    assert main(["preview", "--videos", str(demo_dir), "--set", "clip.crop_size=200", "--out", "unused"]) == 2
+    assert "clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200" in capsys.readouterr().err
+
+
+def test_differences_name_each_changed_key_old_to_new():
+    a, b = to_dict(GenerationConfig()), to_dict(GenerationConfig())
+    b["clip"]["crop_size"], b["version"] = 64, 2
+    assert differences(a, b) == ["clip.crop_size: 112 -> 64", "version: 1 -> 2"]
