@@ -103,7 +103,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return from_dict(hint, value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            value = [value]  # a single value where a list is expected: data.videos=m.json
         args = typing.get_args(hint)
         item = args[0] if args else Any
         return tuple(_convert(item, v, where) for v in value)

@@ -47,3 +47,16 @@ def test_differences_name_each_changed_key_old_to_new():
     a, b = to_dict(GenerationConfig()), to_dict(GenerationConfig())
     b["clip"]["crop_size"], b["version"] = 64, 2
     assert differences(a, b) == ["clip.crop_size: 112 -> 64", "version: 1 -> 2"]
+
+
+def test_options_and_overrides_in_any_order_and_a_single_value_for_a_list(tmp_path, capsys):
+    from trainer.cli import main as ctp_train
+
+    assert load_train_config(None, ["data.videos=m.json"]).data.videos == ("m.json",)
+    # the overrides after --config reach the config (and its check), not argparse's "unrecognized arguments"
+    assert ctp_train(["pretrain", f"run.out_dir={tmp_path}", "--config", "tiny_cpu", "data.batch_size=0", "optim.epochs=0"]) == 2
+    err = capsys.readouterr().err
+    assert "data.batch_size must be >= 1" in err and "optim.epochs must be >= 1" in err
+    with pytest.raises(SystemExit):
+        ctp_train(["pretrain", "--config", "tiny_cpu", "a=1", "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err

@@ -23,8 +23,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Options and KEY=VALUE overrides in any order: overrides after an option are overrides too."""
+    args, rest = parser.parse_known_args(argv)
+    strays = [item for item in rest if item.startswith("-") or "=" not in item]
+    if strays or (rest and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(strays or rest)}")
+    if rest:
+        args.overrides = [*args.overrides, *rest]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     jsonlog.setup_plain()
     try:
         args.func(args)
