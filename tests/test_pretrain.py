@@ -88,8 +88,9 @@ def test_run_outputs(uninterrupted):
 def test_resume_refuses_a_different_data_or_model_config(demo_dir, tmp_path, uninterrupted):
     reference_dir, _ = uninterrupted
     checkpoint = latest_checkpoint(reference_dir)
-    with pytest.raises(ValueError, match="cannot resume: the checkpoint's data config differs"):
-        pretrain(short_run(demo_dir, tmp_path, "data.seed=1"), resume=str(checkpoint))
+    with pytest.raises(ValueError, match="cannot resume: the checkpoint's data config differs") as info:
+        pretrain(short_run(demo_dir, tmp_path, "data.seed=1", "data.batch_size=6"), resume=str(checkpoint))
+    assert "(checkpoint -> this run: data.batch_size: 4 -> 6; data.seed: 0 -> 1)" in str(info.value)
 
 
 def test_clear_errors_for_bad_configs(tmp_path, capsys):

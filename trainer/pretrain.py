@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, to_dict
+from datagen.config import GenerationConfig, differences, to_dict
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
@@ -139,11 +139,14 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != to_dict(self.cfg)[s]]
+        ours = to_dict(self.cfg)
+        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != ours[s]]
         if changed:
+            differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
             raise ValueError(
-                f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's; "
-                "resume with the same model.* and data.* settings (run.*, eval.* and optim.epochs may change)"
+                f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's "
+                f"(checkpoint -> this run: {'; '.join(differ)}); resume with the same model.* and data.* settings "
+                "(run.*, eval.* and optim.epochs may change)"
             )
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])

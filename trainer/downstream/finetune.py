@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from datagen.config import to_dict
+from datagen.config import differences, to_dict
 from trainer.checkpoint import save_atomic
 from trainer.data import InProcessSource
 from trainer.downstream.clips import ClipBatch, TrainClips
@@ -100,10 +100,15 @@ class FineTuner:
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         if state.get("task") != FINETUNE_TASK:
             raise ValueError(f"cannot resume from {source}: not a fine-tuning checkpoint")
-        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != to_dict(self.cfg)[s]]
+        ours = to_dict(self.cfg)
+        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != ours[s]]
         if changed or tuple(state["classes"]) != self.classes:
+            differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
+            if tuple(state["classes"]) != self.classes:
+                differ.append(f"classes: {list(state['classes'])} -> {list(self.classes)}")
             raise ValueError(f"cannot resume from {source}: its {', '.join(changed) or 'class'} config differs from this "
-                             "run's; resume with the same config (only optim.* and run.* may change)")
+                             f"run's (checkpoint -> this run: {'; '.join(differ)}); resume with the same config "
+                             "(only optim.* and run.* may change)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
