@@ -11,6 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+import redis
+
 from ..options import add_generation_args, make_generator
 from . import jsonlog
 from .security import TlsFiles, resolve_token
@@ -110,7 +112,11 @@ def run_status(args: argparse.Namespace) -> int:
     if not args.redis:
         raise ValueError(f"status reads the Redis control plane: give --redis URL or set ${REDIS_ENV}")
     registry = Registry(args.redis, args.namespace)
-    replicas, quarantined = registry.replicas(), registry.quarantined()
+    try:
+        replicas, quarantined = registry.replicas(), registry.quarantined()
+    except redis.RedisError as exc:
+        raise ConnectionError(f"cannot read the control plane at {redact(args.redis)} ({exc}); is Redis running "
+                              f"there? (--redis URL or ${REDIS_ENV})") from None
     if args.json:
         print(json.dumps({"replicas": [dataclasses.asdict(r) for r in replicas], "quarantined": quarantined}, indent=2))
         return 0

@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from datagen.manifest import Rejected
+from trainer.checkpoint import resolve_checkpoint
 from trainer.data import InProcessSource
 from trainer.downstream.clips import EvalClips
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
@@ -120,7 +121,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "PNG) next to the checkpoint.",
         epilog=f"presets: {', '.join(presets())}",
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="a fine-tuned checkpoint (finetuned.pt)")
+    p.add_argument("--checkpoint", required=True, type=resolve_checkpoint,
+                   help="a fine-tuned checkpoint (finetuned.pt) or its run folder")
     p.add_argument("--config", default=None, help="preset or YAML file (default: the checkpoint's own config)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.split=2")

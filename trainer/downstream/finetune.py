@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from datagen.config import differences, to_dict
-from trainer.checkpoint import save_atomic
+from trainer.checkpoint import FINETUNED_NAME, save_atomic
 from trainer.data import InProcessSource
 from trainer.downstream.clips import ClipBatch, TrainClips
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
@@ -43,7 +43,7 @@ from trainer.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "finetuned.pt"
+CHECKPOINT_NAME = FINETUNED_NAME
 # Sections that decide the clips and the network: a resumed run must not change them.
 _RESUME_INVARIANTS = ("model", "data", "clips")
 
@@ -244,7 +244,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"presets: {', '.join(presets())}",
     )
     p.add_argument("--config", default=None, help="preset or YAML file (default: the paper's recipe)")
-    p.add_argument("--init", default=None, metavar="WEIGHTS", help="exported encoder or pretraining checkpoint (sets model.init)")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="exported encoder, pretraining checkpoint or run folder (its newest checkpoint; sets model.init; "
+                   "default: random initialisation)")
     p.add_argument("--label-fraction", type=float, default=None, metavar="F",
                    help="train on this share of each class's labelled videos, e.g. 0.1 (sets data.label_fraction)")
     p.add_argument("--resume", default=None, metavar="auto|CKPT",
