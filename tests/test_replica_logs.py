@@ -25,3 +25,26 @@ def test_pull_from_a_dead_address_says_how_long_it_waits_and_ends_with_a_clear_e
     assert f"waiting up to 2 s for a datagen replica (addresses {address})" in messages
     down = [m for m in messages if m.startswith(f"datagen replica {address} down (UNAVAILABLE")]
     assert down and "retrying in" in down[0] and "giving up after 2 s without any live replica" in down[0]
+
+
+def test_serve_on_free_ports_prints_where_it_listens(demo_dir):
+    import os
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    from service_helpers import REPO, TINY
+
+    args = [sys.executable, "-m", "datagen.cli", "serve", str(demo_dir), "--host", "127.0.0.1", "--port", "0",
+            "--metrics-port", "0", *[a for item in TINY for a in ("--set", item)]]
+    process = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        assert re.fullmatch(r"ctp-datagen serve: listening on 127\.0\.0\.1:(\d+) \(gRPC\), "
+                            r"metrics on http://127\.0\.0\.1:(\d+)/metrics\n", line), line
+        assert "50051" not in line.split(" (gRPC)")[0]  # a free port, not the default
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0

@@ -2,24 +2,39 @@
 from __future__ import annotations
 
 import argparse
-import logging
+import importlib
 import sys
 
 from datagen.service import jsonlog
-from trainer import export, pretrain, track_eval
-from trainer.downstream import cli as downstream_cli
 from trainer.signals import stopped_at_once
 
+# Each command's module and one-line help. Only the command being run is imported: torch and friends take
+# seconds to load, which `ctp-train --help` need not wait for.
+COMMANDS = {
+    "pretrain": ("trainer.pretrain", "CtP self-supervised pretraining of a video encoder"),
+    "track-eval": ("trainer.track_eval", "tracking mIoU of a pretrained checkpoint on generated clips"),
+    "export": ("trainer.export", "write a checkpoint's encoder as a torchvision state dict"),
+    "finetune": ("trainer.downstream.finetune",
+                 "fine-tune an encoder for action recognition (UCF-101, HMDB-51, Kinetics, class folders)"),
+    "eval": ("trainer.downstream.evaluate",
+             "10-clip video-level top-1/top-5 of a fine-tuned checkpoint, per-class accuracy, confusion matrix"),
+    "retrieve": ("trainer.downstream.retrieve",
+                 "VCOP video retrieval: top-k of data.test queries against the data.train gallery"),
+}
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The parser: the `full` commands' own subparsers (their modules imported), the others one-line entries."""
     parser = argparse.ArgumentParser(
         prog="ctp-train",
         description="Catch-the-Patch self-supervised video pretraining and its evaluation.",
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (pretrain, track_eval, export):
-        module.add_parser(subparsers)
-    downstream_cli.add_parsers(subparsers)
+    for name, (module, help_text) in COMMANDS.items():
+        if name in full:
+            importlib.import_module(module).add_parser(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -35,7 +50,9 @@ def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argpa
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = parse_args(build_parser((command,) if command in COMMANDS else ()), argv)
     jsonlog.setup_plain()
     try:
         args.func(args)

@@ -53,9 +53,11 @@ def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run one datagen replica (gRPC; SIGTERM drains)")
     add_generation_args(p, videos="positional")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
+    p.add_argument("--port", type=int, default=50051,
+                   help="gRPC port; 0 picks a free one, printed at start (a further replica on this host: "
+                   "--port 0 --metrics-port 0) (default 50051)")
     p.add_argument("--advertise", metavar="HOST:PORT", help="address clients use (default this host's IP and the port)")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0 picks one, -1 disables")
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables (default 9464)")
     p.add_argument("--queue", type=int, default=8, help="work queue capacity in batches (backpressure)")
     p.add_argument("--max-batch-size", type=int, default=Limits.max_batch_size)
     p.add_argument("--max-request-samples", type=int, default=Limits.max_request_samples)
@@ -76,7 +78,19 @@ def run_serve(args: argparse.Namespace) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     generator = make_generator(args)
-    replica = Replica(
+    replica = _replica(args, generator)
+    replica.start()
+    metrics = f", metrics on http://{args.host}:{replica.metrics_port}/metrics" if replica.metrics_port else ""
+    print(f"ctp-datagen serve: listening on {replica.address} (gRPC){metrics}", flush=True)
+    received = signal.sigwait(stop_signals)
+    log.info("signal received", extra={"signal": signal.Signals(received).name})
+    replica.drain(args.drain_timeout)
+    return 0
+
+
+def _replica(args: argparse.Namespace, generator) -> Replica:
+    """The replica the options describe (ports 0: free ones, which `serve` prints once listening)."""
+    return Replica(
         generator,
         generator.config,
         str(generator.device),
@@ -92,11 +106,6 @@ def run_serve(args: argparse.Namespace) -> int:
         ttl_s=args.ttl,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
     )
-    replica.start()
-    received = signal.sigwait(stop_signals)
-    log.info("signal received", extra={"signal": signal.Signals(received).name})
-    replica.drain(args.drain_timeout)
-    return 0
 
 
 # -- status ------------------------------------------------------------------------------------------
