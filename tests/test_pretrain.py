@@ -116,11 +116,12 @@ def test_sigterm_requests_a_stop():
 def test_track_eval_cli_writes_json(demo_dir, tmp_path, uninterrupted, capsys):
     run_dir, _ = uninterrupted
     out = tmp_path / "track.json"
-    args = ["track-eval", "--checkpoint", str(latest_checkpoint(run_dir)), "--videos", str(demo_dir),
+    args = ["track-eval", "--checkpoint", str(run_dir), "--videos", str(demo_dir),
             "--clips", "6", "--batch-size", "4", "--json", str(out)]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"miou", "baseline_miou", "clips"} and result["clips"] == 6
+    assert result["checkpoint"] == str(latest_checkpoint(run_dir))  # the file the run folder stood for
     assert 0 <= result["miou"] <= 1 and 0 < result["baseline_miou"] < 1
     assert f"first-box baseline {result['baseline_miou']:.4f}" in capsys.readouterr().out
 
