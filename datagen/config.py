@@ -83,6 +83,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def to_yaml(cfg: Any) -> str:
+    """A config as YAML that loads back as the same config (`--print-config`)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     """Plain dict → dataclass `cls`, converting nested dataclasses and tuples; unknown keys are errors."""
     data = dict(data or {})

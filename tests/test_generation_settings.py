@@ -60,3 +60,18 @@ def test_options_and_overrides_in_any_order_and_a_single_value_for_a_list(tmp_pa
     with pytest.raises(SystemExit):
         ctp_train(["pretrain", "--config", "tiny_cpu", "a=1", "--no-such-option"])
     assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
+def test_print_config_shows_the_resolved_config_that_loads_back(tmp_path, capsys):
+    from trainer.cli import main as ctp_train
+    from trainer.downstream.config import load_downstream_config
+
+    assert ctp_train(["pretrain", "--config", "tiny_cpu", "--print-config", "data.batch_size=7", "data.videos=x"]) == 0
+    printed = tmp_path / "pretrain.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_train_config(str(printed)) == load_train_config("tiny_cpu", ["data.batch_size=7", "data.videos=[x]"])
+    assert ctp_train(["finetune", "--config", "tiny_cpu", "--print-config", "--init", "w.pth", "optim.epochs=3"]) == 0
+    printed = tmp_path / "finetune.yaml"
+    printed.write_text(capsys.readouterr().out)
+    assert load_downstream_config(str(printed)).optim.epochs == 3
+    assert load_downstream_config(str(printed)).model.init == "w.pth"

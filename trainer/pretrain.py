@@ -30,7 +30,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, differences, to_dict
+from datagen.config import GenerationConfig, differences, to_dict, to_yaml
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
@@ -457,12 +457,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any (default: a new run)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.batch_size=64")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = load_train_config(args.config, args.overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
     score = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if score is not None and Ranks.from_env().is_main:
         print(f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  "

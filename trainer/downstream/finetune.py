@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from datagen.config import differences, to_dict
+from datagen.config import differences, to_dict, to_yaml
 from trainer.checkpoint import FINETUNED_NAME, save_atomic
 from trainer.data import InProcessSource
 from trainer.downstream.clips import ClipBatch, TrainClips
@@ -253,6 +253,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="continue a run; `auto`: its own checkpoint, if any (default: a new run)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete a fine-tuning run already in run.out_dir first (default: refuse)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=50")
     p.set_defaults(func=run)
 
@@ -263,4 +264,8 @@ def run(args: argparse.Namespace) -> None:
         overrides.append(f"model.init={json.dumps(args.init)}")  # a quoted YAML string
     if args.label_fraction is not None:
         overrides.append(f"data.label_fraction={args.label_fraction}")
-    finetune(load_downstream_config(args.config, overrides), resume=args.resume, overwrite=args.overwrite)
+    cfg = load_downstream_config(args.config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
+    finetune(cfg, resume=args.resume, overwrite=args.overwrite)
