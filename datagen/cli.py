@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="clips/s and frames/s of decode, generation and end to end",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_generation_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32, help="samples per timed batch (default 32)")
+    p.add_argument("--repeats", type=int, default=3, help="timed batches per row (default 3)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.set_defaults(func=cmd_bench)
 

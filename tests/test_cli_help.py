@@ -20,3 +20,17 @@ def test_top_level_help_imports_no_torch():
 def test_a_commands_help_lists_its_options():
     out = run("from trainer.cli import main\ntry:\n    main(['export', '--help'])\nexcept SystemExit:\n    pass")
     assert "--checkpoint" in out and "--out" in out
+
+
+def test_every_option_has_a_help_text():
+    import argparse
+
+    from datagen.cli import build_parser as datagen_parser
+    from trainer.cli import build_parser as train_parser
+
+    missing = []
+    for program, parser in (("ctp-train", train_parser()), ("ctp-datagen", datagen_parser())):
+        (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        for name, sub in commands.choices.items():
+            missing += [f"{program} {name} {a.option_strings or a.dest}" for a in sub._actions if a.help is None]
+    assert not missing

@@ -74,7 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", nargs="+", required=True, help="video files, folders or manifests")
     p.add_argument("--clips", type=int, default=256, help="number of generated clips (default 256)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--json", type=Path, help="also write the result as JSON (keys miou, baseline_miou, clips)")
     p.set_defaults(func=run)

@@ -59,14 +59,17 @@ def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--advertise", metavar="HOST:PORT", help="address clients use (default this host's IP and the port)")
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables (default 9464)")
     p.add_argument("--queue", type=int, default=8, help="work queue capacity in batches (backpressure)")
-    p.add_argument("--max-batch-size", type=int, default=Limits.max_batch_size)
-    p.add_argument("--max-request-samples", type=int, default=Limits.max_request_samples)
-    p.add_argument("--max-streams", type=int, default=Limits.max_streams, help="concurrent streams")
-    p.add_argument("--chunk-bytes", type=int, default=Limits.chunk_bytes, help="inline clip bytes per message")
+    p.add_argument("--max-batch-size", type=int, default=Limits.max_batch_size,
+                   help="largest batch a client may ask for (default %(default)s)")
+    p.add_argument("--max-request-samples", type=int, default=Limits.max_request_samples,
+                   help="most samples in one request (default %(default)s)")
+    p.add_argument("--max-streams", type=int, default=Limits.max_streams, help="concurrent streams (default %(default)s)")
+    p.add_argument("--chunk-bytes", type=int, default=Limits.chunk_bytes,
+                   help="inline clip bytes per message (default %(default)s)")
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between Redis heartbeats")
     p.add_argument("--ttl", type=float, default=10.0, help="seconds a registration outlives its last heartbeat")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight streams")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
     _redis_args(p)
     _security_args(p, "server")
     p.set_defaults(func=run_serve)
@@ -147,10 +150,10 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pull", help="pull N samples of an epoch from live replicas; check exactly-once delivery")
-    p.add_argument("--epoch", type=int, required=True)
+    p.add_argument("--epoch", type=int, required=True, help="the epoch whose samples to pull")
     p.add_argument("--num-samples", type=int, required=True, help="pulls indices 0..N-1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="the run seed of the sample keys (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--addr", action="append", default=[], metavar="HOST:PORT", help="replica address (repeatable)")
     p.add_argument("--no-shm", action="store_true", help="never use shared memory (inline gRPC only)")
     p.add_argument("--window", type=int, default=2, help="requests in flight per replica")
