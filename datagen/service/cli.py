@@ -20,6 +20,7 @@ from .server import Limits, Replica
 from .registry import REDIS_ENV, Registry, redact
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0  # pull's progress lines
 
 
 
@@ -188,10 +189,14 @@ def _pull(args: argparse.Namespace) -> int:
     with RemoteSource(args.addr, args.redis, args.namespace, token=resolve_token(token_file=args.token_file),
                       tls=_tls(args), server_name=args.server_name, shared_memory=not args.no_shm,
                       window=args.window, stall_timeout=args.stall_timeout, wait_for_replicas=args.wait) as source:
-        started = time.perf_counter()
+        started = reported = time.perf_counter()
         for batch in source.stream(args.seed, args.epoch, range(args.num_samples), args.batch_size):
             seen.update(batch.keys[:, 2].tolist())
             clip_bytes += batch.clips.numel()
+            if time.perf_counter() - reported >= PROGRESS_EVERY_S:
+                reported = time.perf_counter()
+                log.info("pulled %d of %d samples (%.1f clips/s)", len(seen), args.num_samples,
+                         len(seen) / (reported - started))
         elapsed = time.perf_counter() - started
         stats, delivered = dict(source.stats), dict(source.delivered)
     result = {
