@@ -30,12 +30,12 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
 def run_bench(generator: Generator, batch_size: int = 32, repeats: int = 3, seed: int = 0) -> list[tuple[str, float, float]]:
     """Rows of (stage, clips/s, frames/s) for the generator's device and decoder."""
     keys = [SampleKey(seed, 0, i) for i in range(batch_size)]
-    plans = [generator.plan(k) for k in keys]
+    plans = generator.plan_many(keys)
     frames = generator.decode(plans)
     crop, t = generator.config.clip.crop_size, generator.config.clip.num_frames
     stages = {
         "decode": lambda: generator.decode(list(plans)),
-        "generate (plan + render)": lambda: render([generator.plan(k) for k in keys], frames, crop),
+        "generate (plan + render)": lambda: render(generator.plan_many(keys), frames, crop),
         "end to end": lambda: generator.generate(keys),
     }
     rows = []

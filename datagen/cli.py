@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import manifest
+from . import manifest, prepare
 from .service import jsonlog
 from .service import cli as service_cli
 from .options import add_generation_args, make_generator
@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifest.add_parser(sub)
+    prepare.add_parser(sub)
 
     def keyed(p: argparse.ArgumentParser, num: int) -> None:
         p.add_argument("--num", type=int, default=num, help="number of samples")

@@ -9,7 +9,8 @@ pixels (within 1 level) and a sample does not depend on which replica decoded it
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+import logging
+from collections.abc import Collection, Sequence
 
 import av
 import cv2
@@ -18,9 +19,20 @@ import torch
 
 from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "dali", "pyav")
-DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-DALI_GPU_CODECS = DALI_CPU_CODECS | {"av1", "mpeg4", "h264", "hevc"}  # NVDEC through DALI's `mixed` backend
+# What DALI 2.4's decoder accepts per device (its docs; `mixed` is NVDEC): a forced "dali" backend tries these.
+DALI_CODECS = {"cpu": frozenset({"vp8", "vp9", "mjpeg"}),
+               "cuda": frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc"})}
+# What `auto` sends to DALI: on CUDA not AV1 (Hopper's NVDEC has no AV1) nor MJPEG (DALI 2.4's `mixed`
+# decoder rejects it, its docs notwithstanding); those go to PyAV on the CPU.
+AUTO_DALI_CODECS = {"cpu": DALI_CODECS["cpu"], "cuda": DALI_CODECS["cuda"] - {"av1", "mjpeg"}}
+
+
+def auto_backend(codec: str, device_type: str) -> str:
+    """The backend `auto` decodes `codec` with on a `device_type` ("cpu" or "cuda") device."""
+    return "dali" if codec in AUTO_DALI_CODECS.get(device_type, ()) else "pyav"
 
 
 class VideoDecodeError(VideoError):
@@ -202,7 +214,7 @@ class DaliDecoder:
                 encoded.append(np.fromfile(video.path, dtype=np.uint8))
             except OSError as exc:
                 raise VideoDecodeError(video.path, f"cannot read file ({exc.strerror})") from exc
-            frames.append(clamp_indices(video, indices).astype(np.int32))  # DALI pads past the end with black
+            frames.append(clamp_indices(video, indices).astype(np.int32))
         pipeline = self._pipeline or self._build()
         pipeline.feed_input("encoded", encoded)
         pipeline.feed_input("frames", frames)
@@ -231,7 +243,9 @@ class DaliDecoder:
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu")
+            # pad_mode="edge": an index past the frame count in the container header (which DALI goes by,
+            # and which may be lower than the manifest's) repeats the last frame instead of a black one.
+            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu", pad_mode="edge")
 
         self._pipeline = clips()
         self._pipeline.build()
@@ -249,30 +263,36 @@ def _dali_reason(exc: RuntimeError) -> str:
 class Decoder:
     """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
 
-    backend="auto": DALI where it can decode the codec on this device (on CUDA: NVDEC; on CPU: VP8, VP9,
-    MJPEG), PyAV otherwise. backend="dali" or "pyav" forces one; a video the forced backend cannot decode
-    fails with a VideoDecodeError that says what to do.
+    backend="auto": DALI for the codecs in `dali_codecs` (default AUTO_DALI_CODECS of the device), PyAV
+    otherwise; a video DALI fails on is decoded again by PyAV before it counts as unreadable, since a
+    video quarantined by one replica's decoder is lost to the whole fleet. backend="dali" or "pyav"
+    forces one, without that second try; a video the forced backend cannot decode fails with a
+    VideoDecodeError that says what to do.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int = 8, num_threads: int = 2):
+    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int = 8, num_threads: int = 2,
+                 dali_codecs: Collection[str] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
         self.backend = backend
+        self.dali_codecs = frozenset(AUTO_DALI_CODECS.get(self.device.type, ()) if dali_codecs is None else dali_codecs)
         self.pyav = PyAVDecoder()
         self.dali = DaliDecoder(self.device, batch_size, num_threads)
+        self.stats: collections.Counter[str] = collections.Counter()  # dali_fallbacks: clips PyAV decoded after DALI failed
+        self._fell_back: set[str] = set()  # videos already warned about
 
     def backend_for(self, video: VideoInfo) -> str:
-        """The backend that decodes `video`; raises VideoDecodeError when the forced one cannot."""
+        """The backend that decodes `video` first; raises VideoDecodeError when the forced one cannot."""
         if self.backend == "pyav":
             return "pyav"
-        codecs = DALI_GPU_CODECS if self.device.type == "cuda" else DALI_CPU_CODECS
-        if video.codec in codecs:
-            return "dali"
-        if self.backend == "dali":
+        if self.backend == "auto":
+            return "dali" if video.codec in self.dali_codecs else "pyav"
+        codecs = DALI_CODECS.get(self.device.type, frozenset())
+        if video.codec not in codecs:
             raise VideoDecodeError(video.path, f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
                                                f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'")
-        return "pyav"
+        return "dali"
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
         """(len(indices), H, W, 3) uint8 RGB on the decoder's device; raises VideoDecodeError.
@@ -292,9 +312,23 @@ class Decoder:
                 if self.backend_for(video) == "dali":
                     batched.append(i)
                 else:
-                    results[i] = torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
+                    results[i] = self._pyav(video, indices)
             except VideoDecodeError as exc:
                 results[i] = exc
         for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
-            results[i] = result
+            results[i] = self._fall_back(*requests[i], result) if isinstance(result, VideoDecodeError) and self.backend == "auto" else result
         return results
+
+    def _pyav(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
+
+    def _fall_back(self, video: VideoInfo, indices: np.ndarray, failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
+        """PyAV's decode of a clip DALI failed on; the error names both reasons when PyAV fails too."""
+        if video.path not in self._fell_back:
+            self._fell_back.add(video.path)
+            log.warning("DALI failed on %s (%s); decoding it with PyAV on the CPU", video.path, failure.reason)
+        self.stats["dali_fallbacks"] += 1
+        try:
+            return self._pyav(video, indices)
+        except VideoDecodeError as exc:
+            return VideoDecodeError(video.path, f"{exc.reason}; DALI before it: {failure.reason}")

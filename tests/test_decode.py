@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import av
 import numpy as np
 import pytest
 import torch
 
-from datagen.decode import Decoder, PyAVDecoder, VideoDecodeError, frame_to_rgb, yuv_to_rgb
+from datagen.decode import Decoder, PyAVDecoder, VideoDecodeError, auto_backend, frame_to_rgb, yuv_to_rgb
+from datagen.generator import Generator
 from datagen.manifest import VideoInfo, probe, resolve_videos
 
 
@@ -100,18 +102,54 @@ def test_dali_cpu_returns_the_frames_pyav_returns_on_vp9(demo_videos):
     assert neighbours > 2  # the tolerance above is far below what one frame of motion changes
 
 
-def test_auto_picks_dali_where_it_can_decode():
+def test_dali_repeats_its_last_frame_past_its_own_frame_count(demo_videos):
+    """The manifest may count more frames than the container header DALI reads: those indices must repeat
+    the last real frame (as PyAV does), not come back black."""
+    vp9 = next(v for v in demo_videos if v.codec == "vp9")
+    overcounted = dataclasses.replace(vp9, num_frames=vp9.num_frames + 10)
+    last = vp9.num_frames - 1
+    clip = Decoder(backend="dali").decode(overcounted, np.array([last, last + 1, last + 6, 0]))
+    assert clip[0].float().mean() > 20
+    assert torch.equal(clip[1], clip[0]) and torch.equal(clip[2], clip[0])
+    assert not torch.equal(clip[3], clip[0])
+
+
+def test_auto_routes_each_codec_to_a_backend_that_decodes_it_on_the_device():
+    """On CUDA, AV1 (no NVDEC AV1 on Hopper) and MJPEG (rejected by DALI 2.4's mixed decoder) go to PyAV."""
+    codecs = ("vp9", "vp8", "mjpeg", "h264", "mpeg4", "hevc", "av1", "mpeg2video")
+    assert [auto_backend(c, "cpu") for c in codecs] == ["dali"] * 3 + ["pyav"] * 5
+    assert [auto_backend(c, "cuda") for c in codecs] == ["dali", "dali", "pyav", "dali", "dali", "dali", "pyav", "pyav"]
+
     def video(codec: str) -> VideoInfo:
         return VideoInfo(f"clip.{codec}", 100, 25.0, 320, 240, codec)
 
     cpu, gpu = Decoder("cpu"), Decoder("cuda")  # no GPU needed to choose
-    assert [cpu.backend_for(video(c)) for c in ("vp9", "vp8", "mjpeg", "h264", "mpeg4", "hevc")] == ["dali"] * 3 + ["pyav"] * 3
-    assert [gpu.backend_for(video(c)) for c in ("vp9", "h264", "mpeg4", "hevc", "av1", "mpeg2video")] == ["dali"] * 5 + ["pyav"]
+    assert [cpu.backend_for(video(c)) for c in codecs] == [auto_backend(c, "cpu") for c in codecs]
+    assert [gpu.backend_for(video(c)) for c in codecs] == [auto_backend(c, "cuda") for c in codecs]
+    assert Decoder("cuda", "dali").backend_for(video("av1")) == "dali"  # forced: what DALI claims, e.g. to probe a new GPU
     assert Decoder("cpu", "pyav").backend_for(video("vp9")) == "pyav"
     with pytest.raises(VideoDecodeError, match="DALI cannot decode h264 on cpu.*use backend 'pyav'"):
         Decoder("cpu", "dali").backend_for(video("h264"))
     with pytest.raises(ValueError, match="unknown decode backend"):
         Decoder("cpu", "ffmpeg")
+
+
+def test_a_video_dali_fails_on_is_decoded_by_pyav_and_not_quarantined(demo_videos, caplog):
+    """DALI-CPU cannot decode H.264: routed to DALI anyway, it fails as a GPU decode might, and PyAV steps in."""
+    h264 = next(v for v in demo_videos if v.codec == "h264")
+    decoder = Decoder("cpu", dali_codecs={"h264"}, batch_size=4)
+    requests = [(h264, np.arange(0, 32, 2)), (h264, np.array([70, 3, 3, 10_000]))]
+    with caplog.at_level(logging.WARNING, logger="datagen.decode"):
+        clips = decoder.decode_many(requests)
+    pyav = Decoder(backend="pyav").decode_many(requests)
+    assert all(torch.equal(a, b) for a, b in zip(clips, pyav))
+    assert decoder.stats["dali_fallbacks"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "decoding it with PyAV" in r.getMessage()]
+    assert len(warnings) == 1 and h264.path in warnings[0] and "DALI failed" in warnings[0]  # once per video, with the reason
+
+    generator = Generator([h264], device="cpu", decoder=decoder)
+    batch = generator.generate([(0, 0, i) for i in range(3)])
+    assert generator.bad_videos == {} and generator.stats["decode_failures"] == 0 and len(batch) == 3
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Target encoding, the CtP loss and IoU on hand-computed cases (DESIGN.md §2)."""
+"""Target encoding, the CtP loss and IoU on hand-computed cases (docs/spec.md)."""
 import math
 
 import pytest
