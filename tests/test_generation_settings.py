@@ -45,8 +45,8 @@ def test_a_bad_setting_on_the_command_line_is_a_clear_error(demo_dir, capsys):
 
 def test_differences_name_each_changed_key_old_to_new():
     a, b = to_dict(GenerationConfig()), to_dict(GenerationConfig())
-    b["clip"]["crop_size"], b["version"] = 64, 2
-    assert differences(a, b) == ["clip.crop_size: 112 -> 64", "version: 1 -> 2"]
+    b["clip"]["crop_size"], b["version"] = 64, a["version"] + 1
+    assert differences(a, b) == ["clip.crop_size: 112 -> 64", f"version: {a['version']} -> {a['version'] + 1}"]
 
 
 def test_options_and_overrides_in_any_order_and_a_single_value_for_a_list(tmp_path, capsys):
