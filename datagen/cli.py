@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from . import manifest, prepare
+from .service import jsonlog
 from .service import cli as service_cli
 from .options import add_generation_args, make_generator
 
@@ -96,8 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="clips/s and frames/s of decode, generation and end to end",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_generation_args(p)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32, help="samples per timed batch")
+    p.add_argument("--repeats", type=int, default=3, help="timed batches per row")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
@@ -115,10 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    jsonlog.setup_plain(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, ConnectionError) as exc:
         print(f"ctp-datagen {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

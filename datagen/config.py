@@ -84,6 +84,11 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
 
 
+def to_yaml(cfg: Any) -> str:
+    """A config as YAML that loads back as the same config (`--print-config`)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
     """Plain dict → dataclass `cls`, converting nested dataclasses and tuples; unknown keys are errors."""
     data = dict(data or {})
@@ -104,7 +109,7 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return from_dict(hint, value)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
+            value = [value]  # a single value where a list is expected: data.videos=m.json
         args = typing.get_args(hint)
         item = args[0] if args else Any
         return tuple(_convert(item, v, where) for v in value)
@@ -155,10 +160,76 @@ def resolve_preset(name_or_path: str, folder: Path) -> Path:
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Defaults ← YAML file ← command-line overrides, validated into `cls`."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"{path}: the top level must be a mapping")
-        data = loaded
+    data = read_yaml(path) if path is not None else {}
     return from_dict(cls, apply_overrides(data, overrides or []))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's mapping (empty file: {})."""
+    loaded = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"{path}: the top level must be a mapping")
+    return loaded
+
+
+def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """The settings two config dicts disagree on, as `key: old -> new` (nested keys dotted)."""
+    out = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    return out
+
+
+def validate_generation(cfg: GenerationConfig, prefix: str = "") -> None:
+    """Refuse impossible generation settings at load time, naming the key, its value and the allowed range
+    (instead of a numpy or torch error from deep inside the first sample)."""
+    c, t, p, k = cfg.clip, cfg.trajectory, cfg.patch, cfg.colour
+    errors: list[str] = []
+
+    def need(ok: bool, key: str, value: Any, allowed: str) -> None:
+        if not ok:
+            errors.append(f"{prefix}{key}={json.dumps(value)}: {allowed}")
+
+    def share(key: str, value: float) -> None:
+        need(0 <= value <= 1, key, value, "must be a probability in [0, 1]")
+
+    def probabilities(key: str, values: tuple[float, ...]) -> None:
+        need(bool(values) and min(values) >= 0 and abs(sum(values) - 1) < 1e-6, key, list(values),
+             "must be non-negative probabilities summing to 1")
+
+    def positive(key: str, values: tuple[float, ...]) -> None:
+        need(bool(values) and min(values) > 0, key, list(values), "must be a non-empty list of values > 0")
+
+    def interval(key: str, values: tuple[float, float], low: float, high: float) -> None:
+        need(low <= values[0] <= values[1] <= high, key, list(values), f"must be [a, b] with {low} <= a <= b <= {high}")
+
+    need(c.num_frames >= 1, "clip.num_frames", c.num_frames, "must be >= 1")
+    positive("clip.strides", c.strides)
+    need(all(isinstance(s, int) for s in c.strides), "clip.strides", list(c.strides), "must be whole frame steps")
+    need(c.crop_size >= 1, "clip.crop_size", c.crop_size, "must be >= 1")
+    need(bool(c.short_sides) and min(c.short_sides) >= c.crop_size, "clip.short_sides", list(c.short_sides),
+         f"must be a non-empty list, each >= clip.crop_size={c.crop_size} (the crop is cut from the resized frame)")
+    share("clip.flip_prob", c.flip_prob)
+    need(t.num_trajectories >= 1, "trajectory.num_trajectories", t.num_trajectories, "must be >= 1 (the patches to catch)")
+    positive("trajectory.anchor_scales", t.anchor_scales)
+    positive("trajectory.aspect_ratios", t.aspect_ratios)
+    for key in ("size_jitter", "max_speed", "max_scale_rate"):
+        need(getattr(t, key) >= 0, f"trajectory.{key}", getattr(t, key), "must be >= 0")
+    probabilities("trajectory.inner_keyframe_probs", t.inner_keyframe_probs)
+    probabilities("trajectory.interpolation_probs", t.interpolation_probs)
+    probabilities("patch.shape_probs", p.shape_probs)
+    share("patch.soft_edge_prob", p.soft_edge_prob)
+    share("patch.invisible_prob", p.invisible_prob)
+    interval("patch.soft_edge_start", p.soft_edge_start, 0.0, 0.5)
+    interval("patch.opacity", p.opacity, 0.0, 1.0)
+    for key in ("hue_sat_prob", "brightness_prob", "contrast_prob"):
+        share(f"colour.{key}", getattr(k, key))
+    for key in ("hue_shift", "saturation_log", "brightness", "contrast_log"):
+        need(getattr(k, key) >= 0, f"colour.{key}", getattr(k, key), "must be >= 0")
+    probabilities("colour.inner_keyframe_probs", k.inner_keyframe_probs)
+    if errors:
+        raise ValueError("invalid generation config: " + "; ".join(errors))

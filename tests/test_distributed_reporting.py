@@ -49,6 +49,10 @@ def test_replicas_needed_from_consumption_and_per_replica_delivery():
     advice = starvation_advice(windows, {"a": 60, "b": 68})
     assert "waited 50% of the last 10.0 s" in advice and "2 replica(s) delivered 6.4 clips/s each" in advice
     assert "could consume 25.6 clips/s: about 4 replicas would keep it fed" in advice
+    assert "2 more than the 2 delivering now" in advice  # how many to add, not only how many in all
+    # Enough replicas (8 deliver 6.4 clips/s each, 4 would do): more would not help, the transport is the suspect.
+    enough = starvation_advice(windows, {str(i): 64 for i in range(8)})
+    assert "no more than deliver now; check the transport" in enough and "more than the" not in enough
 
 
 def test_advice_only_when_starved_and_fitting_the_source():

@@ -3,7 +3,6 @@ ucf101: 12 real MPEG-4 and H.264 videos), with the tiny encoder on 8 frames at 6
 fine-tuning under torchrun with two gloo ranks."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.downstream.cli import add_parsers
+from trainer.cli import build_parser, parse_args
 from trainer.downstream.config import SplitConfig
 from trainer.downstream.datasets import label_subset, open_split
 
@@ -24,9 +23,7 @@ CLASS_VIDEOS = {"hmdb51": 4, "kinetics": 3, "misc": 3, "ucf101": 2}
 
 
 def ctp_train(*argv: str) -> None:
-    parser = argparse.ArgumentParser(prog="ctp-train")
-    add_parsers(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([str(a) for a in argv])
+    args = parse_args(build_parser(), [str(a) for a in argv])
     args.func(args)
 
 
@@ -58,6 +55,13 @@ def test_finetune_trains_validates_and_reports(finetuned):
     assert steps[0]["loss"] == pytest.approx(math.log(4), abs=0.02)
     assert [r["epoch"] for r in records if "val_top1" in r] == [1, 2]
     assert list((finetuned.parent / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_a_new_finetune_refuses_the_folder_of_another(finetuned, shared_videos):
+    before = finetuned.stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="already holds a run .*finetuned.pt.*--resume auto"):
+        ctp_train("finetune", *tiny(shared_videos, finetuned.parent))  # e.g. the random-init baseline
+    assert finetuned.stat().st_mtime_ns == before
 
 
 def test_eval_scores_the_checkpoint_like_its_validation(finetuned, capsys):

@@ -11,7 +11,8 @@ from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpo
 from trainer.cli import main
 from trainer.config import load_train_config
 from trainer.metrics import read_records
-from trainer.pretrain import pretrain, stop_on_sigterm
+from trainer.pretrain import pretrain
+from trainer.signals import stop_on_signals
 
 # 6 demo videos × 2 clips = 12 samples per epoch = 3 steps of 4; two epochs with an lr drop between them.
 SHORT_RUN = [
@@ -87,8 +88,9 @@ def test_run_outputs(uninterrupted):
 def test_resume_refuses_a_different_data_or_model_config(demo_dir, tmp_path, uninterrupted):
     reference_dir, _ = uninterrupted
     checkpoint = latest_checkpoint(reference_dir)
-    with pytest.raises(ValueError, match="cannot resume: the checkpoint's data config differs"):
-        pretrain(short_run(demo_dir, tmp_path, "data.seed=1"), resume=str(checkpoint))
+    with pytest.raises(ValueError, match="cannot resume: the checkpoint's data config differs") as info:
+        pretrain(short_run(demo_dir, tmp_path, "data.seed=1", "data.batch_size=6"), resume=str(checkpoint))
+    assert "(checkpoint -> this run: data.batch_size: 4 -> 6; data.seed: 0 -> 1)" in str(info.value)
 
 
 def test_clear_errors_for_bad_configs(tmp_path, capsys):
@@ -104,7 +106,7 @@ def test_clear_errors_for_bad_configs(tmp_path, capsys):
 
 
 def test_sigterm_requests_a_stop():
-    with stop_on_sigterm() as requested:
+    with stop_on_signals() as requested:
         assert not requested.is_set()
         os.kill(os.getpid(), signal.SIGTERM)
         assert requested.wait(timeout=5)
@@ -114,11 +116,12 @@ def test_sigterm_requests_a_stop():
 def test_track_eval_cli_writes_json(demo_dir, tmp_path, uninterrupted, capsys):
     run_dir, _ = uninterrupted
     out = tmp_path / "track.json"
-    args = ["track-eval", "--checkpoint", str(latest_checkpoint(run_dir)), "--videos", str(demo_dir),
+    args = ["track-eval", "--checkpoint", str(run_dir), "--videos", str(demo_dir),
             "--clips", "6", "--batch-size", "4", "--json", str(out)]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"miou", "baseline_miou", "clips"} and result["clips"] == 6
+    assert result["checkpoint"] == str(latest_checkpoint(run_dir))  # the file the run folder stood for
     assert 0 <= result["miou"] <= 1 and 0 < result["baseline_miou"] < 1
     assert f"first-box baseline {result['baseline_miou']:.4f}" in capsys.readouterr().out
 

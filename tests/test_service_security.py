@@ -200,3 +200,11 @@ def test_the_trainer_client_reports_a_refusing_replica_at_once(guarded: Replica,
     with RemoteSource([guarded.address], token=TOKEN, config=dataclasses.replace(config, version=99)) as src:
         with pytest.raises(RuntimeError, match="generation config"):
             list(src.stream(0, 0, [0], 1))
+
+
+def test_a_config_mismatch_names_the_settings_that_differ(guarded: Replica, config) -> None:
+    theirs = dataclasses.replace(config, clip=dataclasses.replace(config.clip, crop_size=config.clip.crop_size + 8))
+    with RemoteSource([guarded.address], token=TOKEN, config=theirs, wait_for_replicas=5) as src:
+        with pytest.raises(RuntimeError, match=rf"differing settings \(replica -> this client\): clip.crop_size: "
+                                               rf"{config.clip.crop_size} -> {config.clip.crop_size + 8}"):
+            list(src.stream(0, 0, [0], 1))

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+FINETUNED_NAME = "finetuned.pt"  # a fine-tuning run's one checkpoint (trainer.downstream.finetune)
+FINETUNE_TASK = "finetune"  # the `task` entry of a fine-tuned checkpoint
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -55,14 +57,22 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
         old.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint file, or a run folder's newest one, on CPU with `weights_only` (no pickled code runs)."""
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file as given, or a run folder's checkpoint: a pretraining run's newest ckpt-*.pt, or a
+    fine-tuning run's finetuned.pt (every command that takes a checkpoint takes its run folder alike)."""
     path = Path(path)
-    if path.is_dir():
-        newest = latest_checkpoint(path)
-        if newest is None:
-            raise FileNotFoundError(f"no checkpoint (ckpt-*.pt) in {path}")
-        path = newest
+    if not path.is_dir():
+        return path
+    found = latest_checkpoint(path) or (path / FINETUNED_NAME if (path / FINETUNED_NAME).is_file() else None)
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint (ckpt-*.pt or {FINETUNED_NAME}) in the folder {path}")
+    return found
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a checkpoint file, or a run folder's (`resolve_checkpoint`), on CPU with `weights_only` (no pickled
+    code runs)."""
+    path = resolve_checkpoint(path)
     state = read_state(path, "ctp-train checkpoint")
     if "model" not in state or "config" not in state:
         raise ValueError(f"{path} is not a ctp-train checkpoint (no model/config entries)")

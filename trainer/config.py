@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from datagen.config import GenerationConfig, load_config, preset_names, resolve_preset
+from datagen.config import GenerationConfig, load_config, preset_names, resolve_preset, validate_generation
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -117,3 +117,4 @@ def _validate(cfg: TrainConfig) -> None:
     errors = [message for ok, message in checks if not ok]
     if errors:
         raise ValueError("invalid config: " + "; ".join(errors))
+    validate_generation(cfg.data.generation, "data.generation.")

@@ -15,9 +15,7 @@ from pathlib import Path
 
 import torch
 
-from datagen.config import from_dict
-from trainer.checkpoint import load_checkpoint, save_atomic
-from trainer.config import TrainConfig
+from trainer.checkpoint import FINETUNE_TASK, load_checkpoint, save_atomic
 from trainer.models import torchvision_model
 
 ENCODER_PREFIX = "encoder."
@@ -28,13 +26,14 @@ def encoder_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return {k[len(ENCODER_PREFIX):]: v for k, v in checkpoint["model"].items() if k.startswith(ENCODER_PREFIX)}
 
 
-def export_encoder(checkpoint_file: str | Path, out: str | Path) -> Path:
-    """Write the encoder of `checkpoint_file` to `out`, after proving torchvision loads it strictly."""
+def export_encoder(checkpoint_file: str | Path, out: str | Path) -> tuple[Path, bool]:
+    """Write the encoder of `checkpoint_file` to `out`, after proving torchvision loads it strictly; returns the
+    file and whether the checkpoint was a fine-tuned one (its encoder is then the fine-tuned encoder, no fc)."""
     checkpoint = load_checkpoint(checkpoint_file)
-    encoder = from_dict(TrainConfig, checkpoint["config"]).model.encoder
+    encoder = checkpoint["config"]["model"]["encoder"]  # pretraining and fine-tuned checkpoints alike
     weights = encoder_state_dict(checkpoint)
     torchvision_model(encoder).load_state_dict(weights, strict=True)
-    return save_atomic(weights, out)
+    return save_atomic(weights, out), checkpoint.get("task") == FINETUNE_TASK
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -45,11 +44,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchvision.models.video.r3d_18() / r2plus1d_18() after setting `model.fc = torch.nn.Identity()` "
         "(the file has no fc weights).",
     )
-    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (ckpt-*.pt) or a run folder (its newest checkpoint)")
+    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (ckpt-*.pt), a fine-tuned one (finetuned.pt: exports its fine-tuned encoder) "
+                   "or a run folder (its newest checkpoint)")
     p.add_argument("--out", required=True, type=Path, help="output file, e.g. r3d18_ctp.pth")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
-    path = export_encoder(args.checkpoint, args.out)
-    print(f"encoder written to {path}")
+    path, finetuned = export_encoder(args.checkpoint, args.out)
+    kind = "fine-tuned checkpoint: its fine-tuned encoder (without the classifier)" if finetuned else "encoder"
+    print(f"{kind} written to {path}")

@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import math
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,10 +29,11 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, to_dict
+from datagen.config import GenerationConfig, differences, to_dict, to_yaml
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
-from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, prune_checkpoints, save_atomic
+from trainer.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
+                                save_atomic)
 from trainer.config import TrainConfig, load_train_config, presets
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source
@@ -43,7 +43,10 @@ from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.models import count_parameters
 from trainer.network import CtPNetwork
+from trainer.progress import eta, show_bars
 from trainer.remote import RemoteSource
+from trainer.rundir import claim_run_dir
+from trainer.signals import stop_on_signals
 from trainer.starvation import RankWindow, StarvationMonitor
 from trainer.targets import ctp_loss, encode
 from trainer.track_eval import TrackingScore, evaluate
@@ -135,11 +138,14 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != to_dict(self.cfg)[s]]
+        ours = to_dict(self.cfg)
+        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != ours[s]]
         if changed:
+            differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
             raise ValueError(
-                f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's; "
-                "resume with the same model.* and data.* settings (run.*, eval.* and optim.epochs may change)"
+                f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's "
+                f"(checkpoint -> this run: {'; '.join(differ)}); resume with the same model.* and data.* settings "
+                "(run.*, eval.* and optim.epochs may change)"
             )
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -231,20 +237,6 @@ def merge_reports(reports: list[RankReport], log_indices: bool) -> tuple[list[di
     return rows, scalars
 
 
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[threading.Event]:
-    """An event set by SIGTERM (preemption), so the loop checkpoints and exits at the next step boundary."""
-    requested = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield requested
-        return
-    previous = signal.signal(signal.SIGTERM, lambda *_: requested.set())
-    try:
-        yield requested
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 class Reporter:
     """What a run reports: every rank its own throughput in the log; rank 0 the per-step records, TensorBoard
     scalars, the progress bar, held-out tracking and, when the ranks wait on data, how to feed them."""
@@ -256,7 +248,7 @@ class Reporter:
         self.metrics = MetricsLog(run_dir, resume_step=trainer.step if resumed else None) if main else None
         self.window = StepReport()
         self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
-                        disable=not (trainer.cfg.run.progress and main))
+                        disable=not (show_bars(trainer.cfg.run.progress) and main))
         self.remote = source if isinstance(source, RemoteSource) else None
         self.last_eval: tuple[int, TrackingScore] | None = None
         self.starvation = StarvationMonitor()
@@ -272,8 +264,9 @@ class Reporter:
         ranks = self.trainer.ranks
         mine = self.window.flush(dict(self.remote.delivered) if self.remote else None)
         w = mine.window
-        log.info("rank %d/%d step %d: %.1f clips/s, %.0f%% of the time waiting for data", ranks.rank, ranks.world_size,
-                 self.trainer.step, w.clips_per_s, 100 * w.wait_share)
+        if ranks.distributed:
+            log.info("rank %d/%d step %d: %.1f clips/s, %.0f%% of the time waiting for data", ranks.rank, ranks.world_size,
+                     self.trainer.step, w.clips_per_s, 100 * w.wait_share)
         reports = ranks.gather(mine)
         if self.metrics is None:
             return
@@ -282,12 +275,23 @@ class Reporter:
         self.metrics.scalars(self.trainer.step, scalars)
         self.bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", clips_s=f"{scalars['throughput/clips_per_s']:.1f}",
                              data_wait=f"{scalars['throughput/data_wait']:.0%}", refresh=False)
+        if self.bar.disable:
+            self._log_line(rows, scalars, mine.seconds)
         delivered = None
         if self.remote is not None:  # per replica, over all ranks
             delivered = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
         advice = self.starvation.update([r.window for r in reports], delivered)
         if advice:
             log.warning(advice)
+
+    def _log_line(self, rows: list[dict[str, Any]], scalars: dict[str, float], seconds: float) -> None:
+        """The bar's content as one plain line (stderr is no terminal, or run.progress=false)."""
+        trainer = self.trainer
+        left = (trainer.total_steps - trainer.step) * seconds / len(rows)
+        log.info("step %d/%d epoch %d/%d: loss %.4f (centre %.4f, size %.4f), lr %.3g, %.1f clips/s, data wait %.0f%%, ETA %s",
+                 trainer.step, trainer.total_steps, rows[-1]["epoch"] + 1, trainer.cfg.optim.epochs, scalars["loss/total"],
+                 scalars["loss/centre"], scalars["loss/size"], scalars["lr"], scalars["throughput/clips_per_s"],
+                 100 * scalars["throughput/data_wait"], eta(left))
 
     def evaluate(self) -> TrackingScore | None:
         """Held-out tracking mIoU and the boxes image, once per step, on rank 0 (None elsewhere)."""
@@ -296,7 +300,10 @@ class Reporter:
         step = self.trainer.step
         if self.last_eval is not None and self.last_eval[0] == step:
             return self.last_eval[1]
+        log.info("step %d: evaluating %d held-out clips…", step, sum(len(b) for b in self.held_out))
         score, predictions = evaluate(self.trainer.network, self.held_out, self.trainer.execution)
+        log.info("step %d: held-out tracking mIoU %.4f (first-box baseline %.4f, %d clips)", step, score.miou,
+                 score.baseline_miou, score.clips)
         self.metrics.scalars(step, {"eval/miou": score.miou, "eval/baseline_miou": score.baseline_miou})
         self.metrics.records([{"step": step, "miou": score.miou, "baseline_miou": score.baseline_miou}])
         first = self.held_out[0]
@@ -310,16 +317,16 @@ class Reporter:
             self.metrics.close()
 
 
-def pretrain(cfg: TrainConfig, resume: str | None = None) -> TrackingScore | None:
+def pretrain(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrackingScore | None:
     """Train per `cfg` (under torchrun: as one DDP rank); returns the final held-out tracking score, or None when
-    stopped before the end."""
+    stopped before the end. A run.out_dir holding another run is refused unless resuming or `overwrite`."""
     if not cfg.data.videos:
         raise ValueError("data.videos is empty: pass video files, folders or manifests, e.g. data.videos=[out/demo]")
     with process_group(cfg.run.device) as ranks:
-        return _pretrain(cfg, resume, ranks)
+        return _pretrain(cfg, resume, overwrite, ranks)
 
 
-def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingScore | None:
+def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Ranks) -> TrackingScore | None:
     run_dir = Path(cfg.run.out_dir)
     execution = Execution.for_rank(ranks, cfg.run)
     # Probed once, by rank 0. min_frames=1 as the replicas index (datagen.cli), so that both name the same video
@@ -327,7 +334,7 @@ def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingSco
     videos = ranks.broadcast(resolve_videos(cfg.data.videos, min_frames=1) if ranks.is_main else None)
     generator = Generator(videos, cfg.data.generation, device=execution.device)
     trainer = Trainer(cfg, execution, generator.epoch_length * cfg.data.clips_per_video, ranks)
-    checkpoint = ranks.broadcast(_resume_from(resume, run_dir) if ranks.is_main else None)  # rank 0's choice for all
+    checkpoint = ranks.broadcast(_resume_from(resume, run_dir, overwrite) if ranks.is_main else None)  # rank 0's choice for all
     if checkpoint is not None:
         trainer.load_state_dict(load_checkpoint(checkpoint))
         if ranks.is_main:
@@ -339,7 +346,7 @@ def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingSco
                  ranks.world_size, len(videos), trainer.steps_per_epoch, cfg.data.batch_size, cfg.optim.epochs,
                  f", {sync_batchnorm_layers(trainer.model)} SyncBatchNorm layers" if ranks.distributed else "")
     held_out = held_out_batches(generator, cfg.data.seed, cfg.eval.clips, cfg.data.batch_size) if ranks.is_main else []
-    with open_source(cfg, generator) as source, _quiet_bar(ranks.is_main and cfg.run.progress):
+    with open_source(cfg, generator) as source, _quiet_bar(ranks.is_main and show_bars(cfg.run.progress)):
         reporter = Reporter(trainer, held_out, run_dir, checkpoint is not None, source)
 
         def save() -> None:
@@ -350,19 +357,20 @@ def _pretrain(cfg: TrainConfig, resume: str | None, ranks: Ranks) -> TrackingSco
                 prune_checkpoints(run_dir, cfg.run.keep_checkpoints)
 
         try:
-            with stop_on_sigterm() as sigterm:
+            with stop_on_signals(f"the next log point (every {cfg.run.log_every} steps)") as stop_requested:
                 if trainer.step == 0:
                     reporter.evaluate()
                 stopped = False
                 while trainer.cursor.epoch < cfg.optim.epochs and not stopped:
-                    stopped = _train_epoch(trainer, source, reporter, save, sigterm)
+                    stopped = _train_epoch(trainer, source, reporter, save, stop_requested)
                     trainer.sync_cursor()
                     if not len(trainer.cursor):
                         trainer.end_epoch()
                     save()
                 if stopped:
                     if ranks.is_main:
-                        log.info("stopped at step %d; continue with --resume auto", trainer.step)
+                        log.info("stopped at step %d, checkpoint %s; continue by running the same command with --resume auto",
+                                 trainer.step, checkpoint_path(run_dir, trainer.step))
                     return None
                 return ranks.broadcast(reporter.evaluate())
         finally:
@@ -387,8 +395,8 @@ def _empty_batch(generation: GenerationConfig) -> Batch:
 
 
 def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, save: Callable[[], None],
-                 sigterm: threading.Event) -> bool:
-    """Train on the rest of the cursor's epoch; True when asked to stop (SIGTERM or run.stop_at_step).
+                 stop_requested: threading.Event) -> bool:
+    """Train on the rest of the cursor's epoch; True when asked to stop (SIGTERM, Ctrl-C or run.stop_at_step).
 
     Every rank takes the same number of steps: one per `data.batch_size` remaining indices. In the last step a
     rank may have nothing left; it then steps on an empty batch so that the collectives still meet."""
@@ -408,7 +416,7 @@ def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, sav
             stop = False
             if trainer.step % cfg.run.log_every == 0:
                 reporter.flush()
-                stop = any(ranks.gather(sigterm.is_set()))  # the ranks stop together, at the same step
+                stop = any(ranks.gather(stop_requested.is_set()))  # the ranks stop together, at the same step
             if trainer.step % cfg.eval.every_steps == 0:
                 reporter.evaluate()
             if stop or trainer.step == cfg.run.stop_at_step:
@@ -420,15 +428,18 @@ def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, sav
     return False
 
 
-def _resume_from(resume: str | None, run_dir: Path) -> Path | None:
-    if resume is None:
-        return None
+def _resume_from(resume: str | None, run_dir: Path, overwrite: bool) -> Path | None:
+    """The checkpoint to resume from, once the run folder is this run's (trainer.rundir)."""
+    checkpoint = None
     if resume == "auto":
-        found = latest_checkpoint(run_dir)
-        if found is None:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is None:
             log.info("--resume auto: no checkpoint in %s yet, starting fresh", run_dir)
-        return found
-    return Path(resume)
+    elif resume is not None:
+        checkpoint = Path(resume)
+    # --resume auto without a checkpoint: what lies there is an unfinished run's metrics, redone from step 0.
+    claim_run_dir(run_dir, list_checkpoints(run_dir), checkpoint is not None, overwrite or resume == "auto")
+    return checkpoint
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -442,14 +453,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", default=None, help="preset name or YAML file (default: built-in defaults)")
     p.add_argument("--resume", default=None, metavar="auto|CKPT",
-                   help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any")
+                   help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any (default: a new run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.batch_size=64")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> None:
     cfg = load_train_config(args.config, args.overrides)
-    score = pretrain(cfg, resume=args.resume)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
+    score = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if score is not None and Ranks.from_env().is_main:
         print(f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  "
               f"({score.clips} held-out clips)  run: {cfg.run.out_dir}")

@@ -26,7 +26,7 @@ import redis
 import torch
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, from_dict
+from datagen.config import GenerationConfig, differences, from_dict, to_dict
 from datagen.service.registry import Registry, redact
 from datagen.service.security import TlsFiles
 from datagen.service.wire import Received
@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 # A replica answering with these is misconfigured for this client: retrying elsewhere would not help.
 _FATAL = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED}
 _REFUSED = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
+
+
+class NoReplicaError(RuntimeError):
+    """No replica could serve for `wait_for_replicas` seconds, or every known one refuses this client: a
+    deployment problem the command-line tools report as an error line, not a traceback."""
 
 
 @dataclasses.dataclass(eq=False)
@@ -213,7 +218,7 @@ class RemoteSource:
                 if any(r.up for r in self._replicas.values()) or flights:
                     waiting_since = now
                 elif self._all_refused() or now - waiting_since > self.wait_for_replicas:
-                    raise RuntimeError(f"no live datagen replica for {now - waiting_since:.0f} s "
+                    raise NoReplicaError(f"no live datagen replica for {now - waiting_since:.0f} s "
                                        f"({part.size - part.cursor} of {part.size} samples undelivered); {self._why_none()}")
                 try:
                     event = events.get(timeout=0.2)
@@ -268,12 +273,13 @@ class RemoteSource:
 
     def _await_replicas(self) -> None:
         deadline = time.monotonic() + self.wait_for_replicas
+        log.info("waiting up to %.0f s for a datagen replica (%s)", self.wait_for_replicas, self._where())
         while True:
             self._maintain(time.monotonic())
             if any(r.up for r in self._replicas.values()):
                 return
             if self._all_refused() or time.monotonic() > deadline:
-                raise RuntimeError(f"no usable datagen replica; {self._why_none()}")
+                raise NoReplicaError(f"no usable datagen replica after {self.wait_for_replicas:.0f} s; {self._why_none()}")
             time.sleep(0.2)
 
     def _all_refused(self) -> bool:
@@ -283,8 +289,12 @@ class RemoteSource:
 
     def _why_none(self) -> str:
         known = [f"{r.client.address}: {r.refused or 'unreachable'}" for r in self._replicas.values()]
-        where = f"Redis {redact(self._discovery.registry.url)} namespace {self._discovery.registry.namespace!r}" if self._discovery else "addresses"
-        return f"known replicas: {known or 'none'} (from {where})"
+        return f"known replicas: {known or 'none'} (from {self._where()})"
+
+    def _where(self) -> str:
+        if self._discovery is None:
+            return "addresses " + ", ".join(self._replicas)
+        return f"Redis {redact(self._discovery.registry.url)} namespace {self._discovery.registry.namespace!r}"
 
     def _maintain(self, now: float) -> None:
         """Adopt newly discovered replicas, forget vanished ones, and (re)connect those due."""
@@ -308,12 +318,14 @@ class RemoteSource:
             info = r.client.describe(self.connect_timeout)
             r.refused = self._incompatibility(info)
             if r.refused:
-                log.error("datagen replica refused", extra={"replica": r.client.address, "reason": r.refused})
+                log.error("datagen replica %s refused this client: %s", r.client.address, r.refused,
+                          extra={"replica": r.client.address, "reason": r.refused})
                 return
         except grpc.RpcError as exc:
             if exc.code() in _REFUSED:
                 r.refused = f"{exc.code().name}: {exc.details()}"
-                log.error("datagen replica refused", extra={"replica": r.client.address, "reason": r.refused})
+                log.error("datagen replica %s refused this client: %s", r.client.address, r.refused,
+                          extra={"replica": r.client.address, "reason": r.refused})
             else:
                 self._down(r, f"{exc.code().name}: {exc.details()}")
             return
@@ -331,7 +343,9 @@ class RemoteSource:
         if self.videos_digest is None:
             self.videos_digest = info.videos_digest
         if info.config_digest != self.config_digest:
-            return f"serves generation config {info.config_digest}, this client trains with {self.config_digest}"
+            differ = differences(json.loads(info.config_json), to_dict(self._config)) if self._config else []
+            return (f"serves generation config {info.config_digest}, this client trains with {self.config_digest}"
+                    + (f"; differing settings (replica -> this client): {', '.join(differ)}" if differ else ""))
         if info.videos_digest != self.videos_digest:
             return f"serves video list {info.videos_digest} ({info.num_videos} videos), this client expects {self.videos_digest}"
         return ""
@@ -341,8 +355,10 @@ class RemoteSource:
         r.failures += 1
         r.retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(r.failures, 6))
         self.stats["replica_failures"] += 1
-        log.warning("datagen replica down", extra={"replica": r.name, "address": r.client.address, "reason": reason,
-                                                  "retry_in_s": round(r.retry_at - time.monotonic(), 1)})
+        log.warning("datagen replica %s down (%s); retrying in %.1f s, giving up after %.0f s without any live replica",
+                    r.client.address, reason, r.retry_at - time.monotonic(), self.wait_for_replicas,
+                    extra={"replica": r.name, "address": r.client.address, "reason": reason,
+                           "retry_in_s": round(r.retry_at - time.monotonic(), 1)})
 
     def _sample_bytes(self) -> int:
         assert self._config is not None  # set by the config argument or by the first replica
@@ -400,7 +416,8 @@ class RemoteSource:
             return
         if kind == "end":
             if flight.remaining:
-                log.warning("stream ended early; asking again", extra={"replica": r.name, "missing": len(flight.remaining)})
+                log.warning("stream from %s ended early; asking again for %d samples", r.client.address, len(flight.remaining),
+                            extra={"replica": r.name, "missing": len(flight.remaining)})
                 part.requeue([i for i in flight.indices if i in flight.remaining])
             return
         assert isinstance(payload, Exception)
@@ -452,7 +469,8 @@ class RemoteSource:
         if lost:
             self.stats["requeued"] += len(lost)
             part.requeue(lost)
-            log.info("asking other replicas again", extra={"samples": len(lost), "replica": flight.replica.name, "reason": reason})
+            log.info("asking other replicas again for %d samples of %s (%s)", len(lost), flight.replica.client.address, reason,
+                     extra={"samples": len(lost), "replica": flight.replica.name, "reason": reason})
         if flight.replica.up:
             self._down(flight.replica, reason)
 

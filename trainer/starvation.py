@@ -72,8 +72,13 @@ def starvation_advice(windows: Sequence[RankWindow], delivered: Mapping[str, int
         return f"{head}, and no datagen replica delivered any: check the fleet with `ctp-datagen status`"
     active = sum(1 for count in delivered.values() if count > 0)
     per_replica = sum(delivered.values()) / seconds / active
+    if needed <= active:  # enough replicas: the clips are slow between them and the trainer
+        return (f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
+                f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed, no more than deliver now; check "
+                "the transport between replicas and trainer (docs/operations.md, troubleshooting)")
     return (f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
-            f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed (docs/operations.md, scaling the replicas)")
+            f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed, {needed - active} more than the "
+            f"{active} delivering now (docs/operations.md, scaling the replicas)")
 
 
 class StarvationMonitor:

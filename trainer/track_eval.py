@@ -16,7 +16,7 @@ from datagen.batch import Batch
 from datagen.config import from_dict
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import held_out_batches
 from trainer.execution import Execution
@@ -74,7 +74,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--videos", nargs="+", required=True, help="video files, folders or manifests")
     p.add_argument("--clips", type=int, default=256, help="number of generated clips (default 256)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--json", type=Path, help="also write the result as JSON (keys miou, baseline_miou, clips)")
     p.set_defaults(func=run)
@@ -82,7 +82,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> None:
     execution = Execution.resolve(args.device)
-    state = load_checkpoint(args.checkpoint)
+    checkpoint = resolve_checkpoint(args.checkpoint)  # a run folder → the file it stands for
+    state = load_checkpoint(checkpoint)
     network, cfg = network_from_checkpoint(state, execution)
     generator = Generator(resolve_videos(args.videos), cfg.data.generation, device=execution.device)
     batches = held_out_batches(generator, args.seed, args.clips, args.batch_size)
@@ -90,5 +91,5 @@ def run(args: argparse.Namespace) -> None:
     print(f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  ({score.clips} clips)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = dataclasses.asdict(score) | {"checkpoint": str(args.checkpoint), "step": state["step"]}
+        result = dataclasses.asdict(score) | {"checkpoint": str(checkpoint), "step": state["step"]}
         args.json.write_text(json.dumps(result, indent=1) + "\n")

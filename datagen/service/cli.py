@@ -11,6 +11,8 @@ import signal
 import time
 from pathlib import Path
 
+import redis
+
 from ..options import add_generation_args, make_generator
 from . import jsonlog
 from .security import TlsFiles, resolve_token
@@ -18,6 +20,7 @@ from .server import Limits, Replica
 from .registry import REDIS_ENV, Registry, redact
 
 log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 5.0  # pull's progress lines
 
 
 
@@ -51,18 +54,23 @@ def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run one datagen replica (gRPC; SIGTERM drains)")
     add_generation_args(p, videos="positional")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
-    p.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
+    p.add_argument("--port", type=int, default=50051,
+                   help="gRPC port; 0 picks a free one, printed at start (a further replica on this host: "
+                   "--port 0 --metrics-port 0) (default 50051)")
     p.add_argument("--advertise", metavar="HOST:PORT", help="address clients use (default this host's IP and the port)")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0 picks one, -1 disables")
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables (default 9464)")
     p.add_argument("--queue", type=int, default=8, help="work queue capacity in batches (backpressure)")
-    p.add_argument("--max-batch-size", type=int, default=Limits.max_batch_size)
-    p.add_argument("--max-request-samples", type=int, default=Limits.max_request_samples)
-    p.add_argument("--max-streams", type=int, default=Limits.max_streams, help="concurrent streams")
-    p.add_argument("--chunk-bytes", type=int, default=Limits.chunk_bytes, help="inline clip bytes per message")
+    p.add_argument("--max-batch-size", type=int, default=Limits.max_batch_size,
+                   help="largest batch a client may ask for (default %(default)s)")
+    p.add_argument("--max-request-samples", type=int, default=Limits.max_request_samples,
+                   help="most samples in one request (default %(default)s)")
+    p.add_argument("--max-streams", type=int, default=Limits.max_streams, help="concurrent streams (default %(default)s)")
+    p.add_argument("--chunk-bytes", type=int, default=Limits.chunk_bytes,
+                   help="inline clip bytes per message (default %(default)s)")
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between Redis heartbeats")
     p.add_argument("--ttl", type=float, default=10.0, help="seconds a registration outlives its last heartbeat")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight streams")
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
     _redis_args(p)
     _security_args(p, "server")
     p.set_defaults(func=run_serve)
@@ -74,7 +82,19 @@ def run_serve(args: argparse.Namespace) -> int:
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     generator = make_generator(args)
-    replica = Replica(
+    replica = _replica(args, generator)
+    replica.start()
+    metrics = f", metrics on http://{args.host}:{replica.metrics_port}/metrics" if replica.metrics_port else ""
+    print(f"ctp-datagen serve: listening on {replica.address} (gRPC){metrics}", flush=True)
+    received = signal.sigwait(stop_signals)
+    log.info("signal received", extra={"signal": signal.Signals(received).name})
+    replica.drain(args.drain_timeout)
+    return 0
+
+
+def _replica(args: argparse.Namespace, generator) -> Replica:
+    """The replica the options describe (ports 0: free ones, which `serve` prints once listening)."""
+    return Replica(
         generator,
         generator.config,
         str(generator.device),
@@ -90,11 +110,6 @@ def run_serve(args: argparse.Namespace) -> int:
         ttl_s=args.ttl,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
     )
-    replica.start()
-    received = signal.sigwait(stop_signals)
-    log.info("signal received", extra={"signal": signal.Signals(received).name})
-    replica.drain(args.drain_timeout)
-    return 0
 
 
 # -- status ------------------------------------------------------------------------------------------
@@ -110,7 +125,11 @@ def run_status(args: argparse.Namespace) -> int:
     if not args.redis:
         raise ValueError(f"status reads the Redis control plane: give --redis URL or set ${REDIS_ENV}")
     registry = Registry(args.redis, args.namespace)
-    replicas, quarantined = registry.replicas(), registry.quarantined()
+    try:
+        replicas, quarantined = registry.replicas(), registry.quarantined()
+    except redis.RedisError as exc:
+        raise ConnectionError(f"cannot read the control plane at {redact(args.redis)} ({exc}); is Redis running "
+                              f"there? (--redis URL or ${REDIS_ENV})") from None
     if args.json:
         print(json.dumps({"replicas": [dataclasses.asdict(r) for r in replicas], "quarantined": quarantined}, indent=2))
         return 0
@@ -132,14 +151,16 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pull", help="pull N samples of an epoch from live replicas; check exactly-once delivery")
-    p.add_argument("--epoch", type=int, required=True)
+    p.add_argument("--epoch", type=int, required=True, help="the epoch whose samples to pull")
     p.add_argument("--num-samples", type=int, required=True, help="pulls indices 0..N-1")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--seed", type=int, default=0, help="the run seed of the sample keys (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--addr", action="append", default=[], metavar="HOST:PORT", help="replica address (repeatable)")
     p.add_argument("--no-shm", action="store_true", help="never use shared memory (inline gRPC only)")
     p.add_argument("--window", type=int, default=2, help="requests in flight per replica")
-    p.add_argument("--stall-timeout", type=float, default=60.0)
+    p.add_argument("--stall-timeout", type=float, default=60.0, help="seconds a stream may deliver nothing (default 60)")
+    p.add_argument("--wait", type=float, default=120.0, metavar="S",
+                   help="seconds to wait for a live replica before giving up (default 120)")
     p.add_argument("--server-name", help="TLS name to verify replicas against, if not their address")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     _redis_args(p)
@@ -148,6 +169,15 @@ def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_pull(args: argparse.Namespace) -> int:
+    from trainer.remote import NoReplicaError
+
+    try:
+        return _pull(args)
+    except NoReplicaError as exc:
+        raise ConnectionError(str(exc)) from exc
+
+
+def _pull(args: argparse.Namespace) -> int:
     from trainer.remote import RemoteSource
 
     if not args.addr and not args.redis:
@@ -158,11 +188,15 @@ def run_pull(args: argparse.Namespace) -> int:
     clip_bytes = 0
     with RemoteSource(args.addr, args.redis, args.namespace, token=resolve_token(token_file=args.token_file),
                       tls=_tls(args), server_name=args.server_name, shared_memory=not args.no_shm,
-                      window=args.window, stall_timeout=args.stall_timeout) as source:
-        started = time.perf_counter()
+                      window=args.window, stall_timeout=args.stall_timeout, wait_for_replicas=args.wait) as source:
+        started = reported = time.perf_counter()
         for batch in source.stream(args.seed, args.epoch, range(args.num_samples), args.batch_size):
             seen.update(batch.keys[:, 2].tolist())
             clip_bytes += batch.clips.numel()
+            if time.perf_counter() - reported >= PROGRESS_EVERY_S:
+                reported = time.perf_counter()
+                log.info("pulled %d of %d samples (%.1f clips/s)", len(seen), args.num_samples,
+                         len(seen) / (reported - started))
         elapsed = time.perf_counter() - started
         stats, delivered = dict(source.stats), dict(source.delivered)
     result = {

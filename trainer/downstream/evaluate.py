@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from datagen.manifest import Rejected
+from trainer.checkpoint import resolve_checkpoint
 from trainer.data import InProcessSource
 from trainer.downstream.clips import ClipIndices, EvalClips, eval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
@@ -28,6 +29,7 @@ from trainer.downstream.model import load_classifier
 from trainer.downstream.report import percent, results_path, table, write_json
 from trainer.execution import Execution
 from trainer.network import normalise
+from trainer.progress import show_bars
 
 
 @torch.no_grad()
@@ -44,7 +46,7 @@ def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, c
     source = EvalClips(data, cfg.clips, execution.device, indices=indices)
     ids, means = [torch.zeros(0, dtype=torch.int64)], []
     stream = InProcessSource(source).stream(0, 0, positions, cfg.clips.test_batch_videos)
-    bar = tqdm(total=len(positions), unit="video", desc=desc, disable=not (cfg.run.progress and ranks.is_main), leave=False)
+    bar = tqdm(total=len(positions), unit="video", desc=desc, disable=not (show_bars(cfg.run.progress) and ranks.is_main), leave=False)
     with contextlib.closing(stream) as batches, bar:
         for batch in batches:
             if len(batch.clips):
@@ -124,7 +126,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "PNG) next to the checkpoint.",
         epilog=f"presets: {', '.join(presets())}",
     )
-    p.add_argument("--checkpoint", required=True, type=Path, help="a fine-tuned checkpoint (finetuned.pt)")
+    p.add_argument("--checkpoint", required=True, type=resolve_checkpoint,
+                   help="a fine-tuned checkpoint (finetuned.pt) or its run folder")
     p.add_argument("--config", default=None, help="preset or YAML file (default: the checkpoint's own config)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.split=2")
@@ -137,7 +140,7 @@ def run(args: argparse.Namespace) -> None:
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
         model = execution.prepare(model)
-        test = ranks.broadcast(open_split(cfg.test_split, progress=cfg.run.progress) if ranks.is_main else None)
+        test = ranks.broadcast(open_split(cfg.test_split, progress=show_bars(cfg.run.progress)) if ranks.is_main else None)
         results = evaluate(model, test.relabel(classes), cfg, execution, ranks)
     if not ranks.is_main:
         return

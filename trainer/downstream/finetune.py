@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from datagen.config import to_dict
-from trainer.checkpoint import save_atomic
+from datagen.config import differences, to_dict, to_yaml
+from trainer.checkpoint import FINETUNED_NAME, save_atomic
 from trainer.data import InProcessSource
 from trainer.downstream.clips import ClipBatch, TrainClips
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
@@ -36,10 +36,13 @@ from trainer.downstream.report import write_json
 from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.network import normalise
+from trainer.progress import eta, show_bars
+from trainer.rundir import claim_run_dir
+from trainer.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "finetuned.pt"
+CHECKPOINT_NAME = FINETUNED_NAME
 # Sections that decide the clips and the network: a resumed run must not change them.
 _RESUME_INVARIANTS = ("model", "data", "clips")
 
@@ -95,31 +98,41 @@ class FineTuner:
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         if state.get("task") != FINETUNE_TASK:
             raise ValueError(f"cannot resume from {source}: not a fine-tuning checkpoint")
-        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != to_dict(self.cfg)[s]]
+        ours = to_dict(self.cfg)
+        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != ours[s]]
         if changed or tuple(state["classes"]) != self.classes:
+            differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
+            if tuple(state["classes"]) != self.classes:
+                differ.append(f"classes: {list(state['classes'])} -> {list(self.classes)}")
             raise ValueError(f"cannot resume from {source}: its {', '.join(changed) or 'class'} config differs from this "
-                             "run's; resume with the same config (only optim.* and run.* may change)")
+                             f"run's (checkpoint -> this run: {'; '.join(differ)}); resume with the same config "
+                             "(only optim.* and run.* may change)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.step = state["epoch"], state["step"]
 
 
-def finetune(cfg: DownstreamConfig, resume: str | None = None) -> Path:
-    """Fine-tune per `cfg`; returns the checkpoint (its validation results lie beside it as JSON)."""
+def finetune(cfg: DownstreamConfig, resume: str | None = None, overwrite: bool = False) -> Path:
+    """Fine-tune per `cfg`; returns the checkpoint (its validation results lie beside it as JSON). A run.out_dir
+    holding another fine-tuning run is refused unless resuming or `overwrite`."""
     with process_group(cfg.run.device) as ranks:
-        return _finetune(cfg, resume, ranks)
+        return _finetune(cfg, resume, overwrite, ranks)
 
 
-def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
+def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks: Ranks) -> Path:
     checkpoint = Path(cfg.run.out_dir) / CHECKPOINT_NAME
     execution = Execution.for_rank(ranks, cfg.run)
     if cfg.data.batch_size % ranks.world_size:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {ranks.world_size} ranks")
+    resume_file = checkpoint if resume == "auto" else Path(resume) if resume else None
+    resuming = resume_file is not None and (resume_file.is_file() or resume != "auto")
+    if ranks.is_main:
+        outputs = sorted(checkpoint.parent.glob(f"{checkpoint.stem}.*"))  # the checkpoint, its results, its evaluations
+        claim_run_dir(checkpoint.parent, outputs, resuming, overwrite or resume == "auto")
     train, val = ranks.broadcast(_open_data(cfg) if ranks.is_main else None)
     tuner = FineTuner(cfg, train.classes, execution, ranks)
-    resume_file = checkpoint if resume == "auto" else Path(resume) if resume else None
-    if resume_file is not None and (resume_file.is_file() or resume != "auto"):
+    if resuming:
         tuner.load_state_dict(read_state(resume_file), resume_file)
         log.info("resumed from %s after epoch %d", resume_file, tuner.epoch)
 
@@ -135,9 +148,10 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
                  execution.describe(), ranks.world_size)
     results: dict[str, Any] = {}
     bar = tqdm(total=cfg.optim.epochs * steps_per_epoch, initial=tuner.step, unit="step", dynamic_ncols=True,
-               disable=not (cfg.run.progress and ranks.is_main))
-    with bar:
-        while tuner.epoch < cfg.optim.epochs:
+               disable=not (show_bars(cfg.run.progress) and ranks.is_main))
+    stopped = False
+    with bar, stop_on_signals("the end of the epoch (fine-tuning checkpoints once per epoch)") as stop_requested:
+        while tuner.epoch < cfg.optim.epochs and not stopped:
             epoch = tuner.epoch
             tuner.network.train()
             torch.manual_seed(cfg.data.seed * 1_000_003 + epoch * ranks.world_size + ranks.rank)  # dropout masks
@@ -148,17 +162,30 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
                     window.append(tuner.train_step(batch))
                     bar.update()
                     if metrics and (tuner.step % cfg.run.log_every == 0 or tuner.step % steps_per_epoch == 0):
-                        _log_window(metrics, bar, tuner, window, time.perf_counter() - started)
+                        _log_window(metrics, bar, tuner, window, time.perf_counter() - started, steps_per_epoch)
                         window, started = [], time.perf_counter()
             tuner.end_epoch()
             if cfg.run.val_every and (tuner.epoch % cfg.run.val_every == 0 or tuner.epoch == cfg.optim.epochs):
+                if ranks.is_main:
+                    log.info("epoch %d: validating on %d videos of %s…", tuner.epoch, len(val), val.name)
                 results = evaluate(tuner.model, val, cfg, execution, ranks)
+                if ranks.is_main:
+                    log.info("epoch %d/%d: validation top-1 %.2f%%, top-5 %.2f%%", tuner.epoch, cfg.optim.epochs,
+                             100 * results["top1"], 100 * results["top5"])
                 if metrics:
                     metrics.scalars(tuner.step, {"val/top1": results["top1"], "val/top5": results["top5"]})
                     metrics.records([{"step": tuner.step, "epoch": tuner.epoch, "val_top1": results["top1"],
                                       "val_top5": results["top5"]}])
             if ranks.is_main:
                 save_atomic(tuner.state_dict(), checkpoint)
+            stopped = tuner.epoch < cfg.optim.epochs and any(ranks.gather(stop_requested.is_set()))  # together
+    if stopped:
+        if ranks.is_main:
+            log.info("stopped after epoch %d of %d, checkpoint %s; continue by running the same command with --resume auto",
+                     tuner.epoch, cfg.optim.epochs, checkpoint)
+        if metrics:
+            metrics.close()
+        return checkpoint
     unreadable = {path: reason for found in ranks.gather(clips.bad_videos) for path, reason in found.items()}
     if metrics:
         metrics.close()
@@ -167,15 +194,17 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, ranks: Ranks) -> Path:
 
 
 def _open_data(cfg: DownstreamConfig) -> tuple[LabelledSet, LabelledSet | None]:
-    train = label_subset(open_split(cfg.data.train, progress=cfg.run.progress), cfg.data.label_fraction, cfg.data.seed)
-    val = open_split(cfg.test_split, progress=cfg.run.progress).relabel(train.classes) if cfg.run.val_every else None
+    train = label_subset(open_split(cfg.data.train, progress=show_bars(cfg.run.progress)), cfg.data.label_fraction, cfg.data.seed)
+    val = open_split(cfg.test_split, progress=show_bars(cfg.run.progress)).relabel(train.classes) if cfg.run.val_every else None
     if val is not None and {v.path for v in val.videos} & {v.path for v in train.videos}:
         log.warning("the validation split %s shares videos with the training split %s", val.name, train.name)
     return train, val
 
 
-def _log_window(metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[torch.Tensor], seconds: float) -> None:
-    """Per-step records and TensorBoard averages of rank 0's loss and clip accuracy since the last log."""
+def _log_window(metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[torch.Tensor], seconds: float,
+                steps_per_epoch: int) -> None:
+    """Per-step records and TensorBoard averages of rank 0's loss and clip accuracy since the last log; a plain
+    log line instead of the bar's postfix when no bar is drawn."""
     values = torch.stack(window).cpu()
     first = tuner.step - len(window) + 1
     lr = tuner.lr()
@@ -185,6 +214,11 @@ def _log_window(metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[t
     metrics.scalars(tuner.step, {"train/loss": mean[0], "train/clip_top1": mean[1], "lr": lr,
                                  "throughput/steps_per_s": len(window) / seconds})
     bar.set_postfix(loss=f"{mean[0]:.3f}", top1=f"{mean[1]:.2f}", refresh=False)
+    if bar.disable:
+        total = tuner.cfg.optim.epochs * steps_per_epoch
+        log.info("step %d/%d epoch %d/%d: loss %.4f, clip top-1 %.2f, lr %.3g, %.2f steps/s, ETA %s", tuner.step, total,
+                 tuner.epoch + 1, tuner.cfg.optim.epochs, mean[0], mean[1], lr, len(window) / seconds,
+                 eta((total - tuner.step) * seconds / len(window)))
 
 
 def _report(cfg: DownstreamConfig, train: LabelledSet, unreadable: dict[str, str], checkpoint: Path, results: dict[str, Any]) -> None:
@@ -208,10 +242,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"presets: {', '.join(presets())}",
     )
     p.add_argument("--config", default=None, help="preset or YAML file (default: the paper's recipe)")
-    p.add_argument("--init", default=None, metavar="WEIGHTS", help="exported encoder or pretraining checkpoint (sets model.init)")
+    p.add_argument("--init", default=None, metavar="WEIGHTS",
+                   help="exported encoder, pretraining checkpoint or run folder (its newest checkpoint; sets model.init; "
+                   "default: random initialisation)")
     p.add_argument("--label-fraction", type=float, default=None, metavar="F",
                    help="train on this share of each class's labelled videos, e.g. 0.1 (sets data.label_fraction)")
-    p.add_argument("--resume", default=None, metavar="auto|CKPT", help="continue a run; `auto`: its own checkpoint, if any")
+    p.add_argument("--resume", default=None, metavar="auto|CKPT",
+                   help="continue a run; `auto`: its own checkpoint, if any (default: a new run)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete a fine-tuning run already in run.out_dir first (default: refuse)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=50")
     p.set_defaults(func=run)
 
@@ -222,4 +262,8 @@ def run(args: argparse.Namespace) -> None:
         overrides.append(f"model.init={json.dumps(args.init)}")  # a quoted YAML string
     if args.label_fraction is not None:
         overrides.append(f"data.label_fraction={args.label_fraction}")
-    finetune(load_downstream_config(args.config, overrides), resume=args.resume)
+    cfg = load_downstream_config(args.config, overrides)
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return
+    finetune(cfg, resume=args.resume, overwrite=args.overwrite)

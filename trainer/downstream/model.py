@@ -8,11 +8,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.checkpoint import read_state
+from trainer.checkpoint import FINETUNE_TASK, read_state, resolve_checkpoint
 from trainer.export import ENCODER_PREFIX, encoder_state_dict
 from trainer.models import Encoder, build_encoder
-
-FINETUNE_TASK = "finetune"  # the `task` entry of a fine-tuned checkpoint
 
 
 class VideoClassifier(nn.Module):
@@ -38,7 +36,7 @@ def encoder_weights(path: str | Path) -> tuple[str | None, dict[str, torch.Tenso
     """(encoder name if the file records it, encoder tensors under torchvision's key names) from an exported
     encoder (`ctp-train export`, or a torchvision video ResNet state dict: its `fc` is dropped), a pretraining
     checkpoint or a fine-tuned checkpoint."""
-    state = read_state(path)
+    state = read_state(resolve_checkpoint(path))
     if "model" in state and "config" in state:  # a pretraining or fine-tuned checkpoint
         return state["config"]["model"]["encoder"], encoder_state_dict(state)
     return None, {k: v for k, v in state.items() if not k.startswith(("fc.", ENCODER_PREFIX + "fc."))}
@@ -65,8 +63,8 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
 
 
 def load_classifier(path: str | Path) -> tuple[VideoClassifier, tuple[str, ...], dict[str, Any]]:
-    """A fine-tuned checkpoint → (classifier with its weights, its class names, its config dict)."""
-    state = read_state(path)
+    """A fine-tuned checkpoint (or its run folder) → (classifier with its weights, its class names, its config dict)."""
+    state = read_state(resolve_checkpoint(path))
     if not is_finetuned(state):
         raise ValueError(f"{path} is not a fine-tuned checkpoint (make one with `ctp-train finetune`); "
                          "retrieval takes exported encoders and pretraining checkpoints too")

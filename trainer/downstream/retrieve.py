@@ -27,6 +27,7 @@ from trainer.downstream.model import is_finetuned, load_encoder, read_state
 from trainer.downstream.report import percent, results_path, table, write_json
 from trainer.execution import Execution
 from trainer.models import Encoder
+from trainer.progress import show_bars
 
 
 def retrieval_features(feature_map: torch.Tensor) -> torch.Tensor:
@@ -86,8 +87,8 @@ def run(args: argparse.Namespace) -> None:
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
         encoder = execution.prepare(load_encoder(cfg.model.encoder, args.weights))
-        gallery, queries = ranks.broadcast((open_split(cfg.data.train, progress=cfg.run.progress),
-                                            open_split(cfg.test_split, progress=cfg.run.progress)) if ranks.is_main else None)
+        gallery, queries = ranks.broadcast((open_split(cfg.data.train, progress=show_bars(cfg.run.progress)),
+                                            open_split(cfg.test_split, progress=show_bars(cfg.run.progress))) if ranks.is_main else None)
         results = retrieve(encoder, gallery, queries, cfg, execution, ranks)
     if not ranks.is_main:
         return

@@ -1,0 +1,90 @@
+"""A run never clobbers another, and Ctrl-C saves: refused folders, --overwrite, SIGINT in a real process."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from trainer.checkpoint import list_checkpoints
+from trainer.cli import main
+from trainer.metrics import read_records
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = ["data.batch_size=4", "data.clips_per_video=2", "optim.epochs=2", "optim.milestones=[1]", "eval.clips=4",
+       "run.checkpoint_every=2", "run.log_every=1", "run.progress=false"]
+
+
+def pretrain_args(demo_dir, out, *extra):
+    return ["pretrain", "--config", "tiny_cpu", f"data.videos=[{demo_dir}]", f"run.out_dir={out}", *RUN, *extra]
+
+
+def test_a_new_run_refuses_a_folder_holding_another_and_overwrite_clears_it(demo_dir, tmp_path, capsys):
+    assert main(pretrain_args(demo_dir, tmp_path, "run.stop_at_step=4")) == 0
+    before = {p.name: p.stat().st_mtime_ns for p in list_checkpoints(tmp_path)}
+    assert sorted(before) == ["ckpt-00000003.pt", "ckpt-00000004.pt"]
+    capsys.readouterr()
+
+    assert main(pretrain_args(demo_dir, tmp_path, "run.stop_at_step=3")) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run" in err and "--resume auto" in err and "--overwrite" in err and "run.out_dir=" in err
+    assert {p.name: p.stat().st_mtime_ns for p in list_checkpoints(tmp_path)} == before  # untouched
+
+    assert main(pretrain_args(demo_dir, tmp_path, "run.stop_at_step=3", "--overwrite")) == 0
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["ckpt-00000002.pt", "ckpt-00000003.pt"]  # no old 4
+    steps = [r["step"] for r in read_records(tmp_path) if "loss" in r]
+    assert steps == [1, 2, 3]  # once each: nothing of the old run left
+
+
+def test_resume_auto_into_a_folder_without_checkpoints_starts_clean(demo_dir, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 999.0}\n')  # a run that died before checkpointing
+    assert main(pretrain_args(demo_dir, tmp_path, "run.stop_at_step=2", "--resume", "auto")) == 0
+    assert [r["loss"] for r in read_records(tmp_path) if "loss" in r][0] != 999.0
+
+
+def _wait_for(predicate, process, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def _start(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], env=env, cwd=tmp_path, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _logged_step(run_dir: Path) -> int:
+    steps = [r["step"] for r in read_records(run_dir) if "loss" in r] if (run_dir / "metrics.jsonl").is_file() else []
+    return max(steps, default=0)
+
+
+def test_ctrl_c_checkpoints_and_says_how_to_resume(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    process = _start(pretrain_args(demo_dir, out, "optim.epochs=50", "run.checkpoint_every=1000"), tmp_path)
+    _wait_for(lambda: _logged_step(out) >= 1, process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    assert "Traceback" not in err
+    assert "Ctrl-C: saving a checkpoint" in err and "--resume auto" in err
+    (checkpoint,) = list_checkpoints(out)
+    stopped = int(checkpoint.stem.split("-")[1])
+    assert stopped >= 1 and stopped % 3 != 0  # mid-epoch: not an epoch-end checkpoint
+    assert _logged_step(out) == stopped  # nothing trained past the checkpoint
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    process = _start(pretrain_args(demo_dir, out, "optim.epochs=50", "run.log_every=1000"), tmp_path)
+    _wait_for(lambda: bool(list_checkpoints(out)), process)  # past start-up: in the loop
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
