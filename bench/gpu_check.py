@@ -260,12 +260,12 @@ def free_port() -> int:
 
 def pretrain_rate(ctx: Context, name: str, extra: list[str], steps: int) -> tuple[float, float]:
     """R3D-18 pretraining for `steps` steps of 32 clips; (clips/s, data-wait share) after the first windows."""
-    command = [sys.executable, "-m", "trainer.cli", "pretrain", "--config", "r3d18_ucf101",
+    command = [sys.executable, "-m", "trainer.cli", "pretrain", "--config", "r3d18_ucf101", "--overwrite",
                f"data.videos=[{','.join(ctx.videos)}]", "data.clips_per_video=512", f"run.stop_at_step={steps}",
                "run.log_every=5", "eval.every_steps=1000000", "run.progress=false",
                f"run.out_dir={ctx.scratch / name}", *extra]
     done = subprocess.run(command, capture_output=True, text=True)
-    lines = re.findall(r"step (\d+): ([\d.]+) clips/s, (\d+)% of the time waiting for data", done.stderr + done.stdout)
+    lines = re.findall(r"step (\d+)/\d+ .*?, ([\d.]+) clips/s, data wait (\d+)%", done.stderr + done.stdout)
     if done.returncode or len(lines) < 3:
         raise RuntimeError(f"pretraining failed (exit {done.returncode}): {(done.stderr or done.stdout)[-1500:]}")
     steady = lines[2:]  # the first windows hold cuDNN autotuning and the first batches
