@@ -70,7 +70,7 @@ class Plan:
 
 
 FULL = Plan(per_class={"train": 30, "val": 10, "test": 20}, pool=240, frames=50, size=(128, 96),
-            pretrain_steps=600, finetune_steps=120, finetune_lr=0.1, fractions=FRACTIONS, seeds=SEEDS)
+            pretrain_steps=800, finetune_steps=250, finetune_lr=0.1, fractions=FRACTIONS, seeds=SEEDS)
 QUICK = Plan(per_class={"train": 2, "val": 1, "test": 1}, pool=4, frames=20, size=(96, 64),
              pretrain_steps=2, finetune_steps=2, finetune_lr=0.1, fractions=(0.5, 1.0), seeds=(0,))
 
