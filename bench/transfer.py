@@ -23,6 +23,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import torch
 
 from datagen.config import GenerationConfig
 from datagen.demo import ENCODERS, encode, render_scene, texture
@@ -131,7 +133,8 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
     """Write the four splits under `root` (kept between runs when the plan is the same); returns the source list:
     for every file its split, class (None in the pool) and seed."""
     index_file = root / "sources.json"
-    spec = {"plan": dataclasses.asdict(plan), "classes": CLASSES, "data_seed": DATA_SEED}
+    spec = {"per_class": plan.per_class, "pool": plan.pool, "frames": plan.frames, "size": list(plan.size),
+            "classes": list(CLASSES), "data_seed": DATA_SEED}
     if index_file.is_file() and json.loads(index_file.read_text())["spec"] == spec:
         return json.loads(index_file.read_text())
     width, height = plan.size
@@ -300,8 +303,6 @@ def table(summary: dict[str, dict[str, dict[str, float]]], results: dict[str, di
 def machine() -> str:
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    import os
-    import torch
     return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
@@ -370,17 +371,22 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", choices=("test", "val"), default="test",
                    help="what the fine-tuned models are scored on: val for any choice, test for the report")
     p.add_argument("--work", type=Path, default=Path("out/transfer"), help="videos, checkpoints and run folders")
-    p.add_argument("--out", type=Path, default=Path("docs/results/transfer.json"))
-    p.add_argument("--image", type=Path, default=Path("docs/images/transfer.png"))
+    p.add_argument("--out", type=Path, default=Path("docs/results/transfer.json"), help="the results JSON")
+    p.add_argument("--image", type=Path, default=Path("docs/images/transfer.png"), help="the plot (PNG)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the plan's pretraining steps")
     p.add_argument("--finetune-steps", type=int, default=None, help="override the plan's fine-tuning steps")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=None, help="a subset of the arms (scratch is the reference)")
+    p.add_argument("--fractions", nargs="+", type=float, default=None, help="override the plan's label fractions")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("trainer", "datagen"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.arms and "scratch" not in args.arms:
+        p.error("--arms must include scratch: every arm is judged against it")
     plan = QUICK if args.quick else FULL
-    overrides = {k: v for k, v in (("pretrain_steps", args.pretrain_steps), ("finetune_steps", args.finetune_steps)) if v}
+    overrides = {k: v for k, v in (("pretrain_steps", args.pretrain_steps), ("finetune_steps", args.finetune_steps),
+                                   ("arms", tuple(args.arms or ())), ("fractions", tuple(args.fractions or ()))) if v}
     run(dataclasses.replace(plan, **overrides), args.work, args.split, args.out, args.image,
         " ".join(["python -m bench.transfer", *argv]))
 
