@@ -269,6 +269,8 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path, title: str
         colour = colours.get(arm, (0, 0, 0))
         points = []
         for f in fractions:
+            if f"{f:g}" not in by_fraction:  # a run stopped early: the points it has
+                continue
             s = by_fraction[f"{f:g}"]
             x, y = xy(f, s["mean"])
             x += (n - 1) * 4  # side by side, so the bars stay readable
@@ -293,6 +295,9 @@ def table(summary: dict[str, dict[str, dict[str, float]]], results: dict[str, di
     for arm, by_fraction in summary.items():
         cells = []
         for f in fractions:
+            if f not in by_fraction:
+                cells.append("not run")
+                continue
             s = by_fraction[f]
             seeds = ", ".join(f"{100 * v:.1f}" for v in results[arm][f].values())
             cells.append(f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f} ({seeds})")
