@@ -5,15 +5,9 @@
 #   bash bench/gpu_pack.sh
 #
 # It builds .devpack/ (git-ignored): DALI in 45 MiB parts (../shared/tools/dali-offline-pack), the small
-# wheels DALI needs plus PyAV and redis-py for CPython 3.12, and the few real videos the check decodes.
-# Then, on the device tool, one `run` per line, back to back (the warm machine keeps ignored files between
-# calls; each call carries at most 64 MiB with the repository, so the wheels travel on their own):
-#   carry [".devpack/dali.txz.00"]                                   command: true
-#   carry [".devpack/dali.txz.01"]                                   command: true
-#   carry [".devpack/dali.txz.02", ".devpack/videos"]                command: true
-#   carry [".devpack/wheels", ".devpack/install.sh"]                 timeout_s: 540
-#   command: source .devpack/install.sh && bash bench/gpu_check.sh
-# (more parts if `ls .devpack/dali.txz.*` shows more; the script prints every size at the end).
+# wheels DALI needs plus PyAV, redis-py and the gRPC/protobuf runtime our generated code needs, for CPython
+# 3.12, the few real videos the check decodes, one synthetic video per codec the footage lacks, and the
+# commit. How to send them and run the check: the header of bench/gpu_check.sh.
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 cd "$top"
@@ -26,5 +20,9 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
 mkdir -p .devpack/videos
 cp ../shared/videos/ucf101/v_SoccerJuggling_g23_c01.avi ../shared/videos/kinetics/R6llTwEh07w.mp4 \
    ../shared/videos/kinetics/SOX5yA1l24A.mp4 ../shared/videos/misc/bikes.mp4 .devpack/videos/
+# One short 320x240 video of each codec the footage lacks: HEVC and VP9 for NVDEC, MJPEG and AV1 to see them
+# routed away from it (DALI's GPU decoder rejects MJPEG; Hopper's NVDEC has no AV1).
+.venv/bin/python -c "from datagen.demo import synthesize_demo; synthesize_demo('.devpack/videos', num_videos=4, seconds=2.4, codecs=('hevc', 'vp9', 'mjpeg', 'av1'))" 2>/dev/null
+git rev-parse --short HEAD > .devpack/commit  # the device machine may have no git
 du -sh .devpack/* | sort -h
-echo "last call carries: the last dali part, .devpack/wheels, .devpack/install.sh, .devpack/videos"
+echo "send and run: see the header of bench/gpu_check.sh"

@@ -58,7 +58,6 @@ def reference_sample(frames: np.ndarray, plan: SamplePlan, crop_size: int) -> np
             hsv[..., 1] = np.clip(hsv[..., 1] * col.saturation, 0, 255)
             frame = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
         frame = np.clip(frame + np.float32(col.brightness[t]), 0, 255)
-        mean = cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).mean()
-        frame = np.clip((frame - mean) * np.float32(col.contrast[t]) + mean, 0, 255)
+        frame = np.clip(frame * np.float32(col.contrast[t]), 0, 255)
         out.append(np.round(frame).astype(np.uint8))
     return np.stack(out)

@@ -1,7 +1,10 @@
 """`ctp-datagen bench`: throughput of decode alone, generation alone and end to end on one device."""
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -27,25 +30,42 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
     return (time.perf_counter() - start) / repeats
 
 
-def run_bench(generator: Generator, batch_size: int = 32, repeats: int = 3, seed: int = 0) -> list[tuple[str, float, float]]:
-    """Rows of (stage, clips/s, frames/s) for the generator's device and decoder."""
+def run_bench(generator: Generator, batch_size: int = 32, repeats: int = 3, seed: int = 0) -> dict:
+    """Clips/s of decode, generation (plan + render) and end to end; pictures decoded per clip; host
+    milliseconds per sample (planning: the host work that does not shrink with a faster device)."""
     keys = [SampleKey(seed, 0, i) for i in range(batch_size)]
-    plans = [generator.plan(k) for k in keys]
+    plans = generator.plan_many(keys)
     frames = generator.decode(plans)
-    crop, t = generator.config.clip.crop_size, generator.config.clip.num_frames
-    stages = {
-        "decode": lambda: generator.decode(list(plans)),
-        "generate (plan + render)": lambda: render([generator.plan(k) for k in keys], frames, crop),
-        "end to end": lambda: generator.generate(keys),
+    crop = generator.config.clip.crop_size
+    decoded = generator.decoder.frames_decoded
+    decode_s = timed(lambda: generator.decode(list(plans)), generator.device, repeats)
+    frames_per_clip = (generator.decoder.frames_decoded - decoded) / ((repeats + 1) * batch_size)
+    generate_s = timed(lambda: render(generator.plan_many(keys), frames, crop), generator.device, repeats)
+    end_to_end_s = timed(lambda: generator.generate(keys), generator.device, repeats)
+    host_s = timed(lambda: generator.plan_many(keys), generator.device, repeats)
+    return {
+        "decode": {"clips_per_s": batch_size / decode_s, "frames_decoded_per_clip": frames_per_clip},
+        "generate": {"clips_per_s": batch_size / generate_s},
+        "end_to_end": {"clips_per_s": batch_size / end_to_end_s},
+        "host_ms_per_sample": 1000 * host_s / batch_size,
+        "device": str(generator.device),
+        "batch_size": batch_size,
+        "frames_per_clip": generator.config.clip.num_frames,
+        "cpu_cores": len(os.sched_getaffinity(0)),
     }
-    rows = []
-    for name, fn in stages.items():
-        seconds = timed(fn, generator.device, repeats)
-        rows.append((name, batch_size / seconds, batch_size * t / seconds))
-    return rows
 
 
-def format_table(rows: list[tuple[str, float, float]], title: str) -> str:
+def format_table(result: dict, title: str) -> str:
+    t = result["frames_per_clip"]
     lines = [title, f"{'stage':<26}{'clips/s':>10}{'frames/s':>12}"]
-    lines += [f"{name:<26}{clips:>10.1f}{frames:>12.0f}" for name, clips, frames in rows]
+    for name, stage in (("decode", "decode"), ("generate (plan + render)", "generate"), ("end to end", "end_to_end")):
+        clips = result[stage]["clips_per_s"]
+        lines.append(f"{name:<26}{clips:>10.1f}{clips * t:>12.0f}")
+    lines.append(f"frames decoded per clip {result['decode']['frames_decoded_per_clip']:.1f}; "
+                 f"host {result['host_ms_per_sample']:.3f} ms per sample (planning)")
     return "\n".join(lines)
+
+
+def write_json(path: str | os.PathLike[str], result: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=1) + "\n")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import manifest
+from . import manifest, prepare
 from .service import cli as service_cli
 from .options import add_generation_args, make_generator
 
@@ -41,14 +41,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench
+    from .bench import format_table, run_bench, write_json
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     generator = make_generator(args)
-    rows = run_bench(generator, batch_size=args.batch_size, repeats=args.repeats)
-    print(format_table(rows, f"device={generator.device} backend={args.backend} batch={args.batch_size} "
-                             f"threads={torch.get_num_threads()} videos={len(generator.videos)}"))
+    result = run_bench(generator, batch_size=args.batch_size, repeats=args.repeats)
+    result |= {"threads": torch.get_num_threads(), "decode_threads": generator.decoder.num_threads, "backend": args.backend}
+    print(format_table(result, f"device={generator.device} backend={args.backend} batch={args.batch_size} "
+                               f"threads={torch.get_num_threads()} videos={len(generator.videos)}"))
+    if args.json:
+        write_json(args.json, result)
+        print(f"results: {args.json}")
     return 0
 
 
@@ -68,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifest.add_parser(sub)
+    prepare.add_parser(sub)
 
     def keyed(p: argparse.ArgumentParser, num: int) -> None:
         p.add_argument("--num", type=int, default=num, help="number of samples")
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_generation_args(p)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", help="synthesise demo videos and preview generated clips (no download, no services)",

@@ -1,4 +1,4 @@
-"""Typed configuration: the CtP generation spec (DESIGN.md §2) and the YAML/override plumbing.
+"""Typed configuration: the CtP generation spec (docs/spec.md) and the YAML/override plumbing.
 
 Both sides of the service import this module: the replica generates from a `GenerationConfig` and the
 trainer sends its digest, so a replica never serves samples of a config it was not given.
@@ -38,6 +38,7 @@ class TrajectoryConfig:
     max_speed: float = 3.0  # centre motion, px per frame per axis
     max_scale_rate: float = 0.025  # log size change per frame
     interpolation_probs: tuple[float, float, float] = (0.7, 0.15, 0.15)  # uniform, accelerate, decelerate
+    shared_keyframes: bool = True  # a clip's trajectories share key frames and easings (official); False: each its own
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +71,7 @@ class GenerationConfig:
     trajectory: TrajectoryConfig = TrajectoryConfig()
     patch: PatchConfig = PatchConfig()
     colour: ColourConfig = ColourConfig()
-    version: int = 1  # bumped whenever the same key would give a different sample
+    version: int = 2  # bumped whenever the same key would give a different sample (2: official key frames, jitter, contrast)
 
     def digest(self) -> str:
         """A short stable hash: replicas and trainers agree on a config by comparing digests."""

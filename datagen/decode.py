@@ -9,7 +9,13 @@ pixels (within 1 level) and a sample does not depend on which replica decoded it
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+import dataclasses
+import io
+import logging
+import os
+import threading
+from collections.abc import Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import cv2
@@ -18,9 +24,27 @@ import torch
 
 from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
 
+log = logging.getLogger(__name__)
+
 BACKENDS = ("auto", "dali", "pyav")
-DALI_CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-DALI_GPU_CODECS = DALI_CPU_CODECS | {"av1", "mpeg4", "h264", "hevc"}  # NVDEC through DALI's `mixed` backend
+# What DALI 2.4's decoder accepts per device (its docs; `mixed` is NVDEC): a forced "dali" backend tries these.
+DALI_CODECS = {"cpu": frozenset({"vp8", "vp9", "mjpeg"}),
+               "cuda": frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc"})}
+# What `auto` sends to DALI: on CUDA not AV1 (Hopper's NVDEC has no AV1) nor MJPEG (DALI 2.4's `mixed`
+# decoder rejects it, its docs notwithstanding); those go to PyAV on the CPU.
+AUTO_DALI_CODECS = {"cpu": DALI_CODECS["cpu"], "cuda": DALI_CODECS["cuda"] - {"av1", "mjpeg"}}
+
+
+def auto_backend(codec: str, device_type: str) -> str:
+    """The backend `auto` decodes `codec` with on a `device_type` ("cpu" or "cuda") device."""
+    return "dali" if codec in AUTO_DALI_CODECS.get(device_type, ()) else "pyav"
+
+NVDEC_ENGINES = 7  # video decode engines of an H100 / H200: DALI threads on CUDA, so each has work
+
+
+def default_decode_threads(device: torch.device) -> int:
+    """Decoder threads sized to the hardware: NVDEC engines on CUDA, the cores this process may use on CPU."""
+    return NVDEC_ENGINES if device.type == "cuda" else len(os.sched_getaffinity(0))
 
 
 class VideoDecodeError(VideoError):
@@ -36,10 +60,11 @@ class PyAVDecoder:
     """CPU decoding through FFmpeg: seek to the last key frame at or before the clip, decode forward only as
     far as its last frame. Keeps a bounded cache of each video's key frame positions."""
 
-    def __init__(self, cache_size: int = 4096):
-        self._seek_points: collections.OrderedDict[str, dict[int, int]] = collections.OrderedDict()
-        self._cache_size = cache_size
+    def __init__(self, index: PacketIndexCache | None = None):
+        self.index = index or PacketIndexCache()
+        self._no_seek: set[str] = set()  # videos whose seeks land elsewhere: decoded from their start
         self.frames_decoded = 0  # pictures FFmpeg decoded, needed or not: the cost of seeking imprecisely
+        self._count_lock = threading.Lock()  # decode() runs in several threads at once
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> np.ndarray:
         """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame."""
@@ -50,7 +75,7 @@ class PyAVDecoder:
         try:
             frames = self._read(video, needed, self._seek_point(video.path, int(needed[0])))
             if frames is None:  # the seek landed elsewhere: from now on this video is decoded from its start
-                self._seek_points[video.path] = {}
+                self._no_seek.add(video.path)
                 frames = self._read(video, needed, None)
         except VideoError as exc:
             raise VideoDecodeError(exc.path, exc.reason) from None
@@ -66,30 +91,35 @@ class PyAVDecoder:
         None if seeking to `seek` = (key frame timestamp, its frame index) did not land on that key frame."""
         frames: dict[int, np.ndarray] = {}
         last: tuple[int, av.VideoFrame] | None = None
+        decoded = 0
         targets = iter(needed.tolist())
         want = next(targets)
-        with open_video(video.path) as container:
-            stream = container.streams.video[0]
-            position = 0
-            if seek is not None:
-                container.seek(seek[0], backward=True, any_frame=False, stream=stream)
-                position = seek[1]
-            leading = seek is not None  # an open GOP's leading pictures precede its key frame; skip them
-            for count, packet in enumerate(container.demux(stream)):
-                if seek is not None and count == 0 and _timestamp(packet) != seek[0]:
-                    return None
-                for frame in packet.decode():
-                    self.frames_decoded += 1
-                    if leading and not frame.key_frame:
-                        continue
-                    leading = False
-                    if position == want:
-                        frames[position] = frame_to_rgb(frame, video)
-                        want = next(targets, None)
-                    last = (position, frame)
-                    position += 1
-                if want is None:
-                    return frames
+        try:
+            with open_video(video.path) as container:
+                stream = container.streams.video[0]
+                position = 0
+                if seek is not None:
+                    container.seek(seek[0], backward=True, any_frame=False, stream=stream)
+                    position = seek[1]
+                leading = seek is not None  # an open GOP's leading pictures precede its key frame; skip them
+                for count, packet in enumerate(container.demux(stream)):
+                    if seek is not None and count == 0 and _timestamp(packet) != seek[0]:
+                        return None
+                    for frame in packet.decode():
+                        decoded += 1
+                        if leading and not frame.key_frame:
+                            continue
+                        leading = False
+                        if position == want:
+                            frames[position] = frame_to_rgb(frame, video)
+                            want = next(targets, None)
+                        last = (position, frame)
+                        position += 1
+                    if want is None:
+                        return frames
+        finally:
+            with self._count_lock:
+                self.frames_decoded += decoded
         if leading:
             return None
         if last is not None and last[0] not in frames:  # the video ended early: keep its last frame for clamping
@@ -98,28 +128,104 @@ class PyAVDecoder:
 
     def _seek_point(self, path: str, first: int) -> tuple[int, int] | None:
         """The last key frame at or before frame `first` as (timestamp, frame index); None: from the start."""
-        if path not in self._seek_points:
-            self._seek_points[path] = _key_frames(path)
-            while len(self._seek_points) > self._cache_size:
-                self._seek_points.popitem(last=False)
-        self._seek_points.move_to_end(path)
-        before = [(index, ts) for ts, index in self._seek_points[path].items() if 0 < index <= first]
-        return max(before)[::-1] if before else None
+        if path in self._no_seek:
+            return None
+        index = self.index.get(path)
+        position = index.key_packet(first)
+        if position == 0 or index.timestamps[position] is None:
+            return None
+        return index.timestamps[position], int(index.shown[position])
 
 
-def _key_frames(path: str) -> dict[int, int]:
-    """Key frame timestamp → frame index of that key frame, from one demux pass (no decoding).
+@dataclasses.dataclass(frozen=True)
+class PacketIndex:
+    """A video's picture packets in decode order, from one demux pass (no decoding).
 
-    The frame index of a key frame is the number of pictures shown before it: those with a smaller
-    presentation timestamp (an open GOP shows some pictures decoded after its key frame before it).
+    `shown[p]` is the frame index packet p decodes to: the number of pictures shown before it, those with a
+    smaller presentation timestamp (an open GOP shows some pictures decoded after its key frame before it).
     """
-    with open_video(path) as container:
-        packets = [(p.pts, _timestamp(p), p.is_keyframe) for p in picture_packets(container)]
-    pts = [p for p, _, _ in packets]
-    if None in pts:  # no presentation order to go by: assume display order is decode order
-        pts = list(range(len(packets)))
-    shown_before = np.searchsorted(np.sort(pts), pts)
-    return {ts: int(shown_before[i]) for i, (_, ts, key) in enumerate(packets) if key and i > 0 and ts is not None}
+
+    timestamps: list[int | None]  # what FFmpeg seeks by
+    shown: np.ndarray  # int64
+    key: np.ndarray  # bool
+
+    @classmethod
+    def of(cls, path: str) -> "PacketIndex":
+        with open_video(path) as container:
+            packets = [(p.pts, _timestamp(p), p.is_keyframe) for p in picture_packets(container)]
+        if not packets:
+            raise VideoError(path, "no picture packets")
+        pts = [p for p, _, _ in packets]
+        if None in pts:  # no presentation order to go by: assume display order is decode order
+            pts = list(range(len(packets)))
+        shown = np.searchsorted(np.sort(pts), pts).astype(np.int64)
+        return cls([ts for _, ts, _ in packets], shown, np.array([k for _, _, k in packets], bool))
+
+    def key_packet(self, first: int) -> int:
+        """Decode position of the last key frame shown at or before frame `first` (0: the stream's start)."""
+        keys = np.flatnonzero(self.key & (self.shown <= first))
+        return int(keys[np.argmax(self.shown[keys])]) if keys.size else 0
+
+    def segment(self, first: int, last: int) -> np.ndarray:
+        """Decode positions of the packets that frames `first`..`last` need: from the key frame at or before
+        `first` to the last packet shown at or before `last`, less the leading pictures of an open GOP (shown
+        before its key frame, so not wanted). Shown in order, they are frames shown[start] onwards."""
+        start = self.key_packet(first)
+        before = np.flatnonzero(self.shown <= last)
+        # one packet more: a decoder with reorder delay (packed MPEG-4 B-frames) outputs a picture one packet late
+        stop = min(max(int(before[-1]) if before.size else start, start) + 1, len(self.shown) - 1)
+        positions = np.arange(start, stop + 1)
+        return positions[self.shown[positions] >= self.shown[start]]
+
+
+class PacketIndexCache:
+    """The packet indexes of recently decoded videos (bounded, least recently used out; thread-safe)."""
+
+    def __init__(self, size: int = 4096):
+        self._indexes: collections.OrderedDict[str, PacketIndex] = collections.OrderedDict()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get(self, path: str) -> PacketIndex:
+        with self._lock:
+            if path in self._indexes:
+                self._indexes.move_to_end(path)
+                return self._indexes[path]
+        index = PacketIndex.of(path)
+        with self._lock:
+            self._indexes[path] = index
+            while len(self._indexes) > self._size:
+                self._indexes.popitem(last=False)
+        return index
+
+
+def remux(path: str, index: PacketIndex, positions: np.ndarray) -> np.ndarray:
+    """The packets at `positions` (sorted decode positions of picture packets) copied into an in-memory
+    Matroska file, timestamps kept: the bytes of a clip's frames for DALI, with nothing decoded here."""
+    wanted = set(positions.tolist())
+    first, last = int(positions[0]), int(positions[-1])
+    out = io.BytesIO()
+    with open_video(path) as src, av.open(out, "w", format="matroska") as dst:
+        stream = src.streams.video[0]
+        target = dst.add_stream_from_template(stream)
+        position = 0
+        if first > 0 and index.timestamps[first] is not None:
+            src.seek(index.timestamps[first], backward=True, any_frame=False, stream=stream)
+            position = None  # unknown until the first key frame's packet comes by
+        for packet in picture_packets(src):
+            if position is None:
+                if not (packet.is_keyframe and _timestamp(packet) == index.timestamps[first]):
+                    continue
+                position = first
+            if position in wanted:
+                packet.stream = target
+                dst.mux(packet)
+            position += 1
+            if position > last:
+                break
+        if position is None or position <= last:
+            raise VideoError(path, f"packets {first}..{last} not found where the index put them")
+    return np.frombuffer(out.getbuffer(), np.uint8)
 
 
 def _timestamp(packet: av.Packet) -> int | None:
@@ -167,7 +273,11 @@ _BT601_X16 = {False: _bt601_x16(False), True: _bt601_x16(True)}
 
 
 class DaliDecoder:
-    """DALI's video decoder, fed the encoded files and each clip's frame indices, a batch at a time.
+    """DALI's video decoder, fed each clip's packets and frame indices, a batch at a time.
+
+    DALI builds no index: given a whole file it decodes from its first frame to the clip's last. So each
+    clip is fed only its segment (`PacketIndex.segment`, remuxed in memory), with indices offset to it,
+    each distinct frame asked for once and repeats gathered after.
 
     On CUDA the `mixed` backend decodes with NVDEC and the frames go from DALI's GPU buffers into torch
     tensors on the same GPU (a device-to-device copy, no host round trip); on CPU its FFmpeg-based decoder
@@ -175,10 +285,12 @@ class DaliDecoder:
     invalid, so it is rebuilt.
     """
 
-    def __init__(self, device: torch.device, batch_size: int = 8, num_threads: int = 2):
+    def __init__(self, device: torch.device, batch_size: int = 8, num_threads: int = 2, index: PacketIndexCache | None = None):
         self.device = device
         self.batch_size = batch_size
         self.num_threads = num_threads
+        self.index = index or PacketIndexCache()
+        self.frames_decoded = 0  # pictures in the segments DALI decoded, up to each clip's last frame
         self._pipeline = None
 
     def decode_batch(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor | VideoDecodeError]:
@@ -196,13 +308,22 @@ class DaliDecoder:
         return results
 
     def _run(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor]:
-        encoded, frames = [], []
+        encoded, frames, repeats, decoded = [], [], [], 0
         for video, indices in requests:
+            distinct, inverse = np.unique(clamp_indices(video, indices), return_inverse=True)
+            if distinct.size == 0:
+                distinct = np.zeros(1, np.int64)  # DALI needs a frame to decode; none is kept
             try:
-                encoded.append(np.fromfile(video.path, dtype=np.uint8))
-            except OSError as exc:
-                raise VideoDecodeError(video.path, f"cannot read file ({exc.strerror})") from exc
-            frames.append(clamp_indices(video, indices).astype(np.int32))  # DALI pads past the end with black
+                index = self.index.get(video.path)
+                positions = index.segment(int(distinct[0]), int(distinct[-1]))
+                encoded.append(remux(video.path, index, positions))
+            except VideoError as exc:
+                raise VideoDecodeError(exc.path, exc.reason) from None
+            except av.error.FFmpegError as exc:
+                raise VideoDecodeError(video.path, f"corrupt {video.codec} stream ({exc.strerror or exc})") from exc
+            frames.append((distinct - index.shown[positions[0]]).astype(np.int32))
+            repeats.append(torch.from_numpy(inverse.reshape(-1)))
+            decoded += len(positions)
         pipeline = self._pipeline or self._build()
         pipeline.feed_input("encoded", encoded)
         pipeline.feed_input("frames", frames)
@@ -211,15 +332,18 @@ class DaliDecoder:
         except RuntimeError as exc:
             self._pipeline = None
             raise VideoDecodeError(requests[0][0].path, f"DALI could not decode it ({_dali_reason(exc)})") from None
-        return [self._to_torch(output[i]) for i in range(len(requests))]
+        self.frames_decoded += decoded
+        return [self._to_torch(output[i], repeats[i]) for i in range(len(requests))]
 
-    def _to_torch(self, tensor) -> torch.Tensor:
+    def _to_torch(self, tensor, repeats: torch.Tensor) -> torch.Tensor:
+        """The clip in request order from its distinct frames: a copy, since DALI reuses its output buffers."""
         if self.device.type == "cpu":
-            return torch.from_numpy(np.array(tensor))  # a copy: DALI reuses its output buffers
+            return torch.from_numpy(np.asarray(tensor))[repeats]
         from nvidia.dali.plugin.pytorch import feed_ndarray
 
-        out = torch.empty(tensor.shape(), dtype=torch.uint8, device=self.device)
-        return feed_ndarray(tensor, out, cuda_stream=torch.cuda.current_stream(self.device))
+        distinct = torch.empty(tensor.shape(), dtype=torch.uint8, device=self.device)
+        feed_ndarray(tensor, distinct, cuda_stream=torch.cuda.current_stream(self.device))
+        return distinct[repeats.to(self.device, non_blocking=True)]
 
     def _build(self):
         from nvidia.dali import fn, pipeline_def, types
@@ -231,7 +355,9 @@ class DaliDecoder:
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu")
+            # pad_mode="edge": an index past the frame count in the container header (which DALI goes by,
+            # and which may be lower than the manifest's) repeats the last frame instead of a black one.
+            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu", pad_mode="edge")
 
         self._pipeline = clips()
         self._pipeline.build()
@@ -249,30 +375,39 @@ def _dali_reason(exc: RuntimeError) -> str:
 class Decoder:
     """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
 
-    backend="auto": DALI where it can decode the codec on this device (on CUDA: NVDEC; on CPU: VP8, VP9,
-    MJPEG), PyAV otherwise. backend="dali" or "pyav" forces one; a video the forced backend cannot decode
-    fails with a VideoDecodeError that says what to do.
+    backend="auto": DALI for the codecs in `dali_codecs` (default AUTO_DALI_CODECS of the device), PyAV
+    otherwise; a video DALI fails on is decoded again by PyAV before it counts as unreadable, since a
+    video quarantined by one replica's decoder is lost to the whole fleet. backend="dali" or "pyav"
+    forces one, without that second try; a video the forced backend cannot decode fails with a
+    VideoDecodeError that says what to do.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int = 8, num_threads: int = 2):
+    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int | None = None,
+                 num_threads: int | None = None, dali_codecs: Collection[str] | None = None):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
         self.backend = backend
+        gpu = self.device.type == "cuda"
+        self.dali_codecs = frozenset(AUTO_DALI_CODECS.get(self.device.type, ()) if dali_codecs is None else dali_codecs)
+        self.num_threads = num_threads or default_decode_threads(self.device)
         self.pyav = PyAVDecoder()
-        self.dali = DaliDecoder(self.device, batch_size, num_threads)
+        self.dali = DaliDecoder(self.device, batch_size or (4 * NVDEC_ENGINES if gpu else 8), self.num_threads, self.pyav.index)
+        self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="pyav") if self.num_threads > 1 else None
+        self.stats: collections.Counter[str] = collections.Counter()  # dali_fallbacks: clips PyAV decoded after DALI failed
+        self._fell_back: set[str] = set()  # videos already warned about
 
     def backend_for(self, video: VideoInfo) -> str:
-        """The backend that decodes `video`; raises VideoDecodeError when the forced one cannot."""
+        """The backend that decodes `video` first; raises VideoDecodeError when the forced one cannot."""
         if self.backend == "pyav":
             return "pyav"
-        codecs = DALI_GPU_CODECS if self.device.type == "cuda" else DALI_CPU_CODECS
-        if video.codec in codecs:
-            return "dali"
-        if self.backend == "dali":
+        if self.backend == "auto":
+            return "dali" if video.codec in self.dali_codecs else "pyav"
+        codecs = DALI_CODECS.get(self.device.type, frozenset())
+        if video.codec not in codecs:
             raise VideoDecodeError(video.path, f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
                                                f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'")
-        return "pyav"
+        return "dali"
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
         """(len(indices), H, W, 3) uint8 RGB on the decoder's device; raises VideoDecodeError.
@@ -283,18 +418,45 @@ class Decoder:
             raise result
         return result
 
+    @property
+    def frames_decoded(self) -> int:
+        """Pictures decoded so far by both backends, the frames each clip needed and those on the way to them."""
+        return self.pyav.frames_decoded + self.dali.frames_decoded
+
     def decode_many(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor | VideoDecodeError]:
-        """Decode several clips (DALI ones batched); a bad video yields its VideoDecodeError, never raises."""
+        """Decode several clips (DALI ones batched; PyAV ones in `num_threads` threads, FFmpeg releasing the GIL);
+        a bad video yields its VideoDecodeError, never raises."""
         results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(requests)
-        batched = []
-        for i, (video, indices) in enumerate(requests):
+        batched, on_cpu = [], []
+        for i, (video, _) in enumerate(requests):
             try:
-                if self.backend_for(video) == "dali":
-                    batched.append(i)
-                else:
-                    results[i] = torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
+                (batched if self.backend_for(video) == "dali" else on_cpu).append(i)
             except VideoDecodeError as exc:
                 results[i] = exc
-        for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
+        mapper = self._pool.map if self._pool is not None and len(on_cpu) > 1 else map
+        for i, result in zip(on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu])):
             results[i] = result
+        for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
+            results[i] = self._fall_back(*requests[i], result) if isinstance(result, VideoDecodeError) and self.backend == "auto" else result
+        self.stats["frames_decoded"] = self.frames_decoded
         return results
+
+    def _pyav(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
+
+    def _pyav_or_error(self, request: tuple[VideoInfo, np.ndarray]) -> torch.Tensor | VideoDecodeError:
+        try:
+            return self._pyav(*request)
+        except VideoDecodeError as exc:
+            return exc
+
+    def _fall_back(self, video: VideoInfo, indices: np.ndarray, failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
+        """PyAV's decode of a clip DALI failed on; the error names both reasons when PyAV fails too."""
+        if video.path not in self._fell_back:
+            self._fell_back.add(video.path)
+            log.warning("DALI failed on %s (%s); decoding it with PyAV on the CPU", video.path, failure.reason)
+        self.stats["dali_fallbacks"] += 1
+        try:
+            return self._pyav(video, indices)
+        except VideoDecodeError as exc:
+            return VideoDecodeError(video.path, f"{exc.reason}; DALI before it: {failure.reason}")

@@ -26,6 +26,7 @@ ENCODERS: dict[str, tuple[str, str, dict[str, str]]] = {
     "h264": ("libx264", ".mp4", {"preset": "veryfast", "crf": "23"}),
     "hevc": ("libx265", ".mp4", {"preset": "ultrafast", "crf": "28", "x265-params": "log-level=error"}),
     "mjpeg": ("mjpeg", ".avi", {"b": "8M"}),
+    "av1": ("libsvtav1", ".mp4", {"preset": "10", "crf": "40", "svtav1-params": "lp=1"}),
 }
 KEYFRAME_INTERVAL = 25  # frames: several GOPs per video, so decoders really have to seek
 

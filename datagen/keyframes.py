@@ -1,44 +1,65 @@
-"""Key frames and easing: the shared machinery behind trajectories, opacity and colour curves (DESIGN §2).
+"""Key frames and easing: the shared machinery behind trajectories, opacity and colour curves (docs/spec.md).
 
 A curve is defined by values at a few key frames (always the first and last frame) and interpolated in
-between, each segment uniformly, accelerating or decelerating.
+between, each segment uniformly, accelerating or decelerating. Everything works on whole batches: key
+frames are an (..., M) array of M = len(inner_probs) + 1 slots, sorted, where unused inner slots repeat
+the last frame; a repeated key frame is one key frame (its slots hold the same value, see `hold_repeats`).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
+
+from .rng import Draws, choose
 
 UNIFORM, ACCELERATE, DECELERATE = 0, 1, 2
 
 
-def draw_keyframes(rng: np.random.Generator, num_frames: int, inner_probs: tuple[float, ...]) -> np.ndarray:
-    """Sorted unique key frames: 0, T-1 and n inner ticks ⌊i·T/(n+1)⌋ with a jitter of ±⌊T/(n+1)/3⌋."""
-    n = int(rng.choice(len(inner_probs), p=np.asarray(inner_probs, dtype=np.float64)))
-    last = num_frames - 1
-    ticks = [0, last]
-    if n:
-        gap = num_frames / (n + 1)
-        reach = int(gap / 3)
-        for i in range(1, n + 1):
-            tick = int(i * num_frames / (n + 1)) + int(rng.integers(-reach, reach + 1))
-            ticks.append(min(max(tick, 0), last))
-    return np.unique(np.asarray(ticks, dtype=np.int64))
+def num_slots(inner_probs: Sequence[float]) -> int:
+    """Key-frame slots: the first and last frame and up to len(inner_probs) − 1 inner ones."""
+    return len(inner_probs) + 1
 
 
-def draw_easings(rng: np.random.Generator, num_segments: int, probs: tuple[float, ...]) -> np.ndarray:
-    return rng.choice(3, size=num_segments, p=np.asarray(probs, dtype=np.float64))
+def draw_keyframes(d: Draws, num_frames: int, inner_probs: Sequence[float], *shape: int) -> np.ndarray:
+    """(N, *shape, M) sorted key frames: 0, T−1 and n inner ticks ⌊T/(n+1)·i⌋, each jittered by an integer
+    from [−r, r) with r = ⌊T/(n+1)/3⌋ (half-open, as the official `sample_key_frames`)."""
+    m = num_slots(inner_probs)
+    n = choose(d.take(*shape), inner_probs)[..., None]  # inner key frames
+    jitter_u = d.take(*shape, m - 2)
+    gap = num_frames / (n + 1)
+    reach = (gap / 3).astype(np.int64)
+    slot = np.arange(1, m - 1)
+    tick = (gap * slot).astype(np.int64) + (jitter_u * 2 * reach).astype(np.int64) - reach
+    tick = np.where(slot <= n, np.clip(tick, 0, num_frames - 1), num_frames - 1)
+    ends = np.broadcast_to(np.array([0, num_frames - 1]), tick.shape[:-1] + (2,))
+    return np.sort(np.concatenate([ends[..., :1], tick, ends[..., 1:]], axis=-1), axis=-1)
+
+
+def draw_easings(d: Draws, probs: Sequence[float], *shape: int) -> np.ndarray:
+    """(N, *shape) easings (UNIFORM / ACCELERATE / DECELERATE), one per segment."""
+    return choose(d.take(*shape), probs)
+
+
+def hold_repeats(keyframes: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Values (..., M, D) with every repeated key frame holding its first slot's value."""
+    values = values.copy()
+    for j in range(1, keyframes.shape[-1]):
+        same = (keyframes[..., j] == keyframes[..., j - 1])[..., None]
+        values[..., j, :] = np.where(same, values[..., j - 1, :], values[..., j, :])
+    return values
 
 
 def interpolate(keyframes: np.ndarray, values: np.ndarray, easings: np.ndarray, num_frames: int) -> np.ndarray:
-    """Per-frame values (T, ...) from key-frame values (len(keyframes), ...) with per-segment easing."""
-    out = np.empty((num_frames,) + values.shape[1:], dtype=np.float64)
-    for s, (a, b) in enumerate(zip(keyframes[:-1], keyframes[1:])):
-        u = (np.arange(a, b + 1) - a) / (b - a)
-        if easings[s] == ACCELERATE:
-            u = u * u
-        elif easings[s] == DECELERATE:
-            u = u * (2.0 - u)
-        u = u.reshape((-1,) + (1,) * (values.ndim - 1))
-        out[a : b + 1] = values[s] + (values[s + 1] - values[s]) * u
-    if len(keyframes) == 1:  # a one-frame clip
-        out[:] = values[0]
-    return out
+    """Per-frame values (..., T, D) from key frames (..., M), their values (..., M, D) and segment easings
+    (..., M−1). Each frame lies in the last segment that starts at or before it."""
+    frame = np.arange(num_frames)
+    seg = (keyframes[..., 1:-1, None] <= frame).sum(-2)  # (..., T)
+    a = np.take_along_axis(keyframes, seg, -1)
+    b = np.take_along_axis(keyframes, seg + 1, -1)
+    u = np.where(b > a, (frame - a) / np.maximum(b - a, 1), 1.0)
+    easing = np.take_along_axis(easings, seg, -1)
+    u = np.where(easing == ACCELERATE, u * u, np.where(easing == DECELERATE, u * (2.0 - u), u))[..., None]
+    start = np.take_along_axis(values, seg[..., None], -2)
+    end = np.take_along_axis(values, seg[..., None] + 1, -2)
+    return start + (end - start) * u

@@ -1,4 +1,4 @@
-"""Keyed sampling over a video list that survives unreadable videos (DESIGN §1: determinism contract).
+"""Keyed sampling over a video list that survives unreadable videos (docs/datagen.md: the determinism contract).
 
 A sample key chooses a video (its epoch's permutation, then keyed redraws); a video that fails to decode
 is quarantined with its reason and every sample that chose it is planned again from the key's next

@@ -1,4 +1,4 @@
-"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (DESIGN §2).
+"""Batched pixel work: rescale/crop/flip, patch compositing and colour, on any torch device (docs/spec.md).
 
 Compositing touches only the pixels inside the boxes: every (sample, frame) box of one paste step is
 enumerated into one flat list of pixels, which is sampled from the patch's source frame, shaped by its
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .batch import Batch
-from .plan import ELLIPSE, RHOMBUS, SamplePlan
+from .plan import ELLIPSE, RHOMBUS, PlanBatch, SamplePlan
 
 
 # On a CPU core the per-pixel work is bound by memory traffic: a few clips at a time stay in cache and
@@ -22,23 +22,31 @@ from .plan import ELLIPSE, RHOMBUS, SamplePlan
 CPU_CHUNK = 4
 
 
-def render(plans: Sequence[SamplePlan], frames: Sequence[torch.Tensor], crop_size: int) -> Batch:
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array on `device`: on CUDA through pinned memory without blocking the host; on the CPU as is."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return tensor
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def render(plans: Sequence[SamplePlan] | PlanBatch, frames: Sequence[torch.Tensor], crop_size: int) -> Batch:
     """Turn plans and their decoded frames ((T, H, W, 3) uint8, one tensor per plan) into a Batch."""
     device = frames[0].device
-    step = CPU_CHUNK if device.type == "cpu" else len(plans)
-    clips = torch.cat([render_clips(plans[i : i + step], frames[i : i + step], crop_size) for i in range(0, len(plans), step)])
-    boxes = torch.from_numpy(np.stack([p.patches.boxes for p in plans])).to(device, torch.float32)
-    visible = torch.from_numpy(np.stack([p.patches.visible for p in plans])).to(device)
-    keys = torch.tensor([tuple(p.key) for p in plans], dtype=torch.int64, device=device)
-    return Batch(clips, boxes, visible, keys)
+    batch = plans if isinstance(plans, PlanBatch) else PlanBatch.stack(plans)  # host arrays, once per batch
+    step = CPU_CHUNK if device.type == "cpu" else len(batch)
+    clips = torch.cat([render_clips(batch[i : i + step], frames[i : i + step], crop_size) for i in range(0, len(batch), step)])
+    boxes = to_device(batch.boxes.astype(np.float32), device)
+    keys = torch.from_numpy(batch.keys)  # on the host, where they are read
+    return Batch(clips, boxes, to_device(batch.visible, device), keys)
 
 
-def render_clips(plans: Sequence[SamplePlan], frames: Sequence[torch.Tensor], crop_size: int) -> torch.Tensor:
+def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: int) -> torch.Tensor:
     """(B, T, S, S, 3) uint8 clips: rescale/crop/flip, paste the patches, apply colour."""
-    clean = torch.stack([rescale_crop_flip(f, p, crop_size) for f, p in zip(frames, plans)])  # B,T,S,S,3 f32
+    clean = torch.stack([rescale_crop_flip(f, p, crop_size) for f, p in zip(frames, plans.samples())])  # B,T,S,S,3 f32
     clips = clean.clone()
     composite_patches(clips, clean, plans)
-    clips = apply_colour(clips, plans)
+    clips = colour(clips, plans.hue_shift, plans.saturation, plans.brightness, plans.contrast)
     return clips.round_().to(torch.uint8)
 
 
@@ -56,21 +64,30 @@ def rescale_crop_flip(frames: torch.Tensor, plan: SamplePlan, crop_size: int) ->
     return x.permute(0, 2, 3, 1).float()
 
 
-def composite_patches(clips: torch.Tensor, clean: torch.Tensor, plans: Sequence[SamplePlan]) -> None:
+def composite_patches(clips: torch.Tensor, clean: torch.Tensor, plans: PlanBatch) -> None:
     """Paste every trajectory's patch into `clips` (B, T, S, S, 3) float, in place; patches come from `clean`."""
     b, t, h, w, _ = clips.shape
     flat_out, flat_src = clips.view(-1, 3), clean.view(-1, 3)
-    for step in range(plans[0].patches.boxes.shape[0]):
-        boxes = _paste_step_boxes(plans, step, t, h, w)
-        if boxes is None:
-            continue
-        ints, floats = boxes[0].to(clips.device), boxes[1].to(clips.device)
+    steps = [_paste_step_boxes(plans, step, t, h, w) for step in range(plans.boxes.shape[1])]
+    steps = [s for s in steps if len(s[0])]
+    if not steps:
+        return
+    # All paste steps' parameters travel to the device in one copy each; the sizes are known on the host.
+    ints_all = to_device(np.concatenate([s[0] for s in steps]), clips.device)
+    floats_all = to_device(np.concatenate([s[1] for s in steps]), clips.device)
+    at = 0
+    for host_ints, _ in steps:
+        rows = slice(at, at + len(host_ints))
+        at += len(host_ints)
+        ints, floats = ints_all[rows], floats_all[rows]
+        host_count = host_ints[:, 2] * host_ints[:, 3]
+        total = int(host_count.sum())
         count = ints[:, 2] * ints[:, 3]
         # One row per pixel of every pasted box: the box's parameters and the pixel's place inside it.
-        x1, y1, bw, bh, src_base, dst_base = torch.repeat_interleave(ints, count, dim=0).unbind(1)
-        sx1, sy1, sx2, sy2, shape, soft, opacity = torch.repeat_interleave(floats, count, dim=0).unbind(1)
-        first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-        local = torch.arange(first.numel(), device=clips.device) - first
+        x1, y1, bw, bh, src_base, dst_base = torch.repeat_interleave(ints, count, dim=0, output_size=total).unbind(1)
+        sx1, sy1, sx2, sy2, shape, soft, opacity = torch.repeat_interleave(floats, count, dim=0, output_size=total).unbind(1)
+        first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count, output_size=total)
+        local = torch.arange(total, device=clips.device) - first
         py = torch.div(local, bw, rounding_mode="floor")
         px = local - py * bw
         u = (px.float() + 0.5) / bw.float()  # pixel centre, normalised to the box
@@ -85,24 +102,20 @@ def composite_patches(clips: torch.Tensor, clean: torch.Tensor, plans: Sequence[
         flat_out.index_copy_(0, dst, torch.lerp(flat_out.index_select(0, dst), patch, alpha.unsqueeze(1)))
 
 
-def _paste_step_boxes(plans: Sequence[SamplePlan], step: int, t: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per pasted (sample, frame) box of paste step `step`: integer and float parameters, as two tensors."""
-    ints, floats = [], []
-    for i, plan in enumerate(plans):
-        p = plan.patches
-        k = p.order[step]
-        frames = np.nonzero(p.visible[k])[0]
-        box = p.boxes[k, frames]
-        j = p.source_frame[k]
-        src = np.broadcast_to(p.boxes[k, j], (len(frames), 4))
-        ints.append(np.stack([box[:, 0], box[:, 1], box[:, 2] - box[:, 0], box[:, 3] - box[:, 1],
-                              np.full(len(frames), (i * t + j) * h * w), (i * t + frames) * h * w], 1))
-        floats.append(np.concatenate([src, np.broadcast_to([[p.shape[k], p.soft_start[k]]], (len(frames), 2)),
-                                      p.opacity[k, frames, None]], 1))
-    ints_np = np.concatenate(ints)
-    if not len(ints_np):
-        return None
-    return torch.from_numpy(ints_np.astype(np.int64)), torch.from_numpy(np.concatenate(floats).astype(np.float32))
+def _paste_step_boxes(plans: PlanBatch, step: int, t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per pasted (sample, frame) box of paste step `step`: integer and float parameters, as two host arrays."""
+    rows = np.arange(len(plans))
+    k = plans.order[:, step]
+    sample, frame = np.nonzero(plans.visible[rows, k])
+    kk = k[sample]
+    box = plans.boxes[sample, kk, frame]
+    j = plans.source_frame[sample, kk]
+    src = plans.boxes[sample, kk, j]
+    ints = np.stack([box[:, 0], box[:, 1], box[:, 2] - box[:, 0], box[:, 3] - box[:, 1],
+                     (sample * t + j) * h * w, (sample * t + frame) * h * w], 1).astype(np.int64)
+    floats = np.concatenate([src, plans.shape[sample, kk, None], plans.soft_start[sample, kk, None],
+                             plans.opacity[sample, kk, frame, None]], 1).astype(np.float32)
+    return ints, floats
 
 
 def patch_alpha(u: torch.Tensor, v: torch.Tensor, shape: torch.Tensor, soft_start: torch.Tensor) -> torch.Tensor:
@@ -129,33 +142,26 @@ def _bilinear(flat: torch.Tensor, base: torch.Tensor, y: torch.Tensor, x: torch.
 
 
 def apply_colour(clips: torch.Tensor, plans: Sequence[SamplePlan]) -> torch.Tensor:
-    """Hue/saturation, then per-frame brightness, then contrast, each only on the clips that drew it;
-    values are clipped to [0, 255] after each step."""
+    """`colour` with each plan's ColourPlan."""
+    return colour(clips, np.array([p.colour.hue_shift for p in plans]), np.array([p.colour.saturation for p in plans]),
+                  np.stack([p.colour.brightness for p in plans]), np.stack([p.colour.contrast for p in plans]))
+
+
+def colour(clips: torch.Tensor, hue: np.ndarray, sat: np.ndarray, brightness: np.ndarray, contrast: np.ndarray) -> torch.Tensor:
+    """Hue/saturation (N,) on the clips that drew it, then per-frame brightness offsets (N, T), then
+    per-frame contrast gains (N, T): every pixel times the factor, as the official `DynamicContrast` (the
+    frame's mean moves with it); values are clipped to [0, 255] after each step. Offsets of 0 and gains
+    of 1 change nothing, so brightness and contrast run on every clip as one per-frame affine pass."""
     device = clips.device
-
-    def where_drawn(drawn: Sequence[bool]) -> torch.Tensor | None:
-        chosen = [i for i, d in enumerate(drawn) if d]
-        return torch.tensor(chosen, device=device) if chosen else None
-
-    if (idx := where_drawn([p.colour.hue_saturation for p in plans])) is not None:
-        hue = torch.tensor([plans[i].colour.hue_shift for i in idx.tolist()], device=device, dtype=torch.float32)
-        sat = torch.tensor([plans[i].colour.saturation for i in idx.tolist()], device=device, dtype=torch.float32)
-        clips[idx] = shift_hue_saturation(clips[idx], hue, sat).clamp_(0, 255)
-    if (idx := where_drawn([bool(p.colour.brightness.any()) for p in plans])) is not None:
-        offset = torch.from_numpy(np.stack([plans[i].colour.brightness for i in idx.tolist()])).to(device, torch.float32)
-        clips[idx] = (clips[idx] + offset[:, :, None, None, None]).clamp_(0, 255)
-    if (idx := where_drawn([bool((p.colour.contrast != 1).any()) for p in plans])) is not None:
-        factor = torch.from_numpy(np.stack([plans[i].colour.contrast for i in idx.tolist()])).to(device, torch.float32)
-        clips[idx] = adjust_contrast(clips[idx], factor)
+    drawn = np.nonzero((hue != 0) | (sat != 1))[0]
+    if len(drawn):
+        idx = to_device(drawn, device)
+        params = to_device(np.stack([hue[drawn], sat[drawn]]).astype(np.float32), device)
+        clips[idx] = shift_hue_saturation(clips[idx], params[0], params[1]).clamp_(0, 255)
+    if (brightness != 0).any() or (contrast != 1).any():
+        params = to_device(np.stack([brightness, contrast]).astype(np.float32), device)[..., None, None, None]
+        clips.add_(params[0]).clamp_(0, 255).mul_(params[1]).clamp_(max=255)
     return clips
-
-
-def adjust_contrast(clips: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Scale (N, T, H, W, 3) about each frame's mean grey level by factor (N, T). The mean is summed in
-    float64 so that it does not depend on how the reduction is split across threads or batch sizes."""
-    grey = clips[..., 0] * 0.299 + clips[..., 1] * 0.587 + clips[..., 2] * 0.114
-    mean = (grey.sum(dim=(2, 3), dtype=torch.float64) / (grey.shape[2] * grey.shape[3])).float()[:, :, None, None, None]
-    return ((clips - mean) * factor[:, :, None, None, None] + mean).clamp_(0, 255)
 
 
 def shift_hue_saturation(rgb: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,28 @@ def test_bench_prints_a_table(demo_dir, capsys):
         assert stage in out
 
 
+def test_bench_writes_the_json_fields_and_fits_threads_to_the_machine(demo_dir, tmp_path, capsys):
+    import json
+    import os
+
+    from datagen.options import default_torch_threads
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--videos", str(demo_dir), "--device", "cpu", "--batch-size", "2", "--repeats", "1",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result) >= {"decode", "generate", "end_to_end", "host_ms_per_sample", "device", "threads", "backend"}
+    assert set(result["decode"]) >= {"clips_per_s", "frames_decoded_per_clip"}
+    assert result["generate"]["clips_per_s"] > 0 and result["end_to_end"]["clips_per_s"] > 0
+    assert result["decode"]["frames_decoded_per_clip"] >= 16 and result["host_ms_per_sample"] > 0
+    assert (result["device"], result["backend"]) == ("cpu", "auto")
+    cores = len(os.sched_getaffinity(0))
+    assert result["threads"] == default_torch_threads() == max(1, cores // 2) < max(cores, 2)  # not torch's every core
+    assert main(["bench", "--videos", str(demo_dir), "--device", "cpu", "--batch-size", "2", "--repeats", "1",
+                 "--threads", "1", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["threads"] == 1
+
+
 def test_config_yaml_and_overrides(tmp_path):
     path = tmp_path / "gen.yaml"
     path.write_text("clip:\n  num_frames: 8\n  strides: [1, 2]\npatch:\n  invisible_prob: 0.0\n")

@@ -19,8 +19,10 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Iterator, Mapping
@@ -855,14 +857,61 @@ def test_ready_fleet_starts_the_trainer_only_with_enough_replicas(replica: Repli
     assert no_redis.returncode == 1 and "does not answer" in no_redis.stderr
 
 
-def test_gpu_slot_spreads_replicas_round_robin(redis_server: RedisServer):
+# A stand-in replica: says which GPU it was given, then serves until SIGTERM (it drains and exits 0).
+REPLICA = ("import os, signal, sys, time\n"
+           "signal.signal(signal.SIGTERM, lambda *_: (print('drained', flush=True), sys.exit(0)))\n"
+           "print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'), flush=True)\n"
+           "time.sleep(120)\n")
+
+
+def start_slot_replica(redis_url: str, *options: str) -> tuple[subprocess.Popen, str]:
+    """ctp-gpu-slot running a stand-in replica in its own session; (process, the GPU it printed)."""
+    inherited = {k: v for k, v in os.environ.items() if k not in ("CTP_REDIS_URL", "CUDA_VISIBLE_DEVICES")}
+    process = subprocess.Popen([sys.executable, str(BIN / "ctp-gpu-slot"), "--namespace", "leases", *options,
+                                "--", sys.executable, "-c", REPLICA], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, env={**inherited, "CTP_REDIS_URL": redis_url}, start_new_session=True)
+    return process, process.stdout.readline().strip()
+
+
+def test_gpu_slot_leases_follow_replicas_that_stop_restart_or_die(redis_server: RedisServer):
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    a, gpu_a = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    b, gpu_b = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    assert (gpu_a, gpu_b) == ("0", "1")
+    time.sleep(2.5)  # past the TTL: only renewal keeps both leases
+    assert [client.zcard(f"leases:datagen:gpu-lease:{g}") for g in "01"] == [1, 1]
+
+    b.send_signal(signal.SIGTERM)  # scaled down: the replica drains, the lease goes back at once
+    assert b.wait(30) == 0 and b.stdout.read().strip() == "drained"
+    assert client.zcard("leases:datagen:gpu-lease:1") == 0
+    c, gpu_c = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    assert gpu_c == "1"  # a round-robin counter would have stacked this restart on GPU 0 with replica a
+
+    os.killpg(c.pid, signal.SIGKILL)  # died without a word: its lease outlives it by at most the TTL
+    c.wait(30)
+    d, gpu_d = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    assert gpu_d == "0"  # c's lease still counts: GPU 1 looks taken, the tie goes to the first
+    time.sleep(2)
+    e, gpu_e = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    assert gpu_e == "1"  # expired: GPU 1 has the fewest live leases again
+    for process in (a, d, e):
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(30) == 0
+    assert [client.zcard(f"leases:datagen:gpu-lease:{g}") for g in "01"] == [0, 0]
+
+
+def test_gpu_slot_passes_the_replicas_exit_status_and_runs_unpinned_without_need(redis_server: RedisServer):
     show = ["--", sys.executable, "-c", "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'))"]
     redis_env = {"CTP_REDIS_URL": redis_server.url}
-    picked = [run_script("ctp-gpu-slot", "--namespace", "slots", "--gpus", "2", *show, env=redis_env).stdout.strip() for _ in range(3)]
-    assert picked == ["0", "1", "0"]
     chosen = run_script("ctp-gpu-slot", "--namespace", "slots", *show, env={**redis_env, "CUDA_VISIBLE_DEVICES": "4,6"})
-    assert chosen.stdout.strip() == "6" and "slot 3 -> GPU 6" in chosen.stderr  # the counter went on: slot 3 of 2 GPUs
+    assert chosen.stdout.strip() == "4" and "leased GPU 4 (of 4,6; 1 replica(s) on it now" in chosen.stderr
+    failing = run_script("ctp-gpu-slot", "--gpus", "2", "--", sys.executable, "-c", "raise SystemExit(3)", env=redis_env)
+    assert failing.returncode == 3
     alone = run_script("ctp-gpu-slot", "--gpus", "2", *show)
     assert alone.stdout.strip() == "unset" and "no Redis" in alone.stderr
     none_needed = run_script("ctp-gpu-slot", *show, env={**redis_env, "CUDA_VISIBLE_DEVICES": "2"})
     assert none_needed.stdout.strip() == "2" and "1 GPU(s) visible" in none_needed.stderr
+    down = run_script("ctp-gpu-slot", "--gpus", "2", *show, env={"CTP_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"})
+    assert down.returncode == 1 and "cannot take a GPU lease" in down.stderr and not down.stdout

@@ -7,6 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from datagen.manifest import probe
+from trainer.downstream.config import load_downstream_config
+from trainer.downstream.datasets import LabelledSet
+from trainer.downstream.evaluate import classification_results, predict
 from trainer.downstream.metrics import (
     aggregate_clips,
     confusion_image,
@@ -16,6 +20,7 @@ from trainer.downstream.metrics import (
     topk_accuracy,
 )
 from trainer.downstream.retrieve import retrieval_features
+from trainer.execution import Execution
 
 
 def test_clips_are_averaged_per_video_in_any_order():
@@ -26,13 +31,32 @@ def test_clips_are_averaged_per_video_in_any_order():
     assert torch.allclose(means, torch.tensor([[0.0, 3.0], [0.2, 0.8], [2.0, 0.0]]))
 
 
-def test_softmax_averaging_can_overrule_a_single_confident_clip():
+class LogitTable(torch.nn.Module):
+    """A classifier whose clips' logits are the rows of a table, in the order it sees the clips."""
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table, self.seen = table, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = self.table[self.seen : self.seen + len(x)]
+        self.seen += len(x)
+        return rows
+
+
+def test_the_video_score_is_the_softmax_of_the_mean_logits(shared_videos):
     # Three clips of one video: one very confident for class 0, two moderately for class 1.
     logits = torch.tensor([[10.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 3.0, 0.0]])
-    _, probs = aggregate_clips(logits.softmax(1), torch.zeros(3, dtype=torch.int64))
-    assert probs.argmax(1).item() == 1  # averaging logits would have picked class 0
-    assert logits.mean(0).argmax().item() == 0
-    assert probs.sum().item() == pytest.approx(1.0)
+    e = [math.exp(10 / 3), math.exp(2.0), 1.0]  # mean logits (10/3, 2, 0)
+    expected = torch.tensor([v / sum(e) for v in e])  # (0.7696, 0.2029, 0.0275): class 0
+    assert logits.softmax(1).mean(0).argmax().item() == 1  # a mean of softmaxes would pick class 1
+    video = probe(shared_videos / "ucf101" / "v_SoccerJuggling_g23_c01.avi")
+    data = LabelledSet("one", ("a", "b", "c"), (video,), (0,))
+    cfg = load_downstream_config("tiny_cpu", ["clips.test_clips=3", "run.progress=false"])
+    positions, scores, skipped = predict(LogitTable(logits), data, cfg, Execution.resolve("cpu"))
+    assert positions.tolist() == [0] and not skipped
+    assert torch.allclose(scores[0], expected, atol=1e-6)
+    assert classification_results(scores, torch.tensor([0]), data.classes)["top1"] == 1.0
 
 
 def test_topk_accuracy():

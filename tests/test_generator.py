@@ -116,3 +116,13 @@ def test_generation_on_the_shared_footage(shared_videos):
     assert batch.clips.shape[0] == len(videos)
     # Real footage has texture: no clip is flat, and composited clips are not all-black.
     assert (batch.clips.float().std(dim=(1, 2, 3, 4)) > 10).all()
+
+
+def test_what_a_key_produces_is_named_by_the_config_digest():
+    # Version 1 (per-trajectory key frames, closed tick jitter, contrast about the mean grey) had this digest;
+    # replicas of it must never serve a trainer of today's generation, and vice versa.
+    cfg = GenerationConfig()
+    assert cfg.digest() != "de2206d1701890c0"
+    assert dataclasses.replace(cfg, version=cfg.version + 1).digest() != cfg.digest()
+    own = dataclasses.replace(cfg, trajectory=dataclasses.replace(cfg.trajectory, shared_keyframes=False))
+    assert own.digest() != cfg.digest()

@@ -1,4 +1,4 @@
-"""Target encoding, the CtP loss and IoU on hand-computed cases (DESIGN.md §2)."""
+"""Target encoding, the CtP loss and IoU on hand-computed cases (docs/spec.md)."""
 import math
 
 import pytest
@@ -99,3 +99,21 @@ def test_first_box_baseline_repeats_the_query():
     baseline = first_box_baseline(TRAJECTORY)
     torch.testing.assert_close(baseline, TRAJECTORY[:1].expand(4, 4))
     torch.testing.assert_close(box_iou(baseline, TRAJECTORY), torch.tensor([1.0, 280 / 520, 0.5, 0.25]))
+
+
+def test_per_step_constants_are_built_once_not_copied_to_the_device_each_step(monkeypatch):
+    """`torch.tensor(...)` on a CUDA device is a host-device copy and sync; steps after the first make none.
+    Constants first built in inference mode still serve autograd afterwards."""
+    from trainer.network import normalise
+
+    clips = torch.randint(0, 256, (1, 4, 6, 5, 3), dtype=torch.uint8)
+    with torch.inference_mode():
+        normalise(clips), decode(encode(TRAJECTORY), TRAJECTORY[0])
+    made = []
+    original = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **k: made.append(a) or original(*a, **k))
+    for _ in range(3):
+        normalise(clips)
+        predicted = encode(TRAJECTORY).requires_grad_()
+        ctp_loss(predicted, encode(decode(predicted, TRAJECTORY[0]))).total.backward()
+    assert made == []

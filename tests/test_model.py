@@ -4,6 +4,7 @@ import torch
 
 from trainer.head import CtPHead
 from trainer.models import (
+    PRETRAIN_SPATIAL_STRIDE,
     build_encoder,
     count_parameters,
     feature_frames,
@@ -128,3 +129,22 @@ def test_normalise_uint8_clips():
     channels_last = normalise(clips, channels_last=True)
     assert channels_last.is_contiguous(memory_format=torch.channels_last_3d)
     torch.testing.assert_close(channels_last, x)
+
+
+def test_roi_boxes_and_batch_indices_stay_float32_under_bf16_autocast():
+    """600 RoIs over a batch of 300 with bf16 features, as the encoder gives them under autocast. Sample i's map
+    holds i // 16 and i % 16 (exact in bf16) and its column index, so each pooled RoI names its sample and,
+    through the column ramp, where its box was. bf16 RoIs pool sample 256 for 257 and move boxes by 0.5 px."""
+    head = CtPHead(in_channels=3, feature_frames=1, num_frames=2, hidden=4)
+    b, k, size = 300, 2, 14
+    i = torch.arange(b, dtype=torch.float32).view(b, 1, 1)
+    features = torch.stack([(i // 16).expand(b, size, size), (i % 16).expand(b, size, size),
+                            torch.arange(size, dtype=torch.float32).expand(b, size, size)], 1).bfloat16()
+    x1 = torch.linspace(65.3, 71.9, b * k).view(b, k)  # input pixels: in bf16 these move in 0.5 px steps
+    queries = torch.stack([x1, torch.full_like(x1, 8.0), x1 + 24, torch.full_like(x1, 40.0)], -1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = head.pool(features, queries).mean((2, 3))  # (B·K, 3)
+    assert pooled.dtype == torch.float32
+    assert torch.equal(16 * pooled[:, 0] + pooled[:, 1], i.flatten().repeat_interleave(k))
+    centre_column = ((x1 + 12) / PRETRAIN_SPATIAL_STRIDE - 0.5).flatten()  # aligned RoIAlign: pixel centres at +0.5
+    torch.testing.assert_close(pooled[:, 2], centre_column, rtol=0, atol=1e-3)

@@ -1,4 +1,4 @@
-"""Pixel correctness of rescale/crop/flip, compositing and colour (DESIGN §2)."""
+"""Pixel correctness of rescale/crop/flip, compositing and colour (docs/spec.md)."""
 from __future__ import annotations
 
 import cv2
@@ -8,10 +8,9 @@ import torch
 from PIL import Image
 
 from datagen.config import GenerationConfig
-from datagen.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_sample
+from datagen.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_patches, plan_sample
 from datagen.render import render, rescale_crop_flip, shift_hue_saturation
-from datagen.rng import SampleKey, Stream, generator
-from datagen.trajectory import draw_trajectory
+from datagen.rng import SampleKey
 
 T, S = 16, 112
 
@@ -41,8 +40,7 @@ def one_patch_plan(boxes: np.ndarray, visible: np.ndarray, source: int, shape: i
 
 @pytest.fixture(scope="module")
 def trajectory_boxes() -> np.ndarray:
-    rng = generator(SampleKey(1, 2, 3), Stream.TRAJECTORY)
-    return draw_trajectory(rng, GenerationConfig().trajectory, T, S, S).boxes
+    return plan_patches(SampleKey(1, 2, 3), GenerationConfig(), 0).boxes[0]
 
 
 def test_opaque_rectangle_is_the_source_crop_resized(trajectory_boxes):
@@ -124,10 +122,22 @@ def test_brightness_and_contrast_per_frame():
     for t in (0, 8, 15):
         composited = frames[t].astype(np.float64)
         composited[0, 0] = frames[0, 0, 0]  # the 1-px patch cut from frame 0
-        x = np.clip(composited + brightness[t], 0, 255)
-        mean = (x @ np.array([0.299, 0.587, 0.114])).mean()
-        expected = np.clip((x - mean) * contrast[t] + mean, 0, 255)
+        expected = np.clip(np.clip(composited + brightness[t], 0, 255) * contrast[t], 0, 255)
         assert np.abs(out[t] - expected).max() <= 1.0
+
+
+def test_contrast_is_a_gain_that_moves_the_frame_mean():
+    # Worked by hand: grey 100 and 250 under gain 1.1 become 110 and 255 (clipped); gain 0.9 gives 90 and 225.
+    frames = np.zeros((T, S, S, 3), dtype=np.uint8)
+    frames[:, :, : S // 2] = 100
+    frames[:, :, S // 2 :] = 250
+    box = np.tile(np.array([0.0, 0.0, 1.0, 1.0]), (T, 1))  # a 1-px patch of the same frame: no visible change
+    base = one_patch_plan(box, np.ones(T, dtype=bool), 0)
+    contrast = np.where(np.arange(T) % 2 == 0, 1.1, 0.9)
+    plan = SamplePlan(base.key, 0, 0, base.clip, base.patches, ColourPlan(0.0, 1.0, np.zeros(T), contrast))
+    out = render([plan], [torch.from_numpy(frames)], S).clips[0].numpy()
+    assert (out[0, :, : S // 2] == 110).all() and (out[0, :, S // 2 :] == 255).all()
+    assert (out[1, :, : S // 2] == 90).all() and (out[1, :, S // 2 :] == 225).all()
 
 
 def test_a_generated_batch_has_the_promised_layout():

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from datagen.batch import Batch
 from datagen.service.shm_ring import RingUnreachable, ShmRing
@@ -91,6 +92,34 @@ def test_full_ring_or_oversized_batch_falls_back_to_inline(ring: ShmRing) -> Non
     producer.close()
 
 
+class RecordedCalls(TorchFunctionMode):
+    """Every torch function and tensor method called while active, with its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, tuple]] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.calls.append((getattr(func, "__name__", str(func)), args))
+        return func(*args, **(kwargs or {}))
+
+
+def test_put_copies_the_clips_once_straight_into_the_slot(ring: ShmRing) -> None:
+    """No host tensor of its own on the way (on CUDA `.cpu()` is a whole extra copy into pageable memory):
+    one copy_ from the clips themselves, here a non-contiguous view, into the slot's shared pages."""
+    producer = ShmRing.attach(ring.name, ring.nonce)
+    clips = make_batch().clips.transpose(1, 2)
+    with RecordedCalls() as recorded:
+        slot = producer.put(clips, stream_id=4)
+    copies = [args for name, args in recorded.calls if name == "copy_"]
+    assert len(copies) == 1, recorded.calls
+    source = copies[0][1]
+    assert (source.data_ptr(), source.stride()) == (clips.data_ptr(), clips.stride())  # the clips themselves
+    assert not [name for name, _ in recorded.calls if name in {"cpu", "to", "numpy", "contiguous", "reshape", "clone"}]
+    assert torch.equal(ring.take(slot, clips.numel()).view(clips.shape), clips)
+    producer.close()
+
+
 def test_reclaim_frees_only_slots_of_streams_no_longer_read(ring: ShmRing) -> None:
     producer = ShmRing.attach(ring.name, ring.nonce)
     clips = make_batch().clips
@@ -160,3 +189,4 @@ def test_decoder_rejects_streams_that_break_the_contract(ring: ShmRing) -> None:
     with pytest.raises(WireError, match="cannot hold"):
         decode_all(BatchDecoder(), [bad, *messages[1:]])
     producer.close()
+

@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
+import torch
+
 from datagen.batch import Batch
 from datagen.generator import Generator
 from datagen.rng import SampleKey
@@ -37,7 +39,9 @@ class SampleSource(Protocol):
 class InProcessSource:
     """Generates batches in this process, in index order, one batch ahead on a background thread.
 
-    Torch ops and the decoders release the GIL, so generating the next batch overlaps the training step.
+    Torch ops and the decoders release the GIL, so generating the next batch overlaps the training step. On
+    CUDA the producer works on a stream of its own and hands each batch over with an event, so its kernels
+    and copies overlap the training step's instead of queueing behind them on one stream.
     """
 
     def __init__(self, generator: Generator, prefetch: int = 2) -> None:
@@ -46,16 +50,19 @@ class InProcessSource:
 
     def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
         chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-        ready: queue.Queue[Batch | BaseException | None] = queue.Queue(self.prefetch)
+        ready: queue.Queue[tuple[Batch, Any] | BaseException | None] = queue.Queue(self.prefetch)
         stop = threading.Event()
+        device = torch.device(getattr(self.generator, "device", "cpu"))
+        side = torch.cuda.Stream(device) if device.type == "cuda" else None
 
         def produce() -> None:
             try:
-                for chunk in chunks:
-                    if stop.is_set():
-                        return
-                    batch = self.generator.generate([SampleKey(seed, epoch, int(i)) for i in chunk])
-                    _put(ready, batch, stop)
+                with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                    for chunk in chunks:
+                        if stop.is_set():
+                            return
+                        batch = self.generator.generate([SampleKey(seed, epoch, int(i)) for i in chunk])
+                        _put(ready, (batch, _record(side)), stop)
                 _put(ready, None, stop)
             except BaseException as exc:  # handed to the consumer, which re-raises it
                 _put(ready, exc, stop)
@@ -66,10 +73,32 @@ class InProcessSource:
             while (item := ready.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                batch, done = item
+                yield _received(batch, done, device)
         finally:
             stop.set()
             worker.join()
+
+
+def _record(stream: Any) -> Any:
+    """An event at the end of the work queued so far on `stream` (None on CPU)."""
+    if stream is None:
+        return None
+    event = torch.cuda.Event()
+    event.record(stream)
+    return event
+
+
+def _received(batch: Batch, done: Any, device: torch.device) -> Batch:
+    """The consumer's stream on `device` waits for the producer's work, and the allocator learns the consumer
+    uses it. (`current_stream()` alone is the current device's: cuda:0 for a run on cuda:1 outside torchrun.)"""
+    if done is not None:
+        consumer = torch.cuda.current_stream(device)
+        consumer.wait_event(done)
+        for tensor in batch.tensors():
+            if tensor.is_cuda:
+                tensor.record_stream(consumer)
+    return batch
 
 
 def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:

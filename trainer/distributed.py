@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
@@ -16,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.parallel import DistributedDataParallel
 
 T = TypeVar("T")
 
@@ -117,8 +119,9 @@ class CpuSyncBatchNorm(_BatchNorm):
 
     The batch statistics are all-reduced with autograd (sums, then squared deviations from the global mean), so
     every rank normalises with the mean and variance of the whole global batch and the backward pass carries the
-    cross-rank terms, as torch's CUDA path does; a rank may bring an empty batch. Outside a multi-rank process
-    group, or in eval mode, it is a plain BatchNorm.
+    cross-rank terms, as torch's CUDA path does; a rank may bring an empty batch. Statistics are exchanged in
+    float32 whatever the input's dtype (under bf16 autocast a count of 800,000 values would not even be exact).
+    Outside a multi-rank process group, or in eval mode, it is a plain BatchNorm.
     """
 
     def _check_input_dim(self, input: torch.Tensor) -> None:
@@ -130,31 +133,65 @@ class CpuSyncBatchNorm(_BatchNorm):
             return super().forward(input)
         if self.momentum is None or not self.track_running_stats:
             raise ValueError("CpuSyncBatchNorm needs track_running_stats and a fixed momentum")
-        dims = [0, *range(2, input.dim())]
-        shape = [1, -1] + [1] * (input.dim() - 2)
-        count = torch.tensor([input.numel() // input.size(1)], dtype=input.dtype)
-        totals = _AllReduceSum.apply(torch.cat([input.sum(dims), count]))
+        x = input.float()
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        count = torch.tensor([x.numel() // x.size(1)], dtype=x.dtype)
+        totals = _AllReduceSum.apply(torch.cat([x.sum(dims), count]))
         n = totals[-1]
         mean = totals[:-1] / n
-        centred = input - mean.view(shape)
+        centred = x - mean.view(shape)
         var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             self.running_mean.lerp_(mean, self.momentum)
             self.running_var.lerp_(var * n / (n - 1).clamp(min=1), self.momentum)  # unbiased, as torch keeps it
         out = centred * torch.rsqrt(var + self.eps).view(shape)
-        return out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        out = out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
+        return out.to(input.dtype)
+
+
+def exchanged_input(input: torch.Tensor) -> torch.Tensor:
+    """What a rank hands torch's SyncBatchNorm so that every rank exchanges statistics of one dtype.
+
+    A non-empty rank all-gathers float32 statistics (`batch_norm_stats` accumulates in float32, also for bf16
+    input); an empty rank all-gathers zeros of its input's dtype. Under bf16 autocast that is 2 bytes a value
+    against 4, which NCCL does not check: the step hangs until the timeout or averages garbage. An empty
+    input in float32 costs nothing and makes the zeros float32 too, forward and backward."""
+    return input.float() if input.numel() == 0 and input.dtype != torch.float32 else input
+
+
+class EmptySafeSyncBatchNorm(nn.SyncBatchNorm):
+    """torch's SyncBatchNorm with the rule above: the epoch's tail may leave ranks an empty batch."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return super().forward(exchanged_input(input))
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     """`module` with every BatchNorm synchronised across ranks: torch's SyncBatchNorm on accelerators,
     `CpuSyncBatchNorm` on CPU. Parameters, buffers and state-dict keys stay those of the BatchNorms."""
     if device.type != "cpu":
-        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    kind = CpuSyncBatchNorm if device.type == "cpu" else EmptySafeSyncBatchNorm
     for m in module.modules():
         if isinstance(m, _BatchNorm):
-            m.__class__ = CpuSyncBatchNorm  # same state, only the forward differs: nothing to copy
+            m.__class__ = kind  # same state, only the forward differs: nothing to copy
     return module
+
+
+def distributed_data_parallel(module: nn.Module, device: torch.device, sync_buffers: bool = True) -> nn.Module:
+    """DDP on this rank's device; `sync_buffers=False` skips broadcasting buffers before every forward (right
+    when BatchNorm is synchronised: the buffers are equal on every rank already).
+
+    torch ≥ 2.13 names that `forward_sync_buffers` and deprecates `broadcast_buffers`; older releases, which
+    pyproject allows, only know `broadcast_buffers`, which there also skips the buffers' broadcast at
+    construction: harmless, since every rank builds the network from the same seed or loads the same checkpoint."""
+    options: dict[str, object] = {}
+    if not sync_buffers:
+        known = inspect.signature(DistributedDataParallel.__init__).parameters
+        options["forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"] = False
+    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **options)
 
 
 def sync_batchnorm_layers(module: nn.Module) -> int:

@@ -40,16 +40,18 @@ class CtPHead(nn.Module):
     def forward(self, features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
         """features (B, C, T', h, w); queries (B, K, 4) x1, y1, x2, y2 in input pixels → (B, K, T, 4) targets."""
         b, k = queries.shape[:2]
-        squeezed = torch.relu(self.temporal(features)).squeeze(2)  # (B, C, h, w)
-        batch_index = torch.arange(b, device=queries.device, dtype=queries.dtype).repeat_interleave(k)
-        rois = torch.cat([batch_index[:, None], queries.reshape(b * k, 4)], dim=1).to(squeezed.dtype)
-        pooled = roi_align(
-            squeezed,
-            rois,
-            output_size=self.pool_size,
-            spatial_scale=self.spatial_scale,
-            sampling_ratio=2,
-            aligned=True,
-        )
-        hidden = torch.relu(self.fc1(pooled.flatten(1)))
+        hidden = torch.relu(self.fc1(self.pool(torch.relu(self.temporal(features)).squeeze(2), queries).flatten(1)))
         return self.fc2(hidden).view(b, k, self.num_frames, 4)
+
+    def pool(self, features: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) features, (B, K, 4) boxes → (B·K, C, 5, 5) regional features, in float32.
+
+        Boxes and batch indices stay float32 under autocast: in bf16 a box at 64–128 px moves in 0.5 px
+        steps and sample index 257 becomes 256, pooling another sample's features. The features are cast up
+        for the pooling only (B×C×h×w, small); the MLP after it runs in the autocast dtype again."""
+        b, k = queries.shape[:2]
+        batch_index = torch.arange(b, device=queries.device, dtype=torch.float32).view(b, 1).expand(b, k).reshape(b * k, 1)
+        rois = torch.cat([batch_index, queries.reshape(b * k, 4).float()], dim=1)
+        with torch.autocast(features.device.type, enabled=False):
+            return roi_align(features.float(), rois, output_size=self.pool_size, spatial_scale=self.spatial_scale,
+                             sampling_ratio=2, aligned=True)

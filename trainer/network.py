@@ -1,6 +1,8 @@
 """The pretraining network: uint8 clips in, trajectory targets out (encoder + CtP head)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import nn
 
@@ -16,10 +18,18 @@ def normalise(clips: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
 
     The permuted view is already in channels_last_3d order, so keeping that layout costs no copy.
     """
-    mean = torch.tensor(MEAN, device=clips.device).view(1, 1, 1, 1, 3) * 255
-    inv_std = 1 / (torch.tensor(STD, device=clips.device).view(1, 1, 1, 1, 3) * 255)
+    mean, inv_std = _mean_inv_std(clips.device)
     x = ((clips.float() - mean) * inv_std).permute(0, 4, 1, 2, 3)
     return x.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
+@functools.lru_cache(maxsize=None)
+def _mean_inv_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation constants on `device`, made once: a tensor built from a list every step is a
+    blocking host-to-device copy on CUDA. Made outside inference mode, so that autograd may use them later."""
+    with torch.inference_mode(False):
+        mean = torch.tensor(MEAN, device=device).view(1, 1, 1, 1, 3) * 255
+        return mean, 1 / (torch.tensor(STD, device=device).view(1, 1, 1, 1, 3) * 255)
 
 
 class CtPNetwork(nn.Module):

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -38,7 +37,8 @@ from trainer.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoi
 from trainer.config import TrainConfig, load_train_config, presets
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source
-from trainer.distributed import Ranks, convert_sync_batchnorm, process_group, sync_batchnorm_layers
+from trainer.distributed import (Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group,
+                                 sync_batchnorm_layers)
 from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.models import count_parameters
@@ -70,8 +70,7 @@ class Trainer:
         self.network = execution.prepare(convert_sync_batchnorm(network, execution.device) if ranks.distributed else network)
         model: torch.nn.Module = self.network
         if ranks.distributed:  # synchronised BatchNorm keeps the buffers equal on every rank: no need to broadcast them
-            model = DistributedDataParallel(model, device_ids=[execution.device] if execution.device.type == "cuda" else None,
-                                            forward_sync_buffers=False)
+            model = distributed_data_parallel(model, execution.device, sync_buffers=False)
         self.model = torch.compile(model) if cfg.run.compile else model
         self.optimizer = build_optimizer(self.network, cfg)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(

@@ -1,4 +1,4 @@
-"""RemoteSource: the trainer's sample source served by datagen replicas (DESIGN §1).
+"""RemoteSource: the trainer's sample source served by datagen replicas (docs/service.md).
 
 The trainer owns the cursor. Each rank streams its own slice of the epoch: the slice is cut into
 requests of a few batches; each request goes to the live replica with the least outstanding work that

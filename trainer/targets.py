@@ -2,10 +2,11 @@
 
 Boxes are (x1, y1, x2, y2) in output-frame pixels. The target of frame i relative to the frame-0 box is
 ((cx_i − cx_0)/σx, (cy_i − cy_0)/σy, log(w_i/w_0)/σw, log(h_i/h_0)/σh) with σ = (0.8, 0.8, 0.04, 0.04)
-and sizes clamped to at least 1 px (DESIGN.md §2).
+and sizes clamped to at least 1 px (docs/spec.md).
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -22,7 +23,15 @@ def _centre_size(boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _scales(like: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(SCALES, dtype=like.dtype, device=like.device)
+    return _scales_on(like.device, like.dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _scales_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Made once per device and dtype: built from a list every step it would be a blocking copy on CUDA.
+    Made outside inference mode: a cached inference tensor could never again be saved for backward."""
+    with torch.inference_mode(False):
+        return torch.tensor(SCALES, dtype=dtype, device=device)
 
 
 def encode(boxes: torch.Tensor) -> torch.Tensor:

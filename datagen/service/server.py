@@ -1,6 +1,6 @@
 """A datagen replica as a gRPC service: validated requests in, batches streamed out.
 
-The replica is stateless (DESIGN §1): it generates whatever (seed, epoch, indices) it is asked for, with
+The replica is stateless (docs/service.md): it generates whatever (seed, epoch, indices) it is asked for, with
 the one generation config and video list it was started with, and the client owns the cursor. A
 request for another config or video list, or with bad indices or sizes, gets INVALID_ARGUMENT and
 changes nothing. Besides DataGen it serves the standard health service and server reflection.
@@ -88,9 +88,10 @@ class DataGenService(pb_grpc.DataGenServicer):
         code = "CANCELLED"  # until the stream completes; a client that goes away leaves it so
         self._count_stream(+1)
         try:
-            for generated in self.work.run(keys, request.batch_size, context.is_active):
+            for generated in self.work.run(keys, request.batch_size, context.is_active, ring, stream_id):
                 started = time.monotonic()
-                messages = encode_batch(generated.batch, generated.problems, ring, stream_id, self.limits.chunk_bytes)
+                messages = encode_batch(generated.batch, generated.problems, chunk_bytes=self.limits.chunk_bytes,
+                                        slot=generated.slot)  # the worker filled the slot, if one was free
                 first = next(messages)
                 transport = first.header.WhichOneof("clip_transport")
                 self.metrics.batches.labels(transport).inc()  # counted when handed to gRPC

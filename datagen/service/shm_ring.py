@@ -90,7 +90,9 @@ class ShmRing:
         return cls(name, buf, mapping.close, num_slots, slot_bytes, nonce)
 
     def put(self, data: torch.Tensor, stream_id: int) -> int | None:
-        """Producer: copy `data` (any device) into a free slot and mark it FULL; None if none is free or fits."""
+        """Producer: copy `data` (any device, any strides) into a free slot, laid out contiguously, and mark it
+        FULL; None if none is free or fits. One copy, from the tensor itself into the shared pages: a CUDA
+        tensor goes device to host straight into the slot, not through a host tensor of its own first."""
         nbytes = data.numel() * data.element_size()
         if nbytes > self.slot_bytes:
             return None
@@ -99,8 +101,8 @@ class ShmRing:
             if slot is None:
                 return None
             self._set(slot, CLAIMED, stream_id)
-        src = data.detach().reshape(-1).view(torch.uint8).cpu().numpy()  # numpy: a plain memcpy, 5x torch's copy_
-        np.copyto(self._view(slot, nbytes), src)
+        slot_tensor = torch.frombuffer(self._buf, dtype=torch.uint8, count=nbytes, offset=self._slot_offset(slot))
+        slot_tensor.view(data.dtype).view(data.shape).copy_(data.detach())  # slots are page-aligned for any dtype
         self._set(slot, FULL, stream_id)
         return slot
 

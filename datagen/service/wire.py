@@ -1,7 +1,7 @@
 """Batch ↔ GenerateResponse messages: clips as uint8 inline chunks or a shared-memory slot descriptor.
 
 Both sides import this module, so the encoding and its checks exist once. Clips are never converted to
-float on the wire (DESIGN §1): the trainer normalises on its own device.
+float on the wire (docs/service.md): the trainer normalises on its own device.
 """
 from __future__ import annotations
 
@@ -41,8 +41,10 @@ def encode_batch(
     ring: ShmRing | None = None,
     stream_id: int = 0,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    slot: int | None = None,
 ) -> Iterator[pb.GenerateResponse]:
-    """The messages of one batch: clips through `ring` when a slot is free, else inline in chunks."""
+    """The messages of one batch: clips through `ring` when a slot is free, else inline in chunks.
+    `slot`: the clips are already in that slot of the ring (the replica's worker put them there)."""
     clips = batch.clips
     header = pb.BatchHeader(
         clips=_meta(clips),
@@ -52,7 +54,8 @@ def encode_batch(
         problems=problems,
     )
     nbytes = clips.numel()
-    slot = ring.put(clips, stream_id) if ring is not None else None
+    if slot is None and ring is not None:
+        slot = ring.put(clips, stream_id)
     if slot is not None:
         header.shared_memory.slot = slot
         header.shared_memory.nbytes = nbytes

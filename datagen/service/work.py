@@ -2,7 +2,9 @@
 
 Streams submit batches of keys a little ahead of what they send, so generation overlaps transport; the
 queue bound is the replica's backpressure: when it is full, streams wait before submitting more. Jobs of
-a stream that went away are skipped, not generated.
+a stream that went away are skipped, not generated. A stream with a shared-memory ring has each batch's
+clips copied into a slot here, right after generation on the same thread (and CUDA stream), so the copy
+neither waits on nor blocks a gRPC thread.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from datagen.rng import SampleKey
 from protos import datagen_pb2 as pb
 
 from .metrics import ReplicaMetrics
+from .shm_ring import ShmRing
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,15 @@ class StreamGone(Exception):
 class Generated:
     batch: Batch
     problems: list[pb.SampleProblem]
+    slot: int | None = None  # the ring slot holding the clips; None: send them inline
 
 
 @dataclasses.dataclass
 class _Job:
     keys: list[SampleKey]
     future: concurrent.futures.Future
+    ring: ShmRing | None = None
+    stream_id: int = 0
     enqueued: float = dataclasses.field(default_factory=time.monotonic)
     abandoned: bool = False
 
@@ -79,23 +85,24 @@ class WorkQueue:
         self._queue.put(None)
         self._thread.join()
 
-    def run(self, keys: Sequence[SampleKey], batch_size: int, active: Callable[[], bool]) -> Iterator[Generated]:
-        """Generate `keys` in batches of `batch_size`, in order; StreamGone once `active()` turns False."""
+    def run(self, keys: Sequence[SampleKey], batch_size: int, active: Callable[[], bool],
+            ring: ShmRing | None = None, stream_id: int = 0) -> Iterator[Generated]:
+        """Generate `keys` in batches of `batch_size`, in order, their clips put in `ring` (tagged `stream_id`)
+        where a slot is free; StreamGone once `active()` turns False (the client reclaims its slots)."""
         chunks = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
         jobs: collections.deque[_Job] = collections.deque()
         submitted = 0
         try:
             while submitted < len(chunks) or jobs:
                 while submitted < len(chunks) and len(jobs) < self.lookahead:
-                    jobs.append(self._submit(chunks[submitted], active))
+                    jobs.append(self._submit(_Job(chunks[submitted], concurrent.futures.Future(), ring, stream_id), active))
                     submitted += 1
                 yield self._result(jobs.popleft(), active)
         finally:
             for job in jobs:
                 job.abandoned = True
 
-    def _submit(self, keys: list[SampleKey], active: Callable[[], bool]) -> _Job:
-        job = _Job(keys, concurrent.futures.Future())
+    def _submit(self, job: _Job, active: Callable[[], bool]) -> _Job:
         while active():
             try:
                 self._queue.put(job, timeout=0.25)
@@ -126,17 +133,21 @@ class WorkQueue:
             failures = self.generator.stats["decode_failures"]
             try:
                 batch = self.generator.generate(job.keys)
+                generated = time.monotonic()
+                slot = job.ring.put(batch.clips, job.stream_id) if job.ring is not None else None
             except Exception as exc:  # handed to the stream, which reports INTERNAL
                 log.exception("generation failed", extra={"keys": len(job.keys), "first_key": tuple(job.keys[0])})
                 job.future.set_exception(exc)
                 continue
-            self.metrics.stage_seconds.labels("generate").observe(time.monotonic() - started)
+            self.metrics.stage_seconds.labels("generate").observe(generated - started)
+            if job.ring is not None:
+                self.metrics.stage_seconds.labels("shm_copy").observe(time.monotonic() - generated)
             if self.generator.stats["decode_failures"] > failures:
                 self.metrics.decode_failures.inc(self.generator.stats["decode_failures"] - failures)
                 self.on_decode_failure()
             problems = self._problems(job.keys)
             self.metrics.replaced.inc(len(problems))
-            job.future.set_result(Generated(batch, problems))
+            job.future.set_result(Generated(batch, problems, slot))
 
     def _problems(self, keys: list[SampleKey]) -> list[pb.SampleProblem]:
         """The samples whose own video is quarantined, hence generated from a replacement."""

@@ -1,43 +1,56 @@
-"""Labelled clips for fine-tuning and testing, decoded and transformed by the same code as pretraining.
+"""Labelled clips for fine-tuning and testing, decoded and resized by the same code as pretraining.
 
 Training clips follow the determinism contract: the video, the frames, the size, crop, flip and colour of
 sample (seed, epoch, index) come from datagen's Philox streams keyed on it, so a clip does not depend on
 the rank, the batch or the device that makes it. The pixel work is datagen's batched tensor code
-(`rescale_crop_flip`, `apply_colour`) and decoding is datagen's `Decoder` (DALI/NVDEC or PyAV).
-Evaluation clips are fixed: `test_clips` clips evenly spaced over each video, resized and centre-cropped.
+(`rescale_crop_flip`, `shift_hue_saturation`) and decoding is datagen's `Decoder` (DALI/NVDEC or PyAV).
+The colour jitter is the official fine-tuning one: one brightness, contrast and hue/saturation change per
+clip (pretraining's colour curves vary over the clip). Test clips are fixed: `test_clips` clips per video
+at the official classification positions or VCOP's retrieval positions, resized and centre-cropped.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 
-from datagen.config import TrajectoryConfig
 from datagen.decode import Decoder, VideoDecodeError
 from datagen.manifest import Rejected, VideoInfo
-from datagen.plan import ClipPlan, ColourPlan, plan_colour
+from datagen.plan import ClipPlan
 from datagen.quarantine import QuarantinedVideos
-from datagen.render import apply_colour, rescale_crop_flip
+from datagen.render import rescale_crop_flip, shift_hue_saturation
 from datagen.rng import SampleKey, Stream, generator
-from trainer.downstream.config import ClipsConfig
+from trainer.downstream.config import ClipsConfig, StaticColourConfig
 from trainer.downstream.datasets import LabelledSet
 
 log = logging.getLogger(__name__)
 
-_COLOUR_EASINGS = TrajectoryConfig().interpolation_probs  # brightness/contrast curves ease like pretraining's
+
+@dataclasses.dataclass(frozen=True)
+class ClipColour:
+    """One clip's colour change, the same on every frame; neutral values where it was not drawn."""
+
+    brightness: float = 0.0  # offset
+    contrast: float = 1.0  # gain
+    hue_shift: float = 0.0  # on the 0-180 scale
+    saturation: float = 1.0  # factor
+
+    @property
+    def hue_saturation(self) -> bool:
+        return self.hue_shift != 0.0 or self.saturation != 1.0
 
 
 @dataclasses.dataclass(frozen=True)
 class LabelledClipPlan:
-    """The random choices of one training clip; has the `clip` and `colour` parts datagen's renderer reads."""
+    """The random choices of one training clip; `clip` is the part datagen's `rescale_crop_flip` reads."""
 
     key: SampleKey
     video: int  # position in the labelled set
     clip: ClipPlan
-    colour: ColourPlan
+    colour: ClipColour
 
 
 @dataclasses.dataclass
@@ -47,34 +60,90 @@ class ClipBatch:
     videos: torch.Tensor  # (N,) int64 positions in the labelled set
 
 
-def plan_train_clip(key: SampleKey, video: int, num_frames: int, cfg: ClipsConfig, attempt: int = 0) -> LabelledClipPlan:
+ClipIndices = Callable[[int, ClipsConfig], np.ndarray]  # (frames in the video, config) -> (clips, T) indices
+
+
+def resized_shape(size: tuple[int, int], portrait: bool) -> tuple[int, int]:
+    """(height, width) to resize to: `size` is (width, height) for a landscape frame; a portrait frame
+    takes it transposed (the official GroupScale), so that it is not squeezed into landscape."""
+    width, height = size
+    return (width, height) if portrait else (height, width)
+
+
+def is_portrait(video: VideoInfo) -> bool:
+    return video.height > video.width
+
+
+def plan_static_colour(rng: np.random.Generator, cfg: StaticColourConfig) -> ClipColour:
+    """Brightness, contrast and hue/saturation, each drawn with its own probability."""
+    brightness = float(rng.uniform(-cfg.brightness, cfg.brightness)) if rng.random() < cfg.brightness_prob else 0.0
+    contrast = float(np.exp(rng.uniform(-cfg.contrast_log, cfg.contrast_log))) if rng.random() < cfg.contrast_prob else 1.0
+    hue, saturation = 0.0, 1.0
+    if rng.random() < cfg.hue_sat_prob:
+        hue = float(rng.uniform(-cfg.hue_shift, cfg.hue_shift))
+        saturation = float(np.exp(rng.uniform(-cfg.saturation_log, cfg.saturation_log)))
+    return ClipColour(brightness, contrast, hue, saturation)
+
+
+def apply_static_colour(clips: torch.Tensor, colours: Sequence[ClipColour]) -> torch.Tensor:
+    """(N, T, H, W, 3) float 0-255, in place: add the brightness, multiply by the contrast gain, then shift
+    hue and scale saturation (the official order), clipping to [0, 255] after each step."""
+    def per_clip(values: list[float]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.float32, device=clips.device).view(-1, 1, 1, 1, 1)
+
+    clips.add_(per_clip([c.brightness for c in colours])).clamp_(0, 255)
+    clips.mul_(per_clip([c.contrast for c in colours])).clamp_(0, 255)
+    chosen = [i for i, c in enumerate(colours) if c.hue_saturation]
+    if chosen:
+        idx = torch.tensor(chosen, device=clips.device)
+        hue = per_clip([colours[i].hue_shift for i in chosen]).flatten()
+        sat = per_clip([colours[i].saturation for i in chosen]).flatten()
+        clips[idx] = shift_hue_saturation(clips[idx], hue, sat).clamp_(0, 255)
+    return clips
+
+
+def plan_train_clip(key: SampleKey, video: int, num_frames: int, cfg: ClipsConfig, attempt: int = 0,
+                    portrait: bool = False) -> LabelledClipPlan:
     """Frames at a fixed stride from a uniform start (clamped to the video), one of the train sizes, a random
-    crop, a flip and the colour jitter, all drawn from the key's streams."""
+    crop, a flip and the colour jitter, all drawn from the key's streams (official RandomFrameSampler,
+    GroupScale, GroupRandomCrop, GroupFlip and colour transforms)."""
     rng = generator(key, Stream.CLIP, attempt)
     span = (cfg.num_frames - 1) * cfg.frame_stride + 1
     start = int(rng.integers(0, max(num_frames - span, 0) + 1))
     indices = np.minimum(start + np.arange(cfg.num_frames, dtype=np.int64) * cfg.frame_stride, num_frames - 1)
-    width, height = cfg.train_sizes[int(rng.integers(len(cfg.train_sizes)))]
+    height, width = resized_shape(cfg.train_sizes[int(rng.integers(len(cfg.train_sizes)))], portrait)
     size = cfg.crop_size
     crop = (int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1)))
     flip = bool(rng.random() < cfg.flip_prob)
-    colour = plan_colour(generator(key, Stream.COLOUR, attempt), cfg.colour, _COLOUR_EASINGS, cfg.num_frames)
+    colour = plan_static_colour(generator(key, Stream.COLOUR, attempt), cfg.colour)
     return LabelledClipPlan(key, video, ClipPlan(indices, (height, width), crop, flip), colour)
 
 
 def eval_clip_indices(num_frames: int, cfg: ClipsConfig) -> np.ndarray:
-    """(test_clips, T) frame indices: clip starts evenly spaced from the first to the last full clip."""
-    span = (cfg.num_frames - 1) * cfg.frame_stride + 1
-    starts = np.linspace(0, max(num_frames - span, 0), cfg.test_clips).round().astype(np.int64)
-    return np.minimum(starts[:, None] + np.arange(cfg.num_frames) * cfg.frame_stride, num_frames - 1)
+    """(test_clips, T) frame indices of the classification test (official UniformFrameSampler): the
+    `num_frames − T·stride + 1` possible starts are cut into `test_clips` equal segments and each clip
+    starts at the middle of one (truncated); a video too short for a clip gives clips from frame 0."""
+    n, stride, k = cfg.num_frames, cfg.frame_stride, cfg.test_clips
+    starts_range = num_frames - n * stride + 1
+    tick = starts_range / k
+    starts = (tick / 2.0 + tick * np.arange(k)).astype(np.int64) if starts_range > 0 else np.zeros(k, np.int64)
+    return np.minimum(starts[:, None] + np.arange(n) * stride, num_frames - 1)
 
 
-def eval_clip_plan(cfg: ClipsConfig) -> LabelledClipPlan:
-    """Resize to `test_size`, centre crop, no flip, no colour change."""
-    width, height = cfg.test_size
-    crop = ((height - cfg.crop_size) // 2, (width - cfg.crop_size) // 2)
-    neutral = ColourPlan(0.0, 1.0, np.zeros(cfg.num_frames), np.ones(cfg.num_frames))
-    return LabelledClipPlan(SampleKey(0, 0, 0), -1, ClipPlan(np.empty(0, np.int64), (height, width), crop, False), neutral)
+def retrieval_clip_indices(num_frames: int, cfg: ClipsConfig) -> np.ndarray:
+    """(test_clips, T) frame indices of VCOP's retrieval clips: windows of T frames at `retrieval_stride`
+    (1: consecutive) whose centres are evenly spaced from span/2 to num_frames − span/2, each starting at
+    int(centre − span/2); clamped to the video (VCOP does not handle videos shorter than a clip)."""
+    span = (cfg.num_frames - 1) * cfg.retrieval_stride + 1
+    centres = np.linspace(span / 2, num_frames - span / 2, cfg.test_clips)
+    starts = np.maximum(np.trunc(centres - span / 2), 0).astype(np.int64)
+    return np.minimum(starts[:, None] + np.arange(cfg.num_frames) * cfg.retrieval_stride, num_frames - 1)
+
+
+def eval_clip_plan(cfg: ClipsConfig, portrait: bool = False) -> ClipPlan:
+    """Resize to `test_size` (transposed for a portrait frame), centre crop, no flip."""
+    height, width = resized_shape(cfg.test_size, portrait)
+    return ClipPlan(np.empty(0, np.int64), (height, width), ((height - cfg.crop_size) // 2, (width - cfg.crop_size) // 2), False)
 
 
 def _to_uint8(clips: torch.Tensor) -> torch.Tensor:
@@ -92,13 +161,13 @@ class TrainClips(QuarantinedVideos[LabelledClipPlan]):
         super().__init__(data.videos, decoder or Decoder(device, backend=cfg.decode_backend), self._plan)
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> LabelledClipPlan:
-        return plan_train_clip(key, position, video.num_frames, self.cfg, attempt)
+        return plan_train_clip(key, position, video.num_frames, self.cfg, attempt, is_portrait(video))
 
     def generate(self, keys: Sequence[SampleKey]) -> ClipBatch:
         plans = [self.plan(SampleKey(*k)) for k in keys]
         frames = self.decode(plans)
         clips = torch.stack([rescale_crop_flip(f, p, self.cfg.crop_size) for f, p in zip(frames, plans)])
-        clips = _to_uint8(apply_colour(clips, plans))
+        clips = _to_uint8(apply_static_colour(clips, [p.colour for p in plans]))
         self.stats["clips"] += len(plans)
         device = clips.device
         labels = torch.tensor([self.data.labels[p.video] for p in plans], dtype=torch.int64, device=device)
@@ -106,27 +175,30 @@ class TrainClips(QuarantinedVideos[LabelledClipPlan]):
 
 
 class EvalClips:
-    """Video positions → their `test_clips` fixed clips each. Keys follow the sample-source protocol; only
-    their index (the position in the labelled set) matters. Unreadable videos are left out and recorded."""
+    """Video positions → their `test_clips` fixed clips each, at the frames `indices` gives (the
+    classification test's by default). Keys follow the sample-source protocol; only their index (the
+    position in the labelled set) matters. Unreadable videos are left out and recorded."""
 
-    def __init__(self, data: LabelledSet, cfg: ClipsConfig, device: torch.device, decoder: Decoder | None = None) -> None:
+    def __init__(self, data: LabelledSet, cfg: ClipsConfig, device: torch.device, decoder: Decoder | None = None,
+                 indices: ClipIndices = eval_clip_indices) -> None:
         self.data = data
         self.cfg = cfg
         self.decoder = decoder or Decoder(device, backend=cfg.decode_backend)
-        self.plan = eval_clip_plan(cfg)
+        self.indices = indices
         self.skipped: list[Rejected] = []
 
     def generate(self, keys: Sequence[SampleKey]) -> ClipBatch:
         positions = [int(k[2]) for k in keys]
         videos = [self.data.videos[i] for i in positions]
-        requests = [(v, eval_clip_indices(v.num_frames, self.cfg).reshape(-1)) for v in videos]
+        requests = [(v, self.indices(v.num_frames, self.cfg).reshape(-1)) for v in videos]
         clips, owners = [], []
         for position, video, result in zip(positions, videos, self.decoder.decode_many(requests)):
             if isinstance(result, VideoDecodeError):
                 self.skipped.append(Rejected(video.path, result.reason))
                 log.warning("skipping unreadable test video %s: %s", video.path, result.reason)
                 continue
-            frames = rescale_crop_flip(result, self.plan, self.cfg.crop_size)
+            plan = LabelledClipPlan(SampleKey(0, 0, position), position, eval_clip_plan(self.cfg, is_portrait(video)), ClipColour())
+            frames = rescale_crop_flip(result, plan, self.cfg.crop_size)
             clips.append(_to_uint8(frames).reshape(self.cfg.test_clips, self.cfg.num_frames, *frames.shape[1:]))
             owners += [position] * self.cfg.test_clips
         size = (0, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size, 3)

@@ -1,4 +1,5 @@
-"""Typed downstream configuration (DESIGN §2 "Downstream protocols"): the defaults are the paper's recipe.
+"""Typed downstream configuration (docs/spec.md, "Downstream protocols"): the defaults are the official
+CtP fine-tuning and test recipe and VCOP's retrieval protocol.
 
 Loaded like every config of the project: defaults ← preset or YAML file ← `a.b=c` overrides.
 """
@@ -8,7 +9,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from datagen.config import ColourConfig, apply_overrides, from_dict, load_config, preset_names, resolve_preset
+from datagen.config import apply_overrides, from_dict, load_config, preset_names, resolve_preset
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 FORMATS = ("ucf101", "hmdb51", "kinetics", "folder")
@@ -37,16 +38,31 @@ class DataConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class StaticColourConfig:
+    """Static colour jitter of a fine-tuning clip (official RandomBrightness, RandomContrast and
+    RandomHueSaturation): one value per clip, each change applied with its own probability."""
+
+    brightness_prob: float = 0.2
+    brightness: float = 32.0  # offset from U(-b, b), added to every pixel
+    contrast_prob: float = 0.2
+    contrast_log: float = 0.2  # gain exp(U(-c, c)) on every pixel
+    hue_sat_prob: float = 0.2
+    hue_shift: float = 12.0  # U(-h, h) on the 0-180 hue scale
+    saturation_log: float = 0.1  # saturation x exp(U(-s, s))
+
+
+@dataclasses.dataclass(frozen=True)
 class ClipsConfig:
     num_frames: int = 16
     frame_stride: int = 2
-    train_sizes: tuple[tuple[int, int], ...] = ((149, 112), (171, 128), (192, 144))  # (width, height) choices
-    test_size: tuple[int, int] = (171, 128)  # (width, height)
+    # (width, height) choices of a landscape frame; a portrait frame (height > width) takes (height, width)
+    train_sizes: tuple[tuple[int, int], ...] = ((149, 112), (171, 128), (192, 144))
+    test_size: tuple[int, int] = (171, 128)  # (width, height), swapped likewise for portrait frames
     crop_size: int = 112
     flip_prob: float = 0.35
-    # The pretraining colour spec's magnitudes, each applied with p 0.2.
-    colour: ColourConfig = ColourConfig(hue_sat_prob=0.2, brightness_prob=0.2, contrast_prob=0.2)
-    test_clips: int = 10  # evenly spaced over each test video
+    colour: StaticColourConfig = StaticColourConfig()
+    test_clips: int = 10  # per test video, one centred in each of 10 equal segments of the start range
+    retrieval_stride: int = 1  # VCOP's retrieval clips: num_frames consecutive frames, test_clips per video
     test_batch_videos: int = 4  # videos (of test_clips clips each) per forward pass at test time
     decode_backend: str = "auto"  # auto | dali | pyav
 
@@ -74,7 +90,9 @@ class OptimConfig:
 class RunConfig:
     out_dir: str = "runs/finetune"
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's cuda:LOCAL_RANK)
-    precision: str = "auto"  # auto (bf16 on CUDA, else fp32) | fp32 | bf16
+    # auto: bf16 autocast on CUDA (for speed), else fp32. The paper and the official code train in fp32:
+    # set fp32 to reproduce them exactly.
+    precision: str = "auto"  # auto | fp32 | bf16
     channels_last: bool | None = None  # None: on CUDA only
     sync_batchnorm: bool = True  # across ranks, when distributed on CUDA
     val_every: int = 10  # epochs between validations on data.test (0: never); also after the last epoch
@@ -124,7 +142,8 @@ def validate(cfg: DownstreamConfig) -> None:
         (cfg.test_split.format in FORMATS, f"data.test.format must be one of {FORMATS}, got {cfg.data.test.format!r}"),
         (0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}"),
         (d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}"),
-        (c.num_frames >= 1 and c.frame_stride >= 1, "clips.num_frames and clips.frame_stride must be >= 1"),
+        (c.num_frames >= 1 and c.frame_stride >= 1 and c.retrieval_stride >= 1,
+         "clips.num_frames, clips.frame_stride and clips.retrieval_stride must be >= 1"),
         (all(min(s) >= c.crop_size for s in (*c.train_sizes, c.test_size)),
          f"clips.train_sizes and clips.test_size must be at least clips.crop_size={c.crop_size} on both sides"),
         (len(c.train_sizes) >= 1, "clips.train_sizes needs at least one (width, height)"),

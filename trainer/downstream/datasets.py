@@ -222,6 +222,8 @@ def _locate(name: str, classes: tuple[str, ...], videos: Path, listed: list[tupl
             raise SplitFileError(file, line, f"{relative} is listed twice (first at {seen[relative]})")
         seen[relative] = where
         path = videos / relative
+        if not path.is_file():  # a `ctp-datagen prepare` copy keeps the name but ends in .mp4
+            path = path.with_suffix(".mp4") if path.with_suffix(".mp4").is_file() else path
         if path.is_file():
             entries.append((path, label))
         else:

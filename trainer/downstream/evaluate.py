@@ -1,9 +1,9 @@
-"""`ctp-train eval`: the video-level test of a fine-tuned classifier (DESIGN §2).
+"""`ctp-train eval`: the video-level test of a fine-tuned classifier (docs/spec.md).
 
-Each test video gives `clips.test_clips` (10) clips evenly spaced over it, resized to 171×128 and centre
-cropped to 112; the softmax outputs are averaged per video, which is then scored: top-1 and top-5, per-class
-accuracy and a confusion matrix (also drawn as a picture). Under torchrun the videos are sharded over the
-ranks and gathered on rank 0.
+Each test video gives `clips.test_clips` (10) clips spread over it, resized to 171×128 and centre cropped
+to 112; as in the official TSN test, the clips' logits are averaged per video and the mean goes through the
+softmax, which is then scored: top-1 and top-5, per-class accuracy and a confusion matrix (also drawn as a
+picture). Under torchrun the videos are sharded over the ranks and gathered on rank 0.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from datagen.manifest import Rejected
 from trainer.data import InProcessSource
-from trainer.downstream.clips import EvalClips
+from trainer.downstream.clips import ClipIndices, EvalClips, eval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
 from trainer.distributed import Ranks, process_group
@@ -32,14 +32,16 @@ from trainer.network import normalise
 
 @torch.no_grad()
 def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
-                ranks: Ranks = Ranks(), desc: str = "videos") -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
-    """`fn` of every evaluation clip (normalised, (N, 3, T, S, S) → (N, D)), averaged per video.
+                ranks: Ranks = Ranks(), desc: str = "videos", indices: ClipIndices = eval_clip_indices
+                ) -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
+    """`fn` of every evaluation clip (normalised, (N, 3, T, S, S) → (N, D)), averaged per video; the clips
+    are at the frames `indices` gives.
 
     Returns (positions of the videos in `data`, ascending; their means (V, D) on CPU; skipped videos),
     the same on every rank when distributed.
     """
     positions = list(range(ranks.rank, len(data), ranks.world_size))
-    source = EvalClips(data, cfg.clips, execution.device)
+    source = EvalClips(data, cfg.clips, execution.device, indices=indices)
     ids, means = [torch.zeros(0, dtype=torch.int64)], []
     stream = InProcessSource(source).stream(0, 0, positions, cfg.clips.test_batch_videos)
     bar = tqdm(total=len(positions), unit="video", desc=desc, disable=not (cfg.run.progress and ranks.is_main), leave=False)
@@ -63,11 +65,14 @@ def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, c
 
 def predict(model: torch.nn.Module, data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
             ranks: Ranks = Ranks()) -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
-    """(positions, per-video mean softmax (V, C), skipped videos); `model` runs in eval mode, then is restored."""
+    """(positions, per-video scores (V, C), skipped videos): the softmax of the clips' mean logits, as the
+    official test scores a video (not the mean of the clips' softmaxes). `model` runs in eval mode, then is
+    restored."""
     was_training = model.training
     model.eval()
     try:
-        return video_means(lambda x: model(x).softmax(1), data, cfg, execution, ranks, desc="testing")
+        positions, logits, skipped = video_means(model, data, cfg, execution, ranks, desc="testing")
+        return positions, logits.softmax(1), skipped
     finally:
         model.train(was_training)
 

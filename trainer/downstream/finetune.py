@@ -1,6 +1,6 @@
 """`ctp-train finetune`: action recognition from a pretrained encoder (or random init, the baseline).
 
-The paper's recipe is the default (DESIGN §2): SGD lr 0.01 for batch 32, momentum 0.9, weight decay 5e-4,
+The paper's recipe is the default (docs/spec.md): SGD lr 0.01 for batch 32, momentum 0.9, weight decay 5e-4,
 150 epochs with ×0.1 at 60 and 120, gradient-norm clip 40, dropout 0.5. Training clips are drawn per
 (seed, epoch, index) like pretraining samples, decoded in-process; under torchrun each rank takes a
 disjoint shard of every epoch and the gradients are averaged by DDP. The checkpoint is written after every
@@ -21,7 +21,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from datagen.config import to_dict
@@ -30,7 +29,7 @@ from trainer.data import InProcessSource
 from trainer.downstream.clips import ClipBatch, TrainClips
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, label_subset, open_split
-from trainer.distributed import Ranks, process_group
+from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group
 from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import FINETUNE_TASK, VideoClassifier, load_encoder, read_state
 from trainer.downstream.report import write_json
@@ -56,11 +55,10 @@ class FineTuner:
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.name))
         model: nn.Module = VideoClassifier(encoder, len(classes), cfg.model.dropout)
         if ranks.distributed and execution.device.type == "cuda" and cfg.run.sync_batchnorm:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_batchnorm(model, execution.device)
         self.cfg, self.classes, self.execution = cfg, classes, execution
         self.model = execution.prepare(model)
-        self.network = DistributedDataParallel(self.model, device_ids=[execution.device] if execution.device.type == "cuda" else None) \
-            if ranks.distributed else self.model
+        self.network = distributed_data_parallel(self.model, execution.device) if ranks.distributed else self.model
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum,
                                          weight_decay=cfg.optim.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(cfg.optim.milestones),

@@ -1,8 +1,9 @@
-"""`ctp-train retrieve`: video retrieval with the VCOP protocol (DESIGN §2), between any two splits.
+"""`ctp-train retrieve`: video retrieval with the VCOP protocol (docs/spec.md), between any two splits.
 
-Gallery = data.train, queries = data.test (the protocol: training split vs test split). Each video's
-feature is the encoder's final feature map (standard strides) max-pooled by (1, 2, 2) and flattened,
-averaged over its 10 evaluation clips; neighbours are ranked by cosine distance and a query hits at k when
+Gallery = data.train, queries = data.test (the protocol: training split vs test split). Each video gives
+VCOP's 10 clips of 16 consecutive frames (`retrieval_clip_indices`), resized to 171×128 and centre cropped
+to 112; its feature is the encoder's final feature map (standard strides) max-pooled by (1, 2, 2) and
+flattened, averaged over the clips; neighbours are ranked by cosine distance and a query hits at k when
 one of its k nearest gallery videos has its class (matched by name, so the splits may come from
 different datasets). When the splits overlap, a video never retrieves itself.
 """
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer.downstream.clips import retrieval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
 from trainer.distributed import Ranks, process_group
@@ -37,7 +39,7 @@ def video_features(encoder: Encoder, data: LabelledSet, cfg: DownstreamConfig, e
     """(positions in `data` of the decodable videos, their features (V, D))."""
     encoder.eval()
     positions, features, _ = video_means(lambda x: retrieval_features(encoder(x)), data, cfg, execution, ranks,
-                                         desc=f"features of {data.name}")
+                                         desc=f"features of {data.name}", indices=retrieval_clip_indices)
     return positions, features
 
 
