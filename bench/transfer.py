@@ -1,0 +1,400 @@
+"""Does CtP pretraining help? The smallest honest transfer experiment, on a CPU (issue 15, docs/transfer.md).
+
+    python -m bench.transfer [--quick] [--split test|val] [--out docs/results/transfer.json] [--work out/transfer]
+
+A labelled video set that needs no download: real encoded videos (datagen.demo's panning textured
+backgrounds with 2-4 bouncing textured distractors) in which one more textured object, the actor, moves in
+one of five ways (orbit, horizontal, vertical or diagonal swing, pulsing size): the class. Four splits of
+disjoint source material (each video's pixels come from its own seed, and the splits' seeds never meet):
+an unlabelled pretraining pool, labelled training videos, a validation set for any choice, and the test set.
+
+Arms, all the same tiny encoder and the same fine-tuning recipe and step budget: `scratch` (random init);
+`ctp_full`: CtP pretraining on the pool with the full generation spec (the paper's, with the clip geometry
+of the tiny_cpu preset: 64 px crops and patch sizes scaled to them); `ctp_simple`: the tiny_cpu preset's
+simplified game. Pretraining and fine-tuning are the project's own `pretrain()` and `finetune()`; the score
+is `finetune()`'s own end-of-run video-level top-1 (10 clips per video) on the evaluated split.
+Seeds are fixed here, before any run: pretraining seed 0, fine-tuning seeds 0, 1, 2 (which also choose the
+label subsets).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from datagen.config import GenerationConfig
+from datagen.demo import ENCODERS, encode, render_scene, texture
+from trainer.checkpoint import latest_checkpoint
+from trainer.config import load_train_config
+from trainer.downstream.config import load_downstream_config
+from trainer.downstream.finetune import finetune
+from trainer.pretrain import pretrain
+
+log = logging.getLogger("bench.transfer")
+
+CLASSES = ("orbit", "swing_horizontal", "swing_vertical", "swing_diagonal", "pulse")  # all invariant to a flip
+SPLITS = ("pool", "train", "val", "test")  # the second entry of every video's seed: no two splits share one
+ARMS = ("scratch", "ctp_full", "ctp_simple")
+FRACTIONS = (0.05, 0.2, 1.0)
+SEEDS = (0, 1, 2)
+PRETRAIN_SEED = 0
+DATA_SEED = 15  # the first entry of every video's seed
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Sizes and budgets of one experiment."""
+
+    per_class: dict[str, int]  # labelled videos per class in train, val and test
+    pool: int  # unlabelled pretraining videos
+    frames: int
+    size: tuple[int, int]  # (width, height)
+    pretrain_steps: int
+    finetune_steps: int  # per run, whatever the label fraction
+    finetune_lr: float  # SGD, for batch 32 (the config's convention), scaled to batch 8
+    fractions: tuple[float, ...]
+    seeds: tuple[int, ...]
+    arms: tuple[str, ...] = ARMS
+
+
+FULL = Plan(per_class={"train": 30, "val": 10, "test": 20}, pool=240, frames=50, size=(128, 96),
+            pretrain_steps=800, finetune_steps=250, finetune_lr=0.1, fractions=FRACTIONS, seeds=SEEDS)
+QUICK = Plan(per_class={"train": 2, "val": 1, "test": 1}, pool=4, frames=20, size=(96, 64),
+             pretrain_steps=2, finetune_steps=2, finetune_lr=0.1, fractions=(0.5, 1.0), seeds=(0,))
+
+
+# --- the labelled set ------------------------------------------------------------------------------------
+
+def actor_path(rng: np.random.Generator, kind: str, frames: int, width: int, height: int, size: tuple[int, int]
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 2) centre (y, x) and (T,) scale of the actor for motion `kind`, kept inside the frame."""
+    period, phase = rng.uniform(10, 18), rng.uniform(0, 2 * np.pi)
+    wave = np.sin(2 * np.pi * np.arange(frames) / period + phase)
+    amplitude = rng.uniform(14, 22)
+    offset = np.zeros((frames, 2))
+    scale = np.ones(frames)
+    if kind == "orbit":
+        turn = rng.choice([-1.0, 1.0])
+        offset = amplitude * np.stack([wave, turn * np.cos(2 * np.pi * np.arange(frames) / period + phase)], 1)
+    elif kind == "swing_horizontal":
+        offset[:, 1] = 1.4 * amplitude * wave
+    elif kind == "swing_vertical":
+        offset[:, 0] = 1.4 * amplitude * wave
+    elif kind == "swing_diagonal":
+        offset = amplitude * np.stack([wave, rng.choice([-1.0, 1.0]) * wave], 1)
+    elif kind == "pulse":
+        scale = 1 + rng.uniform(0.35, 0.5) * wave
+    else:
+        raise ValueError(f"unknown motion {kind!r}; one of {CLASSES}")
+    reach = np.abs(offset).max(0) + np.asarray(size) * scale.max() / 2 + 1
+    centre = rng.uniform(reach, np.maximum(reach + 1, np.array([height, width]) - reach))
+    return centre + offset, scale
+
+
+def render_video(rng: np.random.Generator, kind: str, frames: int, width: int, height: int) -> np.ndarray:
+    """A demo scene (panning textured background, bouncing textured distractors) with the actor on top."""
+    video = render_scene(rng, frames, width, height)
+    h, w = (int(v) for v in rng.integers(26, 40, 2))
+    tex = texture(rng, h, w)
+    yy, xx = np.mgrid[:h, :w]
+    ellipse = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 1.0
+    mask = ellipse if rng.random() < 0.5 else np.ones((h, w), bool)
+    centres, scales = actor_path(rng, kind, frames, width, height, (h, w))
+    for frame, (cy, cx), s in zip(video, centres, scales):
+        sh, sw = max(2, round(h * s)), max(2, round(w * s))
+        t = cv2.resize(tex, (sw, sh), interpolation=cv2.INTER_LINEAR)
+        m = cv2.resize(mask.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_NEAREST).astype(bool)
+        y0, x0 = round(cy - sh / 2), round(cx - sw / 2)
+        ys, xs = slice(max(y0, 0), min(y0 + sh, height)), slice(max(x0, 0), min(x0 + sw, width))
+        sub = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
+        frame[ys, xs][m[sub]] = t[sub][m[sub]]
+    return video
+
+
+def video_seed(split: str, index: int) -> list[int]:
+    return [DATA_SEED, SPLITS.index(split), index]
+
+
+def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
+    """Write the four splits under `root` (kept between runs when the plan is the same); returns the source list:
+    for every file its split, class (None in the pool) and seed."""
+    index_file = root / "sources.json"
+    spec = {"per_class": plan.per_class, "pool": plan.pool, "frames": plan.frames, "size": list(plan.size),
+            "classes": list(CLASSES), "data_seed": DATA_SEED}
+    if index_file.is_file() and json.loads(index_file.read_text())["spec"] == spec:
+        return json.loads(index_file.read_text())
+    width, height = plan.size
+    codecs = ("vp9", "mpeg4", "h264")  # datagen.demo's: DALI-CPU decodes VP9, PyAV the others
+    sources = []
+    counts = {"pool": plan.pool, **{s: n * len(CLASSES) for s, n in plan.per_class.items()}}
+    for split, count in counts.items():
+        for i in range(count):
+            kind = CLASSES[i % len(CLASSES)]
+            seed = video_seed(split, i)
+            codec = codecs[i % len(codecs)]
+            folder = root / "pool" if split == "pool" else root / split / kind
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{split}_{i:04d}_{codec}{ENCODERS[codec][1]}"
+            encode(path, render_video(np.random.default_rng(seed), kind, plan.frames, width, height), codec, fps=25)
+            sources.append({"path": str(path.relative_to(root)), "split": split,
+                            "class": None if split == "pool" else kind, "seed": seed})
+    index = {"spec": spec, "videos": sources}
+    index_file.write_text(json.dumps(index, indent=1) + "\n")
+    return index
+
+
+# --- the arms ----------------------------------------------------------------------------------------------
+
+def full_spec(simple: GenerationConfig) -> GenerationConfig:
+    """The paper's generation spec with the tiny preset's clip geometry (64 px crops, patch sizes and speed
+    scaled to them): inner key frames, scale change, shapes, soft edges, opacity, MRM and colour jitter all on."""
+    full = GenerationConfig()
+    trajectory = dataclasses.replace(full.trajectory, anchor_scales=simple.trajectory.anchor_scales,
+                                     max_speed=simple.trajectory.max_speed)
+    return dataclasses.replace(full, clip=simple.clip, trajectory=trajectory)
+
+
+def pretrain_arm(arm: str, pool: Path, out: Path, steps: int) -> Path:
+    """CtP pretraining of the tiny encoder on the pool for `steps` steps; returns its final checkpoint."""
+    cfg = load_train_config("tiny_cpu", [
+        f"data.videos=[{pool}]", f"data.seed={PRETRAIN_SEED}", "data.clips_per_video=1",
+        f"run.out_dir={out}", "run.progress=false", "run.log_every=20", f"run.checkpoint_every={10 * steps}",
+        f"eval.every_steps={10 * steps}"])
+    per_epoch = math.ceil(len(list(pool.iterdir())) / cfg.data.batch_size)
+    epochs = max(1, round(steps / per_epoch))
+    optim = dataclasses.replace(cfg.optim, epochs=epochs, milestones=(max(1, round(0.8 * epochs)),))
+    generation = full_spec(cfg.data.generation) if arm == "ctp_full" else cfg.data.generation
+    cfg = dataclasses.replace(cfg, optim=optim, data=dataclasses.replace(cfg.data, generation=generation))
+    score = pretrain(cfg)
+    log.info("%s: tracking mIoU %.3f, first-box baseline %.3f", arm, score.miou, score.baseline_miou)
+    found = latest_checkpoint(out)
+    assert found is not None
+    return found
+
+
+def finetune_run(train: Path, evaluated: Path, init: Path | None, fraction: float, seed: int, steps: int,
+                 lr: float, out: Path) -> float:
+    """`finetune()` with the tiny_cpu downstream recipe for about `steps` steps; its end-of-run top-1 on `evaluated`."""
+    cfg = load_downstream_config("tiny_cpu", [f"data.train.videos={train}", f"data.test.videos={evaluated}",
+                                              f"data.label_fraction={fraction}", f"data.seed={seed}",
+                                              "data.batch_size=8", f"optim.lr={lr}", f"run.out_dir={out}", "run.progress=false",
+                                              "run.log_every=50", f"model.init={json.dumps(str(init) if init else '')}"])
+    labelled = sum(1 for p in train.rglob("*") if p.is_file())
+    videos = sum(max(1, round(fraction * n)) for n in _class_sizes(train))
+    assert videos <= labelled
+    epochs = max(1, round(steps / math.ceil(videos / cfg.data.batch_size)))
+    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=epochs, milestones=()),
+                              run=dataclasses.replace(cfg.run, val_every=epochs))
+    checkpoint = finetune(cfg)
+    summary = json.loads(checkpoint.with_suffix(".json").read_text())
+    assert summary["train_videos"] == videos, (summary["train_videos"], videos)
+    return summary["validation"]["top1"]
+
+
+def _class_sizes(folder: Path) -> list[int]:
+    return [sum(1 for p in c.iterdir() if p.is_file()) for c in sorted(folder.iterdir()) if c.is_dir()]
+
+
+# --- reporting ---------------------------------------------------------------------------------------------
+
+def summarise(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per arm and fraction: mean and sample sd of top-1 over the seeds."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for arm, by_fraction in results.items():
+        for fraction, by_seed in by_fraction.items():
+            values = np.asarray(list(by_seed.values()), dtype=np.float64)
+            sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            out.setdefault(arm, {})[fraction] = {"mean": float(values.mean()), "sd": sd, "n": len(values)}
+    return out
+
+
+def verdict(summary: dict[str, dict[str, dict[str, float]]], fraction: str) -> dict[str, Any]:
+    """Each pretrained arm against scratch at `fraction`: the gap in means and whether it exceeds 2 pooled sd."""
+    base = summary["scratch"][fraction]
+    out = {}
+    for arm in summary:
+        if arm == "scratch":
+            continue
+        mine = summary[arm][fraction]
+        pooled = math.sqrt((base["sd"] ** 2 + mine["sd"] ** 2) / 2)
+        gap = mine["mean"] - base["mean"]
+        out[arm] = {"gap": gap, "pooled_sd": pooled, "above_two_sd": bool(gap > 2 * pooled)}
+    return out
+
+
+def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path, title: str) -> None:
+    """Accuracy vs label fraction (log axis), mean ± sd per arm, drawn with PIL (no matplotlib in the venv)."""
+    from PIL import Image, ImageDraw
+
+    width, height, left, right, top, bottom = 720, 440, 70, 170, 40, 60
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    fractions = sorted({float(f) for arm in summary.values() for f in arm})
+    lo, hi = math.log(min(fractions)) - 0.2, math.log(max(fractions)) + 0.2
+
+    def xy(fraction: float, accuracy: float) -> tuple[float, float]:
+        x = left + (math.log(fraction) - lo) / (hi - lo) * (width - left - right)
+        return x, top + (1 - accuracy) * (height - top - bottom)
+
+    for a in np.linspace(0, 1, 6):
+        y = xy(fractions[0], a)[1]
+        draw.line([(left, y), (width - right, y)], fill=(225, 225, 225))
+        draw.text((left - 40, y - 6), f"{100 * a:.0f}%", fill="black")
+    for f in fractions:
+        x = xy(f, 0)[0]
+        draw.text((x - 14, height - bottom + 8), f"{100 * f:g}%", fill="black")
+    draw.rectangle([left, top, width - right, height - bottom], outline="black")
+    draw.text((left, 12), title, fill="black")
+    draw.text((width // 2 - 80, height - 24), "label fraction (log scale)", fill="black")
+    chance = 1 / len(CLASSES)
+    chance_y = xy(fractions[0], chance)[1]
+    draw.line([(left, chance_y), (width - right, chance_y)], fill=(150, 150, 150))
+    draw.text((width - right + 6, chance_y - 6), "chance", fill=(120, 120, 120))
+    colours = {"scratch": (200, 40, 40), "ctp_full": (30, 90, 200), "ctp_simple": (30, 150, 60)}
+    for n, (arm, by_fraction) in enumerate(summary.items()):
+        colour = colours.get(arm, (0, 0, 0))
+        points = []
+        for f in fractions:
+            if f"{f:g}" not in by_fraction:  # a run stopped early: the points it has
+                continue
+            s = by_fraction[f"{f:g}"]
+            x, y = xy(f, s["mean"])
+            x += (n - 1) * 4  # side by side, so the bars stay readable
+            _, y0 = xy(f, s["mean"] - s["sd"])
+            _, y1 = xy(f, s["mean"] + s["sd"])
+            draw.line([(x, y0), (x, y1)], fill=colour, width=2)
+            draw.line([(x - 4, y0), (x + 4, y0)], fill=colour, width=2)
+            draw.line([(x - 4, y1), (x + 4, y1)], fill=colour, width=2)
+            points.append((x, y))
+        draw.line(points, fill=colour, width=2)
+        for x, y in points:
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        draw.text((width - right + 6, top + 10 + 18 * n), f"- {arm}", fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def table(summary: dict[str, dict[str, dict[str, float]]], results: dict[str, dict[str, dict[str, float]]]) -> str:
+    fractions = list(next(iter(summary.values())))
+    lines = ["| arm | " + " | ".join(f"{100 * float(f):g} % labels" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for arm, by_fraction in summary.items():
+        cells = []
+        for f in fractions:
+            if f not in by_fraction:
+                cells.append("not run")
+                continue
+            s = by_fraction[f]
+            seeds = ", ".join(f"{100 * v:.1f}" for v in results[arm][f].values())
+            cells.append(f"{100 * s['mean']:.1f} ± {100 * s['sd']:.1f} ({seeds})")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# --- the experiment ----------------------------------------------------------------------------------------
+
+def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, command: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    data = work / "videos"
+    index = build_dataset(data, plan)
+    timings = {"videos_s": time.perf_counter() - started}
+    inits: dict[str, Path | None] = {"scratch": None}
+    pretraining: dict[str, Any] = {}
+    for arm in plan.arms:
+        if arm == "scratch":
+            continue
+        t = time.perf_counter()
+        inits[arm] = pretrain_arm(arm, data / "pool", work / "pretrain" / arm, plan.pretrain_steps)
+        records = [json.loads(line) for line in (work / "pretrain" / arm / "metrics.jsonl").read_text().splitlines()]
+        evals = [r for r in records if "miou" in r]
+        pretraining[arm] = {"steps": records[-1]["step"] if evals else 0, "miou_start": evals[0]["miou"],
+                            "miou_end": evals[-1]["miou"], "baseline_miou": evals[-1]["baseline_miou"],
+                            "seconds": time.perf_counter() - t}
+    timings["pretrain_s"] = time.perf_counter() - started - timings["videos_s"]
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    t = time.perf_counter()
+    for arm in plan.arms:
+        for fraction in plan.fractions:
+            for seed in plan.seeds:
+                run_dir = work / "finetune" / arm / f"{fraction:g}" / f"seed{seed}"
+                top1 = finetune_run(data / "train", data / split, inits[arm], fraction, seed, plan.finetune_steps,
+                                    plan.finetune_lr, run_dir)
+                results.setdefault(arm, {}).setdefault(f"{fraction:g}", {})[str(seed)] = top1
+                log.info("%s %g seed %d: %s top-1 %.3f", arm, fraction, seed, split, top1)
+    timings["finetune_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+    summary = summarise(results)
+    lowest = f"{min(plan.fractions):g}"
+    report = {
+        "command": command,
+        "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
+        "evaluated_split": split, "plan": dataclasses.asdict(plan), "classes": CLASSES,
+        "videos": {s: sum(1 for v in index["videos"] if v["split"] == s) for s in SPLITS},
+        "pretraining": pretraining, "seconds": timings,
+        "top1": results, "summary": summary, "verdict_at_lowest_fraction": {"fraction": lowest, **verdict(summary, lowest)},
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    if image is not None:
+        plot(summary, image, f"tiny encoder, {split} top-1 (mean ± sd over {len(plan.seeds)} seeds), 5 motion classes")
+    print(table(summary, results))
+    print(json.dumps(report["verdict_at_lowest_fraction"], indent=1))
+    print(f"took {timings['total_s'] / 60:.1f} min; results: {out}")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a few videos and steps: checks the pipeline, not the outcome")
+    p.add_argument("--split", choices=("test", "val"), default="test",
+                   help="what the fine-tuned models are scored on: val for any choice, test for the report")
+    p.add_argument("--work", type=Path, default=Path("out/transfer"), help="videos, checkpoints and run folders")
+    p.add_argument("--out", type=Path, default=Path("docs/results/transfer.json"), help="the results JSON")
+    p.add_argument("--image", type=Path, default=Path("docs/images/transfer.png"), help="the plot (PNG)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="override the plan's pretraining steps")
+    p.add_argument("--finetune-steps", type=int, default=None, help="override the plan's fine-tuning steps")
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=None, help="a subset of the arms (scratch is the reference)")
+    p.add_argument("--fractions", nargs="+", type=float, default=None, help="override the plan's label fractions")
+    argv = sys.argv[1:] if argv is None else argv
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("trainer", "datagen"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.arms and "scratch" not in args.arms:
+        p.error("--arms must include scratch: every arm is judged against it")
+    plan = QUICK if args.quick else FULL
+    overrides = {k: v for k, v in (("pretrain_steps", args.pretrain_steps), ("finetune_steps", args.finetune_steps),
+                                   ("arms", tuple(args.arms or ())), ("fractions", tuple(args.fractions or ()))) if v}
+    run(dataclasses.replace(plan, **overrides), args.work, args.split, args.out, args.image,
+        " ".join(["python -m bench.transfer", *argv]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The transfer experiment's pipeline (bench/transfer.py --quick): disjoint source material, fine-tuning that
+starts from the pretrained encoder (or, for scratch, from the seed's fresh init), and the report's shape."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bench import transfer
+from datagen.decode import PyAVDecoder
+from datagen.manifest import probe
+from trainer.checkpoint import latest_checkpoint, read_state
+from trainer.export import encoder_state_dict
+from trainer.models import build_encoder
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory) -> tuple[Path, dict]:
+    work = tmp_path_factory.mktemp("transfer")
+    transfer.main(["--quick", "--work", str(work), "--out", str(work / "transfer.json"), "--image", str(work / "t.png")])
+    return work, json.loads((work / "transfer.json").read_text())
+
+
+def _conv_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if k.endswith("weight") and v.dim() == 5}
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return sum(float((a[k] - b[k]).pow(2).sum()) for k in a) ** 0.5
+
+
+def test_splits_share_no_source_material(quick):
+    work, _ = quick
+    index = json.loads((work / "videos" / "sources.json").read_text())
+    by_split: dict[str, set] = {}
+    for v in index["videos"]:
+        by_split.setdefault(v["split"], set()).add(tuple(v["seed"]))
+    assert set(by_split) == set(transfer.SPLITS)
+    seeds = [s for split in by_split.values() for s in split]
+    assert len(seeds) == len(set(seeds)) == len(index["videos"])  # every video its own seed, no split shares one
+    # and the pixels differ: no first frame of one split appears in another
+    first = {}
+    for v in index["videos"]:
+        info = probe(work / "videos" / v["path"])
+        first.setdefault(v["split"], []).append(PyAVDecoder().decode(info, np.arange(1))[0].astype(np.int16))
+    for i, a in enumerate(transfer.SPLITS):
+        for b in transfer.SPLITS[i + 1:]:
+            assert min(np.abs(x - y).mean() for x in first[a] for y in first[b]) > 10
+    # the labelled splits are balanced class folders; the pool has no labels
+    for split in ("train", "val", "test"):
+        assert sorted(p.name for p in (work / "videos" / split).iterdir() if p.is_dir()) == sorted(transfer.CLASSES)
+    assert all(v["class"] is None for v in index["videos"] if v["split"] == "pool")
+
+
+def test_finetuning_starts_from_the_pretrained_encoder(quick):
+    """After a few small SGD steps the fine-tuned encoder lies near its init: the pretrained weights for the CtP
+    arms (not the fresh init fine-tuning would otherwise have), the seed's fresh init for scratch."""
+    work, _ = quick
+    torch.manual_seed(0)  # what FineTuner seeds with data.seed=0 before building the encoder
+    fresh = _conv_weights(build_encoder("tiny", pretraining=False).state_dict())
+    for arm in ("ctp_full", "ctp_simple"):
+        pretrained = _conv_weights(encoder_state_dict(read_state(latest_checkpoint(work / "pretrain" / arm))))
+        tuned = _conv_weights({k[len("encoder."):]: v for k, v in
+                               read_state(work / "finetune" / arm / "1" / "seed0" / "finetuned.pt")["model"].items()
+                               if k.startswith("encoder.")})
+        assert _distance(tuned, pretrained) < 0.05 * _distance(tuned, fresh), arm
+    tuned = _conv_weights({k[len("encoder."):]: v for k, v in
+                           read_state(work / "finetune" / "scratch" / "1" / "seed0" / "finetuned.pt")["model"].items()
+                           if k.startswith("encoder.")})
+    assert _distance(tuned, fresh) < 0.05 * _distance(tuned, pretrained)
+
+
+def test_the_two_pretraining_arms_play_different_games(quick):
+    work, _ = quick
+    full, simple = (read_state(latest_checkpoint(work / "pretrain" / arm))["config"]["data"]["generation"]
+                    for arm in ("ctp_full", "ctp_simple"))
+    assert full["clip"] == simple["clip"]  # the same 64 px geometry
+    assert full["patch"]["invisible_prob"] == 0.2 and simple["patch"]["invisible_prob"] == 0.0
+    assert full["trajectory"]["inner_keyframe_probs"] == [0.5, 0.3, 0.2] and full["colour"]["brightness_prob"] == 0.5
+
+
+def test_report_lists_every_arm_fraction_and_seed(quick):
+    work, report = quick
+    assert set(report["top1"]) == set(transfer.ARMS)
+    for arm in transfer.ARMS:
+        assert set(report["top1"][arm]) == {"0.5", "1"}
+        assert all(0 <= v <= 1 for by_seed in report["top1"][arm].values() for v in by_seed.values())
+    assert report["verdict_at_lowest_fraction"]["fraction"] == "0.5"
+    assert report["commit"] and report["machine"] and report["date"] and "--quick" in report["command"]
+    assert report["videos"] == {"pool": 4, "train": 10, "val": 5, "test": 5}
+    assert (work / "t.png").stat().st_size > 0
+
+
+def test_summary_and_verdict_are_hand_checkable():
+    results = {"scratch": {"0.05": {"0": 0.2, "1": 0.3, "2": 0.4}}, "ctp_full": {"0.05": {"0": 0.6, "1": 0.6, "2": 0.6}}}
+    summary = transfer.summarise(results)
+    assert summary["scratch"]["0.05"]["mean"] == pytest.approx(0.3)
+    assert summary["scratch"]["0.05"]["sd"] == pytest.approx(0.1)  # sample sd
+    v = transfer.verdict(summary, "0.05")["ctp_full"]
+    assert v["gap"] == pytest.approx(0.3) and v["pooled_sd"] == pytest.approx(0.1 / 2 ** 0.5) and v["above_two_sd"]
