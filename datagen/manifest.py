@@ -221,9 +221,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_index(args: argparse.Namespace) -> int:
     videos, rejected = index_videos(args.roots, min_frames=args.min_frames, progress=True, workers=args.workers)
     write_manifest(args.out, videos, rejected)
+    if rejected:
+        print(rejected_list(rejected, args.out))
     print(summary(videos, rejected))
     print(f"manifest: {args.out}")
     return 0 if videos else 1
+
+
+def rejected_list(rejected: Sequence[Rejected], manifest: str, limit: int = 20) -> str:
+    """Each rejected file with its reason, so a user can fix or remove it; long lists end with a pointer to the manifest."""
+    lines = [f"rejected {len(rejected)} file(s):"] + [f"  {r.path}: {r.reason}" for r in rejected[:limit]]
+    if len(rejected) > limit:
+        lines.append(f"  ... and {len(rejected) - limit} more, see the manifest {manifest} (\"rejected\")")
+    return "\n".join(lines)
 
 
 def summary(videos: Sequence[VideoInfo], rejected: Sequence[Rejected]) -> str:

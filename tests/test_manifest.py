@@ -18,6 +18,7 @@ from datagen.manifest import (
     index_videos,
     probe,
     read_manifest,
+    rejected_list,
     resolve_videos,
     write_manifest,
 )
@@ -152,3 +153,14 @@ def test_index_command_writes_the_manifest_and_prints_a_summary(mixed_folder, tm
     assert len(videos) == 4 and len(rejected) == 4
     assert "empty file" in printed and "too short" in printed and "not a readable video container" in printed
     assert printed.splitlines()[-2].split()[-1] == "8"  # the total row
+    listed = {line.split(": ", 1)[0].strip().split("/")[-1]: line.split(": ", 1)[1] for line in printed.splitlines()
+              if line.startswith("  ")}
+    assert listed["notes.avi"].startswith("not a readable video container")  # a text file named like a video
+    assert listed["empty.mp4"] == "empty file (0 bytes)" and set(listed) == {"notes.avi", "empty.mp4", "cut_header.mp4",
+                                                                               "demo_00_h264.mp4"}
+
+
+def test_a_long_rejected_list_is_cut_and_points_to_the_manifest():
+    text = rejected_list([Rejected(f"/d/v{i}.mp4", "empty file (0 bytes)") for i in range(25)], "m.json", limit=20)
+    assert text.splitlines()[0] == "rejected 25 file(s):" and "/d/v19.mp4: empty file" in text and "v20.mp4" not in text
+    assert text.splitlines()[-1] == '  ... and 5 more, see the manifest m.json ("rejected")'
