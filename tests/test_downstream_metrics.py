@@ -115,13 +115,35 @@ def test_retrieval_feature_is_the_max_pooled_final_map():
     assert cell.item() == fmap[1, 5, 1, 3, 5].item()
 
 
+def _inked(pixels: np.ndarray) -> bool:
+    return bool((pixels < 128).any())
+
+
+@pytest.mark.parametrize("num_classes", [2, 101])
+def test_confusion_image_labels_both_axes_and_has_a_colour_bar(num_classes, tmp_path):
+    classes = [f"class_{i:03d}" for i in range(num_classes)]
+    confusion = torch.eye(num_classes, dtype=torch.long) * 3 + 1
+    drawn = confusion_image(confusion, classes)
+    drawn.save(tmp_path / f"confusion{num_classes}.png")
+    left, top, cell = drawn.info["grid"]
+    side = num_classes * cell
+    image = np.asarray(drawn.convert("L"))
+    assert image.shape[0] > side + 1 and image.shape[1] > side + 1  # larger than the bare matrix
+    assert _inked(image[top:top + cell, :left])  # first true class named at the left of its row
+    assert _inked(image[:top, left:left + cell])  # first predicted class indexed above its column
+    bar = image[top:top + side, left + side + 2:]
+    assert bar[0].min() < 100 and bar[-1].max() == 255  # the colour bar: dark at 1 (top), white at 0
+    ticks = image[top:top + side, left + side + 12 + 18:]
+    assert _inked(ticks)  # its scale: 1.0 / 0.5 / 0.0
+
+
 def test_confusion_image_shades_rows_by_rate():
     confusion = torch.tensor([[3, 1], [0, 2]])
-    image = np.asarray(confusion_image(confusion, ["walk", "run"]).convert("RGB"))
-    cell = 24
-    width = 8 + 6 * 4  # class names beside the rows
-    assert image.shape == (2 * cell + 1, width + 2 * cell + 1, 3)
-    centre = lambda r, c: image[r * cell + cell // 2, width + c * cell + cell // 2]  # noqa: E731
+    drawn = confusion_image(confusion, ["walk", "run"])
+    width, top, cell = drawn.info["grid"]  # labels to the left and above the grid
+    assert cell == 24 and width > 0 and top > 0
+    image = np.asarray(drawn.convert("RGB"))
+    centre = lambda r, c: image[top + r * cell + cell // 2, width + c * cell + cell // 2]  # noqa: E731
     assert centre(1, 0).tolist() == [255, 255, 255]  # rate 0: white
     assert centre(1, 1).tolist() == [8, 48, 107]  # rate 1: dark blue
     assert centre(0, 0).tolist() == np.round(0.75 * np.array([8, 48, 107]) + 0.25 * 255).tolist()

@@ -57,20 +57,50 @@ def retrieval_hits(queries: torch.Tensor, query_labels: torch.Tensor, gallery: t
 
 
 def confusion_image(confusion: torch.Tensor, classes: Sequence[str], max_side: int = 1200) -> Image.Image:
-    """Row-normalised confusion matrix as a heat map (white 0 → dark blue 1), true classes down the left
-    with their names, predicted classes across; cells are at least 2 px."""
+    """Row-normalised confusion matrix as a heat map (white 0 → dark blue 1): "index name" of the true classes
+    down the left, predicted class indices across the top, a colour bar with its scale on the right. With many
+    classes every k-th is labelled so the ~11 px text never overlaps; cells are at least 2 px. The grid's
+    top-left corner and cell size are in `image.info["grid"]`."""
     c = len(classes)
     cell = max(2, min(24, max_side // max(c, 1)))
     rates = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1).double()
-    shade = (rates.numpy()[:, :, None] * (np.array([8, 48, 107]) - 255.0) + 255.0).round().astype(np.uint8)
+    shade = _shade(rates.numpy())
     grid = np.repeat(np.repeat(shade, cell, 0), cell, 1)
     font = ImageFont.load_default()
-    label_width = 8 + 6 * max(len(name) for name in classes) if cell >= 10 else 0
-    image = Image.new("RGB", (label_width + grid.shape[1] + 1, grid.shape[0] + 1), "white")
-    image.paste(Image.fromarray(grid), (label_width, 0))
+    every = -(-12 // cell)  # label every k-th class: text is about 11 px tall
+    shown = range(0, c, every)
+    names = {i: f"{i} {classes[i]}" for i in shown}
+    left = 6 + int(max(font.getlength(t) for t in names.values()))
+    top = 6 + int(max(font.getlength(str(i)) for i in shown)) + 14  # rotated indices under a caption
+    bar_x = left + grid.shape[1] + 12
+    bar_h = max(grid.shape[0], 60)
+    width = max(bar_x + 16 + 6 + int(font.getlength("1.0")) + 4, left + int(font.getlength(_CAPTION)) + 4)
+    image = Image.new("RGB", (width, top + bar_h + 7), "white")  # room for the "0.0" tick
+    image.paste(Image.fromarray(grid), (left, top))
     draw = ImageDraw.Draw(image)
-    draw.rectangle([label_width, 0, image.width - 1, image.height - 1], outline=(128, 128, 128))
-    if label_width:
-        for i, name in enumerate(classes):
-            draw.text((2, i * cell + (cell - 10) // 2), name, fill="black", font=font)
+    draw.rectangle([left, top, left + grid.shape[1], top + grid.shape[0]], outline=(128, 128, 128))
+    draw.text((left, 1), _CAPTION, fill="black", font=font)
+    for i, name in names.items():
+        draw.text((2, top + i * cell + (cell - 11) // 2), name, fill="black", font=font)
+    strip = Image.new("RGB", (top - 14, grid.shape[1]), "white")  # column indices, drawn as rows, then rotated
+    strip_draw = ImageDraw.Draw(strip)
+    for i in shown:
+        strip_draw.text((2, i * cell + (cell - 11) // 2), str(i), fill="black", font=font)
+    image.paste(strip.rotate(90, expand=True), (left, 14))
+    ramp = np.linspace(1.0, 0.0, bar_h)[:, None].repeat(16, 1)  # 1 at the top
+    image.paste(Image.fromarray(_shade(ramp)), (bar_x, top))
+    draw.rectangle([bar_x, top, bar_x + 16, top + bar_h], outline=(128, 128, 128))
+    for value in (1.0, 0.5, 0.0):
+        y = top + round((1 - value) * (bar_h - 1))
+        draw.line([bar_x + 16, y, bar_x + 19, y], fill="black")
+        draw.text((bar_x + 21, min(max(y - 5, top), top + bar_h - 11)), f"{value:.1f}", fill="black", font=font)
+    image.info["grid"] = (left, top, cell)
     return image
+
+
+_CAPTION = "rows: true class, columns: predicted (share of the row)"
+
+
+def _shade(rates: np.ndarray) -> np.ndarray:
+    """Rates in [0, 1] as RGB: white 0 → dark blue 1."""
+    return (rates[..., None] * (np.array([8, 48, 107]) - 255.0) + 255.0).round().astype(np.uint8)
