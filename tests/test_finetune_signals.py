@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.test_run_safety import REPO, _wait_for
 
 
 def _finetune(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -17,14 +17,6 @@ def _finetune(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
             "run.val_every=0", "run.log_every=1", *extra]
     return subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
                             cwd=out.parent, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-
-def _wait_for(predicate, process, timeout=120.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def _trained(out: Path) -> bool:
@@ -53,10 +45,10 @@ def test_ctrl_c_saves_the_epoch_and_resume_auto_continues(shared_videos, tmp_pat
 
 def test_a_second_ctrl_c_stops_finetune_at_once_without_a_traceback(shared_videos, tmp_path):
     out = tmp_path / "run"
-    process = _finetune(shared_videos, out, "optim.epochs=50")
+    process = _finetune(shared_videos, out, "optim.epochs=50", "data.batch_size=1")  # 12 steps an epoch: still in it
     _wait_for(lambda: _trained(out), process)
     process.send_signal(signal.SIGINT)
-    time.sleep(0.3)
+    time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
