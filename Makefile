@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(VENV)/bin/ctp-datagen demo --out out/demo
-	$(VENV)/bin/ctp-train pretrain --config tiny_cpu data.videos=[out/demo-videos] run.out_dir=out/demo/pretrain
+	$(VENV)/bin/ctp-train pretrain --config tiny_cpu data.videos=[out/demo-videos] run.out_dir=out/demo/pretrain --overwrite
 
 test: install
 	$(PY) -m pytest -q -ra
