@@ -72,9 +72,9 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(demo_dir, tmp_path):
     assert process.returncode == 0, err
     assert "Traceback" not in err
     assert "Ctrl-C: saving a checkpoint" in err and "--resume auto" in err
-    (checkpoint,) = list_checkpoints(out)
-    stopped = int(checkpoint.stem.split("-")[1])
-    assert stopped >= 1 and stopped % 3 != 0  # mid-epoch: not an epoch-end checkpoint
+    *epoch_ends, stopped = [int(c.stem.split("-")[1]) for c in list_checkpoints(out)]
+    # Under load the signal may land after an epoch's end (3 steps): those checkpoints are the only others.
+    assert stopped >= 1 and all(step % 3 == 0 for step in epoch_ends)
     assert _logged_step(out) == stopped  # nothing trained past the checkpoint
 
 
