@@ -78,13 +78,18 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(demo_dir, tmp_path):
     assert _logged_step(out) == stopped  # nothing trained past the checkpoint
 
 
-def test_a_second_ctrl_c_stops_at_once_without_a_traceback(demo_dir, tmp_path):
-    out = tmp_path / "run"
-    process = _start(pretrain_args(demo_dir, out, "optim.epochs=50", "run.log_every=1000"), tmp_path)
-    _wait_for(lambda: bool(list_checkpoints(out)), process)  # past start-up: in the loop
+def assert_second_ctrl_c_stops_at_once(process: subprocess.Popen, gap: float) -> None:
+    """Two Ctrl-Cs `gap` seconds apart: the process exits 130 at once, saying so, without a traceback."""
     process.send_signal(signal.SIGINT)
-    time.sleep(0.5)
+    time.sleep(gap)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "Traceback" not in err and "interrupted" in err
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(demo_dir, tmp_path):
+    out = tmp_path / "run"
+    process = _start(pretrain_args(demo_dir, out, "optim.epochs=50", "run.log_every=1000"), tmp_path)
+    _wait_for(lambda: bool(list_checkpoints(out)), process)  # past start-up: in the loop
+    assert_second_ctrl_c_stops_at_once(process, gap=0.5)
