@@ -7,6 +7,7 @@ synthetic 10-second VP9 files (written to a temporary folder), and of PyAV on th
 H.264 MP4s. Ratios are against PyAV on the same VP9 files, measured in the same run. The clips are the same
 for every backend; "from 0" is what decoding each clip from the first frame would cost (DALI fed a whole file).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,9 +19,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datagen.decode import Decoder  # noqa: E402
-from datagen.demo import synthesize_demo  # noqa: E402
-from datagen.manifest import VideoInfo, resolve_videos  # noqa: E402
+from datagen.decode import Decoder
+from datagen.demo import synthesize_demo
+from datagen.manifest import VideoInfo, resolve_videos
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 FRAMES = 16
@@ -58,8 +59,14 @@ def main() -> None:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        vp9 = resolve_videos([str(p) for p in synthesize_demo(tmp, num_videos=2, seconds=args.seconds, codecs=("vp9",))])
-        rows = [("VP9 (synthetic)", "pyav", 1, vp9), ("VP9 (synthetic)", "dali", 1, vp9), ("VP9 (synthetic)", "dali", 2, vp9)]
+        vp9 = resolve_videos(
+            [str(p) for p in synthesize_demo(tmp, num_videos=2, seconds=args.seconds, codecs=("vp9",))]
+        )
+        rows = [
+            ("VP9 (synthetic)", "pyav", 1, vp9),
+            ("VP9 (synthetic)", "dali", 1, vp9),
+            ("VP9 (synthetic)", "dali", 2, vp9),
+        ]
         if SHARED.is_dir():
             shared = resolve_videos([str(SHARED)], min_frames=1)
             for codec, label in (("mpeg4", "MPEG-4 AVI (UCF/HMDB)"), ("h264", "H.264 MP4 (Kinetics, misc)")):
@@ -72,15 +79,21 @@ def main() -> None:
             decoder = Decoder("cpu", backend, batch_size=args.batch_size, num_threads=threads)
             requests = clips(videos, args.clips)
             from_start = np.mean([min(int(i.max()), v.num_frames - 1) + 1 for v, i in requests])
-            results.append((label, backend, threads, len(videos), *measure(decoder, requests, args.batch_size), from_start))
+            results.append(
+                (label, backend, threads, len(videos), *measure(decoder, requests, args.batch_size), from_start)
+            )
 
     baseline = results[0][4]
     print(f"{FRAMES}-frame clips, {args.clips} per row, decode_many batches of {args.batch_size}, CPU")
-    print(f"{'videos':<27} {'backend':<8} {'threads':>7} {'files':>5} {'clips/s':>8} {'frames/s':>9} {'vs pyav VP9':>11}"
-          f" {'decoded/clip':>12} {'from 0':>7}")
+    print(
+        f"{'videos':<27} {'backend':<8} {'threads':>7} {'files':>5} {'clips/s':>8} {'frames/s':>9} {'vs pyav VP9':>11}"
+        f" {'decoded/clip':>12} {'from 0':>7}"
+    )
     for label, backend, threads, files, rate, decoded, from_start in results:
-        print(f"{label:<27} {backend:<8} {threads:>7} {files:>5} {rate:>8.1f} {rate * FRAMES:>9.0f} {rate / baseline:>10.2f}x"
-              f" {decoded:>12.1f} {from_start:>7.1f}")
+        print(
+            f"{label:<27} {backend:<8} {threads:>7} {files:>5} {rate:>8.1f} {rate * FRAMES:>9.0f} {rate / baseline:>10.2f}x"
+            f" {decoded:>12.1f} {from_start:>7.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ so whatever ran survives a kill. The NVDEC smoke test runs second: if NVDEC is u
 runs under gVisor, where `libnvcuvid` may be missing) it says so plainly and every later section decodes on
 the CPU and still generates and trains on the GPU. One table is printed last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,25 +29,27 @@ import sys
 import time
 import traceback
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
-SECTIONS: list["Section"] = []  # in order of value: the deadline cuts the tail
+SECTIONS: list[Section] = []  # in order of value: the deadline cuts the tail
 
 
 @dataclasses.dataclass
 class Section:
     name: str
     cap_s: float
-    run: Callable[["Context"], None]
+    run: Callable[[Context], None]
 
 
-def section(name: str, cap_s: float) -> Callable[[Callable[["Context"], None]], Callable[["Context"], None]]:
+def section(name: str, cap_s: float) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
     def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
         SECTIONS.append(Section(name, cap_s, fn))
         return fn
+
     return register
 
 
@@ -103,33 +106,43 @@ def check_environment(ctx: Context) -> None:
     import torch
 
     env: dict[str, Any] = {
-        "python": platform.python_version(), "kernel": platform.release(),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
         "gvisor": "gVisor" in Path("/proc/version").read_text(errors="replace") or platform.release() == "4.4.0",
-        "torch": torch.__version__, "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device",
         "capability": ".".join(map(str, torch.cuda.get_device_capability())) if torch.cuda.is_available() else None,
         "commit": commit(),
     }
     if shutil.which("nvidia-smi"):
-        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=15)
+        smi = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=15,
+        )
         env["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
         env["driver"] = smi.stdout.split(",")[1].strip() if smi.stdout.count(",") >= 2 else None
     for module in ("nvidia.dali", "av", "grpc", "redis"):
         try:
             env[module] = __import__(module, fromlist=["__version__"]).__version__
-        except Exception as exc:  # noqa: BLE001 — a missing package is a finding
+        except Exception as exc:
             env[module] = f"missing: {exc}"
     try:
         ctypes.CDLL("libnvcuvid.so.1")
         env["libnvcuvid"] = "loads"
     except OSError as exc:
         env["libnvcuvid"] = f"does not load: {exc}"
-    ctx.record("environment", env,
-               ("GPU", f"{env['gpu']} (sm {env['capability']})", ""),
-               ("torch / CUDA / cuDNN", f"{env['torch']} / {env['cuda']} / {env['cudnn']}", ""),
-               ("driver / DALI", f"{env.get('driver')} / {env['nvidia.dali']}", ""),
-               ("libnvcuvid", env["libnvcuvid"][:40], "loads"))
+    ctx.record(
+        "environment",
+        env,
+        ("GPU", f"{env['gpu']} (sm {env['capability']})", ""),
+        ("torch / CUDA / cuDNN", f"{env['torch']} / {env['cuda']} / {env['cudnn']}", ""),
+        ("driver / DALI", f"{env.get('driver')} / {env['nvidia.dali']}", ""),
+        ("libnvcuvid", env["libnvcuvid"][:40], "loads"),
+    )
     if not torch.cuda.is_available():
         raise RuntimeError("no CUDA device visible: nothing else can run")
 
@@ -148,9 +161,18 @@ def check_nvdec(ctx: Context) -> None:
     cpu = Decoder("cpu", "pyav").decode(video, indices).numpy()
     quality = psnr(gpu, cpu)
     usable = gpu.shape == cpu.shape and float(gpu.mean()) > 1 and quality > 30
-    ctx.record("nvdec", {"usable": usable, "video": Path(video.path).name, "codec": video.codec, "seconds": seconds,
-                         "psnr_db": quality, "mean": float(gpu.mean())},
-               ("NVDEC (DALI mixed) usable", f"{'yes' if usable else 'NO'}: {quality:.1f} dB, {seconds:.1f} s", "yes"))
+    ctx.record(
+        "nvdec",
+        {
+            "usable": usable,
+            "video": Path(video.path).name,
+            "codec": video.codec,
+            "seconds": seconds,
+            "psnr_db": quality,
+            "mean": float(gpu.mean()),
+        },
+        ("NVDEC (DALI mixed) usable", f"{'yes' if usable else 'NO'}: {quality:.1f} dB, {seconds:.1f} s", "yes"),
+    )
     if not usable:
         raise RuntimeError(f"NVDEC decoded {video.path} wrongly (PSNR {quality:.1f} dB vs PyAV, mean {gpu.mean():.1f})")
 
@@ -173,14 +195,23 @@ def check_decode(ctx: Context) -> None:
         try:
             start = time.perf_counter()
             frames = auto.decode(video, indices).cpu().numpy()
-            row.update(seconds=time.perf_counter() - start, psnr_db=psnr(frames, cpu.decode(video, indices).numpy()),
-                       frames_decoded_per_clip=frames_decoded(auto))
+            row.update(
+                seconds=time.perf_counter() - start,
+                psnr_db=psnr(frames, cpu.decode(video, indices).numpy()),
+                frames_decoded_per_clip=frames_decoded(auto),
+            )
             row.update(routed_to=auto_backend(video.codec, "cuda"), retried_on_cpu=int(auto.stats["dali_fallbacks"]))
-        except Exception as exc:  # noqa: BLE001 — a codec this device cannot take is a result
+        except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {str(exc)[:200]}"
-        ctx.record(f"decode_{video.codec}", row,
-                   (f"decode {video.codec}: auto on CUDA vs PyAV",
-                    f"{row['psnr_db']:.1f} dB" if "psnr_db" in row else "FAILED: " + row["error"][:30], "≥ 40 dB"))
+        ctx.record(
+            f"decode_{video.codec}",
+            row,
+            (
+                f"decode {video.codec}: auto on CUDA vs PyAV",
+                f"{row['psnr_db']:.1f} dB" if "psnr_db" in row else "FAILED: " + row["error"][:30],
+                "≥ 40 dB",
+            ),
+        )
 
 
 @section("CUDA vs CPU generation", 30)
@@ -199,10 +230,17 @@ def check_generation(ctx: Context) -> None:
     same = torch.equal(cpu.boxes, gpu.boxes) and torch.equal(cpu.visible, gpu.visible)
     diff = (cpu.clips.int() - gpu.clips.int()).abs().float()
     quality = psnr(cpu.clips.numpy(), gpu.clips.numpy())
-    ctx.record("generation_cuda_vs_cpu", {"decoder": "nvdec" if ctx.nvdec else "pyav", "boxes_and_visibility_identical": same,
-                                          "pixel_mean_abs": diff.mean().item(), "psnr_db": quality},
-               ("CUDA vs CPU generation: boxes/visibility", "identical" if same else "DIFFER", "identical"),
-               ("CUDA vs CPU generation: pixel PSNR", f"{quality:.1f} dB", "decoder + float tolerance"))
+    ctx.record(
+        "generation_cuda_vs_cpu",
+        {
+            "decoder": "nvdec" if ctx.nvdec else "pyav",
+            "boxes_and_visibility_identical": same,
+            "pixel_mean_abs": diff.mean().item(),
+            "psnr_db": quality,
+        },
+        ("CUDA vs CPU generation: boxes/visibility", "identical" if same else "DIFFER", "identical"),
+        ("CUDA vs CPU generation: pixel PSNR", f"{quality:.1f} dB", "decoder + float tolerance"),
+    )
 
 
 def datagen_rates(ctx: Context, seconds: float) -> dict[str, float]:
@@ -223,18 +261,29 @@ def datagen_rates(ctx: Context, seconds: float) -> dict[str, float]:
     render_s = timed(lambda: render([generator.plan(k) for k in keys], frames, crop), generator.device, repeats)
     total_s = timed(lambda: generator.generate(keys), generator.device, repeats)
     n = ctx.batch_size
-    return {"decode_clips_per_s": n / decode_s, "generate_clips_per_s": n / render_s, "end_to_end_clips_per_s": n / total_s,
-            "decode_frames_per_s": n * generator.config.clip.num_frames / decode_s, "decoder_share": decode_s / total_s}
+    return {
+        "decode_clips_per_s": n / decode_s,
+        "generate_clips_per_s": n / render_s,
+        "end_to_end_clips_per_s": n / total_s,
+        "decode_frames_per_s": n * generator.config.clip.num_frames / decode_s,
+        "decoder_share": decode_s / total_s,
+    }
 
 
 @section("datagen, one replica", 35)
 def bench_datagen(ctx: Context) -> None:
     rates = datagen_rates(ctx, 3)
-    ctx.record("datagen_one_replica", {**rates, "decoder": "nvdec" if ctx.nvdec else "pyav"},
-               ("datagen decode (one replica)", f"{rates['decode_clips_per_s']:.0f} clips/s", ""),
-               ("datagen generation (one replica)", f"{rates['generate_clips_per_s']:.0f} clips/s", ""),
-               ("datagen end to end (one replica)", f"{rates['end_to_end_clips_per_s']:.0f} clips/s, "
-                f"decode {rates['decoder_share']:.0%}", "≥ 2000 per GPU"))
+    ctx.record(
+        "datagen_one_replica",
+        {**rates, "decoder": "nvdec" if ctx.nvdec else "pyav"},
+        ("datagen decode (one replica)", f"{rates['decode_clips_per_s']:.0f} clips/s", ""),
+        ("datagen generation (one replica)", f"{rates['generate_clips_per_s']:.0f} clips/s", ""),
+        (
+            "datagen end to end (one replica)",
+            f"{rates['end_to_end_clips_per_s']:.0f} clips/s, decode {rates['decoder_share']:.0%}",
+            "≥ 2000 per GPU",
+        ),
+    )
 
 
 @section("trainer step", 50)
@@ -248,8 +297,15 @@ def bench_trainer(ctx: Context) -> None:
             row = measure(encoder, variant, False, "cuda", 32, steps=10, warmup=3)
             torch.cuda.empty_cache()
             target = "≥ 800" if encoder == "r3d_18" and variant.startswith("bf16") else ""
-            ctx.record(f"train_{encoder}_{variant}", row,
-                       (f"train step {encoder} {variant}", f"{row['clips_per_s']:.0f} clips/s, {row['peak_gib']:.1f} GiB", target))
+            ctx.record(
+                f"train_{encoder}_{variant}",
+                row,
+                (
+                    f"train step {encoder} {variant}",
+                    f"{row['clips_per_s']:.0f} clips/s, {row['peak_gib']:.1f} GiB",
+                    target,
+                ),
+            )
 
 
 def free_port() -> int:
@@ -260,10 +316,23 @@ def free_port() -> int:
 
 def pretrain_rate(ctx: Context, name: str, extra: list[str], steps: int) -> tuple[float, float]:
     """R3D-18 pretraining for `steps` steps of 32 clips; (clips/s, data-wait share) after the first windows."""
-    command = [sys.executable, "-m", "trainer.cli", "pretrain", "--config", "r3d18_ucf101", "--overwrite",
-               f"data.videos=[{','.join(ctx.videos)}]", "data.clips_per_video=512", f"run.stop_at_step={steps}",
-               "run.log_every=5", "eval.every_steps=1000000", "run.progress=false",
-               f"run.out_dir={ctx.scratch / name}", *extra]
+    command = [
+        sys.executable,
+        "-m",
+        "trainer.cli",
+        "pretrain",
+        "--config",
+        "r3d18_ucf101",
+        "--overwrite",
+        f"data.videos=[{','.join(ctx.videos)}]",
+        "data.clips_per_video=512",
+        f"run.stop_at_step={steps}",
+        "run.log_every=5",
+        "eval.every_steps=1000000",
+        "run.progress=false",
+        f"run.out_dir={ctx.scratch / name}",
+        *extra,
+    ]
     done = subprocess.run(command, capture_output=True, text=True)
     lines = re.findall(r"step (\d+)/\d+ .*?, ([\d.]+) clips/s, data wait (\d+)%", done.stderr + done.stdout)
     if done.returncode or len(lines) < 3:
@@ -281,21 +350,41 @@ def replica_batches(metrics_port: int) -> dict[str, float]:
 @section("fed trainer", 75)
 def bench_fed_trainer(ctx: Context) -> None:
     port, metrics_port = free_port(), free_port()
-    serve = [sys.executable, "-m", "datagen.cli", "serve", *ctx.videos, "--device", "cuda", "--port", str(port),
-             "--metrics-port", str(metrics_port)] + ([] if ctx.nvdec else ["--backend", "pyav"])
+    serve = [
+        sys.executable,
+        "-m",
+        "datagen.cli",
+        "serve",
+        *ctx.videos,
+        "--device",
+        "cuda",
+        "--port",
+        str(port),
+        "--metrics-port",
+        str(metrics_port),
+    ] + ([] if ctx.nvdec else ["--backend", "pyav"])
     replica = subprocess.Popen(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # our process group
     address = f"service.addresses=[127.0.0.1:{port}]"
-    runs = {"shared memory": [address, "service.shared_memory=true"], "inline gRPC": [address, "service.shared_memory=false"],
-            "in-process": []}
+    runs = {
+        "shared memory": [address, "service.shared_memory=true"],
+        "inline gRPC": [address, "service.shared_memory=false"],
+        "in-process": [],
+    }
     try:
         for name, extra in runs.items():
             before = replica_batches(metrics_port) if extra else {}
             clips, wait = pretrain_rate(ctx, name.replace(" ", "_"), extra, 30)
             sent = {t: n - before.get(t, 0) for t, n in replica_batches(metrics_port).items()} if extra else {}
-            ctx.record(f"fed_{name.replace(' ', '_')}", {"clips_per_s": clips, "data_wait": wait, "replica_batches": sent},
-                       (f"R3D-18 pretraining fed by {name}", f"{clips:.0f} clips/s, wait {wait:.0%}"
-                        + (f", {int(sent.get('shm', 0))} shm / {int(sent.get('inline', 0))} inline" if extra else ""),
-                        "wait < 2 %"))
+            ctx.record(
+                f"fed_{name.replace(' ', '_')}",
+                {"clips_per_s": clips, "data_wait": wait, "replica_batches": sent},
+                (
+                    f"R3D-18 pretraining fed by {name}",
+                    f"{clips:.0f} clips/s, wait {wait:.0%}"
+                    + (f", {int(sent.get('shm', 0))} shm / {int(sent.get('inline', 0))} inline" if extra else ""),
+                    "wait < 2 %",
+                ),
+            )
     finally:
         replica.terminate()
 
@@ -324,25 +413,56 @@ def check_precision(ctx: Context) -> None:
         curves[precision] = curve
         ctx.record(f"loss_{precision}", curve)
     gap = (curves["bf16"][-1] - curves["fp32"][-1]) / curves["fp32"][-1]
-    ctx.record("precision", {"steps": steps, "distinct_batches": len(batches), "last20_bf16": curves["bf16"][-1],
-                             "last20_fp32": curves["fp32"][-1], "relative_gap": gap},
-               (f"loss after {steps} steps, bf16 vs fp32", f"{curves['bf16'][-1]:.3f} vs {curves['fp32'][-1]:.3f} ({gap:+.1%})",
-                "within a few %"))
+    ctx.record(
+        "precision",
+        {
+            "steps": steps,
+            "distinct_batches": len(batches),
+            "last20_bf16": curves["bf16"][-1],
+            "last20_fp32": curves["fp32"][-1],
+            "relative_gap": gap,
+        },
+        (
+            f"loss after {steps} steps, bf16 vs fp32",
+            f"{curves['bf16'][-1]:.3f} vs {curves['fp32'][-1]:.3f} ({gap:+.1%})",
+            "within a few %",
+        ),
+    )
 
 
 @section("datagen, several replicas", 40)
 def bench_replicas(ctx: Context) -> None:
     for count in (2, 4):
-        workers = [subprocess.Popen([sys.executable, "-m", "bench.gpu_check", "--worker", "--videos", *ctx.videos,
-                                     "--batch-size", str(ctx.batch_size), "--nvdec", str(int(ctx.nvdec))],
-                                    stdout=subprocess.PIPE, text=True) for _ in range(count)]
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bench.gpu_check",
+                    "--worker",
+                    "--videos",
+                    *ctx.videos,
+                    "--batch-size",
+                    str(ctx.batch_size),
+                    "--nvdec",
+                    str(int(ctx.nvdec)),
+                ],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
         rates = [json.loads(w.communicate()[0].strip().splitlines()[-1]) for w in workers]
         total = sum(r["end_to_end_clips_per_s"] for r in rates)
-        ctx.record(f"datagen_{count}_replicas", {"per_replica": rates, "end_to_end_clips_per_s": total},
-                   (f"datagen end to end, {count} replicas", f"{total:.0f} clips/s", "≥ 2000 per GPU"))
+        ctx.record(
+            f"datagen_{count}_replicas",
+            {"per_replica": rates, "end_to_end_clips_per_s": total},
+            (f"datagen end to end, {count} replicas", f"{total:.0f} clips/s", "≥ 2000 per GPU"),
+        )
 
 
 # ---- the orchestrator: one deadline, one child process group per section, JSON after every section ----
+
 
 def commit() -> str:
     if shutil.which("git"):
@@ -357,8 +477,21 @@ def run_section(sec: Section, args: argparse.Namespace, nvdec: bool, budget: flo
     """The section in a child of its own process group, killed with all it started at the budget."""
     result_file = out / f".section-{SECTIONS.index(sec)}.json"
     result_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "bench.gpu_check", "--section", sec.name, "--result", str(result_file),
-               "--videos", *args.videos, "--batch-size", str(args.batch_size), "--nvdec", str(int(nvdec))]
+    command = [
+        sys.executable,
+        "-m",
+        "bench.gpu_check",
+        "--section",
+        sec.name,
+        "--result",
+        str(result_file),
+        "--videos",
+        *args.videos,
+        "--batch-size",
+        str(args.batch_size),
+        "--nvdec",
+        str(int(nvdec)),
+    ]
     start = time.monotonic()
     child = subprocess.Popen(command, start_new_session=True)
     try:
@@ -389,8 +522,11 @@ def orchestrate(args: argparse.Namespace) -> None:
     start = time.monotonic()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "deadline_s": args.deadline,
-                              "sections": {}}
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "deadline_s": args.deadline,
+        "sections": {},
+    }
     nvdec = True
 
     def stop(signum: int, _frame: Any) -> None:
@@ -399,23 +535,38 @@ def orchestrate(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGTERM, stop)
     try:
         for sec in SECTIONS:
-            if args.only and sec.run not in (check_environment, check_nvdec) and not any(w in sec.name for w in args.only):
+            if (
+                args.only
+                and sec.run not in (check_environment, check_nvdec)
+                and not any(w in sec.name for w in args.only)
+            ):
                 continue
             left = args.deadline - (time.monotonic() - start) - 2
             if left < 8:
                 print(f"\n== {sec.name}: skipped, {left:.0f} s left", flush=True)
-                report["sections"][sec.name] = {"exit": "skipped: deadline", "summary": [[sec.name, "SKIPPED", "deadline"]]}
+                report["sections"][sec.name] = {
+                    "exit": "skipped: deadline",
+                    "summary": [[sec.name, "SKIPPED", "deadline"]],
+                }
                 continue
             print(f"\n== {sec.name} ({min(sec.cap_s, left):.0f} s of {left:.0f} s left)", flush=True)
             outcome = run_section(sec, args, nvdec, min(sec.cap_s, left), out)
             if outcome["exit"] != 0:
-                outcome["summary"].append([sec.name, "FAILED" if isinstance(outcome["exit"], int) else "KILLED",
-                                           str(outcome.get("error", outcome["exit"]))[:60]])
+                outcome["summary"].append(
+                    [
+                        sec.name,
+                        "FAILED" if isinstance(outcome["exit"], int) else "KILLED",
+                        str(outcome.get("error", outcome["exit"]))[:60],
+                    ]
+                )
             if sec.run is check_nvdec:
                 nvdec = outcome["exit"] == 0 and outcome["result"].get("nvdec", {}).get("usable", False)
                 if not nvdec:
-                    print("\n!! NVDEC is unusable on this machine: the sections below decode with PyAV on the CPU "
-                          "and generate and train on the GPU.", flush=True)
+                    print(
+                        "\n!! NVDEC is unusable on this machine: the sections below decode with PyAV on the CPU "
+                        "and generate and train on the GPU.",
+                        flush=True,
+                    )
             report["sections"][sec.name] = outcome
             write_report(report, out)
     finally:
@@ -450,7 +601,7 @@ def run_child(args: argparse.Namespace) -> None:
     ctx.result_file.write_text(json.dumps({"result": {}, "summary": []}))
     try:
         sec.run(ctx)
-    except Exception as exc:  # noqa: BLE001 — a failing GPU path is a result to report
+    except Exception as exc:
         traceback.print_exc()
         saved = json.loads(ctx.result_file.read_text())
         saved.update(error=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:])
@@ -464,8 +615,12 @@ def main() -> None:
     parser.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu_check"), help="folder for gpu_check.json")
     parser.add_argument("--deadline", type=float, default=300, help="seconds for every section together")
     parser.add_argument("--batch-size", type=int, default=64, help="datagen batch size")
-    parser.add_argument("--only", nargs="+", metavar="WORD",
-                        help="run only the sections whose name holds one of these words (and the first two, always)")
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        metavar="WORD",
+        help="run only the sections whose name holds one of these words (and the first two, always)",
+    )
     parser.add_argument("--section", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--nvdec", type=int, default=1, help=argparse.SUPPRESS)

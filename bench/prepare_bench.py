@@ -8,6 +8,7 @@ into a temporary folder; the clips are the generator's own (the frame indices `p
 and from each copy. Prints one table with ms and frames decoded per clip, size, and the speed-up over the
 originals measured in the same run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datagen.config import GenerationConfig  # noqa: E402
-from datagen.decode import PyAVDecoder  # noqa: E402
-from datagen.manifest import VideoInfo, read_manifest, resolve_videos  # noqa: E402
-from datagen.plan import plan_sample  # noqa: E402
-from datagen.prepare import SHORT_SIDE, Settings, prepare  # noqa: E402
-from datagen.rng import SampleKey  # noqa: E402
+from datagen.config import GenerationConfig
+from datagen.decode import PyAVDecoder
+from datagen.manifest import VideoInfo, read_manifest, resolve_videos
+from datagen.plan import plan_sample
+from datagen.prepare import SHORT_SIDE, Settings, prepare
+from datagen.rng import SampleKey
 
 KINETICS = Path(__file__).resolve().parents[2] / "shared" / "videos" / "kinetics"
 
@@ -72,7 +73,9 @@ def main() -> None:
             prepared = [by_source[Path(v.path).stem] for v in originals]
             ms, frames = measure(prepared, plans)
             rows.append((f"prepared gop {gop}", ms, frames, report["bytes_after"] / 2**20, report["seconds"]))
-    print(f"{len(originals)} videos, {args.clips} clips (16 frames, strides 1-5 with jitter), short side {args.short_side}")
+    print(
+        f"{len(originals)} videos, {args.clips} clips (16 frames, strides 1-5 with jitter), short side {args.short_side}"
+    )
     print(f"{'input':<18} {'ms/clip':>8} {'frames/clip':>11} {'MiB':>6} {'encode s':>8} {'speed-up':>8}")
     for name, ms, frames, mib, seconds in rows:
         print(f"{name:<18} {ms:>8.1f} {frames:>11.1f} {mib:>6.2f} {seconds:>8.1f} {base_ms / ms:>7.2f}x")

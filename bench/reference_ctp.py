@@ -5,6 +5,7 @@ colour conversion. It renders the same `SamplePlan`s as the batched generator (s
 drawing the random parameters is left out of the baseline's time and kept in the generator's), and exists
 only to be measured against: see bench/generation_bench.py.
 """
+
 from __future__ import annotations
 
 import cv2

@@ -9,6 +9,7 @@ peak memory is its own: CUDA max allocated, or on CPU the peak resident set of t
 table; ratios are against fp32 of the same encoder in the same run. Batches are synthetic (random pixels,
 valid random boxes), so data generation is not measured here.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from datagen.batch import Batch  # noqa: E402
-from trainer.config import load_train_config  # noqa: E402
-from trainer.execution import Execution  # noqa: E402
-from trainer.pretrain import Trainer  # noqa: E402
+from datagen.batch import Batch
+from trainer.config import load_train_config
+from trainer.execution import Execution
+from trainer.pretrain import Trainer
 
 VARIANTS = {  # name → (run.precision, run.channels_last)
     "fp32": ("fp32", False),
@@ -39,7 +40,9 @@ def synthetic_batch(batch_size: int, step: int, generator: torch.Generator) -> B
     clips = torch.randint(0, 256, (batch_size, FRAMES, SIZE, SIZE, 3), dtype=torch.uint8, generator=generator)
     corner = torch.rand(batch_size, TRAJECTORIES, FRAMES, 2, generator=generator) * (SIZE - 40)
     size = 16 + torch.rand(batch_size, TRAJECTORIES, FRAMES, 2, generator=generator) * 24
-    keys = torch.stack([torch.zeros(batch_size), torch.zeros(batch_size), step * batch_size + torch.arange(batch_size)], 1)
+    keys = torch.stack(
+        [torch.zeros(batch_size), torch.zeros(batch_size), step * batch_size + torch.arange(batch_size)], 1
+    )
     visible = torch.ones(batch_size, TRAJECTORIES, FRAMES, dtype=torch.bool)
     return Batch(clips, torch.cat([corner, corner + size], -1), visible, keys.long())
 
@@ -47,8 +50,17 @@ def synthetic_batch(batch_size: int, step: int, generator: torch.Generator) -> B
 def measure(encoder: str, variant: str, compile_: bool, device: str, batch_size: int, steps: int, warmup: int) -> dict:
     """clips/s and peak memory of `steps` training steps after `warmup` ones, in this process."""
     precision, channels_last = VARIANTS[variant]
-    cfg = load_train_config(None, [f"model.encoder={encoder}", f"data.batch_size={batch_size}", f"run.device={device}",
-                                   f"run.precision={precision}", f"run.channels_last={channels_last}", f"run.compile={compile_}"])
+    cfg = load_train_config(
+        None,
+        [
+            f"model.encoder={encoder}",
+            f"data.batch_size={batch_size}",
+            f"run.device={device}",
+            f"run.precision={precision}",
+            f"run.channels_last={channels_last}",
+            f"run.compile={compile_}",
+        ],
+    )
     execution = Execution.resolve(cfg.run.device, cfg.run.precision, cfg.run.channels_last)
     trainer = Trainer(cfg, execution, epoch_size=(warmup + steps) * batch_size)
     rng = torch.Generator().manual_seed(0)
@@ -100,7 +112,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.one:  # child process: one configuration, one JSON line
         encoder, variant, compile_ = args.one
-        print(json.dumps(measure(encoder, variant, compile_ == "1", args.device, args.batch_size, args.steps, args.warmup)))
+        print(
+            json.dumps(
+                measure(encoder, variant, compile_ == "1", args.device, args.batch_size, args.steps, args.warmup)
+            )
+        )
         return
 
     rows = []
@@ -112,7 +128,11 @@ def main() -> None:
                     child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
                 done = subprocess.run(child, capture_output=True, text=True)
                 if done.returncode:
-                    result = {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
+                    result = {
+                        "error": done.stderr.strip().splitlines()[-1]
+                        if done.stderr.strip()
+                        else f"exit {done.returncode}"
+                    }
                 else:
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append((encoder, variant + (" +compile" if compile_ else ""), result))
@@ -122,8 +142,10 @@ def main() -> None:
 
 def format_table(rows: list[tuple[str, str, dict]], batch_size: int) -> str:
     device = next((r["device"] for _, _, r in rows if "device" in r), "?")
-    lines = [f"trainer step, 16×112×112, batch {batch_size}, {device}",
-             f"{'encoder':<13}{'variant':<20}{'clips/s':>9}{'vs fp32':>9}{'peak GiB':>10}"]
+    lines = [
+        f"trainer step, 16×112×112, batch {batch_size}, {device}",
+        f"{'encoder':<13}{'variant':<20}{'clips/s':>9}{'vs fp32':>9}{'peak GiB':>10}",
+    ]
     baseline = {e: r["clips_per_s"] for e, v, r in rows if v == "fp32" and "clips_per_s" in r}
     for encoder, variant, r in rows:
         if "error" in r:

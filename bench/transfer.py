@@ -16,6 +16,7 @@ is `finetune()`'s own end-of-run video-level top-1 (10 clips per video) on the e
 Seeds are fixed here, before any run: pretraining seed 0, fine-tuning seeds 0, 1, 2 (which also choose the
 label subsets).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,16 +72,36 @@ class Plan:
     arms: tuple[str, ...] = ARMS
 
 
-FULL = Plan(per_class={"train": 30, "val": 10, "test": 20}, pool=240, frames=50, size=(128, 96),
-            pretrain_steps=800, finetune_steps=250, finetune_lr=0.1, fractions=FRACTIONS, seeds=SEEDS)
-QUICK = Plan(per_class={"train": 2, "val": 1, "test": 1}, pool=4, frames=20, size=(96, 64),
-             pretrain_steps=2, finetune_steps=2, finetune_lr=0.1, fractions=(0.5, 1.0), seeds=(0,))
+FULL = Plan(
+    per_class={"train": 30, "val": 10, "test": 20},
+    pool=240,
+    frames=50,
+    size=(128, 96),
+    pretrain_steps=800,
+    finetune_steps=250,
+    finetune_lr=0.1,
+    fractions=FRACTIONS,
+    seeds=SEEDS,
+)
+QUICK = Plan(
+    per_class={"train": 2, "val": 1, "test": 1},
+    pool=4,
+    frames=20,
+    size=(96, 64),
+    pretrain_steps=2,
+    finetune_steps=2,
+    finetune_lr=0.1,
+    fractions=(0.5, 1.0),
+    seeds=(0,),
+)
 
 
 # --- the labelled set ------------------------------------------------------------------------------------
 
-def actor_path(rng: np.random.Generator, kind: str, frames: int, width: int, height: int, size: tuple[int, int]
-               ) -> tuple[np.ndarray, np.ndarray]:
+
+def actor_path(
+    rng: np.random.Generator, kind: str, frames: int, width: int, height: int, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """(T, 2) centre (y, x) and (T,) scale of the actor for motion `kind`, kept inside the frame."""
     period, phase = rng.uniform(10, 18), rng.uniform(0, 2 * np.pi)
     wave = np.sin(2 * np.pi * np.arange(frames) / period + phase)
@@ -133,8 +154,14 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
     """Write the four splits under `root` (kept between runs when the plan is the same); returns the source list:
     for every file its split, class (None in the pool) and seed."""
     index_file = root / "sources.json"
-    spec = {"per_class": plan.per_class, "pool": plan.pool, "frames": plan.frames, "size": list(plan.size),
-            "classes": list(CLASSES), "data_seed": DATA_SEED}
+    spec = {
+        "per_class": plan.per_class,
+        "pool": plan.pool,
+        "frames": plan.frames,
+        "size": list(plan.size),
+        "classes": list(CLASSES),
+        "data_seed": DATA_SEED,
+    }
     if index_file.is_file() and json.loads(index_file.read_text())["spec"] == spec:
         return json.loads(index_file.read_text())
     width, height = plan.size
@@ -150,8 +177,14 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{split}_{i:04d}_{codec}{ENCODERS[codec][1]}"
             encode(path, render_video(np.random.default_rng(seed), kind, plan.frames, width, height), codec, fps=25)
-            sources.append({"path": str(path.relative_to(root)), "split": split,
-                            "class": None if split == "pool" else kind, "seed": seed})
+            sources.append(
+                {
+                    "path": str(path.relative_to(root)),
+                    "split": split,
+                    "class": None if split == "pool" else kind,
+                    "seed": seed,
+                }
+            )
     index = {"spec": spec, "videos": sources}
     index_file.write_text(json.dumps(index, indent=1) + "\n")
     return index
@@ -159,21 +192,32 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
 
 # --- the arms ----------------------------------------------------------------------------------------------
 
+
 def full_spec(simple: GenerationConfig) -> GenerationConfig:
     """The paper's generation spec with the tiny preset's clip geometry (64 px crops, patch sizes and speed
     scaled to them): inner key frames, scale change, shapes, soft edges, opacity, MRM and colour jitter all on."""
     full = GenerationConfig()
-    trajectory = dataclasses.replace(full.trajectory, anchor_scales=simple.trajectory.anchor_scales,
-                                     max_speed=simple.trajectory.max_speed)
+    trajectory = dataclasses.replace(
+        full.trajectory, anchor_scales=simple.trajectory.anchor_scales, max_speed=simple.trajectory.max_speed
+    )
     return dataclasses.replace(full, clip=simple.clip, trajectory=trajectory)
 
 
 def pretrain_arm(arm: str, pool: Path, out: Path, steps: int) -> Path:
     """CtP pretraining of the tiny encoder on the pool for `steps` steps; returns its final checkpoint."""
-    cfg = load_train_config("tiny_cpu", [
-        f"data.videos=[{pool}]", f"data.seed={PRETRAIN_SEED}", "data.clips_per_video=1",
-        f"run.out_dir={out}", "run.progress=false", "run.log_every=20", f"run.checkpoint_every={10 * steps}",
-        f"eval.every_steps={10 * steps}"])
+    cfg = load_train_config(
+        "tiny_cpu",
+        [
+            f"data.videos=[{pool}]",
+            f"data.seed={PRETRAIN_SEED}",
+            "data.clips_per_video=1",
+            f"run.out_dir={out}",
+            "run.progress=false",
+            "run.log_every=20",
+            f"run.checkpoint_every={10 * steps}",
+            f"eval.every_steps={10 * steps}",
+        ],
+    )
     per_epoch = math.ceil(len(list(pool.iterdir())) / cfg.data.batch_size)
     epochs = max(1, round(steps / per_epoch))
     optim = dataclasses.replace(cfg.optim, epochs=epochs, milestones=(max(1, round(0.8 * epochs)),))
@@ -186,19 +230,34 @@ def pretrain_arm(arm: str, pool: Path, out: Path, steps: int) -> Path:
     return found
 
 
-def finetune_run(train: Path, evaluated: Path, init: Path | None, fraction: float, seed: int, steps: int,
-                 lr: float, out: Path) -> float:
+def finetune_run(
+    train: Path, evaluated: Path, init: Path | None, fraction: float, seed: int, steps: int, lr: float, out: Path
+) -> float:
     """`finetune()` with the tiny_cpu downstream recipe for about `steps` steps; its end-of-run top-1 on `evaluated`."""
-    cfg = load_downstream_config("tiny_cpu", [f"data.train.videos={train}", f"data.test.videos={evaluated}",
-                                              f"data.label_fraction={fraction}", f"data.seed={seed}",
-                                              "data.batch_size=8", f"optim.lr={lr}", f"run.out_dir={out}", "run.progress=false",
-                                              "run.log_every=50", f"model.init={json.dumps(str(init) if init else '')}"])
+    cfg = load_downstream_config(
+        "tiny_cpu",
+        [
+            f"data.train.videos={train}",
+            f"data.test.videos={evaluated}",
+            f"data.label_fraction={fraction}",
+            f"data.seed={seed}",
+            "data.batch_size=8",
+            f"optim.lr={lr}",
+            f"run.out_dir={out}",
+            "run.progress=false",
+            "run.log_every=50",
+            f"model.init={json.dumps(str(init) if init else '')}",
+        ],
+    )
     labelled = sum(1 for p in train.rglob("*") if p.is_file())
     videos = sum(max(1, round(fraction * n)) for n in _class_sizes(train))
     assert videos <= labelled
     epochs = max(1, round(steps / math.ceil(videos / cfg.data.batch_size)))
-    cfg = dataclasses.replace(cfg, optim=dataclasses.replace(cfg.optim, epochs=epochs, milestones=()),
-                              run=dataclasses.replace(cfg.run, val_every=epochs))
+    cfg = dataclasses.replace(
+        cfg,
+        optim=dataclasses.replace(cfg.optim, epochs=epochs, milestones=()),
+        run=dataclasses.replace(cfg.run, val_every=epochs),
+    )
     checkpoint = finetune(cfg)
     summary = json.loads(checkpoint.with_suffix(".json").read_text())
     assert summary["train_videos"] == videos, (summary["train_videos"], videos)
@@ -210,6 +269,7 @@ def _class_sizes(folder: Path) -> list[int]:
 
 
 # --- reporting ---------------------------------------------------------------------------------------------
+
 
 def summarise(results: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     """Per arm and fraction: mean and sample sd of top-1 over the seeds."""
@@ -290,8 +350,10 @@ def plot(summary: dict[str, dict[str, dict[str, float]]], path: Path, title: str
 
 def table(summary: dict[str, dict[str, dict[str, float]]], results: dict[str, dict[str, dict[str, float]]]) -> str:
     fractions = list(next(iter(summary.values())))
-    lines = ["| arm | " + " | ".join(f"{100 * float(f):g} % labels" for f in fractions) + " |",
-             "|---|" + "---|" * len(fractions)]
+    lines = [
+        "| arm | " + " | ".join(f"{100 * float(f):g} % labels" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
     for arm, by_fraction in summary.items():
         cells = []
         for f in fractions:
@@ -306,8 +368,18 @@ def table(summary: dict[str, dict[str, dict[str, float]]], results: dict[str, di
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else platform.processor()
+    )
     return f"{cpu}, {os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), Python {platform.python_version()}"
 
 
@@ -319,6 +391,7 @@ def commit() -> str:
 
 
 # --- the experiment ----------------------------------------------------------------------------------------
+
 
 def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, command: str) -> dict[str, Any]:
     started = time.perf_counter()
@@ -334,9 +407,13 @@ def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, comma
         inits[arm] = pretrain_arm(arm, data / "pool", work / "pretrain" / arm, plan.pretrain_steps)
         records = [json.loads(line) for line in (work / "pretrain" / arm / "metrics.jsonl").read_text().splitlines()]
         evals = [r for r in records if "miou" in r]
-        pretraining[arm] = {"steps": records[-1]["step"] if evals else 0, "miou_start": evals[0]["miou"],
-                            "miou_end": evals[-1]["miou"], "baseline_miou": evals[-1]["baseline_miou"],
-                            "seconds": time.perf_counter() - t}
+        pretraining[arm] = {
+            "steps": records[-1]["step"] if evals else 0,
+            "miou_start": evals[0]["miou"],
+            "miou_end": evals[-1]["miou"],
+            "baseline_miou": evals[-1]["baseline_miou"],
+            "seconds": time.perf_counter() - t,
+        }
     timings["pretrain_s"] = time.perf_counter() - started - timings["videos_s"]
     results: dict[str, dict[str, dict[str, float]]] = {}
     t = time.perf_counter()
@@ -344,8 +421,16 @@ def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, comma
         for fraction in plan.fractions:
             for seed in plan.seeds:
                 run_dir = work / "finetune" / arm / f"{fraction:g}" / f"seed{seed}"
-                top1 = finetune_run(data / "train", data / split, inits[arm], fraction, seed, plan.finetune_steps,
-                                    plan.finetune_lr, run_dir)
+                top1 = finetune_run(
+                    data / "train",
+                    data / split,
+                    inits[arm],
+                    fraction,
+                    seed,
+                    plan.finetune_steps,
+                    plan.finetune_lr,
+                    run_dir,
+                )
                 results.setdefault(arm, {}).setdefault(f"{fraction:g}", {})[str(seed)] = top1
                 log.info("%s %g seed %d: %s top-1 %.3f", arm, fraction, seed, split, top1)
     timings["finetune_s"] = time.perf_counter() - t
@@ -354,11 +439,18 @@ def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, comma
     lowest = f"{min(plan.fractions):g}"
     report = {
         "command": command,
-        "machine": machine(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "commit": commit(),
-        "evaluated_split": split, "plan": dataclasses.asdict(plan), "classes": CLASSES,
+        "machine": machine(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "evaluated_split": split,
+        "plan": dataclasses.asdict(plan),
+        "classes": CLASSES,
         "videos": {s: sum(1 for v in index["videos"] if v["split"] == s) for s in SPLITS},
-        "pretraining": pretraining, "seconds": timings,
-        "top1": results, "summary": summary, "verdict_at_lowest_fraction": {"fraction": lowest, **verdict(summary, lowest)},
+        "pretraining": pretraining,
+        "seconds": timings,
+        "top1": results,
+        "summary": summary,
+        "verdict_at_lowest_fraction": {"fraction": lowest, **verdict(summary, lowest)},
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1) + "\n")
@@ -373,14 +465,20 @@ def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, comma
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a few videos and steps: checks the pipeline, not the outcome")
-    p.add_argument("--split", choices=("test", "val"), default="test",
-                   help="what the fine-tuned models are scored on: val for any choice, test for the report")
+    p.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="what the fine-tuned models are scored on: val for any choice, test for the report",
+    )
     p.add_argument("--work", type=Path, default=Path("out/transfer"), help="videos, checkpoints and run folders")
     p.add_argument("--out", type=Path, default=Path("docs/results/transfer.json"), help="the results JSON")
     p.add_argument("--image", type=Path, default=Path("docs/images/transfer.png"), help="the plot (PNG)")
     p.add_argument("--pretrain-steps", type=int, default=None, help="override the plan's pretraining steps")
     p.add_argument("--finetune-steps", type=int, default=None, help="override the plan's fine-tuning steps")
-    p.add_argument("--arms", nargs="+", choices=ARMS, default=None, help="a subset of the arms (scratch is the reference)")
+    p.add_argument(
+        "--arms", nargs="+", choices=ARMS, default=None, help="a subset of the arms (scratch is the reference)"
+    )
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="override the plan's label fractions")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
@@ -390,10 +488,24 @@ def main(argv: list[str] | None = None) -> None:
     if args.arms and "scratch" not in args.arms:
         p.error("--arms must include scratch: every arm is judged against it")
     plan = QUICK if args.quick else FULL
-    overrides = {k: v for k, v in (("pretrain_steps", args.pretrain_steps), ("finetune_steps", args.finetune_steps),
-                                   ("arms", tuple(args.arms or ())), ("fractions", tuple(args.fractions or ()))) if v}
-    run(dataclasses.replace(plan, **overrides), args.work, args.split, args.out, args.image,
-        " ".join(["python -m bench.transfer", *argv]))
+    overrides = {
+        k: v
+        for k, v in (
+            ("pretrain_steps", args.pretrain_steps),
+            ("finetune_steps", args.finetune_steps),
+            ("arms", tuple(args.arms or ())),
+            ("fractions", tuple(args.fractions or ())),
+        )
+        if v
+    }
+    run(
+        dataclasses.replace(plan, **overrides),
+        args.work,
+        args.split,
+        args.out,
+        args.image,
+        " ".join(["python -m bench.transfer", *argv]),
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ a bare Generate stream (ReplicaClient) per transport, then the trainer's RemoteS
 extra time per batch is the client's scheduling overhead. Ratios are against bare inline gRPC measured in
 the same run. Targets (issue 4, 2-core machine): shared memory ≥ 3× inline and ≥ 2 GB/s; inline ≥ 500 MB/s.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,13 +22,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datagen.batch import Batch  # noqa: E402
-from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict  # noqa: E402
-from datagen.manifest import VideoInfo  # noqa: E402
-from datagen.service.server import Limits, Replica  # noqa: E402
-from protos import datagen_pb2 as pb  # noqa: E402
-from trainer.client import ReplicaClient  # noqa: E402
-from trainer.remote import RemoteSource  # noqa: E402
+from datagen.batch import Batch
+from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict
+from datagen.manifest import VideoInfo
+from datagen.service.server import Limits, Replica
+from protos import datagen_pb2 as pb
+from trainer.client import ReplicaClient
+from trainer.remote import RemoteSource
 
 
 class PrecomputedBatches:
@@ -53,22 +54,36 @@ class PrecomputedBatches:
 def serve(config: GenerationConfig, batch_size: int, chunk_bytes: int, ready, stop) -> None:
     """The child process: one replica on loopback until `stop` is set."""
     clip = config.clip
-    replica = Replica(PrecomputedBatches(batch_size, clip.num_frames, clip.crop_size), config, host="127.0.0.1", port=0,
-                      limits=Limits(chunk_bytes=chunk_bytes), queue_capacity=8)
+    replica = Replica(
+        PrecomputedBatches(batch_size, clip.num_frames, clip.crop_size),
+        config,
+        host="127.0.0.1",
+        port=0,
+        limits=Limits(chunk_bytes=chunk_bytes),
+        queue_capacity=8,
+    )
     replica.start()
     ready.put(replica.address)
     stop.wait()
     replica.drain(grace_s=5)
 
 
-def bare_stream(address: str, config: GenerationConfig, batches: int, batch_size: int, shm: bool) -> tuple[float, float, int]:
+def bare_stream(
+    address: str, config: GenerationConfig, batches: int, batch_size: int, shm: bool
+) -> tuple[float, float, int]:
     """One Generate call for `batches` batches; returns (seconds, client CPU seconds, shared-memory batches)."""
     client = ReplicaClient(address)
     info = client.describe(timeout=30)
     if shm and client.offer_ring(5, batch_size * _sample_bytes(config)):
         raise RuntimeError("shared memory is not reachable on loopback")
-    request = pb.GenerateRequest(config_digest=info.config_digest, videos_digest=info.videos_digest, seed=0, epoch=0,
-                                 indices=list(range(batches * batch_size)), batch_size=batch_size)
+    request = pb.GenerateRequest(
+        config_digest=info.config_digest,
+        videos_digest=info.videos_digest,
+        seed=0,
+        epoch=0,
+        indices=list(range(batches * batch_size)),
+        batch_size=batch_size,
+    )
     wall, cpu = time.perf_counter(), time.process_time()
     shm_batches = sum(r.shared_memory for r in client.generate(request, stream_id=1))
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -76,7 +91,9 @@ def bare_stream(address: str, config: GenerationConfig, batches: int, batch_size
     return wall, cpu, shm_batches
 
 
-def remote_source(address: str, config: GenerationConfig, batches: int, batch_size: int, shm: bool, **options) -> tuple[float, float, int]:
+def remote_source(
+    address: str, config: GenerationConfig, batches: int, batch_size: int, shm: bool, **options
+) -> tuple[float, float, int]:
     with RemoteSource([address], config=config, shared_memory=shm, **options) as src:
         list(src.stream(0, 1, range(batch_size), batch_size))  # connect and size the ring outside the timing
         before = src.stats["shm_batches"]
@@ -88,7 +105,7 @@ def remote_source(address: str, config: GenerationConfig, batches: int, batch_si
 
 
 def _sample_bytes(config: GenerationConfig) -> int:
-    return config.clip.num_frames * config.clip.crop_size ** 2 * 3
+    return config.clip.num_frames * config.clip.crop_size**2 * 3
 
 
 def main() -> int:
@@ -102,7 +119,10 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=2, help="RemoteSource: requests in flight per replica")
     parser.add_argument("--request-batches", type=int, default=2, help="RemoteSource: batches per request")
     args = parser.parse_args()
-    config = from_dict(GenerationConfig, apply_overrides(to_dict(GenerationConfig()), [f"clip.num_frames={args.frames}", f"clip.crop_size={args.size}"]))
+    config = from_dict(
+        GenerationConfig,
+        apply_overrides(to_dict(GenerationConfig()), [f"clip.num_frames={args.frames}", f"clip.crop_size={args.size}"]),
+    )
 
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Queue(), ctx.Event()
@@ -112,34 +132,54 @@ def main() -> int:
     batch_mb = args.batch_size * _sample_bytes(config) / 1e6
     rows = []
     try:
-        for name, run, shm in (("inline gRPC, bare stream", bare_stream, False), ("shared memory, bare stream", bare_stream, True),
-                               ("inline gRPC, RemoteSource", remote_source, False), ("shared memory, RemoteSource", remote_source, True)):
+        for name, run, shm in (
+            ("inline gRPC, bare stream", bare_stream, False),
+            ("shared memory, bare stream", bare_stream, True),
+            ("inline gRPC, RemoteSource", remote_source, False),
+            ("shared memory, RemoteSource", remote_source, True),
+        ):
             options = {"window": args.window, "request_batches": args.request_batches} if run is remote_source else {}
-            best = min((run(address, config, args.batches, args.batch_size, shm, **options) for _ in range(args.repeats)),
-                       key=lambda r: r[0])
+            best = min(
+                (run(address, config, args.batches, args.batch_size, shm, **options) for _ in range(args.repeats)),
+                key=lambda r: r[0],
+            )
             rows.append((name, *best))
     finally:
         stop.set()
         server.join(timeout=30)
 
     baseline = rows[0][1]
-    print(f"{args.batches} batches of {args.batch_size}x{args.frames}x{args.size}x{args.size}x3 uint8 ({batch_mb:.1f} MB each), "
-          f"loopback, chunks of {args.chunk_bytes >> 10} KiB, RemoteSource window {args.window} x {args.request_batches} batches, "
-          f"best of {args.repeats}")
+    print(
+        f"{args.batches} batches of {args.batch_size}x{args.frames}x{args.size}x{args.size}x3 uint8 ({batch_mb:.1f} MB each), "
+        f"loopback, chunks of {args.chunk_bytes >> 10} KiB, RemoteSource window {args.window} x {args.request_batches} batches, "
+        f"best of {args.repeats}"
+    )
     header = ("transport", "MB/s", "clips/s", "ms/batch", "client CPU ms/batch", "vs inline", "shm batches")
     table = [header]
     for name, wall, cpu, shm_batches in rows:
-        table.append((name, f"{batch_mb * args.batches / wall:.0f}", f"{args.batch_size * args.batches / wall:.0f}",
-                      f"{1e3 * wall / args.batches:.2f}", f"{1e3 * cpu / args.batches:.2f}", f"{baseline / wall:.2f}x",
-                      str(shm_batches)))
+        table.append(
+            (
+                name,
+                f"{batch_mb * args.batches / wall:.0f}",
+                f"{args.batch_size * args.batches / wall:.0f}",
+                f"{1e3 * wall / args.batches:.2f}",
+                f"{1e3 * cpu / args.batches:.2f}",
+                f"{baseline / wall:.2f}x",
+                str(shm_batches),
+            )
+        )
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
         print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
     for bare, full in ((rows[0], rows[2]), (rows[1], rows[3])):
-        print(f"RemoteSource overhead per batch ({bare[0].split(',')[0]}): {1e3 * (full[1] - bare[1]) / args.batches:+.2f} ms wall")
+        print(
+            f"RemoteSource overhead per batch ({bare[0].split(',')[0]}): {1e3 * (full[1] - bare[1]) / args.batches:+.2f} ms wall"
+        )
     inline_mbs, shm_mbs = batch_mb * args.batches / rows[0][1], batch_mb * args.batches / rows[1][1]
-    print(f"targets: shared memory >= 3x inline: {shm_mbs / inline_mbs:.2f}x; shared memory >= 2000 MB/s: {shm_mbs:.0f}; "
-          f"inline >= 500 MB/s: {inline_mbs:.0f}")
+    print(
+        f"targets: shared memory >= 3x inline: {shm_mbs / inline_mbs:.2f}x; shared memory >= 2000 MB/s: {shm_mbs:.0f}; "
+        f"inline >= 500 MB/s: {inline_mbs:.0f}"
+    )
     return 0
 
 

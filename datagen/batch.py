@@ -1,4 +1,5 @@
 """The unit that leaves a datagen replica: uint8 clips with their trajectory targets."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,11 +22,13 @@ class Batch:
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.clips, self.boxes, self.visible, self.keys
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Clips, boxes and visibility on `device`; the keys stay on the host, where they are read (on a GPU,
         reading them there would wait for the device every step)."""
-        return Batch(*(t.to(device, non_blocking=non_blocking) for t in (self.clips, self.boxes, self.visible)), self.keys.cpu())
+        return Batch(
+            *(t.to(device, non_blocking=non_blocking) for t in (self.clips, self.boxes, self.visible)), self.keys.cpu()
+        )
 
     @staticmethod
-    def cat(batches: list["Batch"]) -> "Batch":
+    def cat(batches: list[Batch]) -> Batch:
         return Batch(*(torch.cat(ts) for ts in zip(*(b.tensors() for b in batches))))

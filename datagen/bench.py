@@ -1,11 +1,12 @@
 """`ctp-datagen bench`: throughput of decode alone, generation alone and end to end on one device."""
+
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -61,8 +62,10 @@ def format_table(result: dict, title: str) -> str:
     for name, stage in (("decode", "decode"), ("generate (plan + render)", "generate"), ("end to end", "end_to_end")):
         clips = result[stage]["clips_per_s"]
         lines.append(f"{name:<26}{clips:>10.1f}{clips * t:>12.0f}")
-    lines.append(f"frames decoded per clip {result['decode']['frames_decoded_per_clip']:.1f}; "
-                 f"host {result['host_ms_per_sample']:.3f} ms per sample (planning)")
+    lines.append(
+        f"frames decoded per clip {result['decode']['frames_decoded_per_clip']:.1f}; "
+        f"host {result['host_ms_per_sample']:.3f} ms per sample (planning)"
+    )
     return "\n".join(lines)
 
 

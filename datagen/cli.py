@@ -1,4 +1,5 @@
 """`ctp-datagen`: index videos, preview and export generated samples, benchmark, and serve them."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,9 +11,9 @@ import numpy as np
 import torch
 
 from . import manifest, prepare
-from .service import jsonlog
-from .service import cli as service_cli
 from .options import add_generation_args, make_generator
+from .service import cli as service_cli
+from .service import jsonlog
 
 DEMO_DIR = Path("out/demo-videos")
 
@@ -35,9 +36,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     batch = Batch.cat(parts).to("cpu")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.out, clips=batch.clips.numpy(), boxes=batch.boxes.numpy(),
-                        visible=batch.visible.numpy(), keys=batch.keys.numpy())
-    print(f"wrote {len(batch)} samples with keys ({args.seed}, {args.epoch}, {args.start}..{args.start + args.num - 1}) to {args.out}")
+    np.savez_compressed(
+        args.out,
+        clips=batch.clips.numpy(),
+        boxes=batch.boxes.numpy(),
+        visible=batch.visible.numpy(),
+        keys=batch.keys.numpy(),
+    )
+    print(
+        f"wrote {len(batch)} samples with keys ({args.seed}, {args.epoch}, {args.start}..{args.start + args.num - 1}) to {args.out}"
+    )
     return 0
 
 
@@ -46,9 +54,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     generator = make_generator(args)
     result = run_bench(generator, batch_size=args.batch_size, repeats=args.repeats)
-    result |= {"threads": torch.get_num_threads(), "decode_threads": generator.decoder.num_threads, "backend": args.backend}
-    print(format_table(result, f"device={generator.device} backend={args.backend} batch={args.batch_size} "
-                               f"threads={torch.get_num_threads()} videos={len(generator.videos)}"))
+    result |= {
+        "threads": torch.get_num_threads(),
+        "decode_threads": generator.decoder.num_threads,
+        "backend": args.backend,
+    }
+    print(
+        format_table(
+            result,
+            f"device={generator.device} backend={args.backend} batch={args.batch_size} "
+            f"threads={torch.get_num_threads()} videos={len(generator.videos)}",
+        )
+    )
     if args.json:
         write_json(args.json, result)
         print(f"results: {args.json}")
@@ -66,8 +83,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ctp-datagen", description=__doc__,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="ctp-datagen", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     manifest.add_parser(sub)
@@ -79,31 +97,48 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--epoch", type=int, default=0, help="epoch (second word of the key)")
         p.add_argument("--start", type=int, default=0, help="first sample index (third word of the key)")
 
-    p = sub.add_parser("preview", help="PNG grid + animated GIF of generated clips with their boxes",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "preview",
+        help="PNG grid + animated GIF of generated clips with their boxes",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_generation_args(p)
     keyed(p, 8)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for grid.png and clips.gif")
     p.set_defaults(func=cmd_preview)
 
-    p = sub.add_parser("sample", help="export samples (S, E, I..I+N-1) to an .npz file",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "sample",
+        help="export samples (S, E, I..I+N-1) to an .npz file",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_generation_args(p)
     keyed(p, 16)
     p.add_argument("--batch-size", type=int, default=32, help="samples generated at once")
-    p.add_argument("--out", required=True, metavar="FILE.npz", help="clips (N,T,H,W,3) uint8, boxes (N,K,T,4), visible (N,K,T), keys (N,3)")
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.npz",
+        help="clips (N,T,H,W,3) uint8, boxes (N,K,T,4), visible (N,K,T), keys (N,3)",
+    )
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("bench", help="clips/s and frames/s of decode, generation and end to end",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "bench",
+        help="clips/s and frames/s of decode, generation and end to end",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_generation_args(p)
     p.add_argument("--batch-size", type=int, default=32, help="samples per timed batch")
     p.add_argument("--repeats", type=int, default=3, help="timed batches per row")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("demo", help="synthesise demo videos and preview generated clips (no download, no services)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(
+        "demo",
+        help="synthesise demo videos and preview generated clips (no download, no services)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     add_generation_args(p, videos="optional")
     keyed(p, 8)
     p.add_argument("--videos-dir", type=Path, default=DEMO_DIR, help="where the demo videos are written")

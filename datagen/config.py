@@ -3,6 +3,7 @@
 Both sides of the service import this module: the replica generates from a `GenerationConfig` and the
 trainer sends its digest, so a replica never serves samples of a config it was not given.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -71,7 +72,9 @@ class GenerationConfig:
     trajectory: TrajectoryConfig = TrajectoryConfig()
     patch: PatchConfig = PatchConfig()
     colour: ColourConfig = ColourConfig()
-    version: int = 2  # bumped whenever the same key would give a different sample (2: official key frames, jitter, contrast)
+    version: int = (
+        2  # bumped whenever the same key would give a different sample (2: official key frames, jitter, contrast)
+    )
 
     def digest(self) -> str:
         """A short stable hash: replicas and trainers agree on a config by comparing digests."""
@@ -155,7 +158,9 @@ def resolve_preset(name_or_path: str, folder: Path) -> Path:
     preset = folder / f"{name_or_path}.yaml"
     if preset.is_file():
         return preset
-    raise ValueError(f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(preset_names(folder))}")
+    raise ValueError(
+        f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(preset_names(folder))}"
+    )
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
@@ -198,8 +203,12 @@ def validate_generation(cfg: GenerationConfig, prefix: str = "") -> None:
         need(0 <= value <= 1, key, value, "must be a probability in [0, 1]")
 
     def probabilities(key: str, values: tuple[float, ...]) -> None:
-        need(bool(values) and min(values) >= 0 and abs(sum(values) - 1) < 1e-6, key, list(values),
-             "must be non-negative probabilities summing to 1")
+        need(
+            bool(values) and min(values) >= 0 and abs(sum(values) - 1) < 1e-6,
+            key,
+            list(values),
+            "must be non-negative probabilities summing to 1",
+        )
 
     def positive(key: str, values: tuple[float, ...]) -> None:
         need(bool(values) and min(values) > 0, key, list(values), "must be a non-empty list of values > 0")
@@ -211,10 +220,19 @@ def validate_generation(cfg: GenerationConfig, prefix: str = "") -> None:
     positive("clip.strides", c.strides)
     need(all(isinstance(s, int) for s in c.strides), "clip.strides", list(c.strides), "must be whole frame steps")
     need(c.crop_size >= 1, "clip.crop_size", c.crop_size, "must be >= 1")
-    need(bool(c.short_sides) and min(c.short_sides) >= c.crop_size, "clip.short_sides", list(c.short_sides),
-         f"must be a non-empty list, each >= clip.crop_size={c.crop_size} (the crop is cut from the resized frame)")
+    need(
+        bool(c.short_sides) and min(c.short_sides) >= c.crop_size,
+        "clip.short_sides",
+        list(c.short_sides),
+        f"must be a non-empty list, each >= clip.crop_size={c.crop_size} (the crop is cut from the resized frame)",
+    )
     share("clip.flip_prob", c.flip_prob)
-    need(t.num_trajectories >= 1, "trajectory.num_trajectories", t.num_trajectories, "must be >= 1 (the patches to catch)")
+    need(
+        t.num_trajectories >= 1,
+        "trajectory.num_trajectories",
+        t.num_trajectories,
+        "must be >= 1 (the patches to catch)",
+    )
     positive("trajectory.anchor_scales", t.anchor_scales)
     positive("trajectory.aspect_ratios", t.aspect_ratios)
     for key in ("size_jitter", "max_speed", "max_scale_rate"):

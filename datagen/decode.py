@@ -6,6 +6,7 @@ PyAV reaches by seeking to the last key frame at or before the clip and decoding
 are converted to RGB the way DALI converts them (BT.601, bilinear chroma), so both backends give the same
 pixels (within 1 level) and a sample does not depend on which replica decoded it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -28,8 +29,10 @@ log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dali", "pyav")
 # What DALI 2.4's decoder accepts per device (its docs; `mixed` is NVDEC): a forced "dali" backend tries these.
-DALI_CODECS = {"cpu": frozenset({"vp8", "vp9", "mjpeg"}),
-               "cuda": frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc"})}
+DALI_CODECS = {
+    "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
+    "cuda": frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc"}),
+}
 # What `auto` sends to DALI: on CUDA not AV1 (Hopper's NVDEC has no AV1) nor MJPEG (DALI 2.4's `mixed`
 # decoder rejects it, its docs notwithstanding); those go to PyAV on the CPU.
 AUTO_DALI_CODECS = {"cpu": DALI_CODECS["cpu"], "cuda": DALI_CODECS["cuda"] - {"av1", "mjpeg"}}
@@ -38,6 +41,7 @@ AUTO_DALI_CODECS = {"cpu": DALI_CODECS["cpu"], "cuda": DALI_CODECS["cuda"] - {"a
 def auto_backend(codec: str, device_type: str) -> str:
     """The backend `auto` decodes `codec` with on a `device_type` ("cpu" or "cuda") device."""
     return "dali" if codec in AUTO_DALI_CODECS.get(device_type, ()) else "pyav"
+
 
 NVDEC_ENGINES = 7  # video decode engines of an H100 / H200: DALI threads on CUDA, so each has work
 
@@ -150,7 +154,7 @@ class PacketIndex:
     key: np.ndarray  # bool
 
     @classmethod
-    def of(cls, path: str) -> "PacketIndex":
+    def of(cls, path: str) -> PacketIndex:
         with open_video(path) as container:
             packets = [(p.pts, _timestamp(p), p.is_keyframe) for p in picture_packets(container)]
         if not packets:
@@ -254,7 +258,10 @@ def yuv_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool =
     upsampled chroma stays exact without a float copy of the picture (3× faster than float32)."""
     height, width = y.shape
     planes = [np.left_shift(y, 4, dtype=np.uint16)]
-    planes += [cv2.resize(np.left_shift(c, 4, dtype=np.uint16), (width, height), interpolation=cv2.INTER_LINEAR) for c in (cb, cr)]
+    planes += [
+        cv2.resize(np.left_shift(c, 4, dtype=np.uint16), (width, height), interpolation=cv2.INTER_LINEAR)
+        for c in (cb, cr)
+    ]
     rgb = cv2.transform(cv2.merge(planes), _BT601_X16[full_range])  # uint16: negatives saturate to 0
     return cv2.convertScaleAbs(rgb)  # saturates at 255
 
@@ -264,7 +271,10 @@ def _bt601_x16(full_range: bool) -> np.ndarray:
     if full_range:
         matrix, offsets = [[1.0, 0.0, 1.402], [1.0, -0.344136, -0.714136], [1.0, 1.772, 0.0]], [0.0, 128.0, 128.0]
     else:
-        matrix, offsets = [[1.164383, 0.0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0.0]], [16.0, 128.0, 128.0]
+        matrix, offsets = (
+            [[1.164383, 0.0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0.0]],
+            [16.0, 128.0, 128.0],
+        )
     matrix = np.array(matrix)
     return np.concatenate([matrix / 16, -(matrix @ np.array(offsets))[:, None]], axis=1)
 
@@ -285,7 +295,9 @@ class DaliDecoder:
     invalid, so it is rebuilt.
     """
 
-    def __init__(self, device: torch.device, batch_size: int = 8, num_threads: int = 2, index: PacketIndexCache | None = None):
+    def __init__(
+        self, device: torch.device, batch_size: int = 8, num_threads: int = 2, index: PacketIndexCache | None = None
+    ):
         self.device = device
         self.batch_size = batch_size
         self.num_threads = num_threads
@@ -350,8 +362,15 @@ class DaliDecoder:
 
         gpu = self.device.type == "cuda"
 
-        @pipeline_def(batch_size=self.batch_size, num_threads=self.num_threads, prefetch_queue_depth=1, exec_dynamic=True,
-                      device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device()) if gpu else None)
+        @pipeline_def(
+            batch_size=self.batch_size,
+            num_threads=self.num_threads,
+            prefetch_queue_depth=1,
+            exec_dynamic=True,
+            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device())
+            if gpu
+            else None,
+        )
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
@@ -382,8 +401,14 @@ class Decoder:
     VideoDecodeError that says what to do.
     """
 
-    def __init__(self, device: str | torch.device = "cpu", backend: str = "auto", batch_size: int | None = None,
-                 num_threads: int | None = None, dali_codecs: Collection[str] | None = None):
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        backend: str = "auto",
+        batch_size: int | None = None,
+        num_threads: int | None = None,
+        dali_codecs: Collection[str] | None = None,
+    ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
         self.device = torch.device(device)
@@ -392,9 +417,13 @@ class Decoder:
         self.dali_codecs = frozenset(AUTO_DALI_CODECS.get(self.device.type, ()) if dali_codecs is None else dali_codecs)
         self.num_threads = num_threads or default_decode_threads(self.device)
         self.pyav = PyAVDecoder()
-        self.dali = DaliDecoder(self.device, batch_size or (4 * NVDEC_ENGINES if gpu else 8), self.num_threads, self.pyav.index)
+        self.dali = DaliDecoder(
+            self.device, batch_size or (4 * NVDEC_ENGINES if gpu else 8), self.num_threads, self.pyav.index
+        )
         self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="pyav") if self.num_threads > 1 else None
-        self.stats: collections.Counter[str] = collections.Counter()  # dali_fallbacks: clips PyAV decoded after DALI failed
+        self.stats: collections.Counter[str] = (
+            collections.Counter()
+        )  # dali_fallbacks: clips PyAV decoded after DALI failed
         self._fell_back: set[str] = set()  # videos already warned about
 
     def backend_for(self, video: VideoInfo) -> str:
@@ -405,8 +434,11 @@ class Decoder:
             return "dali" if video.codec in self.dali_codecs else "pyav"
         codecs = DALI_CODECS.get(self.device.type, frozenset())
         if video.codec not in codecs:
-            raise VideoDecodeError(video.path, f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
-                                               f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'")
+            raise VideoDecodeError(
+                video.path,
+                f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
+                f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'",
+            )
         return "dali"
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
@@ -437,7 +469,11 @@ class Decoder:
         for i, result in zip(on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu])):
             results[i] = result
         for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
-            results[i] = self._fall_back(*requests[i], result) if isinstance(result, VideoDecodeError) and self.backend == "auto" else result
+            results[i] = (
+                self._fall_back(*requests[i], result)
+                if isinstance(result, VideoDecodeError) and self.backend == "auto"
+                else result
+            )
         self.stats["frames_decoded"] = self.frames_decoded
         return results
 
@@ -450,7 +486,9 @@ class Decoder:
         except VideoDecodeError as exc:
             return exc
 
-    def _fall_back(self, video: VideoInfo, indices: np.ndarray, failure: VideoDecodeError) -> torch.Tensor | VideoDecodeError:
+    def _fall_back(
+        self, video: VideoInfo, indices: np.ndarray, failure: VideoDecodeError
+    ) -> torch.Tensor | VideoDecodeError:
         """PyAV's decode of a clip DALI failed on; the error names both reasons when PyAV fails too."""
         if video.path not in self._fell_back:
             self._fell_back.add(video.path)

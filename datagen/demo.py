@@ -3,6 +3,7 @@
 Each video shows a few textured objects, each with its own motion, over a textured background that pans
 slowly. The pixels are a pure function of the seed; the files are encoded with real codecs through PyAV.
 """
+
 from __future__ import annotations
 
 import logging
@@ -120,7 +121,7 @@ def _bounce(position: float, limit: int) -> int:
     """Reflect a free position into [0, limit] (an object bouncing off the borders)."""
     period = 2 * max(limit, 1)
     p = position % period
-    return int(round(p if p <= limit else period - p))
+    return round(p if p <= limit else period - p)
 
 
 def texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -4,18 +4,18 @@ A sample is a pure function of its key and of the set of videos known to be unre
 (`quarantine.py`): when a video fails to decode it is quarantined and the sample is re-planned from the
 key's next attempt, which every process that knows the same quarantine set computes identically.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from .batch import Batch
 from .config import GenerationConfig
 from .decode import Decoder
 from .manifest import VideoInfo
-import numpy as np
-
 from .plan import SamplePlan, choose_video, plan_batch, plan_sample
 from .quarantine import QuarantinedVideos
 from .render import render
@@ -45,8 +45,15 @@ class Generator(QuarantinedVideos[SamplePlan]):
         plans: list[SamplePlan | None] = [None] * len(keys)
         if fresh:
             infos = [self.videos[positions[i]] for i in fresh]
-            batch = plan_batch(np.array([tuple(keys[i]) for i in fresh]), [positions[i] for i in fresh], np.zeros(len(fresh)),
-                               [v.num_frames for v in infos], [v.height for v in infos], [v.width for v in infos], self.config)
+            batch = plan_batch(
+                np.array([tuple(keys[i]) for i in fresh]),
+                [positions[i] for i in fresh],
+                np.zeros(len(fresh)),
+                [v.num_frames for v in infos],
+                [v.height for v in infos],
+                [v.width for v in infos],
+                self.config,
+            )
             for j, i in enumerate(fresh):
                 plans[i] = batch.sample(j)
         return [p if p is not None else self.plan(keys[i]) for i, p in enumerate(plans)]

@@ -5,9 +5,10 @@ between, each segment uniformly, accelerating or decelerating. Everything works 
 frames are an (..., M) array of M = len(inner_probs) + 1 slots, sorted, where unused inner slots repeat
 the last frame; a repeated key frame is one key frame (its slots hold the same value, see `hold_repeats`).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -32,7 +33,7 @@ def draw_keyframes(d: Draws, num_frames: int, inner_probs: Sequence[float], *sha
     slot = np.arange(1, m - 1)
     tick = (gap * slot).astype(np.int64) + (jitter_u * 2 * reach).astype(np.int64) - reach
     tick = np.where(slot <= n, np.clip(tick, 0, num_frames - 1), num_frames - 1)
-    ends = np.broadcast_to(np.array([0, num_frames - 1]), tick.shape[:-1] + (2,))
+    ends = np.broadcast_to(np.array([0, num_frames - 1]), (*tick.shape[:-1], 2))
     return np.sort(np.concatenate([ends[..., :1], tick, ends[..., 1:]], axis=-1), axis=-1)
 
 

@@ -4,6 +4,7 @@ A frame index means the same thing everywhere in the project: the i-th picture a
 Container metadata sometimes disagrees with that (HMDB-51 AVIs carry placeholder chunks and malformed
 headers), so frame counts come from demuxing, which is cheap, counting only packets that carry a picture.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,9 @@ from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"})
+VIDEO_EXTENSIONS = frozenset(
+    {".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
+)
 MANIFEST_FORMAT = "ctp-video-manifest"
 MANIFEST_VERSION = 1
 
@@ -134,13 +137,17 @@ def index_videos(
         return info
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # FFmpeg releases the GIL while demuxing
-        results = list(tqdm(pool.map(check, files), total=len(files), desc="probing", unit="video", disable=not progress))
+        results = list(
+            tqdm(pool.map(check, files), total=len(files), desc="probing", unit="video", disable=not progress)
+        )
     videos = [r for r in results if isinstance(r, VideoInfo)]
     rejected = [r for r in results if isinstance(r, Rejected)]
     return videos, rejected
 
 
-def write_manifest(path: str | os.PathLike[str], videos: Sequence[VideoInfo], rejected: Sequence[Rejected] = ()) -> None:
+def write_manifest(
+    path: str | os.PathLike[str], videos: Sequence[VideoInfo], rejected: Sequence[Rejected] = ()
+) -> None:
     """A versioned, human-readable JSON manifest, one video per line. Videos under the manifest's folder are stored relative to
     it, so a dataset folder can move (or be mounted elsewhere) together with its manifest."""
     path = Path(path)
@@ -160,7 +167,10 @@ def write_manifest(path: str | os.PathLike[str], videos: Sequence[VideoInfo], re
         "rejected": [dataclasses.asdict(r) | {"path": rel(r.path)} for r in rejected],
     }
     fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in header.items()]
-    fields += [f" {json.dumps(k)}: [" + ",".join(f"\n  {json.dumps(e)}" for e in v) + ("\n ]" if v else "]") for k, v in lists.items()]
+    fields += [
+        f" {json.dumps(k)}: [" + ",".join(f"\n  {json.dumps(e)}" for e in v) + ("\n ]" if v else "]")
+        for k, v in lists.items()
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("{\n" + ",\n".join(fields) + "\n}\n")  # one entry per line: easy to read, diff and grep
@@ -177,7 +187,9 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[VideoInfo], list[R
     if not isinstance(doc, dict) or doc.get("format") != MANIFEST_FORMAT:
         raise ValueError(f"{path}: not a {MANIFEST_FORMAT} file; create one with `ctp-datagen index ROOT --out {path}`")
     if doc.get("version") != MANIFEST_VERSION:
-        raise ValueError(f"{path}: manifest version {doc.get('version')} is not supported (expected {MANIFEST_VERSION}); re-run `ctp-datagen index`")
+        raise ValueError(
+            f"{path}: manifest version {doc.get('version')} is not supported (expected {MANIFEST_VERSION}); re-run `ctp-datagen index`"
+        )
     base = path.resolve().parent
     try:
         videos = [VideoInfo(**(v | {"path": str(base / v["path"])})) for v in doc["videos"]]
@@ -232,7 +244,7 @@ def rejected_list(rejected: Sequence[Rejected], manifest: str, limit: int = 20) 
     """Each rejected file with its reason, so a user can fix or remove it; long lists end with a pointer to the manifest."""
     lines = [f"rejected {len(rejected)} file(s):"] + [f"  {r.path}: {r.reason}" for r in rejected[:limit]]
     if len(rejected) > limit:
-        lines.append(f"  ... and {len(rejected) - limit} more, see the manifest {manifest} (\"rejected\")")
+        lines.append(f'  ... and {len(rejected) - limit} more, see the manifest {manifest} ("rejected")')
     return "\n".join(lines)
 
 

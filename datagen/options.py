@@ -1,5 +1,6 @@
 """The command-line options every generating command shares (preview, sample, bench, demo, serve), and the
 generator they describe."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,27 +19,52 @@ TRAINING_PRESETS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
 VIDEOS_HELP = "video files, folders (searched recursively) or manifest JSON files"
 
 
-def add_generation_args(parser: argparse.ArgumentParser,
-                        videos: Literal["required", "optional", "positional"] = "required") -> None:
+def add_generation_args(
+    parser: argparse.ArgumentParser, videos: Literal["required", "optional", "positional"] = "required"
+) -> None:
     """Inputs, spec config, device and decoder. `videos` is an option (`--videos`), required or not, or the
     command's positional operand (a replica's one argument)."""
     if videos == "positional":
         parser.add_argument("videos", nargs="+", metavar="VIDEOS", help=VIDEOS_HELP)
     else:
         parser.add_argument("--videos", nargs="+", required=videos == "required", metavar="PATH", help=VIDEOS_HELP)
-    parser.add_argument("--config", metavar="YAML|PRESET",
-                        help="generation config YAML, or a training preset or YAML (its data.generation section is "
-                        "used, so replicas serve what the trainer asks for); default: the paper's settings")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set trajectory.num_trajectories=1 (repeatable)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="where generation runs (cpu, cuda or cuda:N): cuda when available, else cpu")
-    parser.add_argument("--backend", default="auto", choices=("auto", "dali", "pyav"),
-                        help="decoder: auto picks DALI on GPU, DALI-CPU for VP8/VP9/MJPEG and PyAV otherwise")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads (0: half the usable cores, the rest left to the decoder threads)")
-    parser.add_argument("--decode-threads", type=int, default=0,
-                        help="decoder threads: DALI's and parallel PyAV clips (0: 7 NVDEC engines on CUDA, the usable cores on CPU)")
+    parser.add_argument(
+        "--config",
+        metavar="YAML|PRESET",
+        help="generation config YAML, or a training preset or YAML (its data.generation section is "
+        "used, so replicas serve what the trainer asks for); default: the paper's settings",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set trajectory.num_trajectories=1 (repeatable)",
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where generation runs (cpu, cuda or cuda:N): cuda when available, else cpu",
+    )
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        choices=("auto", "dali", "pyav"),
+        help="decoder: auto picks DALI on GPU, DALI-CPU for VP8/VP9/MJPEG and PyAV otherwise",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads (0: half the usable cores, the rest left to the decoder threads)",
+    )
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=0,
+        help="decoder threads: DALI's and parallel PyAV clips (0: 7 NVDEC engines on CUDA, the usable cores on CPU)",
+    )
 
 
 def default_torch_threads() -> int:
@@ -70,4 +96,6 @@ def make_generator(args: argparse.Namespace):
     torch.set_num_threads(args.threads or default_torch_threads())
     config = generation_config(args.config, args.overrides)
     videos = manifest.resolve_videos(args.videos, min_frames=1)
-    return Generator(videos, config, args.device, Decoder(args.device, args.backend, num_threads=args.decode_threads or None))
+    return Generator(
+        videos, config, args.device, Decoder(args.device, args.backend, num_threads=args.decode_threads or None)
+    )

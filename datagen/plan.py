@@ -6,11 +6,12 @@ function of its key whatever batch it is planned in. Rendering the plans into pi
 device work in `render.py`. Splitting the two is what makes a sample independent of the batch, the
 process and the device it is generated on.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -90,34 +91,57 @@ class PlanBatch:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __getitem__(self, rows: slice) -> "PlanBatch":
+    def __getitem__(self, rows: slice) -> PlanBatch:
         return PlanBatch(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
 
     def sample(self, i: int) -> SamplePlan:
-        clip = ClipPlan(self.frame_indices[i], (int(self.resized[i, 0]), int(self.resized[i, 1])),
-                        (int(self.crop[i, 0]), int(self.crop[i, 1])), bool(self.flip[i]))
-        patches = PatchPlan(self.boxes[i], self.visible[i], self.source_frame[i], self.shape[i], self.soft_start[i],
-                            self.opacity[i], self.order[i])
+        clip = ClipPlan(
+            self.frame_indices[i],
+            (int(self.resized[i, 0]), int(self.resized[i, 1])),
+            (int(self.crop[i, 0]), int(self.crop[i, 1])),
+            bool(self.flip[i]),
+        )
+        patches = PatchPlan(
+            self.boxes[i],
+            self.visible[i],
+            self.source_frame[i],
+            self.shape[i],
+            self.soft_start[i],
+            self.opacity[i],
+            self.order[i],
+        )
         colour = ColourPlan(float(self.hue_shift[i]), float(self.saturation[i]), self.brightness[i], self.contrast[i])
-        return SamplePlan(SampleKey(*(int(v) for v in self.keys[i])), int(self.video[i]), int(self.attempt[i]), clip, patches, colour)
+        return SamplePlan(
+            SampleKey(*(int(v) for v in self.keys[i])), int(self.video[i]), int(self.attempt[i]), clip, patches, colour
+        )
 
     def samples(self) -> list[SamplePlan]:
         return [self.sample(i) for i in range(len(self))]
 
     @staticmethod
-    def stack(plans: Sequence[SamplePlan]) -> "PlanBatch":
+    def stack(plans: Sequence[SamplePlan]) -> PlanBatch:
         def stacked(get: Callable[[SamplePlan], object], dtype: type | None = None) -> np.ndarray:
             return np.array([get(p) for p in plans], dtype=dtype)
 
         return PlanBatch(
-            stacked(lambda p: tuple(p.key), np.int64), stacked(lambda p: p.video, np.int64), stacked(lambda p: p.attempt, np.int64),
-            stacked(lambda p: p.clip.frame_indices, np.int64), stacked(lambda p: p.clip.resized, np.int64),
-            stacked(lambda p: p.clip.crop, np.int64), stacked(lambda p: p.clip.flip, bool),
-            stacked(lambda p: p.patches.boxes), stacked(lambda p: p.patches.visible, bool),
-            stacked(lambda p: p.patches.source_frame, np.int64), stacked(lambda p: p.patches.shape, np.int64),
-            stacked(lambda p: p.patches.soft_start), stacked(lambda p: p.patches.opacity), stacked(lambda p: p.patches.order, np.int64),
-            stacked(lambda p: p.colour.hue_shift), stacked(lambda p: p.colour.saturation),
-            stacked(lambda p: p.colour.brightness), stacked(lambda p: p.colour.contrast),
+            stacked(lambda p: tuple(p.key), np.int64),
+            stacked(lambda p: p.video, np.int64),
+            stacked(lambda p: p.attempt, np.int64),
+            stacked(lambda p: p.clip.frame_indices, np.int64),
+            stacked(lambda p: p.clip.resized, np.int64),
+            stacked(lambda p: p.clip.crop, np.int64),
+            stacked(lambda p: p.clip.flip, bool),
+            stacked(lambda p: p.patches.boxes),
+            stacked(lambda p: p.patches.visible, bool),
+            stacked(lambda p: p.patches.source_frame, np.int64),
+            stacked(lambda p: p.patches.shape, np.int64),
+            stacked(lambda p: p.patches.soft_start),
+            stacked(lambda p: p.patches.opacity),
+            stacked(lambda p: p.patches.order, np.int64),
+            stacked(lambda p: p.colour.hue_shift),
+            stacked(lambda p: p.colour.saturation),
+            stacked(lambda p: p.colour.brightness),
+            stacked(lambda p: p.colour.contrast),
         )
 
 
@@ -128,7 +152,9 @@ def choose_video(key: SampleKey, num_videos: int, attempt: int = 0) -> int:
     return int(generator(key, Stream.VIDEO, attempt).integers(num_videos))
 
 
-def draw_clip(d: Draws, cfg: ClipConfig, num_frames: np.ndarray, height: np.ndarray, width: np.ndarray) -> dict[str, np.ndarray]:
+def draw_clip(
+    d: Draws, cfg: ClipConfig, num_frames: np.ndarray, height: np.ndarray, width: np.ndarray
+) -> dict[str, np.ndarray]:
     """Frame indices, rescaled size, crop and flip of N clips from videos of the given frame counts and sizes."""
     t = cfg.num_frames
     u = d.take(6)
@@ -142,7 +168,9 @@ def draw_clip(d: Draws, cfg: ClipConfig, num_frames: np.ndarray, height: np.ndar
 
     short = pick(u[:, 2], np.asarray(cfg.short_sides, dtype=np.int64))
     scale = short / np.minimum(height, width)
-    resized = np.stack([np.maximum(short, np.round(height * scale)), np.maximum(short, np.round(width * scale))], 1).astype(np.int64)
+    resized = np.stack(
+        [np.maximum(short, np.round(height * scale)), np.maximum(short, np.round(width * scale))], 1
+    ).astype(np.int64)
     crop = below(u[:, 3:5], resized - cfg.crop_size + 1)
     return dict(frame_indices=indices, resized=resized, crop=crop, flip=u[:, 5] < cfg.flip_prob)
 
@@ -156,7 +184,7 @@ def draw_patches(d: Draws, pc: PatchConfig, inner_probs: Sequence[float], boxes:
     soft_start = np.where(u[..., 2] < pc.soft_edge_prob, between(u[..., 3], *pc.soft_edge_start), 0.5)
     kf = draw_keyframes(d, t, inner_probs, k)  # opacity: its own key frames per patch, linear
     values = hold_repeats(kf, between(d.take(k, kf.shape[-1], 1), *pc.opacity))
-    opacity = interpolate(kf, values, np.full(kf.shape[:-1] + (kf.shape[-1] - 1,), UNIFORM), t)[..., 0]
+    opacity = interpolate(kf, values, np.full((*kf.shape[:-1], kf.shape[-1] - 1), UNIFORM), t)[..., 0]
     visible = d.take(k, t) >= pc.invisible_prob
     visible[..., 0] = True
     np.put_along_axis(visible, source[..., None], True, axis=-1)
@@ -196,7 +224,9 @@ def stream_lengths(cfg: GenerationConfig) -> dict[Stream, int]:
     return {s: draws[s].used for s in _STREAMS}
 
 
-def _plan(draws: dict[Stream, Draws], cfg: GenerationConfig, num_frames: np.ndarray, height: np.ndarray, width: np.ndarray) -> dict[str, np.ndarray]:
+def _plan(
+    draws: dict[Stream, Draws], cfg: GenerationConfig, num_frames: np.ndarray, height: np.ndarray, width: np.ndarray
+) -> dict[str, np.ndarray]:
     t, size = cfg.clip.num_frames, cfg.clip.crop_size
     fields = draw_clip(draws[Stream.CLIP], cfg.clip, num_frames, height, width)
     boxes = draw_trajectories(draws[Stream.TRAJECTORY], cfg.trajectory, t, size, size).boxes
@@ -206,19 +236,33 @@ def _plan(draws: dict[Stream, Draws], cfg: GenerationConfig, num_frames: np.ndar
     return fields
 
 
-def plan_batch(keys: np.ndarray, videos: np.ndarray, attempts: np.ndarray, num_frames: np.ndarray, heights: np.ndarray,
-               widths: np.ndarray, cfg: GenerationConfig) -> PlanBatch:
+def plan_batch(
+    keys: np.ndarray,
+    videos: np.ndarray,
+    attempts: np.ndarray,
+    num_frames: np.ndarray,
+    heights: np.ndarray,
+    widths: np.ndarray,
+    cfg: GenerationConfig,
+) -> PlanBatch:
     """The plans of N keys (N, 3) drawn from the given videos (positions, frame counts and sizes from the
     manifest) at the given attempts, in one pass of array code."""
     keys = np.asarray(keys, dtype=np.int64).reshape(-1, 3)
     attempts = np.asarray(attempts, dtype=np.int64)
     u = uniforms(keys, attempts, stream_lengths(cfg))
-    fields = _plan({s: Draws(u[s]) for s in _STREAMS}, cfg, np.asarray(num_frames, dtype=np.int64),
-                   np.asarray(heights, dtype=np.int64), np.asarray(widths, dtype=np.int64))
+    fields = _plan(
+        {s: Draws(u[s]) for s in _STREAMS},
+        cfg,
+        np.asarray(num_frames, dtype=np.int64),
+        np.asarray(heights, dtype=np.int64),
+        np.asarray(widths, dtype=np.int64),
+    )
     return PlanBatch(keys=keys, video=np.asarray(videos, dtype=np.int64), attempt=attempts, **fields)
 
 
-def plan_sample(key: SampleKey, video: int, num_frames: int, height: int, width: int, cfg: GenerationConfig, attempt: int = 0) -> SamplePlan:
+def plan_sample(
+    key: SampleKey, video: int, num_frames: int, height: int, width: int, cfg: GenerationConfig, attempt: int = 0
+) -> SamplePlan:
     """The full plan of sample `key` drawn from `video` (its frame count and size from the manifest)."""
     return plan_batch(np.array([tuple(key)]), [video], [attempt], [num_frames], [height], [width], cfg).sample(0)
 

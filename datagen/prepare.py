@@ -6,6 +6,7 @@ B-frames, and a short side of `short_side` (never upscaled): CtP draws short sid
 every draw a downscale. Every decoded picture is encoded once with its source timestamp, so frame i of the
 copy is frame i of the source (datagen/manifest.py's definition). Audio is dropped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,17 @@ import av
 from av.video.frame import PictureType
 from tqdm import tqdm
 
-from .manifest import Rejected, VideoError, VideoInfo, find_videos, open_video, picture_packets, probe, summary, write_manifest
+from .manifest import (
+    Rejected,
+    VideoError,
+    VideoInfo,
+    find_videos,
+    open_video,
+    picture_packets,
+    probe,
+    summary,
+    write_manifest,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +69,9 @@ def plan_jobs(sources: list[str | os.PathLike[str]], out: Path) -> list[Job]:
     for src in map(Path, sources):
         root = src if src.is_dir() else src.parent
         if root.resolve() == out.resolve():
-            raise ValueError(f"--out {out} is the source folder {src}: choose a new folder (sources are never overwritten)")
+            raise ValueError(
+                f"--out {out} is the source folder {src}: choose a new folder (sources are never overwritten)"
+            )
         for video in find_videos(src):
             if video.resolve().is_relative_to(out.resolve()):
                 continue  # a DIR inside a source folder holds earlier outputs, not sources
@@ -101,8 +114,14 @@ def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> 
             out.pix_fmt, out.time_base = "yuv420p", stream.time_base
             out.codec_context.time_base = stream.time_base
             g = settings.gop
-            out.options = {"crf": str(settings.crf), "preset": "veryfast", "g": str(g), "bf": "0", "threads": str(threads),
-                           "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:open-gop=0"}
+            out.options = {
+                "crf": str(settings.crf),
+                "preset": "veryfast",
+                "g": str(g),
+                "bf": "0",
+                "threads": str(threads),
+                "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:open-gop=0",
+            }
             times = display_times(source)
             last_pts = -1
             for frame in src.decode(stream):
@@ -138,8 +157,13 @@ def prepare_one(job: Job, settings: Settings, threads: int) -> tuple[str, VideoI
         written = encode(job.source, job.output, settings, threads)
         info = probe(job.output)
         if info.num_frames != written or written != expected:
-            log.warning("%s: %d frames in the manifest, %d decoded and written, %d in the copy",
-                        job.source, expected, written, info.num_frames)
+            log.warning(
+                "%s: %d frames in the manifest, %d decoded and written, %d in the copy",
+                job.source,
+                expected,
+                written,
+                info.num_frames,
+            )
         return "done", info, time.perf_counter() - start
     except VideoError as exc:
         return "rejected", Rejected(str(job.source), exc.reason), time.perf_counter() - start
@@ -151,13 +175,21 @@ def check_settings(out: Path, settings: Settings) -> None:
     if path.is_file():
         previous = Settings(**json.loads(path.read_text()))
         if previous != settings:
-            raise ValueError(f"{out} was prepared with {previous}; resume with the same options or choose another --out")
+            raise ValueError(
+                f"{out} was prepared with {previous}; resume with the same options or choose another --out"
+            )
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(dataclasses.asdict(settings)) + "\n")
 
 
-def prepare(sources: list[str | os.PathLike[str]], out: str | os.PathLike[str], settings: Settings = Settings(),
-            workers: int = 0, progress: bool = False, log_file: str | os.PathLike[str] | None = None) -> dict:
+def prepare(
+    sources: list[str | os.PathLike[str]],
+    out: str | os.PathLike[str],
+    settings: Settings = Settings(),
+    workers: int = 0,
+    progress: bool = False,
+    log_file: str | os.PathLike[str] | None = None,
+) -> dict:
     """Re-encode every video under `sources` into `out`, write `out/manifest.json`; returns the report."""
     out = Path(out)
     started = time.perf_counter()
@@ -170,8 +202,9 @@ def prepare(sources: list[str | os.PathLike[str]], out: str | os.PathLike[str], 
     counts = {"done": 0, "skipped": 0, "rejected": 0}
     with open(log_file or out / "prepare.log", "a") as logf, ProcessPoolExecutor(workers) as pool:
         results = pool.map(prepare_one, jobs, [settings] * len(jobs), [threads] * len(jobs))
-        for job, (status, result, seconds) in tqdm(zip(jobs, results), total=len(jobs), desc="preparing",
-                                                   unit="video", disable=not progress):
+        for job, (status, result, seconds) in tqdm(
+            zip(jobs, results), total=len(jobs), desc="preparing", unit="video", disable=not progress
+        ):
             counts[status] += 1
             (rejected if status == "rejected" else videos).append(result)
             detail = result.reason if isinstance(result, Rejected) else f"{result.num_frames} frames {seconds:.1f}s"
@@ -181,16 +214,30 @@ def prepare(sources: list[str | os.PathLike[str]], out: str | os.PathLike[str], 
     ok = {Path(v.path).resolve() for v in videos}
     before = sum(j.source.stat().st_size for j in jobs if j.output.resolve() in ok)
     after = sum(j.output.stat().st_size for j in jobs if j.output.resolve() in ok)
-    return {"counts": counts, "videos": videos, "rejected": rejected, "bytes_before": before, "bytes_after": after,
-            "seconds": time.perf_counter() - started, "manifest": str(out / MANIFEST_FILE)}
+    return {
+        "counts": counts,
+        "videos": videos,
+        "rejected": rejected,
+        "bytes_before": before,
+        "bytes_after": after,
+        "seconds": time.perf_counter() - started,
+        "manifest": str(out / MANIFEST_FILE),
+    }
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser("prepare", help="re-encode videos for fast random access (H.264, short GOP) and write a manifest",
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = subparsers.add_parser(
+        "prepare",
+        help="re-encode videos for fast random access (H.264, short GOP) and write a manifest",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     parser.add_argument("sources", nargs="+", metavar="SRC", help="video files or folders (the tree is mirrored)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output folder (with manifest.json and prepare.log)")
-    parser.add_argument("--short-side", type=int, default=SHORT_SIDE, help="downscale so the short side is at most this")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (with manifest.json and prepare.log)"
+    )
+    parser.add_argument(
+        "--short-side", type=int, default=SHORT_SIDE, help="downscale so the short side is at most this"
+    )
     parser.add_argument("--gop", type=int, default=GOP, help="key-frame interval in frames")
     parser.add_argument("--crf", type=int, default=CRF, help="x264 constant rate factor (lower: larger, better)")
     parser.add_argument("--workers", type=int, default=0, help="parallel encodes (0: one per CPU core)")
@@ -202,14 +249,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_prepare(args: argparse.Namespace) -> int:
     if args.short_side < 2 or args.gop < 1:
         raise ValueError("--short-side must be >= 2 and --gop >= 1")
-    report = prepare(args.sources, args.out, Settings(args.short_side, args.gop, args.crf), args.workers,
-                     progress=sys.stderr.isatty(), log_file=args.log)
+    report = prepare(
+        args.sources,
+        args.out,
+        Settings(args.short_side, args.gop, args.crf),
+        args.workers,
+        progress=sys.stderr.isatty(),
+        log_file=args.log,
+    )
     print(summary(report["videos"], report["rejected"]))
     for r in report["rejected"]:
         print(f"rejected {r.path}: {r.reason}")
     c = report["counts"]
     mb = 1 / 2**20
-    print(f"{c['done']} encoded, {c['skipped']} already done, {c['rejected']} rejected in {report['seconds']:.1f} s; "
-          f"size {report['bytes_before'] * mb:.1f} MiB -> {report['bytes_after'] * mb:.1f} MiB")
+    print(
+        f"{c['done']} encoded, {c['skipped']} already done, {c['rejected']} rejected in {report['seconds']:.1f} s; "
+        f"size {report['bytes_before'] * mb:.1f} MiB -> {report['bytes_after'] * mb:.1f} MiB"
+    )
     print(f"manifest: {report['manifest']}")
     return 0 if report["videos"] else 1

@@ -1,4 +1,5 @@
 """Pictures of generated clips: each trajectory's box in its own colour, dashed where the patch is hidden."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,12 +29,22 @@ def draw_frame(frame: np.ndarray, boxes: np.ndarray, visible: np.ndarray) -> Ima
     return image
 
 
-def _dashed_line(draw: ImageDraw.ImageDraw, a: tuple[float, float], b: tuple[float, float], colour: tuple[int, int, int], dash: float = 6.0) -> None:
+def _dashed_line(
+    draw: ImageDraw.ImageDraw,
+    a: tuple[float, float],
+    b: tuple[float, float],
+    colour: tuple[int, int, int],
+    dash: float = 6.0,
+) -> None:
     length = float(np.hypot(b[0] - a[0], b[1] - a[1]))
     steps = max(int(length // dash), 1)
     for i in range(0, steps, 2):
         s, e = i / steps, min((i + 1) / steps, 1.0)
-        draw.line((a[0] + (b[0] - a[0]) * s, a[1] + (b[1] - a[1]) * s, a[0] + (b[0] - a[0]) * e, a[1] + (b[1] - a[1]) * e), fill=colour, width=2)
+        draw.line(
+            (a[0] + (b[0] - a[0]) * s, a[1] + (b[1] - a[1]) * s, a[0] + (b[0] - a[0]) * e, a[1] + (b[1] - a[1]) * e),
+            fill=colour,
+            width=2,
+        )
 
 
 def render_preview(batch: Batch, out_dir: str | Path, frame_step: int = 2) -> tuple[Path, Path]:

@@ -5,12 +5,14 @@ is quarantined with its reason and every sample that chose it is planned again f
 attempt. Any process that knows the same quarantine set makes the same replacement, so epoch sizes hold
 and replicas agree. Pretraining samples (`Generator`) and fine-tuning clips share this rule.
 """
+
 from __future__ import annotations
 
 import collections
 import logging
 import threading
-from typing import Callable, Generic, Protocol, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -38,8 +40,9 @@ class QuarantinedVideos(Generic[P]):
     """Plans keys onto the readable videos of `videos` with `plan_fn(key, position, info, attempt)` and
     decodes the planned frames, quarantining the videos that fail."""
 
-    def __init__(self, videos: Sequence[VideoInfo], decoder: Decoder,
-                 plan_fn: Callable[[SampleKey, int, VideoInfo, int], P]) -> None:
+    def __init__(
+        self, videos: Sequence[VideoInfo], decoder: Decoder, plan_fn: Callable[[SampleKey, int, VideoInfo, int], P]
+    ) -> None:
         if not videos:
             raise ValueError("no videos to generate from: check the paths or the manifest")
         self.videos = list(videos)
@@ -65,8 +68,10 @@ class QuarantinedVideos(Generic[P]):
             info = self.videos[position]
             if info.path not in self.bad_videos:
                 return self.plan_fn(key, position, info, attempt)
-        raise RuntimeError(f"no readable video found for sample {tuple(key)} after {MAX_ATTEMPTS} attempts "
-                           f"({len(self.bad_videos)} of {len(self.videos)} videos are quarantined)")
+        raise RuntimeError(
+            f"no readable video found for sample {tuple(key)} after {MAX_ATTEMPTS} attempts "
+            f"({len(self.bad_videos)} of {len(self.videos)} videos are quarantined)"
+        )
 
     def decode(self, plans: list[P]) -> list[torch.Tensor]:
         """Decode each plan's frames, re-planning (in place) the samples whose video turns out unreadable."""

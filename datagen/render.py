@@ -5,9 +5,10 @@ enumerated into one flat list of pixels, which is sampled from the patch's sourc
 alpha and blended in place. Work is proportional to the patch area, not the frame, and the same code
 runs on CUDA and on CPU.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -15,7 +16,6 @@ import torch.nn.functional as F
 
 from .batch import Batch
 from .plan import ELLIPSE, RHOMBUS, PlanBatch, SamplePlan
-
 
 # On a CPU core the per-pixel work is bound by memory traffic: a few clips at a time stay in cache and
 # render ~1.4x faster than a whole batch. A GPU takes the whole batch at once.
@@ -35,7 +35,9 @@ def render(plans: Sequence[SamplePlan] | PlanBatch, frames: Sequence[torch.Tenso
     device = frames[0].device
     batch = plans if isinstance(plans, PlanBatch) else PlanBatch.stack(plans)  # host arrays, once per batch
     step = CPU_CHUNK if device.type == "cpu" else len(batch)
-    clips = torch.cat([render_clips(batch[i : i + step], frames[i : i + step], crop_size) for i in range(0, len(batch), step)])
+    clips = torch.cat(
+        [render_clips(batch[i : i + step], frames[i : i + step], crop_size) for i in range(0, len(batch), step)]
+    )
     boxes = to_device(batch.boxes.astype(np.float32), device)
     keys = torch.from_numpy(batch.keys)  # on the host, where they are read
     return Batch(clips, boxes, to_device(batch.visible, device), keys)
@@ -66,7 +68,7 @@ def rescale_crop_flip(frames: torch.Tensor, plan: SamplePlan, crop_size: int) ->
 
 def composite_patches(clips: torch.Tensor, clean: torch.Tensor, plans: PlanBatch) -> None:
     """Paste every trajectory's patch into `clips` (B, T, S, S, 3) float, in place; patches come from `clean`."""
-    b, t, h, w, _ = clips.shape
+    _, t, h, w, _ = clips.shape
     flat_out, flat_src = clips.view(-1, 3), clean.view(-1, 3)
     steps = [_paste_step_boxes(plans, step, t, h, w) for step in range(plans.boxes.shape[1])]
     steps = [s for s in steps if len(s[0])]
@@ -85,7 +87,9 @@ def composite_patches(clips: torch.Tensor, clean: torch.Tensor, plans: PlanBatch
         count = ints[:, 2] * ints[:, 3]
         # One row per pixel of every pasted box: the box's parameters and the pixel's place inside it.
         x1, y1, bw, bh, src_base, dst_base = torch.repeat_interleave(ints, count, dim=0, output_size=total).unbind(1)
-        sx1, sy1, sx2, sy2, shape, soft, opacity = torch.repeat_interleave(floats, count, dim=0, output_size=total).unbind(1)
+        sx1, sy1, sx2, sy2, shape, soft, opacity = torch.repeat_interleave(
+            floats, count, dim=0, output_size=total
+        ).unbind(1)
         first = torch.repeat_interleave(torch.cumsum(count, 0) - count, count, output_size=total)
         local = torch.arange(total, device=clips.device) - first
         py = torch.div(local, bw, rounding_mode="floor")
@@ -111,28 +115,55 @@ def _paste_step_boxes(plans: PlanBatch, step: int, t: int, h: int, w: int) -> tu
     box = plans.boxes[sample, kk, frame]
     j = plans.source_frame[sample, kk]
     src = plans.boxes[sample, kk, j]
-    ints = np.stack([box[:, 0], box[:, 1], box[:, 2] - box[:, 0], box[:, 3] - box[:, 1],
-                     (sample * t + j) * h * w, (sample * t + frame) * h * w], 1).astype(np.int64)
-    floats = np.concatenate([src, plans.shape[sample, kk, None], plans.soft_start[sample, kk, None],
-                             plans.opacity[sample, kk, frame, None]], 1).astype(np.float32)
+    ints = np.stack(
+        [
+            box[:, 0],
+            box[:, 1],
+            box[:, 2] - box[:, 0],
+            box[:, 3] - box[:, 1],
+            (sample * t + j) * h * w,
+            (sample * t + frame) * h * w,
+        ],
+        1,
+    ).astype(np.int64)
+    floats = np.concatenate(
+        [
+            src,
+            plans.shape[sample, kk, None],
+            plans.soft_start[sample, kk, None],
+            plans.opacity[sample, kk, frame, None],
+        ],
+        1,
+    ).astype(np.float32)
     return ints, floats
 
 
 def patch_alpha(u: torch.Tensor, v: torch.Tensor, shape: torch.Tensor, soft_start: torch.Tensor) -> torch.Tensor:
     """Alpha at normalised box positions (u, v): the shape's distance d, 1 inside 0.5 (soft from d0 on)."""
     dx, dy = (u - 0.5).abs(), (v - 0.5).abs()
-    dist = torch.where(shape == ELLIPSE, torch.hypot(dx, dy), torch.where(shape == RHOMBUS, dx + dy, torch.maximum(dx, dy)))
+    dist = torch.where(
+        shape == ELLIPSE, torch.hypot(dx, dy), torch.where(shape == RHOMBUS, dx + dy, torch.maximum(dx, dy))
+    )
     soft = ((0.5 - dist) / (0.5 - soft_start).clamp_min(1e-6)).clamp_(0.0, 1.0)
     return torch.where(soft_start >= 0.5, (dist < 0.5).float(), soft)
 
 
-def _bilinear(flat: torch.Tensor, base: torch.Tensor, y: torch.Tensor, x: torch.Tensor, y_end: torch.Tensor, x_end: torch.Tensor, width: int) -> torch.Tensor:
+def _bilinear(
+    flat: torch.Tensor,
+    base: torch.Tensor,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    y_end: torch.Tensor,
+    x_end: torch.Tensor,
+    width: int,
+) -> torch.Tensor:
     """Bilinear samples of (N, 3) pixels at (y, x), never reading past the source box's far edges."""
     y0, x0 = y.floor(), x.floor()
     fy, fx = (y - y0).unsqueeze(1), (x - x0).unsqueeze(1)
     row0 = base + y0.long() * width
     row1 = base + torch.minimum(y0 + 1, y_end - 1).long() * width
     x0l, x1l = x0.long(), torch.minimum(x0 + 1, x_end - 1).long()
+
     def at(index: torch.Tensor) -> torch.Tensor:
         return flat.index_select(0, index)
 
@@ -143,11 +174,18 @@ def _bilinear(flat: torch.Tensor, base: torch.Tensor, y: torch.Tensor, x: torch.
 
 def apply_colour(clips: torch.Tensor, plans: Sequence[SamplePlan]) -> torch.Tensor:
     """`colour` with each plan's ColourPlan."""
-    return colour(clips, np.array([p.colour.hue_shift for p in plans]), np.array([p.colour.saturation for p in plans]),
-                  np.stack([p.colour.brightness for p in plans]), np.stack([p.colour.contrast for p in plans]))
+    return colour(
+        clips,
+        np.array([p.colour.hue_shift for p in plans]),
+        np.array([p.colour.saturation for p in plans]),
+        np.stack([p.colour.brightness for p in plans]),
+        np.stack([p.colour.contrast for p in plans]),
+    )
 
 
-def colour(clips: torch.Tensor, hue: np.ndarray, sat: np.ndarray, brightness: np.ndarray, contrast: np.ndarray) -> torch.Tensor:
+def colour(
+    clips: torch.Tensor, hue: np.ndarray, sat: np.ndarray, brightness: np.ndarray, contrast: np.ndarray
+) -> torch.Tensor:
     """Hue/saturation (N,) on the clips that drew it, then per-frame brightness offsets (N, T), then
     per-frame contrast gains (N, T): every pixel times the factor, as the official `DynamicContrast` (the
     frame's mean moves with it); values are clipped to [0, 255] after each step. Offsets of 0 and gains
@@ -178,5 +216,8 @@ def shift_hue_saturation(rgb: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor
     s = (s * sat.view(view)).clamp(0.0, 1.0)
     c = value * s
     # HSV → RGB: each channel n ∈ {5, 3, 1} is v − c·clamp(min(k, 4 − k), 0, 1) with k = (n + h) mod 6.
-    out = [value - c * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0) for k in (torch.remainder(n + h, 6.0) for n in (5.0, 3.0, 1.0))]
+    out = [
+        value - c * torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+        for k in (torch.remainder(n + h, 6.0) for n in (5.0, 3.0, 1.0))
+    ]
     return torch.stack(out, dim=-1)

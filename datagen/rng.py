@@ -8,11 +8,13 @@ touch process-global state, and do not depend on the batch a sample is generated
 (bit-identical to `generator(key, stream, attempt).random(n)`), so that planning costs microseconds per
 sample instead of one Generator object per sample and stream.
 """
+
 from __future__ import annotations
 
 import enum
 import functools
-from typing import Mapping, NamedTuple, Sequence
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -129,7 +131,7 @@ class Draws:
         self.u, self.used = u, 0
 
     @classmethod
-    def counting(cls) -> "Draws":
+    def counting(cls) -> Draws:
         return cls(None)
 
     def take(self, *shape: int) -> np.ndarray:

@@ -5,6 +5,7 @@ are bit-identical on every device and in every batch; the pixel work that follow
 As the official `rectangle_movement`, the K trajectories of a clip share one centre key-frame set, one
 size key-frame set and each segment's easing (`shared_keyframes`); only the amounts differ.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -81,4 +82,6 @@ def draw_trajectories(d: Draws, cfg: TrajectoryConfig, num_frames: int, width: i
         empty = boxes[..., hi] <= boxes[..., lo]
         boxes[..., hi] = np.where(empty, np.minimum(boxes[..., lo] + 1, edge), boxes[..., hi])
         boxes[..., lo] = np.where(empty, boxes[..., hi] - 1, boxes[..., lo])
-    return Trajectories(boxes, centre, sizes, first[..., 4:6], np.ascontiguousarray(centre_kf), np.ascontiguousarray(size_kf))
+    return Trajectories(
+        boxes, centre, sizes, first[..., 4:6], np.ascontiguousarray(centre_kf), np.ascontiguousarray(size_kf)
+    )

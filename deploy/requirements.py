@@ -4,12 +4,14 @@ torch, torchvision and NVIDIA DALI are left out: deploy/Dockerfile installs them
 CUDA variant, where PyPI's defaults would bring the wrong CUDA build. Reading pyproject.toml alone lets
 the dependency layer be built, and cached, before any code is copied into the image.
 """
+
 from __future__ import annotations
 
 import re
 import sys
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 CUDA_SPECIFIC = ("torch", "torchvision", "nvidia-dali-*")  # package names; * matches a CUDA suffix
 

@@ -1,4 +1,5 @@
 """Generate the Python code of the wire contract: `python -m protos.build` (what `make proto` runs)."""
+
 from __future__ import annotations
 
 import sys

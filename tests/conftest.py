@@ -1,4 +1,5 @@
 """Fixtures shared by the whole suite: the real footage in ../shared/videos and the synthetic demo set."""
+
 from __future__ import annotations
 
 from pathlib import Path

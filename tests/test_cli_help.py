@@ -1,4 +1,5 @@
 """`ctp-train --help` answers without importing torch (seconds of start-up); a command's own help still works."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +12,10 @@ def run(code: str) -> str:
 
 
 def test_top_level_help_imports_no_torch():
-    out = run("import sys\nfrom trainer.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
-              "print('TORCH', 'torch' in sys.modules)")
+    out = run(
+        "import sys\nfrom trainer.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print('TORCH', 'torch' in sys.modules)"
+    )
     assert "pretrain" in out and "finetune" in out and "retrieve" in out
     assert "TORCH False" in out
 

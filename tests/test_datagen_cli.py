@@ -1,4 +1,5 @@
 """The `ctp-datagen` commands users run: sample, preview, bench, config overrides and errors."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,30 @@ from datagen.config import GenerationConfig, load_config
 
 def test_sample_exports_the_documented_arrays(demo_dir, tmp_path):
     out = tmp_path / "s.npz"
-    assert main(["sample", "--videos", str(demo_dir), "--device", "cpu", "--num", "3", "--seed", "4",
-                 "--epoch", "1", "--start", "10", "--set", "trajectory.num_trajectories=2", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--videos",
+                str(demo_dir),
+                "--device",
+                "cpu",
+                "--num",
+                "3",
+                "--seed",
+                "4",
+                "--epoch",
+                "1",
+                "--start",
+                "10",
+                "--set",
+                "trajectory.num_trajectories=2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     data = np.load(out)
     assert data["clips"].shape == (3, 16, 112, 112, 3) and data["clips"].dtype == np.uint8
     assert data["boxes"].shape == (3, 2, 16, 4) and data["boxes"].dtype == np.float32
@@ -44,8 +67,24 @@ def test_bench_writes_the_json_fields_and_fits_threads_to_the_machine(demo_dir, 
     from datagen.options import default_torch_threads
 
     out = tmp_path / "bench.json"
-    assert main(["bench", "--videos", str(demo_dir), "--device", "cpu", "--batch-size", "2", "--repeats", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--videos",
+                str(demo_dir),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+                "--repeats",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(result) >= {"decode", "generate", "end_to_end", "host_ms_per_sample", "device", "threads", "backend"}
     assert set(result["decode"]) >= {"clips_per_s", "frames_decoded_per_clip"}
@@ -54,8 +93,26 @@ def test_bench_writes_the_json_fields_and_fits_threads_to_the_machine(demo_dir, 
     assert (result["device"], result["backend"]) == ("cpu", "auto")
     cores = len(os.sched_getaffinity(0))
     assert result["threads"] == default_torch_threads() == max(1, cores // 2) < max(cores, 2)  # not torch's every core
-    assert main(["bench", "--videos", str(demo_dir), "--device", "cpu", "--batch-size", "2", "--repeats", "1",
-                 "--threads", "1", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--videos",
+                str(demo_dir),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "2",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert json.loads(out.read_text())["threads"] == 1
 
 

@@ -1,4 +1,5 @@
 """Decoding: exact frames on real footage, DALI-CPU equal to PyAV, backend choice, bad videos reported."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,8 +76,12 @@ def test_colour_conversion_is_bt601_with_bilinear_chroma():
     y = rng.integers(0, 256, (6, 10), dtype=np.uint8)
     for chroma_shape in [(3, 5), (6, 5), (6, 10)]:  # 4:2:0, 4:2:2, 4:4:4
         cb, cr = (rng.integers(0, 256, chroma_shape, dtype=np.uint8) for _ in range(2))
-        up = [torch.nn.functional.interpolate(torch.tensor(c, dtype=torch.float64)[None, None], size=y.shape, mode="bilinear",
-                                              align_corners=False)[0, 0].numpy() for c in (cb, cr)]
+        up = [
+            torch.nn.functional.interpolate(
+                torch.tensor(c, dtype=torch.float64)[None, None], size=y.shape, mode="bilinear", align_corners=False
+            )[0, 0].numpy()
+            for c in (cb, cr)
+        ]
         for full, offset, matrix in [
             (False, 16, [[1.164383, 0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0]]),
             (True, 0, [[1, 0, 1.402], [1, -0.344136, -0.714136], [1, 1.772, 0]]),
@@ -94,7 +99,7 @@ def test_dali_cpu_returns_the_frames_pyav_returns_on_vp9(demo_videos):
     requests = [(v, clip_indices(rng, v.num_frames)) for v in vp9 for _ in range(3)]
     dali = Decoder(backend="dali", batch_size=4).decode_many(requests)
     pyav = Decoder(backend="pyav").decode_many(requests)
-    for (video, indices), a, b in zip(requests, dali, pyav):
+    for (_, indices), a, b in zip(requests, dali, pyav):
         assert a.shape == b.shape == (len(indices), 240, 320, 3)
         difference = (a.int() - b.int()).abs()
         assert difference.max() <= 1 and difference.float().mean() < 0.05
@@ -126,7 +131,9 @@ def test_auto_routes_each_codec_to_a_backend_that_decodes_it_on_the_device():
     cpu, gpu = Decoder("cpu"), Decoder("cuda")  # no GPU needed to choose
     assert [cpu.backend_for(video(c)) for c in codecs] == [auto_backend(c, "cpu") for c in codecs]
     assert [gpu.backend_for(video(c)) for c in codecs] == [auto_backend(c, "cuda") for c in codecs]
-    assert Decoder("cuda", "dali").backend_for(video("av1")) == "dali"  # forced: what DALI claims, e.g. to probe a new GPU
+    assert (
+        Decoder("cuda", "dali").backend_for(video("av1")) == "dali"
+    )  # forced: what DALI claims, e.g. to probe a new GPU
     assert Decoder("cpu", "pyav").backend_for(video("vp9")) == "pyav"
     with pytest.raises(VideoDecodeError, match="DALI cannot decode h264 on cpu.*use backend 'pyav'"):
         Decoder("cpu", "dali").backend_for(video("h264"))
@@ -145,7 +152,9 @@ def test_a_video_dali_fails_on_is_decoded_by_pyav_and_not_quarantined(demo_video
     assert all(torch.equal(a, b) for a, b in zip(clips, pyav))
     assert decoder.stats["dali_fallbacks"] == 2
     warnings = [r.getMessage() for r in caplog.records if "decoding it with PyAV" in r.getMessage()]
-    assert len(warnings) == 1 and h264.path in warnings[0] and "DALI failed" in warnings[0]  # once per video, with the reason
+    assert (
+        len(warnings) == 1 and h264.path in warnings[0] and "DALI failed" in warnings[0]
+    )  # once per video, with the reason
 
     generator = Generator([h264], device="cpu", decoder=decoder)
     batch = generator.generate([(0, 0, i) for i in range(3)])
@@ -210,7 +219,9 @@ def test_dali_decodes_only_the_segment_a_clip_needs(tmp_path):
     video = resolve_videos([str(p) for p in synthesize_demo(tmp_path, num_videos=1, seconds=8, codecs=("vp9",))])[0]
     assert video.num_frames == 200
     rng = np.random.default_rng(3)
-    requests = [(video, clip_indices(rng, video.num_frames)) for _ in range(6)] + [(video, np.array([190, 150, 150, 199]))]
+    requests = [(video, clip_indices(rng, video.num_frames)) for _ in range(6)] + [
+        (video, np.array([190, 150, 150, 199]))
+    ]
     dali, pyav = Decoder(backend="dali", batch_size=4), Decoder(backend="pyav")
     for (_, indices), a, b in zip(requests, dali.decode_many(requests), pyav.decode_many(requests)):
         assert a.shape == b.shape == (len(indices), 240, 320, 3)
@@ -237,7 +248,9 @@ def test_every_shared_video_segment_holds_the_clip_frames(shared):
                 segment = np.stack([frame_to_rgb(f, video) for f in container.decode(video=0)])
             offset = int(index.shown[positions[0]])
             assert offset <= first and len(segment) > last - offset, video.path
-            assert np.array_equal(segment[first - offset : last - offset + 1], pyav.decode(video, np.arange(first, last + 1))), video.path
+            assert np.array_equal(
+                segment[first - offset : last - offset + 1], pyav.decode(video, np.arange(first, last + 1))
+            ), video.path
 
 
 def test_frames_land_on_the_requested_device_with_the_requested_shape(demo_videos):

@@ -1,4 +1,5 @@
 """Demo footage: real codecs, deterministic content, moving textured objects over a panning background."""
+
 from __future__ import annotations
 
 import logging
@@ -13,8 +14,14 @@ from datagen.manifest import probe
 
 def test_default_set_is_real_video_in_three_codecs(demo_dir, demo_videos):
     names = sorted(p.name for p in demo_dir.iterdir())
-    assert names == ["demo_00_vp9.webm", "demo_01_mpeg4.avi", "demo_02_h264.mp4",
-                     "demo_03_vp9.webm", "demo_04_mpeg4.avi", "demo_05_h264.mp4"]
+    assert names == [
+        "demo_00_vp9.webm",
+        "demo_01_mpeg4.avi",
+        "demo_02_h264.mp4",
+        "demo_03_vp9.webm",
+        "demo_04_mpeg4.avi",
+        "demo_05_h264.mp4",
+    ]
     assert [v.codec for v in demo_videos] == ["vp9", "mpeg4", "h264"] * 2
     assert all((v.num_frames, v.width, v.height, v.fps) == (75, 320, 240, 25.0) for v in demo_videos)
 

@@ -7,6 +7,7 @@ container runs is parsed by the real argument parser of its program (the flags e
 overrides are real keys), every program answers --help, and the deploy/bin gates run against a real
 redis-server and a real replica.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,10 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Iterator, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -48,6 +50,7 @@ POD_IP = "10.1.2.3"  # stands in for the downward API's status.podIP
 
 
 # -- Compose: .env and interpolation ------------------------------------------------------------------
+
 
 def read_dotenv(path: Path = DOTENV) -> dict[str, str]:
     """KEY=VALUE lines; blank lines and # comments skipped. Anything else is an error, not a guess."""
@@ -135,7 +138,9 @@ def compose_with_env() -> dict:
 def compose_variables() -> dict[str, set[str | None]]:
     """Every variable the Compose file reads, with the inline defaults it is given (None: no default)."""
     found: dict[str, set[str | None]] = collections.defaultdict(set)
-    for name, operator, default in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}", COMPOSE_FILE.read_text()):
+    for name, operator, default in re.findall(
+        r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}", COMPOSE_FILE.read_text()
+    ):
         found[name].add(default if operator in (":-", "-") else None)
     return dict(found)
 
@@ -146,6 +151,7 @@ def command_argv(command: str | list[str]) -> list[str]:
 
 
 # -- Compose: published ports under --scale ---------------------------------------------------------
+
 
 def host_ports(service: dict) -> list[tuple[str, int, int]]:
     """(host IP, first, last) host ports a service publishes; ports that Docker picks are left out."""
@@ -169,19 +175,24 @@ def port_clashes(services: dict[str, dict], scale: Mapping[str, int]) -> list[st
     for name, service in services.items():
         replicas = scale.get(name, int(service.get("deploy", {}).get("replicas", 1)))
         if replicas > 1 and "container_name" in service:
-            problems.append(f"{name}: container_name {service['container_name']!r} cannot be given to {replicas} containers")
+            problems.append(
+                f"{name}: container_name {service['container_name']!r} cannot be given to {replicas} containers"
+            )
         for host_ip, first, last in host_ports(service):
             if replicas > last - first + 1:
                 problems.append(f"{name}: {replicas} replicas cannot share host port(s) {first}-{last}")
             for other, other_ip, other_first, other_last in taken:
                 same_ip = "0.0.0.0" in (host_ip, other_ip) or host_ip == other_ip
                 if same_ip and first <= other_last and other_first <= last:
-                    problems.append(f"{name} and {other} both publish host port(s) {max(first, other_first)}-{min(last, other_last)}")
+                    problems.append(
+                        f"{name} and {other} both publish host port(s) {max(first, other_first)}-{min(last, other_last)}"
+                    )
             taken.append((name, host_ip, first, last))
     return problems
 
 
 # -- Dockerfile ----------------------------------------------------------------------------------------
+
 
 def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
@@ -252,11 +263,18 @@ def dockerignored(path: str) -> bool:
 
 def _glob(path: str, pattern: str) -> bool:
     """Go's filepath.Match per path segment, plus ** for any number of segments (Docker's rules)."""
-    regex = re.escape(pattern).replace(r"\*\*/", "(?:.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+    regex = (
+        re.escape(pattern)
+        .replace(r"\*\*/", "(?:.*/)?")
+        .replace(r"\*\*", ".*")
+        .replace(r"\*", "[^/]*")
+        .replace(r"\?", "[^/]")
+    )
     return re.fullmatch(regex, path) is not None
 
 
 # -- Kubernetes ----------------------------------------------------------------------------------------
+
 
 def kustomization() -> dict:
     return yaml.safe_load((K8S / "kustomization.yaml").read_text())
@@ -336,6 +354,7 @@ def api_problems(value: Any, type_name: str, where: str) -> list[str]:
 
 # -- Programs the containers run ----------------------------------------------------------------------
 
+
 def load_script(path: Path) -> ModuleType:
     """A deploy/ script (those in bin/ have no .py suffix) loaded as a module, not run."""
     loader = importlib.machinery.SourceFileLoader(path.stem.replace("-", "_"), str(path))
@@ -357,7 +376,7 @@ def resolve(argv: list[str]) -> Iterator[tuple[str, ...]]:
     program, rest = argv[0], argv[1:]
     where = shlex.join(argv)
     if rest == ["--help"]:
-        yield program,
+        yield (program,)
     elif program == "ctp-datagen":
         from datagen.cli import build_parser
 
@@ -376,7 +395,7 @@ def resolve(argv: list[str]) -> Iterator[tuple[str, ...]]:
 
         args = parse(get_args_parser(), rest, where)
         assert args.no_python, f"{where}: run the ctp-train console script with --no-python"
-        yield program,
+        yield (program,)
         yield from resolve([args.training_script, *args.training_script_args])
     elif program in ("ctp-ready", "ctp-gpu-slot"):
         args = parse(load_script(BIN / program).build_parser(), rest, where)
@@ -385,9 +404,11 @@ def resolve(argv: list[str]) -> Iterator[tuple[str, ...]]:
         if command:
             yield from resolve(command)
     elif program == "tensorboard":
-        yield program,
+        yield (program,)
     else:
-        pytest.fail(f"{where}: {program} is neither a console script of the project or its dependencies nor in deploy/bin")
+        pytest.fail(
+            f"{where}: {program} is neither a console script of the project or its dependencies nor in deploy/bin"
+        )
 
 
 def container_commands() -> dict[str, list[str]]:
@@ -416,7 +437,9 @@ def container_commands() -> dict[str, list[str]]:
             commands[f"k8s {workload['metadata']['name']}/{c['name']}"] = expand(c["command"] + c.get("args", []), env)
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 if probe in c:
-                    commands[f"k8s {workload['metadata']['name']}/{c['name']} {probe}"] = expand(c[probe]["exec"]["command"], env)
+                    commands[f"k8s {workload['metadata']['name']}/{c['name']} {probe}"] = expand(
+                        c[probe]["exec"]["command"], env
+                    )
     return commands
 
 
@@ -430,6 +453,7 @@ def help_command(program: tuple[str, ...]) -> list[str]:
 # Compose
 # ======================================================================================================
 
+
 def test_compose_file_validates_against_the_compose_specification():
     validator = jsonschema.Draft7Validator(json.loads(SCHEMA.read_text()))
     for label, document in (("as written", compose_raw()), ("with .env", compose_with_env())):
@@ -440,7 +464,9 @@ def test_compose_file_validates_against_the_compose_specification():
 def test_the_vendored_schema_is_the_shared_one():
     if not SHARED_SCHEMA.is_file():
         pytest.skip(f"no shared schema at {SHARED_SCHEMA} to compare with (a checkout without the shared volume)")
-    assert SCHEMA.read_bytes() == SHARED_SCHEMA.read_bytes(), "refresh tests/data/compose-spec.json and its README entry"
+    assert SCHEMA.read_bytes() == SHARED_SCHEMA.read_bytes(), (
+        "refresh tests/data/compose-spec.json and its README entry"
+    )
 
 
 def test_schema_validation_catches_a_broken_file():
@@ -453,7 +479,9 @@ def test_schema_validation_catches_a_broken_file():
 
 def test_env_documents_every_knob_with_the_compose_default():
     env, used = read_dotenv(), compose_variables()
-    assert set(env) == set(used), f"in Compose only: {sorted(set(used) - set(env))}; in .env only: {sorted(set(env) - set(used))}"
+    assert set(env) == set(used), (
+        f"in Compose only: {sorted(set(used) - set(env))}; in .env only: {sorted(set(env) - set(used))}"
+    )
     for name, defaults in used.items():
         assert defaults == {env[name]}, f"{name}: Compose defaults {defaults} differ from .env's {env[name]!r}"
     lines = DOTENV.read_text().splitlines()
@@ -482,13 +510,18 @@ def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas(monkeypatch):
     datagen, trainer = services["datagen"], services["trainer"]
 
     gpu = datagen["deploy"]["resources"]["reservations"]["devices"][0]
-    assert gpu["driver"] == "nvidia" and {"gpu", "video"} <= set(gpu["capabilities"]), "NVDEC needs the video capability"
+    assert gpu["driver"] == "nvidia" and {"gpu", "video"} <= set(gpu["capabilities"]), (
+        "NVDEC needs the video capability"
+    )
     assert "gpu" in trainer["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"]
     assert int(datagen["deploy"]["replicas"]) == int(env["DATAGEN_REPLICAS"]) >= 1
     assert datagen["ipc"] == trainer["ipc"] == "host", "the shared-memory transport needs one IPC namespace"
 
     assert datagen["depends_on"]["redis"]["condition"] == "service_healthy"
-    assert trainer["depends_on"] == {"redis": {"condition": "service_healthy"}, "datagen": {"condition": "service_healthy"}}
+    assert trainer["depends_on"] == {
+        "redis": {"condition": "service_healthy"},
+        "datagen": {"condition": "service_healthy"},
+    }
     assert services["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
 
     serve = command_argv(datagen["command"])
@@ -497,13 +530,16 @@ def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas(monkeypatch):
 
     serve_args = build_parser().parse_args(serve[1:])
     health = datagen["healthcheck"]["test"]
-    assert health[1:3] == ["ctp-ready", "replica"] and health[health.index("--addr") + 1] == f"127.0.0.1:{serve_args.port}"
+    assert (
+        health[1:3] == ["ctp-ready", "replica"] and health[health.index("--addr") + 1] == f"127.0.0.1:{serve_args.port}"
+    )
     redis_url = urlsplit(datagen["environment"]["CTP_REDIS_URL"])
     assert redis_url.hostname in services and (redis_url.port or 6379) == 6379, "replicas register in the redis service"
     assert trainer["environment"]["CTP_REDIS_URL"] == datagen["environment"]["CTP_REDIS_URL"]
     assert trainer["environment"]["CTP_NAMESPACE"] == serve_args.namespace
 
     from torch.distributed.run import get_args_parser
+
     from trainer.cli import build_parser as train_parser
     from trainer.config import load_train_config
 
@@ -525,7 +561,9 @@ def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas(monkeypatch):
     for name, service in services.items():
         for volume in service.get("volumes", []):
             if volume["target"] == "/data":
-                assert volume["read_only"] is True and volume["source"] == env["CTP_DATA_DIR"], f"{name}: /data must be read-only"
+                assert volume["read_only"] is True and volume["source"] == env["CTP_DATA_DIR"], (
+                    f"{name}: /data must be read-only"
+                )
     runs = {name: v for name, s in services.items() for v in s.get("volumes", []) if v["target"] == "/runs"}
     assert set(runs) == {"trainer", "tensorboard"} and runs["trainer"]["source"] in compose["volumes"]
     assert not runs["trainer"].get("read_only") and runs["tensorboard"]["read_only"]
@@ -540,8 +578,12 @@ def test_scaling_datagen_leaves_no_host_port_clash(replicas: int):
 
 
 def test_the_clash_check_sees_clashes():
-    assert port_clashes({"a": {"ports": ["50051:50051"]}}, {"a": 2}) == ["a: 2 replicas cannot share host port(s) 50051-50051"]
-    assert port_clashes({"a": {"ports": ["127.0.0.1:6006:6006"]}, "b": {"ports": [{"target": 1, "published": "6006"}]}}, {})
+    assert port_clashes({"a": {"ports": ["50051:50051"]}}, {"a": 2}) == [
+        "a: 2 replicas cannot share host port(s) 50051-50051"
+    ]
+    assert port_clashes(
+        {"a": {"ports": ["127.0.0.1:6006:6006"]}, "b": {"ports": [{"target": 1, "published": "6006"}]}}, {}
+    )
     assert port_clashes({"a": {"container_name": "x"}}, {"a": 3})
     assert not port_clashes({"a": {"ports": ["50051", "127.0.0.1::80", "8000-8003:80"]}}, {"a": 4})
     assert port_clashes({"a": {"ports": ["8000-8003:80"]}}, {"a": 5})
@@ -550,6 +592,7 @@ def test_the_clash_check_sees_clashes():
 # ======================================================================================================
 # Dockerfile and build context
 # ======================================================================================================
+
 
 def test_every_base_image_is_pinned():
     global_args, stages = dockerfile_stages()
@@ -578,7 +621,9 @@ def test_cuda_variants_pair_base_torch_and_dali():
 def test_image_installs_the_tested_releases():
     final = dockerfile_stages()[1][-1].variables
     makefile = (REPO / "Makefile").read_text()
-    assert f"torch=={final['TORCH_VERSION']} " in makefile and f"torchvision=={final['TORCHVISION_VERSION']}" in makefile
+    assert (
+        f"torch=={final['TORCH_VERSION']} " in makefile and f"torchvision=={final['TORCHVISION_VERSION']}" in makefile
+    )
     dali = [d.version for d in importlib.metadata.distributions() if d.metadata["Name"].startswith("nvidia-dali-cuda")]
     assert dali and final["DALI_VERSION"] == dali[0], f"DALI {final['DALI_VERSION']} in the image, {dali} here"
 
@@ -587,8 +632,12 @@ def test_image_runs_as_a_non_root_user():
     users = [arguments for keyword, arguments in dockerfile_stages()[1][-1].instructions if keyword == "USER"]
     assert users, "the final stage never leaves root"
     user = users[-1].split(":")[0]
-    assert user not in ("0", "root") and user.isdigit(), f"USER {users[-1]}: numeric and non-root (runAsNonRoot checks it)"
-    assert int(user) == k8s_object("Deployment", "ctp-datagen")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    assert user not in ("0", "root") and user.isdigit(), (
+        f"USER {users[-1]}: numeric and non-root (runAsNonRoot checks it)"
+    )
+    assert (
+        int(user) == k8s_object("Deployment", "ctp-datagen")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+    )
 
 
 def test_dependency_layers_are_cached_apart_from_the_code():
@@ -613,8 +662,12 @@ def test_requirements_split_covers_pyproject():
     assert "grpcio-health-checking" in {split.name(r) for r in from_pypi}
     installs = " ".join(a for k, a in dockerfile_stages()[1][-1].instructions if k == "RUN")
     assert "torch==" in installs and "torchvision==" in installs and "${DALI_PACKAGE}==" in DOCKERFILE.read_text()
-    printed = subprocess.run([sys.executable, str(REPO / "deploy" / "requirements.py"), str(REPO / "pyproject.toml")],
-                             capture_output=True, text=True, check=True).stdout.splitlines()
+    printed = subprocess.run(
+        [sys.executable, str(REPO / "deploy" / "requirements.py"), str(REPO / "pyproject.toml")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
     assert printed == from_pypi
 
 
@@ -625,14 +678,23 @@ def test_build_context_holds_what_the_image_copies_and_nothing_heavy():
         for source in [w for w in arguments.split() if not w.startswith("--")][:-1]:
             assert (REPO / source).exists(), f"COPY {source}: no such path"
             assert not dockerignored(source.rstrip("/")), f"COPY {source}: .dockerignore leaves it out of the context"
-    for heavy in ("data/ucf101/x.avi", "runs/ctp/ckpt-00000001.pt", ".venv/bin/python", ".git/HEAD", ".env",
-                  "out/demo/grid.png", "tests/test_deploy.py", "datagen/__pycache__/cli.cpython-312.pyc"):
+    for heavy in (
+        "data/ucf101/x.avi",
+        "runs/ctp/ckpt-00000001.pt",
+        ".venv/bin/python",
+        ".git/HEAD",
+        ".env",
+        "out/demo/grid.png",
+        "tests/test_deploy.py",
+        "datagen/__pycache__/cli.cpython-312.pyc",
+    ):
         assert dockerignored(heavy), f"{heavy} would be sent to the Docker daemon"
 
 
 # ======================================================================================================
 # Kubernetes
 # ======================================================================================================
+
 
 def test_manifests_fit_the_kubernetes_api():
     pytest.importorskip("kubernetes", reason="the Kubernetes API models come with the kubernetes client (dev extra)")
@@ -641,7 +703,9 @@ def test_manifests_fit_the_kubernetes_api():
         model = f"{obj['apiVersion'].split('/')[-1].capitalize()}{obj['kind']}"
         problems += api_problems(obj, model, f"{obj['kind']}/{obj['metadata']['name']}")
     assert not problems, "\n".join(problems)
-    assert api_problems({"spec": {"replica": 2}}, "V1Deployment", "x") == ["x.spec: V1DeploymentSpec has no field 'replica'"]
+    assert api_problems({"spec": {"replica": 2}}, "V1Deployment", "x") == [
+        "x.spec: V1DeploymentSpec has no field 'replica'"
+    ]
 
 
 def test_kustomization_lists_every_manifest_and_renders():
@@ -686,22 +750,33 @@ def test_ports_agree():
     assert datagen["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(serve.metrics_port)
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         command = c[probe]["exec"]["command"]
-        assert command[:2] == ["ctp-ready", "replica"] and command[command.index("--addr") + 1] == f"127.0.0.1:{serve.port}"
+        assert (
+            command[:2] == ["ctp-ready", "replica"]
+            and command[command.index("--addr") + 1] == f"127.0.0.1:{serve.port}"
+        )
     service = k8s_object("Service", "ctp-datagen")
     assert {p["name"]: (p["port"], ports[p["targetPort"]]) for p in service["spec"]["ports"]} == {
-        "grpc": (serve.port, serve.port), "metrics": (serve.metrics_port, serve.metrics_port)}
+        "grpc": (serve.port, serve.port),
+        "metrics": (serve.metrics_port, serve.metrics_port),
+    }
     compose_serve = command_argv(compose_with_env()["services"]["datagen"]["command"])
     assert compose_serve[compose_serve.index("--port") + 1] == str(serve.port)
 
     redis_container = container(k8s_object("Deployment", "ctp-redis"), "redis")
     redis_service = k8s_object("Service", "ctp-redis")
-    redis_port = {p["name"]: p["containerPort"] for p in redis_container["ports"]}[redis_service["spec"]["ports"][0]["targetPort"]]
+    redis_port = {p["name"]: p["containerPort"] for p in redis_container["ports"]}[
+        redis_service["spec"]["ports"][0]["targetPort"]
+    ]
     url = urlsplit(container_env(c)["CTP_REDIS_URL"])
     assert (url.hostname, url.port) == ("ctp-redis", redis_service["spec"]["ports"][0]["port"]) and redis_port == 6379
 
     for service in (o for o in k8s_objects() if o["kind"] == "Service"):
-        selected = [w for w in k8s_objects() if w["kind"] in ("Deployment", "Job")
-                    and service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()]
+        selected = [
+            w
+            for w in k8s_objects()
+            if w["kind"] in ("Deployment", "Job")
+            and service["spec"]["selector"].items() <= w["spec"]["template"]["metadata"]["labels"].items()
+        ]
         assert len(selected) == 1, f"Service {service['metadata']['name']} selects {len(selected)} workloads"
 
 
@@ -745,6 +820,7 @@ def test_environment_agrees():
 
 def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
     from torch.distributed.run import get_args_parser
+
     from trainer.cli import build_parser
     from trainer.config import load_train_config
     from trainer.data import replica_settings
@@ -758,7 +834,11 @@ def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
     assert host == f"{job['metadata']['name']}-0.{subdomain}" and subdomain == service["metadata"]["name"]
     assert service["spec"]["clusterIP"] == "None" and service["spec"]["publishNotReadyAddresses"] is True
     assert int(port) == service["spec"]["ports"][0]["port"] == c["ports"][0]["containerPort"]
-    assert torchrun.rdzv_backend == "c10d" and torchrun.nproc_per_node == "gpu" and "nvidia.com/gpu" in c["resources"]["limits"]
+    assert (
+        torchrun.rdzv_backend == "c10d"
+        and torchrun.nproc_per_node == "gpu"
+        and "nvidia.com/gpu" in c["resources"]["limits"]
+    )
     pretrain = build_parser().parse_args(torchrun.training_script_args)
     datagen = container(k8s_object("Deployment", "ctp-datagen"), "datagen")
     videos = expand(datagen["command"], container_env(datagen))[2]
@@ -777,13 +857,27 @@ def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
 # The programs the containers run
 # ======================================================================================================
 
+
 def test_every_container_command_parses_with_its_programs_real_parser():
     commands = container_commands()
-    assert {"compose datagen", "compose trainer", "compose datagen healthcheck", "k8s ctp-datagen/datagen",
-            "k8s ctp-trainer/trainer", "k8s ctp-trainer/wait-for-replicas", "Dockerfile CMD"} <= commands.keys()
+    assert {
+        "compose datagen",
+        "compose trainer",
+        "compose datagen healthcheck",
+        "k8s ctp-datagen/datagen",
+        "k8s ctp-trainer/trainer",
+        "k8s ctp-trainer/wait-for-replicas",
+        "Dockerfile CMD",
+    } <= commands.keys()
     programs = {program for argv in commands.values() for program in resolve(argv)}
-    assert {("ctp-datagen", "serve"), ("ctp-train", "pretrain"), ("torchrun",), ("ctp-gpu-slot",),
-            ("ctp-ready", "replica"), ("ctp-ready", "fleet")} <= programs
+    assert {
+        ("ctp-datagen", "serve"),
+        ("ctp-train", "pretrain"),
+        ("torchrun",),
+        ("ctp-gpu-slot",),
+        ("ctp-ready", "replica"),
+        ("ctp-ready", "fleet"),
+    } <= programs
 
 
 def test_every_program_exists_in_the_image_and_answers_help():
@@ -801,7 +895,9 @@ def test_every_program_exists_in_the_image_and_answers_help():
         else:
             assert name in ours or name in scripts, f"{name} is no console script installed with the project"
         result = subprocess.run(help_command(program), capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0 and "usage" in result.stdout.lower(), f"{' '.join(program)} --help:\n{result.stderr[-2000:]}"
+        assert result.returncode == 0 and "usage" in result.stdout.lower(), (
+            f"{' '.join(program)} --help:\n{result.stderr[-2000:]}"
+        )
 
 
 # ======================================================================================================
@@ -825,21 +921,35 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 def replica(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer) -> Iterator[ReplicaProcess]:
     work = tmp_path_factory.mktemp("replica")
     (work / "token").write_text(TOKEN)
-    process = ReplicaProcess(work, make_videos(work / "videos", count=2), redis_url=redis_server.url, namespace="deploy",
-                             extra=["--token-file", str(work / "token")])
+    process = ReplicaProcess(
+        work,
+        make_videos(work / "videos", count=2),
+        redis_url=redis_server.url,
+        namespace="deploy",
+        extra=["--token-file", str(work / "token")],
+    )
     yield process
     process.stop()
 
 
 def run_script(name: str, *args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
     """A deploy/bin script with only the settings given in `env` (none inherited from this shell)."""
-    inherited = {k: v for k, v in os.environ.items() if k not in ("CTP_DATAGEN_TOKEN", "CTP_REDIS_URL", "CUDA_VISIBLE_DEVICES")}
-    return subprocess.run([sys.executable, str(BIN / name), *args], capture_output=True, text=True, timeout=120,
-                          env={**inherited, **(env or {})})
+    inherited = {
+        k: v for k, v in os.environ.items() if k not in ("CTP_DATAGEN_TOKEN", "CTP_REDIS_URL", "CUDA_VISIBLE_DEVICES")
+    }
+    return subprocess.run(
+        [sys.executable, str(BIN / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**inherited, **(env or {})},
+    )
 
 
 def test_ready_replica_is_the_gate_a_health_check_needs(replica: ReplicaProcess):
-    assert run_script("ctp-ready", "replica", "--addr", replica.address, env={"CTP_DATAGEN_TOKEN": TOKEN}).returncode == 0
+    assert (
+        run_script("ctp-ready", "replica", "--addr", replica.address, env={"CTP_DATAGEN_TOKEN": TOKEN}).returncode == 0
+    )
     refused = run_script("ctp-ready", "replica", "--addr", replica.address)
     assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
     dead = run_script("ctp-ready", "replica", "--addr", f"127.0.0.1:{free_port()}", "--timeout", "2")
@@ -848,28 +958,62 @@ def test_ready_replica_is_the_gate_a_health_check_needs(replica: ReplicaProcess)
 
 def test_ready_fleet_starts_the_trainer_only_with_enough_replicas(replica: ReplicaProcess, redis_server: RedisServer):
     env = {"CTP_DATAGEN_TOKEN": TOKEN, "CTP_REDIS_URL": redis_server.url}
-    started = run_script("ctp-ready", "fleet", "--namespace", "deploy", "--", sys.executable, "-c", "print('trainer started')", env=env)
+    started = run_script(
+        "ctp-ready", "fleet", "--namespace", "deploy", "--", sys.executable, "-c", "print('trainer started')", env=env
+    )
     assert started.returncode == 0 and started.stdout == "trainer started\n" and replica.address in started.stderr
-    short = run_script("ctp-ready", "fleet", "--namespace", "deploy", "--min-replicas", "2", "--timeout", "1",
-                       "--", sys.executable, "-c", "print('trainer started')", env=env)
+    short = run_script(
+        "ctp-ready",
+        "fleet",
+        "--namespace",
+        "deploy",
+        "--min-replicas",
+        "2",
+        "--timeout",
+        "1",
+        "--",
+        sys.executable,
+        "-c",
+        "print('trainer started')",
+        env=env,
+    )
     assert short.returncode == 1 and not short.stdout and "1 of 1 registered replicas serving, 2 needed" in short.stderr
-    no_redis = run_script("ctp-ready", "fleet", "--redis", f"redis://127.0.0.1:{free_port()}/0", "--timeout", "1", env=env)
+    no_redis = run_script(
+        "ctp-ready", "fleet", "--redis", f"redis://127.0.0.1:{free_port()}/0", "--timeout", "1", env=env
+    )
     assert no_redis.returncode == 1 and "does not answer" in no_redis.stderr
 
 
 # A stand-in replica: says which GPU it was given, then serves until SIGTERM (it drains and exits 0).
-REPLICA = ("import os, signal, sys, time\n"
-           "signal.signal(signal.SIGTERM, lambda *_: (print('drained', flush=True), sys.exit(0)))\n"
-           "print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'), flush=True)\n"
-           "time.sleep(120)\n")
+REPLICA = (
+    "import os, signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: (print('drained', flush=True), sys.exit(0)))\n"
+    "print(os.environ.get('CUDA_VISIBLE_DEVICES', 'unset'), flush=True)\n"
+    "time.sleep(120)\n"
+)
 
 
 def start_slot_replica(redis_url: str, *options: str) -> tuple[subprocess.Popen, str]:
     """ctp-gpu-slot running a stand-in replica in its own session; (process, the GPU it printed)."""
     inherited = {k: v for k, v in os.environ.items() if k not in ("CTP_REDIS_URL", "CUDA_VISIBLE_DEVICES")}
-    process = subprocess.Popen([sys.executable, str(BIN / "ctp-gpu-slot"), "--namespace", "leases", *options,
-                                "--", sys.executable, "-c", REPLICA], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True, env={**inherited, "CTP_REDIS_URL": redis_url}, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(BIN / "ctp-gpu-slot"),
+            "--namespace",
+            "leases",
+            *options,
+            "--",
+            sys.executable,
+            "-c",
+            REPLICA,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**inherited, "CTP_REDIS_URL": redis_url},
+        start_new_session=True,
+    )
     return process, process.stdout.readline().strip()
 
 
@@ -907,7 +1051,9 @@ def test_gpu_slot_passes_the_replicas_exit_status_and_runs_unpinned_without_need
     redis_env = {"CTP_REDIS_URL": redis_server.url}
     chosen = run_script("ctp-gpu-slot", "--namespace", "slots", *show, env={**redis_env, "CUDA_VISIBLE_DEVICES": "4,6"})
     assert chosen.stdout.strip() == "4" and "leased GPU 4 (of 4,6; 1 replica(s) on it now" in chosen.stderr
-    failing = run_script("ctp-gpu-slot", "--gpus", "2", "--", sys.executable, "-c", "raise SystemExit(3)", env=redis_env)
+    failing = run_script(
+        "ctp-gpu-slot", "--gpus", "2", "--", sys.executable, "-c", "raise SystemExit(3)", env=redis_env
+    )
     assert failing.returncode == 3
     alone = run_script("ctp-gpu-slot", "--gpus", "2", *show)
     assert alone.stdout.strip() == "unset" and "no Redis" in alone.stderr

@@ -3,8 +3,8 @@
 Each rank normalises its own rows of one batch; outputs, input gradients, summed parameter gradients and
 running statistics are compared with a plain BatchNorm3d that sees the whole batch at once.
 """
-from __future__ import annotations
 
+from __future__ import annotations
 
 import torch
 import torch.distributed as dist

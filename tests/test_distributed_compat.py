@@ -7,7 +7,10 @@ this two-rank run came back with NaN gradients on every parameter already after 
 non-empty) in 1-2 of 3 runs, never in fp32; not understood yet (an open problem, see the issue's note). The
 bf16 BatchNorm exchange with an empty rank is tested exactly in test_distributed_batchnorm.py.
 """
+
 from __future__ import annotations
+
+from typing import ClassVar
 
 import torch
 import torch.distributed as dist
@@ -28,12 +31,13 @@ FRAMES, SIZE, K = 8, 32, 2
 class Torch211DDP(DistributedDataParallel):
     """DDP as torch 2.10–2.12 declare it: no `forward_sync_buffers`, so passing it raises TypeError."""
 
-    passed: dict = {}
+    passed: ClassVar[dict] = {}
 
     def __init__(self, module, device_ids=None, output_device=None, dim=0, broadcast_buffers=True):
         Torch211DDP.passed = {"broadcast_buffers": broadcast_buffers}
-        super().__init__(module, device_ids=device_ids, output_device=output_device, dim=dim,
-                         broadcast_buffers=broadcast_buffers)
+        super().__init__(
+            module, device_ids=device_ids, output_device=output_device, dim=dim, broadcast_buffers=broadcast_buffers
+        )
 
 
 def batch(first: int, size: int) -> Batch:
@@ -49,17 +53,23 @@ def _rank(rank: int, store: str, out: dict) -> None:
     torch.set_num_threads(1)
     for module in (trainer.distributed, trainer.pretrain):  # wherever the code under test looks DDP up
         if hasattr(module, "DistributedDataParallel"):
-            setattr(module, "DistributedDataParallel", Torch211DDP)
+            module.DistributedDataParallel = Torch211DDP
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)
     try:
-        cfg = load_train_config("tiny_cpu", ["data.batch_size=4", f"data.generation.clip.num_frames={FRAMES}",
-                                             f"data.generation.clip.crop_size={SIZE}", "optim.name=sgd"])
+        cfg = load_train_config(
+            "tiny_cpu",
+            [
+                "data.batch_size=4",
+                f"data.generation.clip.num_frames={FRAMES}",
+                f"data.generation.clip.crop_size={SIZE}",
+                "optim.name=sgd",
+            ],
+        )
         execution = Execution.resolve("cpu", "fp32", False)
         model = Trainer(cfg, execution, epoch_size=5, ranks=Ranks(rank, 2))
         assert Torch211DDP.passed == {"broadcast_buffers": False}  # the same meaning as forward_sync_buffers=False
         # Step 1: 4 samples, 2 per rank. Step 2, the epoch's tail: 1 sample, rank 1 gets none.
-        losses = [model.train_step(rows(batch(0, 4), rank * 2, rank * 2 + 2), 4),
-                  model.train_step(_tail(rank), 1)]
+        losses = [model.train_step(rows(batch(0, 4), rank * 2, rank * 2 + 2), 4), model.train_step(_tail(rank), 1)]
         flat = torch.cat([p.detach().flatten() for p in model.network.parameters()])
         buffers = torch.cat([b.flatten().float() for b in model.network.buffers()])
         out[rank] = (torch.stack(losses).tolist() if rank == 0 else None, flat, buffers)

@@ -6,6 +6,7 @@ batch whatever the world size, BatchNorm is synchronised and each rank's loss is
 the batch, the distributed run must reproduce the reference's losses and weights to float tolerance; without
 SyncBatchNorm the BatchNorm statistics (and so the running buffers) would be those of half a batch.
 """
+
 from __future__ import annotations
 
 import os
@@ -88,19 +89,51 @@ def test_two_ranks_fed_by_two_replicas_then_resumed_alone_with_one(videos, tmp_p
     generation = tmp_path / "generation.yaml"
     generation.write_text(yaml.safe_dump(to_dict(config(videos, ddp).data.generation)))
     redis = RedisServer(tmp_path / "redis")
-    replicas = [ReplicaProcess(tmp_path / "replicas", videos, [], redis_url=redis.url, namespace=NAMESPACE,
-                               extra=["--config", str(generation)], wait=False) for _ in range(2)]
+    replicas = [
+        ReplicaProcess(
+            tmp_path / "replicas",
+            videos,
+            [],
+            redis_url=redis.url,
+            namespace=NAMESPACE,
+            extra=["--config", str(generation)],
+            wait=False,
+        )
+        for _ in range(2)
+    ]
     try:
         for replica in replicas:
             replica.wait_serving()
 
         # Two ranks under torchrun; the service comes from the environment, as Compose and Kubernetes set it.
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "CTP_REDIS_URL": redis.url,
-               "CTP_NAMESPACE": NAMESPACE}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "OMP_NUM_THREADS": "1",
+            "CTP_REDIS_URL": redis.url,
+            "CTP_NAMESPACE": NAMESPACE,
+        }
         args = [f"data.videos=[{videos}]", f"run.out_dir={ddp}", *RUN, f"run.stop_at_step={STOP}"]
-        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                               "-m", "trainer.cli", "pretrain", "--config", "tiny_cpu", *args],
-                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc-per-node=2",
+                "-m",
+                "trainer.cli",
+                "pretrain",
+                "--config",
+                "tiny_cpu",
+                *args,
+            ],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
         assert done.returncode == 0, done.stderr[-4000:]
         batchnorms = sum(isinstance(m, nn.BatchNorm3d) for m in CtPNetwork("tiny", 8, 256).modules())
         assert "× 2 rank(s)" in done.stderr and f", {batchnorms} SyncBatchNorm layers" in done.stderr

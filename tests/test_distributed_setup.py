@@ -1,5 +1,6 @@
 """How a distributed run is set up: the ranks' shares of an epoch, the per-rank batch, and where the
 samples come from (config first, then the deployment's environment)."""
+
 from __future__ import annotations
 
 import pytest
@@ -44,8 +45,15 @@ def test_the_deployments_environment_names_the_fleet(monkeypatch):
     monkeypatch.setenv("CTP_NAMESPACE", "run42")
     monkeypatch.setenv("CTP_DATAGEN_TOKEN", "s3cret")
     settings = replica_settings(load_train_config().service)
-    assert settings == {"addresses": (), "redis_url": "redis://redis:6379/0", "namespace": "run42", "token": "s3cret",
-                        "tls": TlsFiles(), "server_name": None, "shared_memory": True}
+    assert settings == {
+        "addresses": (),
+        "redis_url": "redis://redis:6379/0",
+        "namespace": "run42",
+        "token": "s3cret",
+        "tls": TlsFiles(),
+        "server_name": None,
+        "shared_memory": True,
+    }
 
 
 def test_the_config_wins_over_the_environment(monkeypatch, tmp_path):
@@ -54,12 +62,28 @@ def test_the_config_wins_over_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("CTP_DATAGEN_TOKEN", "from-env")
     token = tmp_path / "token"
     token.write_text("from-file\n")
-    cfg = load_train_config(None, ["service.addresses=[10.0.0.5:50051]", "service.redis_url=redis://other:6379/1",
-                                   "service.namespace=mine", f"service.token_file={token}", "service.tls_ca=ca.pem",
-                                   "service.server_name=datagen", "service.shared_memory=false"])
+    cfg = load_train_config(
+        None,
+        [
+            "service.addresses=[10.0.0.5:50051]",
+            "service.redis_url=redis://other:6379/1",
+            "service.namespace=mine",
+            f"service.token_file={token}",
+            "service.tls_ca=ca.pem",
+            "service.server_name=datagen",
+            "service.shared_memory=false",
+        ],
+    )
     settings = replica_settings(cfg.service)
-    assert settings == {"addresses": ("10.0.0.5:50051",), "redis_url": "redis://other:6379/1", "namespace": "mine",
-                        "token": "from-file", "tls": TlsFiles(ca="ca.pem"), "server_name": "datagen", "shared_memory": False}
+    assert settings == {
+        "addresses": ("10.0.0.5:50051",),
+        "redis_url": "redis://other:6379/1",
+        "namespace": "mine",
+        "token": "from-file",
+        "tls": TlsFiles(ca="ca.pem"),
+        "server_name": "datagen",
+        "shared_memory": False,
+    }
     monkeypatch.delenv("CTP_REDIS_URL")
     only_addresses = replica_settings(load_train_config(None, ["service.addresses=[a:1, b:2]"]).service)
     assert only_addresses["addresses"] == ("a:1", "b:2") and only_addresses["redis_url"] is None

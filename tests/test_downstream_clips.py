@@ -1,6 +1,7 @@
 """Labelled clips: the training draw's statistics and determinism, the static colour jitter's statistics
 and pixels, test and retrieval clip placement, pixel correctness against an independent PIL reference
 (portrait frames included), and unreadable videos (replaced in training, skipped in test)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,7 +28,9 @@ from trainer.downstream.clips import (
 from trainer.downstream.config import ClipsConfig
 from trainer.downstream.datasets import LabelledSet
 
-SMALL = ClipsConfig(num_frames=8, train_sizes=((85, 64), (96, 72), (107, 80)), test_size=(85, 64), crop_size=64, test_clips=3)
+SMALL = ClipsConfig(
+    num_frames=8, train_sizes=((85, 64), (96, 72), (107, 80)), test_size=(85, 64), crop_size=64, test_clips=3
+)
 
 
 def test_training_draw_follows_the_recipe():
@@ -56,7 +59,8 @@ def test_training_draw_follows_the_recipe():
 
     again = plan_train_clip(SampleKey(5, 1, 7), 0, 100, cfg)
     assert np.array_equal(again.clip.frame_indices, plans[7].clip.frame_indices) and again.clip == dataclasses.replace(
-        plans[7].clip, frame_indices=again.clip.frame_indices)
+        plans[7].clip, frame_indices=again.clip.frame_indices
+    )
     other_epoch = [plan_train_clip(SampleKey(5, 2, i), 0, 100, cfg).clip.frame_indices[0] for i in range(50)]
     assert other_epoch != starts[:50].tolist()
     short = plan_train_clip(SampleKey(0, 0, 0), 0, 10, cfg).clip.frame_indices
@@ -68,8 +72,12 @@ def test_colour_jitter_is_static_per_clip_with_the_official_ranges():
     n = 20000
     colours = [plan_train_clip(SampleKey(8, 0, i), 0, 100, cfg).colour for i in range(n)]
     neutral = ClipColour()
-    for name, low, high, log in (("brightness", -32, 32, False), ("contrast", -0.2, 0.2, True),
-                                 ("hue_shift", -12, 12, False), ("saturation", -0.1, 0.1, True)):
+    for name, low, high, log in (
+        ("brightness", -32, 32, False),
+        ("contrast", -0.2, 0.2, True),
+        ("hue_shift", -12, 12, False),
+        ("saturation", -0.1, 0.1, True),
+    ):
         drawn = np.array([getattr(c, name) for c in colours if getattr(c, name) != getattr(neutral, name)])
         drawn = np.log(drawn) if log else drawn
         assert abs(len(drawn) / n - 0.2) < 4.5 * np.sqrt(0.16 / n), name  # each with p 0.2
@@ -83,7 +91,12 @@ def test_colour_jitter_is_static_per_clip_with_the_official_ranges():
 def test_colour_jitter_pixels(juggling):
     frames = Decoder("cpu").decode(juggling[0], np.array([0, 40, 80])).float()  # (3, 240, 320, 3) 0-255
     clips = frames[None].repeat(4, 1, 1, 1, 1)
-    colours = [ClipColour(), ClipColour(brightness=20.0), ClipColour(contrast=0.8), ClipColour(hue_shift=10.0, saturation=1.1)]
+    colours = [
+        ClipColour(),
+        ClipColour(brightness=20.0),
+        ClipColour(contrast=0.8),
+        ClipColour(hue_shift=10.0, saturation=1.1),
+    ]
     out = apply_static_colour(clips.clone(), colours)
     x = frames.numpy()
     assert torch.equal(out[0], frames)
@@ -131,7 +144,10 @@ def reference(frame: torch.Tensor, width: int, height: int, top: int, left: int,
 
 @pytest.fixture(scope="module")
 def juggling(shared_videos):
-    return [probe(shared_videos / "ucf101" / name) for name in ("v_SoccerJuggling_g23_c01.avi", "v_SoccerJuggling_g24_c01.avi")]
+    return [
+        probe(shared_videos / "ucf101" / name)
+        for name in ("v_SoccerJuggling_g23_c01.avi", "v_SoccerJuggling_g24_c01.avi")
+    ]
 
 
 def test_evaluation_clip_pixels(juggling):
@@ -152,7 +168,11 @@ def test_training_clip_pixels_and_determinism(juggling):
     data = LabelledSet("two", ("a", "b"), tuple(juggling), (0, 1))
     clips = TrainClips(data, SMALL, torch.device("cpu"))
     # A key with a flip and no colour change, so the pixels are geometry only.
-    key = next(k for k in (SampleKey(3, 0, i) for i in range(200)) if (p := clips.plan(k)).clip.flip and p.colour == ClipColour())
+    key = next(
+        k
+        for k in (SampleKey(3, 0, i) for i in range(200))
+        if (p := clips.plan(k)).clip.flip and p.colour == ClipColour()
+    )
     plan = clips.plan(key)
     batch = clips.generate([key, SampleKey(3, 0, 1), SampleKey(3, 1, 0)])
     assert batch.labels.tolist() == [data.labels[v] for v in batch.videos.tolist()]

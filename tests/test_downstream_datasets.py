@@ -1,5 +1,6 @@
 """Split-file readers on the official formats (fixtures written here), malformed lines, label subsets, probing,
 and the split config."""
+
 from __future__ import annotations
 
 import os
@@ -28,10 +29,19 @@ def ucf(tmp_path: Path) -> tuple[Path, Path]:
     (lists / "trainlist01.txt").write_bytes(
         b"ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\r\n"
         b"HandstandPushups/v_HandStandPushups_g08_c01.avi 2\r\n\r\n"
-        b"YoYo/v_YoYo_g08_c01.avi 3\r\nYoYo/v_YoYo_g09_c01.avi 3\r\n")
-    (lists / "testlist01.txt").write_bytes(b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\nYoYo/v_YoYo_g01_c01.avi\r\n")
-    touch(videos, "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "HandstandPushups/v_HandStandPushups_g08_c01.avi",
-          "YoYo/v_YoYo_g08_c01.avi", "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi", "YoYo/v_YoYo_g01_c01.avi")
+        b"YoYo/v_YoYo_g08_c01.avi 3\r\nYoYo/v_YoYo_g09_c01.avi 3\r\n"
+    )
+    (lists / "testlist01.txt").write_bytes(
+        b"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\r\nYoYo/v_YoYo_g01_c01.avi\r\n"
+    )
+    touch(
+        videos,
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi",
+        "HandstandPushups/v_HandStandPushups_g08_c01.avi",
+        "YoYo/v_YoYo_g08_c01.avi",
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi",
+        "YoYo/v_YoYo_g01_c01.avi",
+    )
     return videos, lists  # v_YoYo_g09_c01.avi is listed but missing
 
 
@@ -43,24 +53,39 @@ def test_ucf101_train_and_test_lists(ucf):
     train = read_split(ucf_split(ucf, "train"))
     assert train.classes == ("ApplyEyeMakeup", "HandstandPushups", "YoYo")
     assert [(p.relative_to(ucf[0]).as_posix(), label) for p, label in train.entries] == [
-        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", 0), ("HandstandPushups/v_HandStandPushups_g08_c01.avi", 1),
-        ("YoYo/v_YoYo_g08_c01.avi", 2)]
+        ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", 0),
+        ("HandstandPushups/v_HandStandPushups_g08_c01.avi", 1),
+        ("YoYo/v_YoYo_g08_c01.avi", 2),
+    ]
     assert len(train.missing) == 1
     assert train.missing[0].path.endswith("v_YoYo_g09_c01.avi") and "trainlist01.txt:5" in train.missing[0].reason
     test = read_split(ucf_split(ucf, "test"))
     assert [label for _, label in test.entries] == [0, 2] and not test.missing
 
 
-@pytest.mark.parametrize("file, content, where, problem", [
-    ("trainlist01.txt", "ApplyEyeMakeup/a.avi 1\nYoYo/b.avi\n", "trainlist01.txt:2", "expected '<class>/<video> <index>'"),
-    ("trainlist01.txt", "YoYo/b.avi 4\n", "trainlist01.txt:1", "class index '4' is not in 1..3"),
-    ("trainlist01.txt", "YoYo/b.avi 1\n", "trainlist01.txt:1", "disagrees with the folder 'YoYo'"),
-    ("trainlist01.txt", "YoYo/b.avi 3\nYoYo/b.avi 3\n", "trainlist01.txt:2", "listed twice (first at trainlist01.txt:1)"),
-    ("testlist01.txt", "Juggling/c.avi\n", "testlist01.txt:1", "class folder 'Juggling' is not in classInd.txt"),
-    ("testlist01.txt", "YoYo/c.avi 3 extra\n", "testlist01.txt:1", "expected '<class>/<video>'"),
-    ("classInd.txt", "1 ApplyEyeMakeup\n3 YoYo\n", "classInd.txt:2", "expected 2, got 3"),
-    ("classInd.txt", "1 ApplyEyeMakeup\nYoYo\n", "classInd.txt:2", "expected '<index> <class>'"),
-])
+@pytest.mark.parametrize(
+    "file, content, where, problem",
+    [
+        (
+            "trainlist01.txt",
+            "ApplyEyeMakeup/a.avi 1\nYoYo/b.avi\n",
+            "trainlist01.txt:2",
+            "expected '<class>/<video> <index>'",
+        ),
+        ("trainlist01.txt", "YoYo/b.avi 4\n", "trainlist01.txt:1", "class index '4' is not in 1..3"),
+        ("trainlist01.txt", "YoYo/b.avi 1\n", "trainlist01.txt:1", "disagrees with the folder 'YoYo'"),
+        (
+            "trainlist01.txt",
+            "YoYo/b.avi 3\nYoYo/b.avi 3\n",
+            "trainlist01.txt:2",
+            "listed twice (first at trainlist01.txt:1)",
+        ),
+        ("testlist01.txt", "Juggling/c.avi\n", "testlist01.txt:1", "class folder 'Juggling' is not in classInd.txt"),
+        ("testlist01.txt", "YoYo/c.avi 3 extra\n", "testlist01.txt:1", "expected '<class>/<video>'"),
+        ("classInd.txt", "1 ApplyEyeMakeup\n3 YoYo\n", "classInd.txt:2", "expected 2, got 3"),
+        ("classInd.txt", "1 ApplyEyeMakeup\nYoYo\n", "classInd.txt:2", "expected '<index> <class>'"),
+    ],
+)
 def test_ucf101_malformed_lines_name_file_and_line(ucf, file, content, where, problem):
     (ucf[1] / file).write_text(content)
     subset = "test" if file == "testlist01.txt" else "train"
@@ -93,7 +118,15 @@ def write_hmdb(tmp_path: Path) -> tuple[Path, Path]:
     (splits / "brush_hair_test_split1.txt").write_text("b_a.avi 2 \nb_b.avi 1 \n")
     (splits / "wave_test_split2.txt").write_text("w_a.avi 2 \nw_b.avi 1 \nw_c.avi 1 \nw_d.avi 0 \n")
     (splits / "brush_hair_test_split2.txt").write_text("b_a.avi 1 \nb_b.avi 2 \n")
-    touch(videos, "wave/w_a.avi", "wave/w_b.avi", "wave/w_c.avi", "wave/w_d.avi", "brush_hair/b_a.avi", "brush_hair/b_b.avi")
+    touch(
+        videos,
+        "wave/w_a.avi",
+        "wave/w_b.avi",
+        "wave/w_c.avi",
+        "wave/w_d.avi",
+        "brush_hair/b_a.avi",
+        "brush_hair/b_b.avi",
+    )
     return videos, splits
 
 
@@ -122,13 +155,19 @@ def test_kinetics_csv(tmp_path):
         "abseiling,0wR5jVB-WPk,417,427,val,0\n"
         '"passing American football (in game)",R6llTwEh07w,6,16,val,0\n'
         "abseiling,3caPS4FHFF8,36,46,val,0\n"
-        "zumba,gone0000000,10,20,val,0\n")
+        "zumba,gone0000000,10,20,val,0\n"
+    )
     touch(videos, "abseiling/0wR5jVB-WPk_000417_000427.mp4", "R6llTwEh07w.mp4", "x/3caPS4FHFF8_000036_000046.mkv")
     listing = read_split(SplitConfig("kinetics", str(videos), str(csv_file)))
     assert listing.classes == ("abseiling", "passing American football (in game)", "zumba")
     assert [(p.name, label) for p, label in listing.entries] == [
-        ("0wR5jVB-WPk_000417_000427.mp4", 0), ("R6llTwEh07w.mp4", 1), ("3caPS4FHFF8_000036_000046.mkv", 0)]
-    assert [(r.path, r.reason.split(" but")[0]) for r in listing.missing] == [("gone0000000_000010_000020", "listed at validate.csv:5")]
+        ("0wR5jVB-WPk_000417_000427.mp4", 0),
+        ("R6llTwEh07w.mp4", 1),
+        ("3caPS4FHFF8_000036_000046.mkv", 0),
+    ]
+    assert [(r.path, r.reason.split(" but")[0]) for r in listing.missing] == [
+        ("gone0000000_000010_000020", "listed at validate.csv:5")
+    ]
 
     csv_file.write_text("label,youtube_id,time_start\nabseiling,0wR5jVB-WPk,417\n")
     with pytest.raises(SplitFileError, match=r"validate.csv:1: missing column\(s\) \['time_end'\]"):
@@ -155,24 +194,34 @@ def test_class_folders(tmp_path):
 
 def test_open_split_probes_real_videos_and_reports_bad_ones(shared_videos, tmp_path):
     root = tmp_path / "classes"
-    for cls, name in [("juggle", "ucf101/v_SoccerJuggling_g23_c01.avi"), ("juggle", "ucf101/v_SoccerJuggling_g24_c01.avi"),
-                      ("wave", "hmdb51/TrumanShow_wave_f_nm_np1_fr_med_26.avi")]:
+    for cls, name in [
+        ("juggle", "ucf101/v_SoccerJuggling_g23_c01.avi"),
+        ("juggle", "ucf101/v_SoccerJuggling_g24_c01.avi"),
+        ("wave", "hmdb51/TrumanShow_wave_f_nm_np1_fr_med_26.avi"),
+    ]:
         (root / cls).mkdir(parents=True, exist_ok=True)
         os.symlink(shared_videos / name, root / cls / Path(name).name)
     (root / "wave" / "corrupt.avi").write_bytes(b"RIFF\x00\x00garbage" * 50)
     (root / "wave" / "empty.mp4").write_bytes(b"")
     data = open_split(SplitConfig("folder", str(root)))
-    assert [Path(v.path).name for v in data.videos] == ["v_SoccerJuggling_g23_c01.avi", "v_SoccerJuggling_g24_c01.avi",
-                                                        "TrumanShow_wave_f_nm_np1_fr_med_26.avi"]
+    assert [Path(v.path).name for v in data.videos] == [
+        "v_SoccerJuggling_g23_c01.avi",
+        "v_SoccerJuggling_g24_c01.avi",
+        "TrumanShow_wave_f_nm_np1_fr_med_26.avi",
+    ]
     assert data.labels == (0, 0, 1)
     assert [v.num_frames for v in data.videos] == [240, 251, 48]  # the short video is kept: clips clamp to it
     assert sorted((Path(r.path).name, r.reason.split(" (")[0]) for r in data.rejected) == [
-        ("corrupt.avi", "not a readable video container"), ("empty.mp4", "empty file")]
+        ("corrupt.avi", "not a readable video container"),
+        ("empty.mp4", "empty file"),
+    ]
 
 
 def test_label_subsets_are_stratified_nested_and_keyed():
     labels = tuple([0] * 20 + [1] * 7 + [2] * 1)
-    data = LabelledSet("x", ("a", "b", "c"), tuple(VideoInfo(f"v{i}", 50, 25.0, 64, 64, "h264") for i in range(28)), labels)
+    data = LabelledSet(
+        "x", ("a", "b", "c"), tuple(VideoInfo(f"v{i}", 50, 25.0, 64, 64, "h264") for i in range(28)), labels
+    )
     tenth, half = label_subset(data, 0.1, seed=3), label_subset(data, 0.5, seed=3)
     assert Counter(tenth.labels) == {0: 2, 1: 1, 2: 1}  # at least one video per class
     assert Counter(half.labels) == {0: 10, 1: 4, 2: 1}
@@ -189,7 +238,9 @@ def test_label_subsets_are_stratified_nested_and_keyed():
 
 
 def test_test_split_inherits_the_dataset_and_bad_options_are_named():
-    cfg = load_downstream_config("ucf101", ["data.train.videos=/d/UCF-101", "data.train.annotations=/d/lists", "data.test.split=2"])
+    cfg = load_downstream_config(
+        "ucf101", ["data.train.videos=/d/UCF-101", "data.train.annotations=/d/lists", "data.test.split=2"]
+    )
     assert cfg.test_split == SplitConfig("ucf101", "/d/UCF-101", "/d/lists", "test", 2)
     assert cfg.lr == 0.01 and cfg.optim.milestones == (60, 120) and cfg.clips.test_size == (171, 128)
     other = load_downstream_config("ucf101", ["data.test.format=hmdb51", "data.test.videos=/d/hmdb51"])

@@ -1,6 +1,7 @@
 """Fine-tune, eval and retrieve end to end on the shared footage, classes by folder (hmdb51, kinetics, misc,
 ucf101: 12 real MPEG-4 and H.264 videos), with the tiny encoder on 8 frames at 64 px; exact resume;
 fine-tuning under torchrun with two gloo ranks."""
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,14 @@ def ctp_train(*argv: str) -> None:
 
 
 def tiny(videos: Path, out: Path, *overrides: str) -> list[str]:
-    return ["--config", "tiny_cpu", f"data.train.videos={videos}", f"run.out_dir={out}", "run.progress=false", *overrides]
+    return [
+        "--config",
+        "tiny_cpu",
+        f"data.train.videos={videos}",
+        f"run.out_dir={out}",
+        "run.progress=false",
+        *overrides,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -111,16 +119,26 @@ def test_resume_continues_exactly_with_a_label_fraction(shared_videos, tmp_path)
 
 def test_finetune_under_torchrun_with_two_gloo_ranks(shared_videos, tmp_path):
     script = tmp_path / "ctp_train.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import logging, sys
         logging.basicConfig(level=logging.INFO)
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_downstream_e2e import ctp_train
         ctp_train(*sys.argv[1:])
-    """))
+    """)
+    )
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-               "finetune", *tiny(shared_videos, tmp_path / "ddp", "optim.epochs=1")]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(script),
+        "finetune",
+        *tiny(shared_videos, tmp_path / "ddp", "optim.epochs=1"),
+    ]
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "finetuned.json").read_text())

@@ -1,4 +1,5 @@
 """Downstream metrics on hand-made cases: aggregation, top-k, per-class accuracy, confusion, retrieval."""
+
 from __future__ import annotations
 
 import math
@@ -60,12 +61,14 @@ def test_the_video_score_is_the_softmax_of_the_mean_logits(shared_videos):
 
 
 def test_topk_accuracy():
-    scores = torch.tensor([
-        [0.1, 0.5, 0.2, 0.15, 0.05],  # label 1: rank 1
-        [0.3, 0.1, 0.25, 0.2, 0.15],  # label 2: rank 2
-        [0.1, 0.2, 0.3, 0.4, 0.0],    # label 4: rank 5
-        [0.9, 0.02, 0.03, 0.04, 0.01],  # label 0: rank 1
-    ])
+    scores = torch.tensor(
+        [
+            [0.1, 0.5, 0.2, 0.15, 0.05],  # label 1: rank 1
+            [0.3, 0.1, 0.25, 0.2, 0.15],  # label 2: rank 2
+            [0.1, 0.2, 0.3, 0.4, 0.0],  # label 4: rank 5
+            [0.9, 0.02, 0.03, 0.04, 0.01],  # label 0: rank 1
+        ]
+    )
     labels = torch.tensor([1, 2, 4, 0])
     assert topk_accuracy(scores, labels, (1, 2, 4, 5)) == {1: 0.5, 2: 0.75, 4: 0.75, 5: 1.0}
     assert topk_accuracy(scores[:, :3], torch.tensor([1, 2, 0, 0]), (1, 5)) == {1: 0.5, 5: 1.0}  # k capped at C
@@ -86,11 +89,13 @@ def test_retrieval_hits_with_known_neighbours():
     # Gallery on the unit circle at 0°, 90°, 180°, 270° (cosine ignores the length); classes a, b, a, c.
     gallery = torch.tensor([[1.0, 0.0], [0.0, 2.0], [-3.0, 0.0], [0.0, -1.0]])
     gallery_labels = torch.tensor([0, 1, 0, 2])
-    queries = torch.tensor([
-        [1.0, 0.1],   # nearest: 0° (a), then 90° (b) → class a hits at 1
-        [0.1, 1.0],   # class c: order 90°, 0°, 180°, 270° → hits at 4
-        [-1.0, -0.9],  # class b: order 180°, 270°, 90°/0° → b at 3 (90° is closer than 0°)
-    ])
+    queries = torch.tensor(
+        [
+            [1.0, 0.1],  # nearest: 0° (a), then 90° (b) → class a hits at 1
+            [0.1, 1.0],  # class c: order 90°, 0°, 180°, 270° → hits at 4
+            [-1.0, -0.9],  # class b: order 180°, 270°, 90°/0° → b at 3 (90° is closer than 0°)
+        ]
+    )
     query_labels = torch.tensor([0, 2, 1])
     hits = retrieval_hits(queries, query_labels, gallery, gallery_labels, ks=(1, 2, 3, 4, 50))
     assert hits == {1: pytest.approx(1 / 3), 2: pytest.approx(1 / 3), 3: pytest.approx(2 / 3), 4: 1.0, 50: 1.0}
@@ -129,11 +134,11 @@ def test_confusion_image_labels_both_axes_and_has_a_colour_bar(num_classes, tmp_
     side = num_classes * cell
     image = np.asarray(drawn.convert("L"))
     assert image.shape[0] > side + 1 and image.shape[1] > side + 1  # larger than the bare matrix
-    assert _inked(image[top:top + cell, :left])  # first true class named at the left of its row
-    assert _inked(image[:top, left:left + cell])  # first predicted class indexed above its column
-    bar = image[top:top + side, left + side + 2:]
+    assert _inked(image[top : top + cell, :left])  # first true class named at the left of its row
+    assert _inked(image[:top, left : left + cell])  # first predicted class indexed above its column
+    bar = image[top : top + side, left + side + 2 :]
     assert bar[0].min() < 100 and bar[-1].max() == 255  # the colour bar: dark at 1 (top), white at 0
-    ticks = image[top:top + side, left + side + 12 + 18:]
+    ticks = image[top : top + side, left + side + 12 + 18 :]
     assert _inked(ticks)  # its scale: 1.0 / 0.5 / 0.0
 
 

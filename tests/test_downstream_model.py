@@ -1,4 +1,5 @@
 """The downstream classifier and its weight files: exported encoders, pretraining and fine-tuned checkpoints."""
+
 from __future__ import annotations
 
 import pytest

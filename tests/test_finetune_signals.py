@@ -1,5 +1,6 @@
 """Ctrl-C in a real `ctp-train finetune` process: the first saves at the end of the epoch and says how to resume
 (`--resume auto` continues from it), a second stops at once with exit code 130 and no traceback."""
+
 import os
 import signal
 import subprocess
@@ -12,10 +13,25 @@ from tests.test_run_safety import REPO, _wait_for, assert_second_ctrl_c_stops_at
 
 
 def _finetune(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
-    args = ["finetune", "--config", "tiny_cpu", f"data.train.videos={videos}", f"run.out_dir={out}", "run.progress=false",
-            "run.val_every=0", "run.log_every=1", *extra]
-    return subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], env={**os.environ, "PYTHONPATH": str(REPO)},
-                            cwd=out.parent, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    args = [
+        "finetune",
+        "--config",
+        "tiny_cpu",
+        f"data.train.videos={videos}",
+        f"run.out_dir={out}",
+        "run.progress=false",
+        "run.val_every=0",
+        "run.log_every=1",
+        *extra,
+    ]
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", *args],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        cwd=out.parent,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _trained(out: Path) -> bool:

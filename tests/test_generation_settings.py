@@ -1,5 +1,6 @@
 """Impossible generation settings are refused when the config is loaded, naming key, value and allowed range;
 the generating commands take a training preset's generation section."""
+
 import pytest
 
 from datagen.cli import main
@@ -8,16 +9,31 @@ from datagen.options import generation_config
 from trainer.config import PRESETS_DIR, load_train_config
 
 
-@pytest.mark.parametrize("override, message", [
-    ("clip.crop_size=200", "data.generation.clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200"),
-    ("clip.short_sides=[100]", "data.generation.clip.short_sides=[100]: must be a non-empty list, each >= clip.crop_size=112"),
-    ("trajectory.num_trajectories=0", "data.generation.trajectory.num_trajectories=0: must be >= 1"),
-    ("clip.num_frames=0", "data.generation.clip.num_frames=0: must be >= 1"),
-    ("clip.strides=[0]", "data.generation.clip.strides=[0]: must be a non-empty list of values > 0"),
-    ("patch.opacity=[1.0,0.5]", "data.generation.patch.opacity=[1.0, 0.5]: must be [a, b] with 0.0 <= a <= b <= 1.0"),
-    ("trajectory.interpolation_probs=[0.5,0.5,0.5]", "interpolation_probs=[0.5, 0.5, 0.5]: must be non-negative probabilities summing to 1"),
-    ("clip.flip_prob=2", "data.generation.clip.flip_prob=2.0: must be a probability in [0, 1]"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "clip.crop_size=200",
+            "data.generation.clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200",
+        ),
+        (
+            "clip.short_sides=[100]",
+            "data.generation.clip.short_sides=[100]: must be a non-empty list, each >= clip.crop_size=112",
+        ),
+        ("trajectory.num_trajectories=0", "data.generation.trajectory.num_trajectories=0: must be >= 1"),
+        ("clip.num_frames=0", "data.generation.clip.num_frames=0: must be >= 1"),
+        ("clip.strides=[0]", "data.generation.clip.strides=[0]: must be a non-empty list of values > 0"),
+        (
+            "patch.opacity=[1.0,0.5]",
+            "data.generation.patch.opacity=[1.0, 0.5]: must be [a, b] with 0.0 <= a <= b <= 1.0",
+        ),
+        (
+            "trajectory.interpolation_probs=[0.5,0.5,0.5]",
+            "interpolation_probs=[0.5, 0.5, 0.5]: must be non-negative probabilities summing to 1",
+        ),
+        ("clip.flip_prob=2", "data.generation.clip.flip_prob=2.0: must be a probability in [0, 1]"),
+    ],
+)
 def test_impossible_settings_name_key_value_and_range(override, message):
     with pytest.raises(ValueError, match="invalid generation config") as info:
         load_train_config(None, [f"data.generation.{override}"])
@@ -40,7 +56,10 @@ def test_generating_commands_take_a_training_preset_or_yaml():
 
 def test_a_bad_setting_on_the_command_line_is_a_clear_error(demo_dir, capsys):
     assert main(["preview", "--videos", str(demo_dir), "--set", "clip.crop_size=200", "--out", "unused"]) == 2
-    assert "clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200" in capsys.readouterr().err
+    assert (
+        "clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200"
+        in capsys.readouterr().err
+    )
 
 
 def test_differences_name_each_changed_key_old_to_new():
@@ -54,7 +73,12 @@ def test_options_and_overrides_in_any_order_and_a_single_value_for_a_list(tmp_pa
 
     assert load_train_config(None, ["data.videos=m.json"]).data.videos == ("m.json",)
     # the overrides after --config reach the config (and its check), not argparse's "unrecognized arguments"
-    assert ctp_train(["pretrain", f"run.out_dir={tmp_path}", "--config", "tiny_cpu", "data.batch_size=0", "optim.epochs=0"]) == 2
+    assert (
+        ctp_train(
+            ["pretrain", f"run.out_dir={tmp_path}", "--config", "tiny_cpu", "data.batch_size=0", "optim.epochs=0"]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "data.batch_size must be >= 1" in err and "optim.epochs must be >= 1" in err
     with pytest.raises(SystemExit):

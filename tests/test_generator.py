@@ -1,4 +1,5 @@
 """The determinism contract and the handling of unreadable videos, end to end through real decoding."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,7 +35,7 @@ def reference_batch(demo_videos):
 def test_a_sample_does_not_depend_on_its_batch(demo_videos, reference_batch):
     generator = Generator(demo_videos)
     shuffled = [KEYS[i] for i in (4, 1, 5, 0, 3, 2)]
-    other = generator.generate(shuffled + [(11, 3, 0)])
+    other = generator.generate([*shuffled, (11, 3, 0)])
     order = torch.tensor([3, 1, 5, 4, 0, 2])  # position of KEYS[i] in `shuffled`
     for i in range(len(KEYS)):
         j = int(order[i])
@@ -55,9 +56,31 @@ def test_different_keys_give_different_samples(reference_batch):
 def test_same_samples_in_another_process_with_another_thread_count(demo_dir, reference_batch, tmp_path):
     out = tmp_path / "samples.npz"
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "datagen.cli", "sample", "--videos", str(demo_dir), "--device", "cpu",
-                    "--seed", "11", "--epoch", "2", "--num", str(len(KEYS)), "--batch-size", "4", "--out", str(out)],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datagen.cli",
+            "sample",
+            "--videos",
+            str(demo_dir),
+            "--device",
+            "cpu",
+            "--seed",
+            "11",
+            "--epoch",
+            "2",
+            "--num",
+            str(len(KEYS)),
+            "--batch-size",
+            "4",
+            "--out",
+            str(out),
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     torch.set_num_threads(2)
     data = np.load(out)
     assert data["clips"].shape == tuple(reference_batch.clips.shape) and data["clips"].dtype == np.uint8

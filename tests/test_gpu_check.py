@@ -1,5 +1,6 @@
 """The GPU check's harness on a CPU: one deadline, results kept after every section, children killed with
 everything they started. (Its measurements need a GPU; here every CUDA section fails fast, as it must.)"""
+
 from __future__ import annotations
 
 import json
@@ -35,9 +36,24 @@ def test_a_section_is_killed_with_the_processes_it_started():
 
 def test_the_check_keeps_its_deadline_and_reports_every_section(tmp_path: Path):
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "bench.gpu_check", "--videos", str(tmp_path / "none"), "--out",
-                           str(tmp_path), "--deadline", "20"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""})
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.gpu_check",
+            "--videos",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path),
+            "--deadline",
+            "20",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""},
+    )
     seconds = time.monotonic() - start
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     names = [s.name for s in gpu_check.SECTIONS]

@@ -1,4 +1,5 @@
 """Target encoding, the CtP loss and IoU on hand-computed cases (docs/spec.md)."""
+
 import math
 
 import pytest

@@ -1,4 +1,5 @@
 """Probing and manifests: trustworthy frame counts on real footage, bad files rejected with reasons."""
+
 from __future__ import annotations
 
 import json
@@ -112,13 +113,17 @@ def test_manifest_round_trip_keeps_paths_relative_inside_its_folder(mixed_folder
     write_manifest(manifest, videos + outside, rejected)
     doc = json.loads(manifest.read_text())
     assert doc["format"] == "ctp-video-manifest" and doc["version"] == MANIFEST_VERSION
-    assert [v["path"] for v in doc["videos"][:-1]] == [Path(v.path).relative_to(mixed_folder).as_posix() for v in videos]
+    assert [v["path"] for v in doc["videos"][:-1]] == [
+        Path(v.path).relative_to(mixed_folder).as_posix() for v in videos
+    ]
     assert doc["videos"][-1]["path"] == outside[0].path  # outside the manifest's folder: absolute
     moved = tmp_path / "moved"
     shutil.copytree(mixed_folder, moved)  # a dataset folder moves together with its manifest
     back_videos, back_rejected = read_manifest(moved / "manifest.json")
     assert [v.num_frames for v in back_videos] == [v.num_frames for v in videos + outside]
-    assert [v.path for v in back_videos] == [str(moved / Path(v.path).relative_to(mixed_folder)) for v in videos] + [outside[0].path]
+    assert [v.path for v in back_videos] == [str(moved / Path(v.path).relative_to(mixed_folder)) for v in videos] + [
+        outside[0].path
+    ]
     assert back_rejected == [Rejected(str(moved / Path(r.path).relative_to(mixed_folder)), r.reason) for r in rejected]
 
 
@@ -153,11 +158,18 @@ def test_index_command_writes_the_manifest_and_prints_a_summary(mixed_folder, tm
     assert len(videos) == 4 and len(rejected) == 4
     assert "empty file" in printed and "too short" in printed and "not a readable video container" in printed
     assert printed.splitlines()[-2].split()[-1] == "8"  # the total row
-    listed = {line.split(": ", 1)[0].strip().split("/")[-1]: line.split(": ", 1)[1] for line in printed.splitlines()
-              if line.startswith("  ")}
+    listed = {
+        line.split(": ", 1)[0].strip().split("/")[-1]: line.split(": ", 1)[1]
+        for line in printed.splitlines()
+        if line.startswith("  ")
+    }
     assert listed["notes.avi"].startswith("not a readable video container")  # a text file named like a video
-    assert listed["empty.mp4"] == "empty file (0 bytes)" and set(listed) == {"notes.avi", "empty.mp4", "cut_header.mp4",
-                                                                               "demo_00_h264.mp4"}
+    assert listed["empty.mp4"] == "empty file (0 bytes)" and set(listed) == {
+        "notes.avi",
+        "empty.mp4",
+        "cut_header.mp4",
+        "demo_00_h264.mp4",
+    }
 
 
 def test_a_long_rejected_list_is_cut_and_points_to_the_manifest():

@@ -1,4 +1,5 @@
 """Encoders and the CtP head: shapes, the stage-4 stride switch, torchvision compatibility, the head's RoI."""
+
 import pytest
 import torch
 
@@ -114,7 +115,9 @@ def test_head_handles_each_sample_with_its_own_features():
     head = CtPHead(8, feature_frames=2, num_frames=4, hidden=16).eval()
     torch.nn.init.normal_(head.fc2.weight)
     features = torch.randn(2, 8, 2, 14, 14)
-    queries = torch.tensor([[[0.0, 0.0, 30.0, 30.0], [40.0, 40.0, 90.0, 100.0]], [[10.0, 5.0, 50.0, 40.0], [60.0, 0.0, 112.0, 30.0]]])
+    queries = torch.tensor(
+        [[[0.0, 0.0, 30.0, 30.0], [40.0, 40.0, 90.0, 100.0]], [[10.0, 5.0, 50.0, 40.0], [60.0, 0.0, 112.0, 30.0]]]
+    )
     together = head(features, queries)
     for b in range(2):
         torch.testing.assert_close(together[b : b + 1], head(features[b : b + 1], queries[b : b + 1]))
@@ -138,8 +141,14 @@ def test_roi_boxes_and_batch_indices_stay_float32_under_bf16_autocast():
     head = CtPHead(in_channels=3, feature_frames=1, num_frames=2, hidden=4)
     b, k, size = 300, 2, 14
     i = torch.arange(b, dtype=torch.float32).view(b, 1, 1)
-    features = torch.stack([(i // 16).expand(b, size, size), (i % 16).expand(b, size, size),
-                            torch.arange(size, dtype=torch.float32).expand(b, size, size)], 1).bfloat16()
+    features = torch.stack(
+        [
+            (i // 16).expand(b, size, size),
+            (i % 16).expand(b, size, size),
+            torch.arange(size, dtype=torch.float32).expand(b, size, size),
+        ],
+        1,
+    ).bfloat16()
     x1 = torch.linspace(65.3, 71.9, b * k).view(b, k)  # input pixels: in bf16 these move in 0.5 px steps
     queries = torch.stack([x1, torch.full_like(x1, 8.0), x1 + 24, torch.full_like(x1, 40.0)], -1)
     with torch.autocast("cpu", dtype=torch.bfloat16):

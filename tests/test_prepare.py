@@ -1,5 +1,6 @@
 """`ctp-datagen prepare` on real footage: same frames and timestamps, key frames every G, resumable, sources
 untouched, corrupt files reported, and a manifest the other commands accept."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,7 +36,11 @@ def dataset(shared_videos: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def fingerprint(root: Path) -> dict[str, tuple[str, int]]:
-    return {str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
+    return {
+        str(p): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +55,14 @@ def test_sources_untouched_and_tree_mirrored(dataset: Path, prepared) -> None:
     out, report, before = prepared
     assert fingerprint(dataset) == before
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4")) == sorted(
-        str(Path(n).with_suffix(".mp4")) for n in SOURCES)
+        str(Path(n).with_suffix(".mp4")) for n in SOURCES
+    )
     assert report["counts"] == {"done": 3, "skipped": 0, "rejected": 1}
-    assert 0 < report["bytes_after"] and report["bytes_before"] == sum((dataset / n).stat().st_size for n in SOURCES)
+    assert report["bytes_after"] > 0 and report["bytes_before"] == sum((dataset / n).stat().st_size for n in SOURCES)
 
 
 def test_corrupt_source_reported_in_manifest(dataset: Path, prepared) -> None:
-    out, report, _ = prepared
+    out, _, _ = prepared
     videos, rejected = read_manifest(out / "manifest.json")
     assert [Path(r.path) for r in rejected] == [dataset / "Wave" / "broken.avi"]
     assert "not a readable video container" in rejected[0].reason
@@ -107,8 +113,26 @@ def test_resume_skips_finished_and_redoes_half_written(dataset: Path, tmp_path: 
 def test_manifest_accepted_by_sample_and_split_files_resolve(prepared, tmp_path: Path) -> None:
     out, _, _ = prepared
     npz = tmp_path / "s.npz"
-    assert cli.main(["sample", "--videos", str(out / "manifest.json"), "--num", "4", "--batch-size", "4",
-                     "--device", "cpu", "--backend", "pyav", "--out", str(npz)]) == 0
+    assert (
+        cli.main(
+            [
+                "sample",
+                "--videos",
+                str(out / "manifest.json"),
+                "--num",
+                "4",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--backend",
+                "pyav",
+                "--out",
+                str(npz),
+            ]
+        )
+        == 0
+    )
     assert npz.is_file()
     lists = tmp_path / "ucfTrainTestlist"
     lists.mkdir()
@@ -116,13 +140,17 @@ def test_manifest_accepted_by_sample_and_split_files_resolve(prepared, tmp_path:
     (lists / "trainlist01.txt").write_text("SoccerJuggling/v_SoccerJuggling_g23_c01.avi 1\nWave/carphone.mp4 2\n")
     listing = read_split(SplitConfig(format="ucf101", videos=str(out), annotations=str(lists), subset="train"))
     assert [p.relative_to(out).as_posix() for p, _ in listing.entries] == [
-        "SoccerJuggling/v_SoccerJuggling_g23_c01.mp4", "Wave/carphone.mp4"]
+        "SoccerJuggling/v_SoccerJuggling_g23_c01.mp4",
+        "Wave/carphone.mp4",
+    ]
     assert not listing.missing
 
 
 def test_cli_reports_size_and_time(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
-    assert cli.main(["prepare", str(dataset / "SoccerJuggling"), "--out", str(out), "--gop", "4", "--workers", "1"]) == 0
+    assert (
+        cli.main(["prepare", str(dataset / "SoccerJuggling"), "--out", str(out), "--gop", "4", "--workers", "1"]) == 0
+    )
     text = capsys.readouterr().out
     assert "1 encoded, 0 already done, 0 rejected in" in text and "MiB ->" in text
     assert json.loads((out / "prepare.json").read_text())["gop"] == 4

@@ -1,4 +1,5 @@
 """Pretraining end to end on CPU: exact resume, the CLI, TensorBoard output, and that CtP learning works."""
+
 import json
 import os
 import signal
@@ -78,8 +79,14 @@ def test_run_outputs(uninterrupted):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == {
-        "loss/total", "loss/centre", "loss/size", "lr", "throughput/clips_per_s", "throughput/data_wait",
-        "eval/miou", "eval/baseline_miou",
+        "loss/total",
+        "loss/centre",
+        "loss/size",
+        "lr",
+        "throughput/clips_per_s",
+        "throughput/data_wait",
+        "eval/miou",
+        "eval/baseline_miou",
     }
     assert [e.step for e in events.Scalars("loss/total")] == [2, 3, 4, 6]  # every 2 steps and at epoch ends
     assert events.Tags()["images"] == ["eval/boxes"]
@@ -116,8 +123,19 @@ def test_sigterm_requests_a_stop():
 def test_track_eval_cli_writes_json(demo_dir, tmp_path, uninterrupted, capsys):
     run_dir, _ = uninterrupted
     out = tmp_path / "track.json"
-    args = ["track-eval", "--checkpoint", str(run_dir), "--videos", str(demo_dir),
-            "--clips", "6", "--batch-size", "4", "--json", str(out)]
+    args = [
+        "track-eval",
+        "--checkpoint",
+        str(run_dir),
+        "--videos",
+        str(demo_dir),
+        "--clips",
+        "6",
+        "--batch-size",
+        "4",
+        "--json",
+        str(out),
+    ]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"miou", "baseline_miou", "clips"} and result["clips"] == 6

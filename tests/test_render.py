@@ -1,4 +1,5 @@
 """Pixel correctness of rescale/crop/flip, compositing and colour (docs/spec.md)."""
+
 from __future__ import annotations
 
 import cv2
@@ -31,10 +32,18 @@ def identity_clip() -> ClipPlan:
     return ClipPlan(np.arange(T), (S, S), (0, 0), False)
 
 
-def one_patch_plan(boxes: np.ndarray, visible: np.ndarray, source: int, shape: int = RECTANGLE,
-                   soft: float = 0.5, opacity: float = 1.0) -> SamplePlan:
-    patches = PatchPlan(boxes[None], visible[None], np.array([source]), np.array([shape]), np.array([soft]),
-                        np.full((1, T), opacity), np.array([0]))
+def one_patch_plan(
+    boxes: np.ndarray, visible: np.ndarray, source: int, shape: int = RECTANGLE, soft: float = 0.5, opacity: float = 1.0
+) -> SamplePlan:
+    patches = PatchPlan(
+        boxes[None],
+        visible[None],
+        np.array([source]),
+        np.array([shape]),
+        np.array([soft]),
+        np.full((1, T), opacity),
+        np.array([0]),
+    )
     return SamplePlan(SampleKey(0, 0, 0), 0, 0, identity_clip(), patches, neutral_colour())
 
 

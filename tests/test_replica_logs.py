@@ -1,4 +1,5 @@
 """Replica log lines keep their subject: which replica, why, and how long the client waits before giving up."""
+
 import logging
 import socket
 
@@ -36,14 +37,35 @@ def test_serve_on_free_ports_prints_where_it_listens(demo_dir):
 
     from service_helpers import REPO, TINY
 
-    args = [sys.executable, "-m", "datagen.cli", "serve", str(demo_dir), "--host", "127.0.0.1", "--port", "0",
-            "--metrics-port", "0", *[a for item in TINY for a in ("--set", item)]]
-    process = subprocess.Popen(args, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "datagen.cli",
+        "serve",
+        str(demo_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        *[a for item in TINY for a in ("--set", item)],
+    ]
+    process = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
-        assert re.fullmatch(r"ctp-datagen serve: listening on 127\.0\.0\.1:(\d+) \(gRPC\), "
-                            r"metrics on http://127\.0\.0\.1:(\d+)/metrics\n", line), line
+        assert re.fullmatch(
+            r"ctp-datagen serve: listening on 127\.0\.0\.1:(\d+) \(gRPC\), "
+            r"metrics on http://127\.0\.0\.1:(\d+)/metrics\n",
+            line,
+        ), line
         assert "50051" not in line.split(" (gRPC)")[0]  # a free port, not the default
     finally:
         process.send_signal(signal.SIGTERM)

@@ -1,4 +1,5 @@
 """The vectorised Philox streams are the per-sample streams, bit for bit."""
+
 from __future__ import annotations
 
 import numpy as np

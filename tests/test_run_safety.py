@@ -1,4 +1,5 @@
 """A run never clobbers another, and Ctrl-C saves: refused folders, --overwrite, SIGINT in a real process."""
+
 import os
 import signal
 import subprocess
@@ -6,15 +7,21 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from trainer.checkpoint import list_checkpoints
 from trainer.cli import main
 from trainer.metrics import read_records
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["data.batch_size=4", "data.clips_per_video=2", "optim.epochs=2", "optim.milestones=[1]", "eval.clips=4",
-       "run.checkpoint_every=2", "run.log_every=1", "run.progress=false"]
+RUN = [
+    "data.batch_size=4",
+    "data.clips_per_video=2",
+    "optim.epochs=2",
+    "optim.milestones=[1]",
+    "eval.clips=4",
+    "run.checkpoint_every=2",
+    "run.log_every=1",
+    "run.progress=false",
+]
 
 
 def pretrain_args(demo_dir, out, *extra):
@@ -41,7 +48,7 @@ def test_a_new_run_refuses_a_folder_holding_another_and_overwrite_clears_it(demo
 def test_resume_auto_into_a_folder_without_checkpoints_starts_clean(demo_dir, tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 999.0}\n')  # a run that died before checkpointing
     assert main(pretrain_args(demo_dir, tmp_path, "run.stop_at_step=2", "--resume", "auto")) == 0
-    assert [r["loss"] for r in read_records(tmp_path) if "loss" in r][0] != 999.0
+    assert next(r["loss"] for r in read_records(tmp_path) if "loss" in r) != 999.0
 
 
 def _wait_for(predicate, process, timeout=120.0):
@@ -54,8 +61,14 @@ def _wait_for(predicate, process, timeout=120.0):
 
 def _start(args, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "trainer.cli", *args], env=env, cwd=tmp_path, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainer.cli", *args],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
 def _logged_step(run_dir: Path) -> int:

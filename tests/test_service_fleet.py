@@ -3,6 +3,7 @@
 Every test checks the exactly-once contract (each index of the slice once, in slice order) and compares
 the batches with what the in-process generator makes for the same keys, whatever happened to the fleet.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,16 @@ from datagen.rng import SampleKey
 from datagen.service import cli
 from datagen.service.registry import Registry
 from protos import datagen_pb2 as pb
-from tests.service_helpers import (REPO, RedisServer, ReplicaProcess, make_videos, metric_value, redis_binary, tiny_config,
-                                   wait_until)
+from tests.service_helpers import (
+    REPO,
+    RedisServer,
+    ReplicaProcess,
+    make_videos,
+    metric_value,
+    redis_binary,
+    tiny_config,
+    wait_until,
+)
 from trainer.client import ReplicaClient
 from trainer.remote import RemoteSource
 
@@ -70,11 +79,21 @@ def fleet(tmp_path: Path):
 
 def source(config, **kwargs) -> RemoteSource:
     """The trainer's client; a short lookahead keeps most of the slice unasked when a test disturbs the fleet."""
-    defaults = dict(lookahead_batches=3, config=config, namespace=NS, refresh_interval=0.2, stall_timeout=120, connect_timeout=10, wait_for_replicas=120)
+    defaults = dict(
+        lookahead_batches=3,
+        config=config,
+        namespace=NS,
+        refresh_interval=0.2,
+        stall_timeout=120,
+        connect_timeout=10,
+        wait_for_replicas=120,
+    )
     return RemoteSource(**{**defaults, **kwargs})
 
 
-def in_process(videos, config, epoch: int, indices: list[int], batch_size: int, bad: tuple[str, ...] = ()) -> list[Batch]:
+def in_process(
+    videos, config, epoch: int, indices: list[int], batch_size: int, bad: tuple[str, ...] = ()
+) -> list[Batch]:
     """`videos`: paths, or VideoInfo probed earlier."""
     generator = Generator(videos if not isinstance(videos[0], Path) else resolve_videos(videos), config)
     for path in bad:
@@ -92,7 +111,9 @@ def assert_exactly_once_and_equal(got: list[Batch], expected: list[Batch], indic
             assert torch.equal(getattr(g, name), getattr(e, name)), name
 
 
-def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(redis_server, fleet, videos, config, capsys):
+def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(
+    redis_server, fleet, videos, config, capsys
+):
     replicas = fleet.start(2, videos, redis_url=redis_server.url, namespace=NS)
     epoch, batch_size = 3, 4
     epoch_indices = list(range(40))
@@ -107,7 +128,11 @@ def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(r
             assert src.stats["shm_batches"] > 0 and src.stats["inline_batches"] == 0  # same host: shared memory
         assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
     batches = len(epoch_indices) // batch_size
-    names = ["ctp_datagen_clips_total", 'ctp_datagen_requests_total{code="OK"}', 'ctp_datagen_batches_total{transport="shared_memory"}']
+    names = [
+        "ctp_datagen_clips_total",
+        'ctp_datagen_requests_total{code="OK"}',
+        'ctp_datagen_batches_total{transport="shared_memory"}',
+    ]
     names += [f'ctp_datagen_stage_seconds_count{{stage="{stage}"}}' for stage in ("queue_wait", "generate", "send")]
 
     def totals() -> list[float]:
@@ -116,7 +141,11 @@ def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(r
 
     # "send" is observed once gRPC has taken a stream's last message, a moment after the client has it
     expected = [len(epoch_indices), requests] + [batches] * 4  # every stream completed, none cancelled
-    wait_until(lambda: totals() == expected, 30, f"metrics of {len(epoch_indices)} clips, {requests} requests, {batches} batches")
+    wait_until(
+        lambda: totals() == expected,
+        30,
+        f"metrics of {len(epoch_indices)} clips, {requests} requests, {batches} batches",
+    )
 
     cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=True))
     status = json.loads(capsys.readouterr().out)
@@ -144,7 +173,9 @@ def test_stalled_replica_has_its_work_asked_of_others(fleet, videos, config):
     replicas = fleet.start(2, videos)
     epoch, batch_size, indices = 1, 2, list(range(24))
     got = []
-    with source(config, addresses=[r.address for r in replicas], window=1, request_batches=1, stall_timeout=3, connect_timeout=2) as src:
+    with source(
+        config, addresses=[r.address for r in replicas], window=1, request_batches=1, stall_timeout=3, connect_timeout=2
+    ) as src:
         try:
             for batch in src.stream(SEED, epoch, indices, batch_size):
                 got.append(batch)
@@ -167,8 +198,11 @@ def test_redis_outage_mid_epoch_streams_on_and_replicas_re_register(redis_server
             if len(got) == 2:
                 redis_server.stop()
                 for r in replicas:
-                    wait_until(lambda: "redis unreachable; serving on, will re-register" in [e["event"] for e in r.events()],
-                               60, "the replicas to notice the outage")
+                    wait_until(
+                        lambda: "redis unreachable; serving on, will re-register" in [e["event"] for e in r.events()],
+                        60,
+                        "the replicas to notice the outage",
+                    )
                 requests["outage"] = src.stats["requests"]
             if len(got) == 8:  # six batches streamed with Redis down
                 requests["restart"] = src.stats["requests"]
@@ -214,8 +248,14 @@ def test_sigterm_drains_in_flight_streams_and_deregisters(redis_server, fleet, v
     wait_until(lambda: registry.replicas(), 30, "the replica to register")
     client = ReplicaClient(replica.address)
     info = client.describe(timeout=30)
-    request = pb.GenerateRequest(config_digest=info.config_digest, videos_digest=info.videos_digest, seed=SEED, epoch=5,
-                                 indices=list(range(12)), batch_size=1)
+    request = pb.GenerateRequest(
+        config_digest=info.config_digest,
+        videos_digest=info.videos_digest,
+        seed=SEED,
+        epoch=5,
+        indices=list(range(12)),
+        batch_size=1,
+    )
     received = []
     for item in client.generate(request, stream_id=1):
         received.append(item)
@@ -228,7 +268,9 @@ def test_sigterm_drains_in_flight_streams_and_deregisters(redis_server, fleet, v
     client.close()
 
 
-def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministically(redis_server, fleet, tmp_path, videos, config, capsys):
+def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministically(
+    redis_server, fleet, tmp_path, videos, config, capsys
+):
     own = tmp_path / "videos"
     own.mkdir()
     for v in videos:
@@ -248,15 +290,39 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
     registry = Registry(redis_server.url, NS)
     wait_until(lambda: str(broken) in registry.quarantined(), 30, "the quarantine to be published")
     for r in replicas:  # each replica found it or adopted it from Redis
-        wait_until(lambda: any(str(broken) in e["event"] and "quarantined" in e["event"] for e in r.events()), 30,
-                   f"replica {r.replica_id} to quarantine {broken.name}")
+        wait_until(
+            lambda: any(str(broken) in e["event"] and "quarantined" in e["event"] for e in r.events()),
+            30,
+            f"replica {r.replica_id} to quarantine {broken.name}",
+        )
     cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=False))
     assert str(broken) in capsys.readouterr().out
 
     out = tmp_path / "pull.json"
-    done = subprocess.run([sys.executable, "-m", "datagen.cli", "pull", "--epoch", "7", "--num-samples", "12", "--batch-size", "4",
-                           "--redis", redis_server.url, "--namespace", NS, "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "datagen.cli",
+            "pull",
+            "--epoch",
+            "7",
+            "--num-samples",
+            "12",
+            "--batch-size",
+            "4",
+            "--redis",
+            redis_server.url,
+            "--namespace",
+            NS,
+            "--json",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     result = json.loads(out.read_text())
     assert (result["unique"], result["missing"], result["duplicates_dropped"], result["received"]) == (12, 0, 0, 12)

@@ -1,4 +1,5 @@
 """The wire contract: the committed generated code is what the .proto generates today."""
+
 from __future__ import annotations
 
 from pathlib import Path

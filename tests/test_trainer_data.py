@@ -1,4 +1,5 @@
 """The data cursor and the in-process sample source."""
+
 import threading
 
 import pytest
@@ -79,8 +80,12 @@ def test_held_out_clips_are_disjoint_from_training_keys(generator):
 
 def test_batches_moved_to_a_device_keep_their_keys_on_the_host():
     """The trainer reads every step's keys (the cursor): on a GPU, keys there would cost a device sync a step."""
-    batch = Batch(torch.zeros(2, 4, 8, 8, 3, dtype=torch.uint8), torch.zeros(2, 1, 4, 4),
-                  torch.ones(2, 1, 4, dtype=torch.bool), torch.tensor([[1, 0, 5], [1, 0, 6]]))
+    batch = Batch(
+        torch.zeros(2, 4, 8, 8, 3, dtype=torch.uint8),
+        torch.zeros(2, 1, 4, 4),
+        torch.ones(2, 1, 4, dtype=torch.bool),
+        torch.tensor([[1, 0, 5], [1, 0, 6]]),
+    )
     moved = batch.to("meta")  # a device other than the host's, on any machine
     assert {t.device.type for t in (moved.clips, moved.boxes, moved.visible)} == {"meta"}
     assert moved.keys.device.type == "cpu" and torch.equal(moved.keys, batch.keys)

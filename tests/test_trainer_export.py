@@ -1,4 +1,5 @@
 """`ctp-train export`: the encoder of a pretraining checkpoint, loadable by torchvision's own constructors."""
+
 import pytest
 import torch
 from torchvision.models import video as tv_video
@@ -40,7 +41,9 @@ def test_exported_encoder_loads_strictly_into_torchvision(tmp_path, name, capsys
     clip = torch.randn(1, 3, 16, 112, 112)
     set_stage4_spatial_stride(network.encoder, 2)
     with torch.no_grad():
-        torch.testing.assert_close(model.eval()(clip), network.encoder.eval()(clip).mean(dim=(2, 3, 4)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            model.eval()(clip), network.encoder.eval()(clip).mean(dim=(2, 3, 4)), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_export_of_the_tiny_encoder_is_refused_clearly(tmp_path, capsys):

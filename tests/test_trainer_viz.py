@@ -1,4 +1,5 @@
 """The predicted-vs-true boxes image: evenly spaced frames, true boxes green, predicted red."""
+
 import torch
 
 from trainer.viz import boxes_image

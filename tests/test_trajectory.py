@@ -1,4 +1,5 @@
 """Statistics of generated trajectories and patch plans over thousands of samples (docs/spec.md)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,7 +24,10 @@ class _One:
     def __init__(self, batch, i):
         self.boxes, self.centres, self.sizes = batch.boxes[i, 0], batch.centres[i, 0], batch.sizes[i, 0]
         self.first_size = tuple(batch.first_size[i, 0])
-        self.centre_keyframes, self.size_keyframes = np.unique(batch.centre_keyframes[i, 0]), np.unique(batch.size_keyframes[i, 0])
+        self.centre_keyframes, self.size_keyframes = (
+            np.unique(batch.centre_keyframes[i, 0]),
+            np.unique(batch.size_keyframes[i, 0]),
+        )
 
 
 def draw(cfg: TrajectoryConfig, clips: int, seed: int):
@@ -77,7 +81,9 @@ def test_first_box_comes_from_the_anchor_set(trajectories):
     for t in trajectories:
         aw, ah = t.first_size
         matches = [
-            i for i, s in enumerate(CFG.anchor_scales) for r in CFG.aspect_ratios
+            i
+            for i, s in enumerate(CFG.anchor_scales)
+            for r in CFG.aspect_ratios
             if 1 / jitter <= aw / (s * math.sqrt(r)) <= jitter and 1 / jitter <= ah / (s / math.sqrt(r)) <= jitter
         ]
         assert matches, f"first size {aw:.1f}×{ah:.1f} is not a jittered anchor"
@@ -89,7 +95,10 @@ def test_first_box_comes_from_the_anchor_set(trajectories):
 
 
 def test_inner_keyframe_counts(trajectories):
-    counts = np.bincount([len(t.centre_keyframes) - 2 for t in trajectories] + [len(t.size_keyframes) - 2 for t in trajectories], minlength=3)
+    counts = np.bincount(
+        [len(t.centre_keyframes) - 2 for t in trajectories] + [len(t.size_keyframes) - 2 for t in trajectories],
+        minlength=3,
+    )
     n = counts.sum()
     for c, p in zip(counts, CFG.inner_keyframe_probs):
         assert binomial_ok(int(c), int(n), p), (counts, CFG.inner_keyframe_probs)

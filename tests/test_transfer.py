@@ -1,5 +1,6 @@
 """The transfer experiment's pipeline (bench/transfer.py --quick): disjoint source material, fine-tuning that
 starts from the pretrained encoder (or, for scratch, from the seed's fresh init), and the report's shape."""
+
 from __future__ import annotations
 
 import json
@@ -20,7 +21,9 @@ from trainer.models import build_encoder
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("transfer")
-    transfer.main(["--quick", "--work", str(work), "--out", str(work / "transfer.json"), "--image", str(work / "t.png")])
+    transfer.main(
+        ["--quick", "--work", str(work), "--out", str(work / "transfer.json"), "--image", str(work / "t.png")]
+    )
     return work, json.loads((work / "transfer.json").read_text())
 
 
@@ -47,7 +50,7 @@ def test_splits_share_no_source_material(quick):
         info = probe(work / "videos" / v["path"])
         first.setdefault(v["split"], []).append(PyAVDecoder().decode(info, np.arange(1))[0].astype(np.int16))
     for i, a in enumerate(transfer.SPLITS):
-        for b in transfer.SPLITS[i + 1:]:
+        for b in transfer.SPLITS[i + 1 :]:
             assert min(np.abs(x - y).mean() for x in first[a] for y in first[b]) > 10
     # the labelled splits are balanced class folders; the pool has no labels
     for split in ("train", "val", "test"):
@@ -63,20 +66,30 @@ def test_finetuning_starts_from_the_pretrained_encoder(quick):
     fresh = _conv_weights(build_encoder("tiny", pretraining=False).state_dict())
     for arm in ("ctp_full", "ctp_simple"):
         pretrained = _conv_weights(encoder_state_dict(read_state(latest_checkpoint(work / "pretrain" / arm))))
-        tuned = _conv_weights({k[len("encoder."):]: v for k, v in
-                               read_state(work / "finetune" / arm / "1" / "seed0" / "finetuned.pt")["model"].items()
-                               if k.startswith("encoder.")})
+        tuned = _conv_weights(
+            {
+                k[len("encoder.") :]: v
+                for k, v in read_state(work / "finetune" / arm / "1" / "seed0" / "finetuned.pt")["model"].items()
+                if k.startswith("encoder.")
+            }
+        )
         assert _distance(tuned, pretrained) < 0.05 * _distance(tuned, fresh), arm
-    tuned = _conv_weights({k[len("encoder."):]: v for k, v in
-                           read_state(work / "finetune" / "scratch" / "1" / "seed0" / "finetuned.pt")["model"].items()
-                           if k.startswith("encoder.")})
+    tuned = _conv_weights(
+        {
+            k[len("encoder.") :]: v
+            for k, v in read_state(work / "finetune" / "scratch" / "1" / "seed0" / "finetuned.pt")["model"].items()
+            if k.startswith("encoder.")
+        }
+    )
     assert _distance(tuned, fresh) < 0.05 * _distance(tuned, pretrained)
 
 
 def test_the_two_pretraining_arms_play_different_games(quick):
     work, _ = quick
-    full, simple = (read_state(latest_checkpoint(work / "pretrain" / arm))["config"]["data"]["generation"]
-                    for arm in ("ctp_full", "ctp_simple"))
+    full, simple = (
+        read_state(latest_checkpoint(work / "pretrain" / arm))["config"]["data"]["generation"]
+        for arm in ("ctp_full", "ctp_simple")
+    )
     assert full["clip"] == simple["clip"]  # the same 64 px geometry
     assert full["patch"]["invisible_prob"] == 0.2 and simple["patch"]["invisible_prob"] == 0.0
     assert full["trajectory"]["inner_keyframe_probs"] == [0.5, 0.3, 0.2] and full["colour"]["brightness_prob"] == 0.5
@@ -95,9 +108,12 @@ def test_report_lists_every_arm_fraction_and_seed(quick):
 
 
 def test_summary_and_verdict_are_hand_checkable():
-    results = {"scratch": {"0.05": {"0": 0.2, "1": 0.3, "2": 0.4}}, "ctp_full": {"0.05": {"0": 0.6, "1": 0.6, "2": 0.6}}}
+    results = {
+        "scratch": {"0.05": {"0": 0.2, "1": 0.3, "2": 0.4}},
+        "ctp_full": {"0.05": {"0": 0.6, "1": 0.6, "2": 0.6}},
+    }
     summary = transfer.summarise(results)
     assert summary["scratch"]["0.05"]["mean"] == pytest.approx(0.3)
     assert summary["scratch"]["0.05"]["sd"] == pytest.approx(0.1)  # sample sd
     v = transfer.verdict(summary, "0.05")["ctp_full"]
-    assert v["gap"] == pytest.approx(0.3) and v["pooled_sd"] == pytest.approx(0.1 / 2 ** 0.5) and v["above_two_sd"]
+    assert v["gap"] == pytest.approx(0.3) and v["pooled_sd"] == pytest.approx(0.1 / 2**0.5) and v["above_two_sd"]

@@ -1,4 +1,5 @@
 """Checkpoints written atomically (temp file, fsync, rename), so a crash never leaves a torn file behind."""
+
 from __future__ import annotations
 
 import os

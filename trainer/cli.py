@@ -1,4 +1,5 @@
 """`ctp-train`: pretraining, tracking evaluation, encoder export and the downstream protocols."""
+
 from __future__ import annotations
 
 import argparse
@@ -14,12 +15,18 @@ COMMANDS = {
     "pretrain": ("trainer.pretrain", "CtP self-supervised pretraining of a video encoder"),
     "track-eval": ("trainer.track_eval", "tracking mIoU of a pretrained checkpoint on generated clips"),
     "export": ("trainer.export", "write a checkpoint's encoder as a torchvision state dict"),
-    "finetune": ("trainer.downstream.finetune",
-                 "fine-tune an encoder for action recognition (UCF-101, HMDB-51, Kinetics, class folders)"),
-    "eval": ("trainer.downstream.evaluate",
-             "10-clip video-level top-1/top-5 of a fine-tuned checkpoint, per-class accuracy, confusion matrix"),
-    "retrieve": ("trainer.downstream.retrieve",
-                 "VCOP video retrieval: top-k of data.test queries against the data.train gallery"),
+    "finetune": (
+        "trainer.downstream.finetune",
+        "fine-tune an encoder for action recognition (UCF-101, HMDB-51, Kinetics, class folders)",
+    ),
+    "eval": (
+        "trainer.downstream.evaluate",
+        "10-clip video-level top-1/top-5 of a fine-tuned checkpoint, per-class accuracy, confusion matrix",
+    ),
+    "retrieve": (
+        "trainer.downstream.retrieve",
+        "VCOP video retrieval: top-k of data.test queries against the data.train gallery",
+    ),
 }
 
 
@@ -71,8 +78,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _interrupted(command: str) -> int:
-    print(f"ctp-train {command}: interrupted; the newest checkpoint in run.out_dir is intact (--resume auto)",
-          file=sys.stderr)
+    print(
+        f"ctp-train {command}: interrupted; the newest checkpoint in run.out_dir is intact (--resume auto)",
+        file=sys.stderr,
+    )
     return 130
 
 

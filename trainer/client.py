@@ -3,10 +3,11 @@
 The scheduling across replicas (discovery, windows, retries, exactly-once) is `trainer.remote.RemoteSource`;
 this module only speaks the wire contract with a single replica.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -41,7 +42,9 @@ class GenerateStream:
 
 
 class ReplicaClient:
-    def __init__(self, address: str, token: str | None = None, tls: TlsFiles = TlsFiles(), server_name: str | None = None):
+    def __init__(
+        self, address: str, token: str | None = None, tls: TlsFiles = TlsFiles(), server_name: str | None = None
+    ):
         self.address = address
         self._metadata = token_metadata(token)
         options = [
@@ -52,8 +55,11 @@ class ReplicaClient:
         ]
         if server_name:
             options.append(("grpc.ssl_target_name_override", server_name))
-        self._channel = (grpc.secure_channel(address, tls.channel_credentials(), options) if tls
-                         else grpc.insecure_channel(address, options))
+        self._channel = (
+            grpc.secure_channel(address, tls.channel_credentials(), options)
+            if tls
+            else grpc.insecure_channel(address, options)
+        )
         self._stub = pb_grpc.DataGenStub(self._channel)
         self.ring: ShmRing | None = None
 

@@ -1,4 +1,5 @@
 """Typed pretraining configuration: YAML presets (trainer/configs/) plus `a.b=c` command-line overrides."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -111,7 +112,10 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.data.clips_per_video >= 1, f"data.clips_per_video must be >= 1, got {cfg.data.clips_per_video}"),
         (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
         (cfg.optim.name in ("sgd", "adamw"), f"optim.name must be sgd or adamw, got {cfg.optim.name!r}"),
-        (cfg.run.precision in ("auto", "fp32", "bf16"), f"run.precision must be auto, fp32 or bf16, got {cfg.run.precision!r}"),
+        (
+            cfg.run.precision in ("auto", "fp32", "bf16"),
+            f"run.precision must be auto, fp32 or bf16, got {cfg.run.precision!r}",
+        ),
         (cfg.eval.clips >= 1, f"eval.clips must be >= 1, got {cfg.eval.clips}"),
     ]
     errors = [message for ok, message in checks if not ok]

@@ -4,6 +4,7 @@ A set, not a count, because remote replicas deliver batches in any order; stored
 ranges, which stay tiny for in-order consumption and exact for any order. A resumed run streams exactly
 the remaining indices (and a distributed run may reshard them over a different number of ranks).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable
@@ -38,7 +39,7 @@ class EpochCursor:
         return {"epoch": self.epoch, "size": self.size, "ranges": edges.reshape(-1, 2).tolist()}
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> "EpochCursor":
+    def from_state_dict(cls, state: dict[str, Any]) -> EpochCursor:
         left = np.zeros(state["size"], dtype=bool)
         for start, stop in state["ranges"]:
             left[start:stop] = True

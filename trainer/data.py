@@ -1,5 +1,6 @@
 """Where training batches come from: the sample-source protocol, the in-process generator source, and the
 choice between it and the datagen replicas (`trainer.remote.RemoteSource`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -122,11 +123,15 @@ def replica_settings(service: ServiceConfig) -> dict[str, Any] | None:
     redis_url = service.redis_url or os.environ.get(REDIS_ENV) or None
     if not service.addresses and not redis_url:
         return None
-    return dict(addresses=tuple(service.addresses), redis_url=redis_url,
-                namespace=service.namespace or os.environ.get(NAMESPACE_ENV) or "ctp",
-                token=resolve_token(token_file=service.token_file),
-                tls=TlsFiles(cert=service.tls_cert, key=service.tls_key, ca=service.tls_ca),
-                server_name=service.server_name, shared_memory=service.shared_memory)
+    return dict(
+        addresses=tuple(service.addresses),
+        redis_url=redis_url,
+        namespace=service.namespace or os.environ.get(NAMESPACE_ENV) or "ctp",
+        token=resolve_token(token_file=service.token_file),
+        tls=TlsFiles(cert=service.tls_cert, key=service.tls_key, ca=service.tls_ca),
+        server_name=service.server_name,
+        shared_memory=service.shared_memory,
+    )
 
 
 @contextlib.contextmanager
@@ -138,8 +143,14 @@ def open_source(cfg: TrainConfig, generator: Generator) -> Iterator[SampleSource
     if settings is None:
         yield InProcessSource(generator, cfg.run.prefetch)
         return
-    where = [*settings["addresses"], *([f"Redis {redact(settings['redis_url'])} namespace {settings['namespace']!r}"]
-                                       if settings["redis_url"] else [])]
+    where = [
+        *settings["addresses"],
+        *(
+            [f"Redis {redact(settings['redis_url'])} namespace {settings['namespace']!r}"]
+            if settings["redis_url"]
+            else []
+        ),
+    ]
     log.info("samples from datagen replicas: %s", ", ".join(where))
     digest = videos_digest([(v.path, v.num_frames) for v in generator.videos])
     with RemoteSource(**settings, config=cfg.data.generation, videos_digest=digest) as source:

@@ -3,6 +3,7 @@ and BatchNorm synchronised across ranks, also on CPU (gloo).
 
 Without torchrun (no WORLD_SIZE) everything degrades to one process and no process group is created.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,13 @@ class Ranks:
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "Ranks":
+    def from_env(cls) -> Ranks:
         """This process's place in a torchrun job (RANK, WORLD_SIZE, LOCAL_RANK), or the only rank without one."""
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
 
     @property
     def is_main(self) -> bool:
@@ -87,8 +92,11 @@ def process_group(requested_device: str = "auto", timeout_minutes: int = 30) -> 
     device = torch.device(ranks.device(requested_device))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes),
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        timeout=datetime.timedelta(minutes=timeout_minutes),
+        device_id=device if device.type == "cuda" else None,
+    )
     try:
         yield ranks
         dist.barrier()  # no rank tears down while a peer is still talking: gloo aborts a process whose peer left

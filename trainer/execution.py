@@ -1,4 +1,5 @@
 """Where and how the network runs: device, autocast precision and memory layout, with CUDA-aware defaults."""
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,7 @@ class Execution:
     channels_last: bool  # channels_last_3d activations (cuDNN's fast path for 3D convs in bf16)
 
     @classmethod
-    def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> "Execution":
+    def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Execution:
         """`auto` means CUDA with bf16 + channels_last_3d when a GPU is present, else CPU fp32."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -39,7 +40,7 @@ class Execution:
         return cls(dev, bf16, on_cuda if channels_last is None else channels_last)
 
     @classmethod
-    def for_rank(cls, ranks: Ranks, run: RunSettings) -> "Execution":
+    def for_rank(cls, ranks: Ranks, run: RunSettings) -> Execution:
         """A config's `run` settings on this rank's device (under torchrun, its local GPU)."""
         return cls.resolve(ranks.device(run.device), run.precision, run.channels_last)
 

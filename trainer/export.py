@@ -8,6 +8,7 @@ The file holds the encoder only, without `fc` (pretraining has no classifier). L
 
 Strides are not weights: the standard constructor runs the same tensors with stage-4 spatial stride 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ ENCODER_PREFIX = "encoder."
 
 def encoder_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     """The encoder's tensors from a pretraining checkpoint, under torchvision's key names."""
-    return {k[len(ENCODER_PREFIX):]: v for k, v in checkpoint["model"].items() if k.startswith(ENCODER_PREFIX)}
+    return {k[len(ENCODER_PREFIX) :]: v for k, v in checkpoint["model"].items() if k.startswith(ENCODER_PREFIX)}
 
 
 def export_encoder(checkpoint_file: str | Path, out: str | Path) -> tuple[Path, bool]:
@@ -44,8 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "torchvision.models.video.r3d_18() / r2plus1d_18() after setting `model.fc = torch.nn.Identity()` "
         "(the file has no fc weights).",
     )
-    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (ckpt-*.pt), a fine-tuned one (finetuned.pt: exports its fine-tuned encoder) "
-                   "or a run folder (its newest checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a pretraining checkpoint (ckpt-*.pt), a fine-tuned one (finetuned.pt: exports its fine-tuned encoder) "
+        "or a run folder (its newest checkpoint)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output file, e.g. r3d18_ctp.pth")
     p.set_defaults(func=run)
 

@@ -1,4 +1,5 @@
 """The CtP prediction head: from clip features and each trajectory's frame-0 box to T·4 box targets."""
+
 from __future__ import annotations
 
 import torch
@@ -50,8 +51,16 @@ class CtPHead(nn.Module):
         steps and sample index 257 becomes 256, pooling another sample's features. The features are cast up
         for the pooling only (B×C×h×w, small); the MLP after it runs in the autocast dtype again."""
         b, k = queries.shape[:2]
-        batch_index = torch.arange(b, device=queries.device, dtype=torch.float32).view(b, 1).expand(b, k).reshape(b * k, 1)
+        batch_index = (
+            torch.arange(b, device=queries.device, dtype=torch.float32).view(b, 1).expand(b, k).reshape(b * k, 1)
+        )
         rois = torch.cat([batch_index, queries.reshape(b * k, 4).float()], dim=1)
         with torch.autocast(features.device.type, enabled=False):
-            return roi_align(features.float(), rois, output_size=self.pool_size, spatial_scale=self.spatial_scale,
-                             sampling_ratio=2, aligned=True)
+            return roi_align(
+                features.float(),
+                rois,
+                output_size=self.pool_size,
+                spatial_scale=self.spatial_scale,
+                sampling_ratio=2,
+                aligned=True,
+            )

@@ -1,4 +1,5 @@
 """Run metrics: one JSON line per step or evaluation (exact, machine-readable) and TensorBoard scalars/images."""
+
 from __future__ import annotations
 
 import json

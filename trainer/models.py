@@ -6,6 +6,7 @@ state dict has exactly torchvision's key names and loads into `r3d_18()` / `r2pl
 512×2×14×14); downstream use switches it back to 2 (512×2×7×7). Strides are not weights, so the same
 tensors serve both.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict

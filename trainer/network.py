@@ -1,4 +1,5 @@
 """The pretraining network: uint8 clips in, trajectory targets out (encoder + CtP head)."""
+
 from __future__ import annotations
 
 import functools
@@ -23,7 +24,7 @@ def normalise(clips: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mean_inv_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The normalisation constants on `device`, made once: a tensor built from a list every step is a
     blocking host-to-device copy on CUDA. Made outside inference mode, so that autograd may use them later."""

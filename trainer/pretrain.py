@@ -10,6 +10,7 @@ synchronised and each rank's loss is weighted by its share of the global batch, 
 global batch's. Before a checkpoint, rank 0 gathers what every rank consumed; the checkpoint thus holds the
 exact remaining set, which a resumed run splits over its own ranks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,24 @@ from datagen.batch import Batch
 from datagen.config import GenerationConfig, differences, to_dict, to_yaml
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
-from trainer.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint, prune_checkpoints,
-                                save_atomic)
+from trainer.checkpoint import (
+    checkpoint_path,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_atomic,
+)
 from trainer.config import TrainConfig, load_train_config, presets
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source
-from trainer.distributed import (Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group,
-                                 sync_batchnorm_layers)
+from trainer.distributed import (
+    Ranks,
+    convert_sync_batchnorm,
+    distributed_data_parallel,
+    process_group,
+    sync_batchnorm_layers,
+)
 from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.models import count_parameters
@@ -62,15 +74,19 @@ _RESUME_INVARIANTS = ("model", "data")
 class Trainer:
     def __init__(self, cfg: TrainConfig, execution: Execution, epoch_size: int, ranks: Ranks = Ranks()) -> None:
         if cfg.data.batch_size % ranks.world_size:
-            raise ValueError(f"data.batch_size={cfg.data.batch_size} is not a multiple of the {ranks.world_size} ranks: "
-                             "each rank trains data.batch_size / ranks clips per step")
+            raise ValueError(
+                f"data.batch_size={cfg.data.batch_size} is not a multiple of the {ranks.world_size} ranks: "
+                "each rank trains data.batch_size / ranks clips per step"
+            )
         self.cfg = cfg
         self.execution = execution
         self.ranks = ranks
         self.batch_size = cfg.data.batch_size // ranks.world_size  # this rank's clips per step
         torch.manual_seed(cfg.data.seed)
         network = CtPNetwork(cfg.model.encoder, cfg.data.generation.clip.num_frames, cfg.model.head_hidden)
-        self.network = execution.prepare(convert_sync_batchnorm(network, execution.device) if ranks.distributed else network)
+        self.network = execution.prepare(
+            convert_sync_batchnorm(network, execution.device) if ranks.distributed else network
+        )
         model: torch.nn.Module = self.network
         if ranks.distributed:  # synchronised BatchNorm keeps the buffers equal on every rank: no need to broadcast them
             model = distributed_data_parallel(model, execution.device, sync_buffers=False)
@@ -163,7 +179,9 @@ class Trainer:
 def build_optimizer(network: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optim.name == "adamw":
         return torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.optim.weight_decay)
-    return torch.optim.SGD(network.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
+    return torch.optim.SGD(
+        network.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+    )
 
 
 @dataclasses.dataclass
@@ -203,8 +221,14 @@ class StepReport:
 
     def flush(self, delivered: dict[str, int] | None) -> RankReport:
         """The window so far; starts a new one."""
-        report = RankReport(self.steps, torch.stack(self.losses).cpu().tolist(), self.indices,
-                            time.perf_counter() - self.started, self.wait, delivered)
+        report = RankReport(
+            self.steps,
+            torch.stack(self.losses).cpu().tolist(),
+            self.indices,
+            time.perf_counter() - self.started,
+            self.wait,
+            delivered,
+        )
         self._reset()
         return report
 
@@ -241,14 +265,21 @@ class Reporter:
     """What a run reports: every rank its own throughput in the log; rank 0 the per-step records, TensorBoard
     scalars, the progress bar, held-out tracking and, when the ranks wait on data, how to feed them."""
 
-    def __init__(self, trainer: Trainer, held_out: list[Batch], run_dir: Path, resumed: bool, source: SampleSource) -> None:
+    def __init__(
+        self, trainer: Trainer, held_out: list[Batch], run_dir: Path, resumed: bool, source: SampleSource
+    ) -> None:
         self.trainer = trainer
         self.held_out = held_out
         main = trainer.ranks.is_main
         self.metrics = MetricsLog(run_dir, resume_step=trainer.step if resumed else None) if main else None
         self.window = StepReport()
-        self.bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
-                        disable=not (show_bars(trainer.cfg.run.progress) and main))
+        self.bar = tqdm(
+            total=trainer.total_steps,
+            initial=trainer.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (show_bars(trainer.cfg.run.progress) and main),
+        )
         self.remote = source if isinstance(source, RemoteSource) else None
         self.last_eval: tuple[int, TrackingScore] | None = None
         self.starvation = StarvationMonitor()
@@ -265,16 +296,26 @@ class Reporter:
         mine = self.window.flush(dict(self.remote.delivered) if self.remote else None)
         w = mine.window
         if ranks.distributed:
-            log.info("rank %d/%d step %d: %.1f clips/s, %.0f%% of the time waiting for data", ranks.rank, ranks.world_size,
-                     self.trainer.step, w.clips_per_s, 100 * w.wait_share)
+            log.info(
+                "rank %d/%d step %d: %.1f clips/s, %.0f%% of the time waiting for data",
+                ranks.rank,
+                ranks.world_size,
+                self.trainer.step,
+                w.clips_per_s,
+                100 * w.wait_share,
+            )
         reports = ranks.gather(mine)
         if self.metrics is None:
             return
         rows, scalars = merge_reports(reports, self.trainer.cfg.run.log_indices)
         self.metrics.records(rows)
         self.metrics.scalars(self.trainer.step, scalars)
-        self.bar.set_postfix(loss=f"{scalars['loss/total']:.3f}", clips_s=f"{scalars['throughput/clips_per_s']:.1f}",
-                             data_wait=f"{scalars['throughput/data_wait']:.0%}", refresh=False)
+        self.bar.set_postfix(
+            loss=f"{scalars['loss/total']:.3f}",
+            clips_s=f"{scalars['throughput/clips_per_s']:.1f}",
+            data_wait=f"{scalars['throughput/data_wait']:.0%}",
+            refresh=False,
+        )
         if self.bar.disable:
             self._log_line(rows, scalars, mine.seconds)
         delivered = None
@@ -288,10 +329,20 @@ class Reporter:
         """The bar's content as one plain line (stderr is no terminal, or run.progress=false)."""
         trainer = self.trainer
         left = (trainer.total_steps - trainer.step) * seconds / len(rows)
-        log.info("step %d/%d epoch %d/%d: loss %.4f (centre %.4f, size %.4f), lr %.3g, %.1f clips/s, data wait %.0f%%, ETA %s",
-                 trainer.step, trainer.total_steps, rows[-1]["epoch"] + 1, trainer.cfg.optim.epochs, scalars["loss/total"],
-                 scalars["loss/centre"], scalars["loss/size"], scalars["lr"], scalars["throughput/clips_per_s"],
-                 100 * scalars["throughput/data_wait"], eta(left))
+        log.info(
+            "step %d/%d epoch %d/%d: loss %.4f (centre %.4f, size %.4f), lr %.3g, %.1f clips/s, data wait %.0f%%, ETA %s",
+            trainer.step,
+            trainer.total_steps,
+            rows[-1]["epoch"] + 1,
+            trainer.cfg.optim.epochs,
+            scalars["loss/total"],
+            scalars["loss/centre"],
+            scalars["loss/size"],
+            scalars["lr"],
+            scalars["throughput/clips_per_s"],
+            100 * scalars["throughput/data_wait"],
+            eta(left),
+        )
 
     def evaluate(self) -> TrackingScore | None:
         """Held-out tracking mIoU and the boxes image, once per step, on rank 0 (None elsewhere)."""
@@ -302,8 +353,13 @@ class Reporter:
             return self.last_eval[1]
         log.info("step %d: evaluating %d held-out clips…", step, sum(len(b) for b in self.held_out))
         score, predictions = evaluate(self.trainer.network, self.held_out, self.trainer.execution)
-        log.info("step %d: held-out tracking mIoU %.4f (first-box baseline %.4f, %d clips)", step, score.miou,
-                 score.baseline_miou, score.clips)
+        log.info(
+            "step %d: held-out tracking mIoU %.4f (first-box baseline %.4f, %d clips)",
+            step,
+            score.miou,
+            score.baseline_miou,
+            score.clips,
+        )
         self.metrics.scalars(step, {"eval/miou": score.miou, "eval/baseline_miou": score.baseline_miou})
         self.metrics.records([{"step": step, "miou": score.miou, "baseline_miou": score.baseline_miou}])
         first = self.held_out[0]
@@ -334,17 +390,35 @@ def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Rank
     videos = ranks.broadcast(resolve_videos(cfg.data.videos, min_frames=1) if ranks.is_main else None)
     generator = Generator(videos, cfg.data.generation, device=execution.device)
     trainer = Trainer(cfg, execution, generator.epoch_length * cfg.data.clips_per_video, ranks)
-    checkpoint = ranks.broadcast(_resume_from(resume, run_dir, overwrite) if ranks.is_main else None)  # rank 0's choice for all
+    checkpoint = ranks.broadcast(
+        _resume_from(resume, run_dir, overwrite) if ranks.is_main else None
+    )  # rank 0's choice for all
     if checkpoint is not None:
         trainer.load_state_dict(load_checkpoint(checkpoint))
         if ranks.is_main:
-            log.info("resumed from %s at step %d: epoch %d has %d of %d samples left, split over %d rank(s)", checkpoint,
-                     trainer.step, trainer.cursor.epoch, len(trainer.cursor), trainer.cursor.size, ranks.world_size)
+            log.info(
+                "resumed from %s at step %d: epoch %d has %d of %d samples left, split over %d rank(s)",
+                checkpoint,
+                trainer.step,
+                trainer.cursor.epoch,
+                len(trainer.cursor),
+                trainer.cursor.size,
+                ranks.world_size,
+            )
     if ranks.is_main:
-        log.info("pretraining %s (%.1fM parameters) on %s × %d rank(s): %d videos, %d steps per epoch of %d clips, "
-                 "%d epochs%s", cfg.model.encoder, count_parameters(trainer.network) / 1e6, execution.describe(),
-                 ranks.world_size, len(videos), trainer.steps_per_epoch, cfg.data.batch_size, cfg.optim.epochs,
-                 f", {sync_batchnorm_layers(trainer.model)} SyncBatchNorm layers" if ranks.distributed else "")
+        log.info(
+            "pretraining %s (%.1fM parameters) on %s × %d rank(s): %d videos, %d steps per epoch of %d clips, "
+            "%d epochs%s",
+            cfg.model.encoder,
+            count_parameters(trainer.network) / 1e6,
+            execution.describe(),
+            ranks.world_size,
+            len(videos),
+            trainer.steps_per_epoch,
+            cfg.data.batch_size,
+            cfg.optim.epochs,
+            f", {sync_batchnorm_layers(trainer.model)} SyncBatchNorm layers" if ranks.distributed else "",
+        )
     held_out = held_out_batches(generator, cfg.data.seed, cfg.eval.clips, cfg.data.batch_size) if ranks.is_main else []
     with open_source(cfg, generator) as source, _quiet_bar(ranks.is_main and show_bars(cfg.run.progress)):
         reporter = Reporter(trainer, held_out, run_dir, checkpoint is not None, source)
@@ -369,8 +443,11 @@ def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Rank
                     save()
                 if stopped:
                     if ranks.is_main:
-                        log.info("stopped at step %d, checkpoint %s; continue by running the same command with --resume auto",
-                                 trainer.step, checkpoint_path(run_dir, trainer.step))
+                        log.info(
+                            "stopped at step %d, checkpoint %s; continue by running the same command with --resume auto",
+                            trainer.step,
+                            checkpoint_path(run_dir, trainer.step),
+                        )
                     return None
                 return ranks.broadcast(reporter.evaluate())
         finally:
@@ -390,12 +467,21 @@ def _quiet_bar(enabled: bool) -> contextlib.AbstractContextManager:
 def _empty_batch(generation: GenerationConfig) -> Batch:
     """A rank's batch in a step whose global batch has no sample left for it (an epoch's last, uneven step)."""
     t, size, k = generation.clip.num_frames, generation.clip.crop_size, generation.trajectory.num_trajectories
-    return Batch(torch.zeros(0, t, size, size, 3, dtype=torch.uint8), torch.zeros(0, k, t, 4),
-                 torch.zeros(0, k, t, dtype=torch.bool), torch.zeros(0, 3, dtype=torch.int64))
+    return Batch(
+        torch.zeros(0, t, size, size, 3, dtype=torch.uint8),
+        torch.zeros(0, k, t, 4),
+        torch.zeros(0, k, t, dtype=torch.bool),
+        torch.zeros(0, 3, dtype=torch.int64),
+    )
 
 
-def _train_epoch(trainer: Trainer, source: SampleSource, reporter: Reporter, save: Callable[[], None],
-                 stop_requested: threading.Event) -> bool:
+def _train_epoch(
+    trainer: Trainer,
+    source: SampleSource,
+    reporter: Reporter,
+    save: Callable[[], None],
+    stop_requested: threading.Event,
+) -> bool:
     """Train on the rest of the cursor's epoch; True when asked to stop (SIGTERM, Ctrl-C or run.stop_at_step).
 
     Every rank takes the same number of steps: one per `data.batch_size` remaining indices. In the last step a
@@ -452,10 +538,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"presets: {', '.join(presets())}",
     )
     p.add_argument("--config", default=None, help="preset name or YAML file (default: built-in defaults)")
-    p.add_argument("--resume", default=None, metavar="auto|CKPT",
-                   help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any (default: a new run)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|CKPT",
+        help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any (default: a new run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.batch_size=64")
     p.set_defaults(func=run)
@@ -468,5 +561,7 @@ def run(args: argparse.Namespace) -> None:
         return
     score = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if score is not None and Ranks.from_env().is_main:
-        print(f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  "
-              f"({score.clips} held-out clips)  run: {cfg.run.out_dir}")
+        print(
+            f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  "
+            f"({score.clips} held-out clips)  run: {cfg.run.out_dir}"
+        )

@@ -3,6 +3,7 @@
 tqdm redraws itself with carriage returns and cursor moves, which a redirected stderr keeps as garbage; so
 bars are shown only when stderr is a terminal, and the loops then log their periodic lines instead.
 """
+
 from __future__ import annotations
 
 import sys

@@ -8,6 +8,7 @@ come out in slice order, each index exactly once, whatever the replicas do, so a
 same batches as an in-process one. Replicas come from explicit addresses or from Redis discovery; one
 that registers mid-epoch gets work at once, and a Redis outage only stops discovery.
 """
+
 from __future__ import annotations
 
 import collections
@@ -19,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import grpc
 import redis
@@ -88,7 +89,10 @@ class _Slice:
         self.buffer: dict[int, tuple[Batch, int]] = {}
         self.cursor = 0  # positions before it were yielded
         self._order = itertools.count()
-        self._pending = [(start, next(self._order), indices[start : start + request_size]) for start in range(0, self.size, request_size)]
+        self._pending = [
+            (start, next(self._order), indices[start : start + request_size])
+            for start in range(0, self.size, request_size)
+        ]
         self.failures: collections.Counter[int] = collections.Counter()
 
     @property
@@ -218,8 +222,10 @@ class RemoteSource:
                 if any(r.up for r in self._replicas.values()) or flights:
                     waiting_since = now
                 elif self._all_refused() or now - waiting_since > self.wait_for_replicas:
-                    raise NoReplicaError(f"no live datagen replica for {now - waiting_since:.0f} s "
-                                       f"({part.size - part.cursor} of {part.size} samples undelivered); {self._why_none()}")
+                    raise NoReplicaError(
+                        f"no live datagen replica for {now - waiting_since:.0f} s "
+                        f"({part.size - part.cursor} of {part.size} samples undelivered); {self._why_none()}"
+                    )
                 try:
                     event = events.get(timeout=0.2)
                     while True:  # everything that arrived, then schedule again
@@ -260,7 +266,7 @@ class RemoteSource:
         for r in self._replicas.values():
             r.client.close()
 
-    def __enter__(self) -> "RemoteSource":
+    def __enter__(self) -> RemoteSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -279,7 +285,9 @@ class RemoteSource:
             if any(r.up for r in self._replicas.values()):
                 return
             if self._all_refused() or time.monotonic() > deadline:
-                raise NoReplicaError(f"no usable datagen replica after {self.wait_for_replicas:.0f} s; {self._why_none()}")
+                raise NoReplicaError(
+                    f"no usable datagen replica after {self.wait_for_replicas:.0f} s; {self._why_none()}"
+                )
             time.sleep(0.2)
 
     def _all_refused(self) -> bool:
@@ -318,22 +326,37 @@ class RemoteSource:
             info = r.client.describe(self.connect_timeout)
             r.refused = self._incompatibility(info)
             if r.refused:
-                log.error("datagen replica %s refused this client: %s", r.client.address, r.refused,
-                          extra={"replica": r.client.address, "reason": r.refused})
+                log.error(
+                    "datagen replica %s refused this client: %s",
+                    r.client.address,
+                    r.refused,
+                    extra={"replica": r.client.address, "reason": r.refused},
+                )
                 return
         except grpc.RpcError as exc:
             if exc.code() in _REFUSED:
                 r.refused = f"{exc.code().name}: {exc.details()}"
-                log.error("datagen replica %s refused this client: %s", r.client.address, r.refused,
-                          extra={"replica": r.client.address, "reason": r.refused})
+                log.error(
+                    "datagen replica %s refused this client: %s",
+                    r.client.address,
+                    r.refused,
+                    extra={"replica": r.client.address, "reason": r.refused},
+                )
             else:
                 self._down(r, f"{exc.code().name}: {exc.details()}")
             return
         r.client.close_ring()  # a fresh ring: slots a failed replica left claimed are not inherited
         r.shm_error = None
         r.info, r.up = info, True
-        log.info("datagen replica up", extra={"replica": info.replica_id, "address": r.client.address, "device": info.device,
-                                             "shared_memory": r.client.ring is not None})
+        log.info(
+            "datagen replica up",
+            extra={
+                "replica": info.replica_id,
+                "address": r.client.address,
+                "device": info.device,
+                "shared_memory": r.client.ring is not None,
+            },
+        )
 
     def _incompatibility(self, info: pb.DescribeResponse) -> str:
         """Why this replica cannot serve this client ('' if it can); the first replica sets unset digests."""
@@ -344,8 +367,9 @@ class RemoteSource:
             self.videos_digest = info.videos_digest
         if info.config_digest != self.config_digest:
             differ = differences(json.loads(info.config_json), to_dict(self._config)) if self._config else []
-            return (f"serves generation config {info.config_digest}, this client trains with {self.config_digest}"
-                    + (f"; differing settings (replica -> this client): {', '.join(differ)}" if differ else ""))
+            return f"serves generation config {info.config_digest}, this client trains with {self.config_digest}" + (
+                f"; differing settings (replica -> this client): {', '.join(differ)}" if differ else ""
+            )
         if info.videos_digest != self.videos_digest:
             return f"serves video list {info.videos_digest} ({info.num_videos} videos), this client expects {self.videos_digest}"
         return ""
@@ -355,10 +379,19 @@ class RemoteSource:
         r.failures += 1
         r.retry_at = time.monotonic() + min(30.0, 0.5 * 2 ** min(r.failures, 6))
         self.stats["replica_failures"] += 1
-        log.warning("datagen replica %s down (%s); retrying in %.1f s, giving up after %.0f s without any live replica",
-                    r.client.address, reason, r.retry_at - time.monotonic(), self.wait_for_replicas,
-                    extra={"replica": r.name, "address": r.client.address, "reason": reason,
-                           "retry_in_s": round(r.retry_at - time.monotonic(), 1)})
+        log.warning(
+            "datagen replica %s down (%s); retrying in %.1f s, giving up after %.0f s without any live replica",
+            r.client.address,
+            reason,
+            r.retry_at - time.monotonic(),
+            self.wait_for_replicas,
+            extra={
+                "replica": r.name,
+                "address": r.client.address,
+                "reason": reason,
+                "retry_in_s": round(r.retry_at - time.monotonic(), 1),
+            },
+        )
 
     def _sample_bytes(self) -> int:
         assert self._config is not None  # set by the config argument or by the first replica
@@ -380,13 +413,23 @@ class RemoteSource:
             if indices is None:
                 return
             r = min(candidates, key=lambda c: (c.outstanding, c.failures))
-            request = pb.GenerateRequest(config_digest=self.config_digest, videos_digest=self.videos_digest, seed=part.seed,
-                                         epoch=part.epoch, indices=indices, batch_size=part.batch_size)
+            request = pb.GenerateRequest(
+                config_digest=self.config_digest,
+                videos_digest=self.videos_digest,
+                seed=part.seed,
+                epoch=part.epoch,
+                indices=indices,
+                batch_size=part.batch_size,
+            )
             stream_id = next(self._stream_ids)
             if r.client.ring is not None:
                 r.client.ring.reclaim(live_streams=r.flights)
-            flight = _Flight(stream_id, r, r.client.generate(request, stream_id), indices, set(indices), time.monotonic())
-            flight.thread = threading.Thread(target=_pump, args=(flight, events), name=f"stream-{stream_id}", daemon=True)
+            flight = _Flight(
+                stream_id, r, r.client.generate(request, stream_id), indices, set(indices), time.monotonic()
+            )
+            flight.thread = threading.Thread(
+                target=_pump, args=(flight, events), name=f"stream-{stream_id}", daemon=True
+            )
             flights[stream_id] = flight
             r.flights.add(stream_id)
             r.outstanding += len(indices)
@@ -401,7 +444,10 @@ class RemoteSource:
             self._down(r, f"{exc.code().name}: {exc.details()}")
             return
         if r.shm_error:
-            log.info("shared memory unusable with replica; inline transport", extra={"replica": r.name, "reason": r.shm_error})
+            log.info(
+                "shared memory unusable with replica; inline transport",
+                extra={"replica": r.name, "reason": r.shm_error},
+            )
 
     def _on_event(self, kind: str, flight: _Flight, payload: object, part: _Slice, flights: dict[int, _Flight]) -> None:
         r = flight.replica
@@ -416,8 +462,12 @@ class RemoteSource:
             return
         if kind == "end":
             if flight.remaining:
-                log.warning("stream from %s ended early; asking again for %d samples", r.client.address, len(flight.remaining),
-                            extra={"replica": r.name, "missing": len(flight.remaining)})
+                log.warning(
+                    "stream from %s ended early; asking again for %d samples",
+                    r.client.address,
+                    len(flight.remaining),
+                    extra={"replica": r.name, "missing": len(flight.remaining)},
+                )
                 part.requeue([i for i in flight.indices if i in flight.remaining])
             return
         assert isinstance(payload, Exception)
@@ -469,8 +519,13 @@ class RemoteSource:
         if lost:
             self.stats["requeued"] += len(lost)
             part.requeue(lost)
-            log.info("asking other replicas again for %d samples of %s (%s)", len(lost), flight.replica.client.address, reason,
-                     extra={"samples": len(lost), "replica": flight.replica.name, "reason": reason})
+            log.info(
+                "asking other replicas again for %d samples of %s (%s)",
+                len(lost),
+                flight.replica.client.address,
+                reason,
+                extra={"samples": len(lost), "replica": flight.replica.name, "reason": reason},
+            )
         if flight.replica.up:
             self._down(flight.replica, reason)
 
@@ -516,7 +571,10 @@ class _Discovery:
                 self._ok = True
             except redis.RedisError as exc:
                 if self._ok is not False:
-                    log.warning("redis unreachable; streaming on with known replicas", extra={"redis": redact(self.registry.url), "error": str(exc)})
+                    log.warning(
+                        "redis unreachable; streaming on with known replicas",
+                        extra={"redis": redact(self.registry.url), "error": str(exc)},
+                    )
                 self._ok = False
             self._stop.wait(self.interval)
 

@@ -3,6 +3,7 @@
 Without `--resume`, a folder that already holds a run's outputs is refused (the message offers `--resume auto`
 or another folder); `--overwrite` clears those outputs first, so no old checkpoint or metric line survives.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -12,7 +13,9 @@ from pathlib import Path
 _RUN_OUTPUTS = ("metrics.jsonl", "tensorboard")
 
 
-def claim_run_dir(run_dir: Path, checkpoints: list[Path], resuming: bool, overwrite: bool, key: str = "run.out_dir") -> None:
+def claim_run_dir(
+    run_dir: Path, checkpoints: list[Path], resuming: bool, overwrite: bool, key: str = "run.out_dir"
+) -> None:
     """Make `run_dir` this run's: refuse a folder holding another run unless resuming it or told to overwrite it.
 
     `checkpoints`: the run's checkpoint files in the folder (they and the metrics are what a new run would clobber)."""

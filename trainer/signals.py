@@ -3,6 +3,7 @@
 A second Ctrl-C stops at once (KeyboardInterrupt; the CLI exits 130 without a traceback). Outside the main
 thread no handler can be installed and the event is never set.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,12 @@ def stop_on_signals(safe_point: str = "the next step") -> Iterator[threading.Eve
             raise KeyboardInterrupt
         if not requested.is_set():
             name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            log.warning("%s: saving a checkpoint at %s, then stopping (Ctrl-C again stops at once, losing the steps "
-                        "since the last checkpoint)", name, safe_point)
+            log.warning(
+                "%s: saving a checkpoint at %s, then stopping (Ctrl-C again stops at once, losing the steps "
+                "since the last checkpoint)",
+                name,
+                safe_point,
+            )
         requested.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}

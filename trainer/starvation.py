@@ -10,6 +10,7 @@ While the trainer starves, the replicas run flat out, so d is what a replica can
 fleet that would match the ranks; when the trainer is fed, backpressure idles the replicas and d says
 nothing about their capacity, so no advice is given.
 """
+
 from __future__ import annotations
 
 import collections
@@ -65,20 +66,26 @@ def starvation_advice(windows: Sequence[RankWindow], delivered: Mapping[str, int
     head = f"data-starved: the ranks waited {wait:.0%} of the last {seconds:.1f} s for samples"
     if delivered is None:
         made = sum(w.clips for w in windows) / seconds
-        return (f"{head}; in-process generation makes {made:.1f} clips/s, training could consume {consumption:.1f}: serve "
-                "the samples from datagen replicas (set CTP_REDIS_URL or service.addresses; docs/operations.md)")
+        return (
+            f"{head}; in-process generation makes {made:.1f} clips/s, training could consume {consumption:.1f}: serve "
+            "the samples from datagen replicas (set CTP_REDIS_URL or service.addresses; docs/operations.md)"
+        )
     needed = replicas_needed(consumption, delivered, seconds)
     if needed is None:
         return f"{head}, and no datagen replica delivered any: check the fleet with `ctp-datagen status`"
     active = sum(1 for count in delivered.values() if count > 0)
     per_replica = sum(delivered.values()) / seconds / active
     if needed <= active:  # enough replicas: the clips are slow between them and the trainer
-        return (f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
-                f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed, no more than deliver now; check "
-                "the transport between replicas and trainer (docs/operations.md, troubleshooting)")
-    return (f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
-            f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed, {needed - active} more than the "
-            f"{active} delivering now (docs/operations.md, scaling the replicas)")
+        return (
+            f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
+            f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed, no more than deliver now; check "
+            "the transport between replicas and trainer (docs/operations.md, troubleshooting)"
+        )
+    return (
+        f"{head}; {active} replica(s) delivered {per_replica:.1f} clips/s each and training could consume "
+        f"{consumption:.1f} clips/s: about {needed} replicas would keep it fed, {needed - active} more than the "
+        f"{active} delivering now (docs/operations.md, scaling the replicas)"
+    )
 
 
 class StarvationMonitor:

@@ -4,6 +4,7 @@ Boxes are (x1, y1, x2, y2) in output-frame pixels. The target of frame i relativ
 ((cx_i − cx_0)/σx, (cy_i − cy_0)/σy, log(w_i/w_0)/σw, log(h_i/h_0)/σh) with σ = (0.8, 0.8, 0.04, 0.04)
 and sizes clamped to at least 1 px (docs/spec.md).
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,7 +27,7 @@ def _scales(like: torch.Tensor) -> torch.Tensor:
     return _scales_on(like.device, like.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _scales_on(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Made once per device and dtype: built from a list every step it would be a blocking copy on CUDA.
     Made outside inference mode: a cached inference tensor could never again be saved for backward."""

@@ -3,6 +3,7 @@
 The mean runs over every (trajectory, frame) pair except frame 0, whose box is the query itself. The
 baseline predicts the query box for every frame; a network that tracks nothing scores about the same.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,9 @@ def predict_boxes(network: torch.nn.Module, batch: Batch, execution: Execution) 
     return decode(targets.float(), boxes[:, :, 0]).cpu()
 
 
-def evaluate(network: torch.nn.Module, batches: list[Batch], execution: Execution) -> tuple[TrackingScore, list[torch.Tensor]]:
+def evaluate(
+    network: torch.nn.Module, batches: list[Batch], execution: Execution
+) -> tuple[TrackingScore, list[torch.Tensor]]:
     """Score `network` (in eval mode, restored afterwards) on `batches`; also returns the predictions."""
     was_training = network.training
     network.eval()
@@ -70,7 +73,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Generate held-out CtP clips from VIDEOS (with the checkpoint's generation config) and "
         "report the mean IoU of the predicted trajectories beside the first-box baseline.",
     )
-    p.add_argument("--checkpoint", required=True, help="a pretraining checkpoint (ckpt-*.pt) or a run folder (its newest checkpoint)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a pretraining checkpoint (ckpt-*.pt) or a run folder (its newest checkpoint)",
+    )
     p.add_argument("--videos", nargs="+", required=True, help="video files, folders or manifests")
     p.add_argument("--clips", type=int, default=256, help="number of generated clips (default 256)")
     p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")

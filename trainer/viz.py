@@ -1,4 +1,5 @@
 """A picture of tracking quality: a few frames of one clip with true (green) and predicted (red) boxes."""
+
 from __future__ import annotations
 
 import torch

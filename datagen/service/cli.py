@@ -1,4 +1,5 @@
 """`ctp-datagen serve | status | pull`: run a replica, inspect the fleet, load-test it end to end."""
+
 from __future__ import annotations
 
 import argparse
@@ -15,13 +16,12 @@ import redis
 
 from ..options import add_generation_args, make_generator
 from . import jsonlog
+from .registry import REDIS_ENV, Registry, redact
 from .security import TlsFiles, resolve_token
 from .server import Limits, Replica
-from .registry import REDIS_ENV, Registry, redact
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0  # pull's progress lines
-
 
 
 def add_parsers(subparsers: argparse._SubParsersAction) -> None:
@@ -31,16 +31,28 @@ def add_parsers(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _redis_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis", default=os.environ.get(REDIS_ENV), metavar="URL",
-                        help=f"redis://[user:password@]host:port/db of the control plane (default ${REDIS_ENV})")
-    parser.add_argument("--namespace", default="ctp", help="key prefix: one per run or fleet sharing a Redis (default ctp)")
+    parser.add_argument(
+        "--redis",
+        default=os.environ.get(REDIS_ENV),
+        metavar="URL",
+        help=f"redis://[user:password@]host:port/db of the control plane (default ${REDIS_ENV})",
+    )
+    parser.add_argument(
+        "--namespace", default="ctp", help="key prefix: one per run or fleet sharing a Redis (default ctp)"
+    )
 
 
 def _security_args(parser: argparse.ArgumentParser, side: str) -> None:
-    parser.add_argument("--token-file", metavar="FILE", help="shared token (default $CTP_DATAGEN_TOKEN; none: no check)")
+    parser.add_argument(
+        "--token-file", metavar="FILE", help="shared token (default $CTP_DATAGEN_TOKEN; none: no check)"
+    )
     parser.add_argument("--tls-cert", metavar="PEM", help=f"{side} certificate (TLS)")
     parser.add_argument("--tls-key", metavar="PEM", help=f"{side} private key (TLS)")
-    ca_help = "CA that client certificates must chain to (mutual TLS)" if side == "server" else "CA that verifies replicas (TLS)"
+    ca_help = (
+        "CA that client certificates must chain to (mutual TLS)"
+        if side == "server"
+        else "CA that verifies replicas (TLS)"
+    )
     parser.add_argument("--tls-ca", metavar="PEM", help=ca_help)
 
 
@@ -50,23 +62,47 @@ def _tls(args: argparse.Namespace) -> TlsFiles:
 
 # -- serve -------------------------------------------------------------------------------------------
 
+
 def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="run one datagen replica (gRPC; SIGTERM drains)")
     add_generation_args(p, videos="positional")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
-    p.add_argument("--port", type=int, default=50051,
-                   help="gRPC port; 0 picks a free one, printed at start (a further replica on this host: "
-                   "--port 0 --metrics-port 0) (default 50051)")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=50051,
+        help="gRPC port; 0 picks a free one, printed at start (a further replica on this host: "
+        "--port 0 --metrics-port 0) (default 50051)",
+    )
     p.add_argument("--advertise", metavar="HOST:PORT", help="address clients use (default this host's IP and the port)")
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables (default 9464)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9464,
+        help="Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables (default 9464)",
+    )
     p.add_argument("--queue", type=int, default=8, help="work queue capacity in batches (backpressure)")
-    p.add_argument("--max-batch-size", type=int, default=Limits.max_batch_size,
-                   help="largest batch a client may ask for (default %(default)s)")
-    p.add_argument("--max-request-samples", type=int, default=Limits.max_request_samples,
-                   help="most samples in one request (default %(default)s)")
-    p.add_argument("--max-streams", type=int, default=Limits.max_streams, help="concurrent streams (default %(default)s)")
-    p.add_argument("--chunk-bytes", type=int, default=Limits.chunk_bytes,
-                   help="inline clip bytes per message (default %(default)s)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=Limits.max_batch_size,
+        help="largest batch a client may ask for (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-request-samples",
+        type=int,
+        default=Limits.max_request_samples,
+        help="most samples in one request (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-streams", type=int, default=Limits.max_streams, help="concurrent streams (default %(default)s)"
+    )
+    p.add_argument(
+        "--chunk-bytes",
+        type=int,
+        default=Limits.chunk_bytes,
+        help="inline clip bytes per message (default %(default)s)",
+    )
     p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between Redis heartbeats")
     p.add_argument("--ttl", type=float, default=10.0, help="seconds a registration outlives its last heartbeat")
     p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight streams")
@@ -114,6 +150,7 @@ def _replica(args: argparse.Namespace, generator) -> Replica:
 
 # -- status ------------------------------------------------------------------------------------------
 
+
 def _status_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("status", help="live replicas, their throughput and load, quarantined videos")
     _redis_args(p)
@@ -128,8 +165,10 @@ def run_status(args: argparse.Namespace) -> int:
     try:
         replicas, quarantined = registry.replicas(), registry.quarantined()
     except redis.RedisError as exc:
-        raise ConnectionError(f"cannot read the control plane at {redact(args.redis)} ({exc}); is Redis running "
-                              f"there? (--redis URL or ${REDIS_ENV})") from None
+        raise ConnectionError(
+            f"cannot read the control plane at {redact(args.redis)} ({exc}); is Redis running "
+            f"there? (--redis URL or ${REDIS_ENV})"
+        ) from None
     if args.json:
         print(json.dumps({"replicas": [dataclasses.asdict(r) for r in replicas], "quarantined": quarantined}, indent=2))
         return 0
@@ -137,8 +176,18 @@ def run_status(args: argparse.Namespace) -> int:
     print(f"{len(replicas)} live replica(s) in {redact(args.redis)} namespace {args.namespace!r}")
     if replicas:
         rows = [("replica", "address", "device", "clips/s", "queue", "streams", "up")]
-        rows += [(r.replica_id, r.address, r.device, f"{r.clips_per_second:.1f}", f"{r.queue_depth}/{r.queue_capacity}",
-                  str(r.active_streams), _duration(now - r.started_at)) for r in replicas]
+        rows += [
+            (
+                r.replica_id,
+                r.address,
+                r.device,
+                f"{r.clips_per_second:.1f}",
+                f"{r.queue_depth}/{r.queue_capacity}",
+                str(r.active_streams),
+                _duration(now - r.started_at),
+            )
+            for r in replicas
+        ]
         print(_table(rows))
         print(f"total {sum(r.clips_per_second for r in replicas):.1f} clips/s")
     print(f"{len(quarantined)} quarantined video(s)")
@@ -149,6 +198,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 # -- pull --------------------------------------------------------------------------------------------
 
+
 def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("pull", help="pull N samples of an epoch from live replicas; check exactly-once delivery")
     p.add_argument("--epoch", type=int, required=True, help="the epoch whose samples to pull")
@@ -158,9 +208,16 @@ def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--addr", action="append", default=[], metavar="HOST:PORT", help="replica address (repeatable)")
     p.add_argument("--no-shm", action="store_true", help="never use shared memory (inline gRPC only)")
     p.add_argument("--window", type=int, default=2, help="requests in flight per replica")
-    p.add_argument("--stall-timeout", type=float, default=60.0, help="seconds a stream may deliver nothing (default 60)")
-    p.add_argument("--wait", type=float, default=120.0, metavar="S",
-                   help="seconds to wait for a live replica before giving up (default 120)")
+    p.add_argument(
+        "--stall-timeout", type=float, default=60.0, help="seconds a stream may deliver nothing (default 60)"
+    )
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="seconds to wait for a live replica before giving up (default 120)",
+    )
     p.add_argument("--server-name", help="TLS name to verify replicas against, if not their address")
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     _redis_args(p)
@@ -186,17 +243,30 @@ def _pull(args: argparse.Namespace) -> int:
         raise ValueError("--num-samples must be at least 1")
     seen: collections.Counter[int] = collections.Counter()
     clip_bytes = 0
-    with RemoteSource(args.addr, args.redis, args.namespace, token=resolve_token(token_file=args.token_file),
-                      tls=_tls(args), server_name=args.server_name, shared_memory=not args.no_shm,
-                      window=args.window, stall_timeout=args.stall_timeout, wait_for_replicas=args.wait) as source:
+    with RemoteSource(
+        args.addr,
+        args.redis,
+        args.namespace,
+        token=resolve_token(token_file=args.token_file),
+        tls=_tls(args),
+        server_name=args.server_name,
+        shared_memory=not args.no_shm,
+        window=args.window,
+        stall_timeout=args.stall_timeout,
+        wait_for_replicas=args.wait,
+    ) as source:
         started = reported = time.perf_counter()
         for batch in source.stream(args.seed, args.epoch, range(args.num_samples), args.batch_size):
             seen.update(batch.keys[:, 2].tolist())
             clip_bytes += batch.clips.numel()
             if time.perf_counter() - reported >= PROGRESS_EVERY_S:
                 reported = time.perf_counter()
-                log.info("pulled %d of %d samples (%.1f clips/s)", len(seen), args.num_samples,
-                         len(seen) / (reported - started))
+                log.info(
+                    "pulled %d of %d samples (%.1f clips/s)",
+                    len(seen),
+                    args.num_samples,
+                    len(seen) / (reported - started),
+                )
         elapsed = time.perf_counter() - started
         stats, delivered = dict(source.stats), dict(source.delivered)
     result = {

@@ -3,6 +3,7 @@
 Call sites log an event name as the message and their facts through `extra={...}`; the plain format for
 people (`setup_plain`) keeps those facts too, as `key=value` after the message.
 """
+
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ Each replica owns its registry (not the process-global one), so several replicas
 the benchmark, do not clash. clips/s is `rate(ctp_datagen_clips_total[1m])` in Prometheus; the replica
 also keeps a short moving rate of its own for the registry and Describe.
 """
+
 from __future__ import annotations
 
 import collections
@@ -23,7 +24,9 @@ class ReplicaMetrics:
         self.batches = Counter("ctp_datagen_batches", "Batches sent", ["transport"], registry=r)
         self.bytes = Counter("ctp_datagen_clip_bytes", "Clip bytes sent", ["transport"], registry=r)
         self.decode_failures = Counter("ctp_datagen_decode_failures", "Videos found unreadable here", registry=r)
-        self.replaced = Counter("ctp_datagen_replaced_samples", "Samples generated from a replacement video", registry=r)
+        self.replaced = Counter(
+            "ctp_datagen_replaced_samples", "Samples generated from a replacement video", registry=r
+        )
         self.requests = Counter("ctp_datagen_requests", "Generate requests by final status", ["code"], registry=r)
         self.queue_depth = Gauge("ctp_datagen_queue_depth", "Batches waiting in the work queue", registry=r)
         self.active_streams = Gauge("ctp_datagen_active_streams", "Generate streams in flight", registry=r)

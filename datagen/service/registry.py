@@ -5,6 +5,7 @@ discovery after its TTL, and one that outlived a Redis restart re-registers on i
 (it re-publishes the videos it quarantined as well). Keys live under a namespace, so several runs or
 tests can share one Redis.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ import json
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
@@ -41,7 +42,7 @@ class ReplicaRecord:
     version: str = ""
 
     @classmethod
-    def from_redis(cls, fields: dict[str, str]) -> "ReplicaRecord":
+    def from_redis(cls, fields: dict[str, str]) -> ReplicaRecord:
         kinds = {f.name: f.type for f in dataclasses.fields(cls)}
         known = {k: v for k, v in fields.items() if k in kinds}  # newer replicas may publish more
         return cls(**{k: {"int": int, "float": float}.get(kinds[k], str)(v) for k, v in known.items()})
@@ -103,7 +104,9 @@ class Registry:
             return
         pipe = self._redis.pipeline()
         for path, reason in videos.items():
-            pipe.hsetnx(self._quarantine_key, path, json.dumps({"reason": reason, "replica": replica_id, "at": time.time()}))
+            pipe.hsetnx(
+                self._quarantine_key, path, json.dumps({"reason": reason, "replica": replica_id, "at": time.time()})
+            )
         pipe.execute()
 
     def quarantined(self) -> dict[str, dict]:
@@ -163,11 +166,16 @@ class Heartbeat:
             try:
                 self.beat()
                 if self.connected is not True:
-                    log.info("registered", extra={"redis": redact(self.registry.url), "namespace": self.registry.namespace})
+                    log.info(
+                        "registered", extra={"redis": redact(self.registry.url), "namespace": self.registry.namespace}
+                    )
                 self.connected = True
             except redis.RedisError as exc:
                 if self.connected is not False:  # once per outage
-                    log.warning("redis unreachable; serving on, will re-register", extra={"redis": redact(self.registry.url), "error": str(exc)})
+                    log.warning(
+                        "redis unreachable; serving on, will re-register",
+                        extra={"redis": redact(self.registry.url), "error": str(exc)},
+                    )
                 self.connected, self._published = False, set()  # re-publish everything once it is back
             self._wake.wait(self.interval)
             self._wake.clear()

@@ -4,13 +4,15 @@ Both sides import this module. The token travels as `authorization: Bearer <toke
 missing token gets UNAUTHENTICATED before any handler runs, health and reflection included (probes must
 send the header, e.g. `grpc_health_probe -rpc-header "authorization: Bearer $TOKEN"`).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hmac
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 
@@ -56,7 +58,9 @@ def _rejecting(handler: grpc.RpcMethodHandler, why: str) -> grpc.RpcMethodHandle
         (True, False): grpc.stream_unary_rpc_method_handler,
         (True, True): grpc.stream_stream_rpc_method_handler,
     }[(handler.request_streaming, handler.response_streaming)]
-    return kind(reject, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    return kind(
+        reject, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +79,16 @@ class TlsFiles:
         if not (self.cert and self.key):
             raise ValueError("TLS on a replica needs both --tls-cert and --tls-key")
         ca = _read(self.ca)
-        return grpc.ssl_server_credentials([(_read(self.key), _read(self.cert))], root_certificates=ca, require_client_auth=ca is not None)
+        return grpc.ssl_server_credentials(
+            [(_read(self.key), _read(self.cert))], root_certificates=ca, require_client_auth=ca is not None
+        )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:
         if bool(self.cert) != bool(self.key):
             raise ValueError("a client certificate needs both --tls-cert and --tls-key")
-        return grpc.ssl_channel_credentials(root_certificates=_read(self.ca), private_key=_read(self.key), certificate_chain=_read(self.cert))
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca), private_key=_read(self.key), certificate_chain=_read(self.cert)
+        )
 
 
 def _read(path: str | None) -> bytes | None:

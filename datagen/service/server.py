@@ -5,8 +5,10 @@ the one generation config and video list it was started with, and the client own
 request for another config or video list, or with bad indices or sizes, gets INVALID_ARGUMENT and
 changes nothing. Besides DataGen it serves the standard health service and server reflection.
 """
+
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -17,8 +19,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from concurrent import futures
-from typing import Iterator, Sequence
 
 import grpc
 import torch
@@ -26,7 +28,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from datagen.config import GenerationConfig, to_dict
-from datagen.rng import SampleKey, Stream, generator as rng_stream
+from datagen.rng import SampleKey, Stream
+from datagen.rng import generator as rng_stream
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 
@@ -90,8 +93,9 @@ class DataGenService(pb_grpc.DataGenServicer):
         try:
             for generated in self.work.run(keys, request.batch_size, context.is_active, ring, stream_id):
                 started = time.monotonic()
-                messages = encode_batch(generated.batch, generated.problems, chunk_bytes=self.limits.chunk_bytes,
-                                        slot=generated.slot)  # the worker filled the slot, if one was free
+                messages = encode_batch(
+                    generated.batch, generated.problems, chunk_bytes=self.limits.chunk_bytes, slot=generated.slot
+                )  # the worker filled the slot, if one was free
                 first = next(messages)
                 transport = first.header.WhichOneof("clip_transport")
                 self.metrics.batches.labels(transport).inc()  # counted when handed to gRPC
@@ -157,11 +161,15 @@ class DataGenService(pb_grpc.DataGenServicer):
     def _request_problem(self, r: pb.GenerateRequest) -> str | None:
         """Why a request cannot be served, or None."""
         if r.config_digest != self.config_digest:
-            return (f"generation config {r.config_digest or '(none)'} is not the one this replica serves "
-                    f"({self.config_digest}); start replicas with the trainer's config")
+            return (
+                f"generation config {r.config_digest or '(none)'} is not the one this replica serves "
+                f"({self.config_digest}); start replicas with the trainer's config"
+            )
         if r.videos_digest != self.videos_digest:
-            return (f"video list {r.videos_digest or '(none)'} is not the one this replica serves "
-                    f"({self.videos_digest}, {self.num_videos} videos)")
+            return (
+                f"video list {r.videos_digest or '(none)'} is not the one this replica serves "
+                f"({self.videos_digest}, {self.num_videos} videos)"
+            )
         if not 1 <= r.batch_size <= self.limits.max_batch_size:
             return f"batch_size {r.batch_size} is outside [1, {self.limits.max_batch_size}]"
         if not 1 <= len(r.indices) <= self.limits.max_request_samples:
@@ -230,7 +238,11 @@ class Replica:
         reflection.enable_server_reflection((SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         bind = f"{host}:{port}"
         try:  # a taken port is bad options, reported as such (the CLI prints ValueErrors without a traceback)
-            self.port = self.server.add_secure_port(bind, tls.server_credentials()) if tls else self.server.add_insecure_port(bind)
+            self.port = (
+                self.server.add_secure_port(bind, tls.server_credentials())
+                if tls
+                else self.server.add_insecure_port(bind)
+            )
         except RuntimeError:  # gRPC's "Failed to bind"
             self.port = 0
         if self.port == 0:
@@ -240,8 +252,10 @@ class Replica:
             self.metrics_port = self.work.metrics.serve(metrics_port) if metrics_port is not None else None
         except OSError as exc:
             self.server.stop(None)
-            raise ValueError(f"cannot serve metrics on port {metrics_port}: {exc.strerror} "
-                             "(--metrics-port: another port, 0 for any free one, -1 for none)") from exc
+            raise ValueError(
+                f"cannot serve metrics on port {metrics_port}: {exc.strerror} "
+                "(--metrics-port: another port, 0 for any free one, -1 for none)"
+            ) from exc
         self.heartbeat = None
         if registry is not None:
             self.heartbeat = Heartbeat(
@@ -269,9 +283,17 @@ class Replica:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.heartbeat:
             self.heartbeat.start()
-        log.info("serving", extra={"address": self.address, "replica": self.replica_id, "device": self.service.device,
-                                    "metrics_port": self.metrics_port, "config_digest": self.service.config_digest,
-                                    "videos": self.service.num_videos})
+        log.info(
+            "serving",
+            extra={
+                "address": self.address,
+                "replica": self.replica_id,
+                "device": self.service.device,
+                "metrics_port": self.metrics_port,
+                "config_digest": self.service.config_digest,
+                "videos": self.service.num_videos,
+            },
+        )
 
     def drain(self, grace_s: float = 30.0) -> None:
         """Stop taking work, let in-flight streams finish (up to `grace_s`), then stop."""
@@ -287,10 +309,8 @@ class Replica:
 def versions() -> dict[str, str]:
     found = {"protocol": PROTOCOL, "torch": torch.__version__, "grpc": grpc.__version__}
     for dist in ("ctp-video", "nvidia-dali-cuda130", "nvidia-dali-cuda120", "av"):
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
 
 

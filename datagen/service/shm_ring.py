@@ -6,6 +6,7 @@ consumer moves FULL → FREE, so no lock is shared between processes: the descri
 the gRPC stream after marking a slot FULL orders the bytes before the consumer reads them. A FULL slot is
 tagged with the stream that filled it, so the consumer can take back slots of streams it abandoned.
 """
+
 from __future__ import annotations
 
 import mmap
@@ -15,8 +16,8 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,8 +38,16 @@ class RingUnreachable(Exception):
 class ShmRing:
     """`num_slots` slots of `slot_bytes` each, plus a small header that both sides check."""
 
-    def __init__(self, name: str, buf: memoryview, unmap: Callable[[], None], num_slots: int, slot_bytes: int,
-                 nonce: bytes, unlink: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        name: str,
+        buf: memoryview,
+        unmap: Callable[[], None],
+        num_slots: int,
+        slot_bytes: int,
+        nonce: bytes,
+        unlink: Callable[[], None] | None = None,
+    ):
         self.name = name
         self._buf = buf
         self._unmap = unmap
@@ -50,7 +59,7 @@ class ShmRing:
         self._claim_lock = threading.Lock()  # producer threads of one process claim slots one at a time
 
     @classmethod
-    def create(cls, num_slots: int, slot_bytes: int) -> "ShmRing":
+    def create(cls, num_slots: int, slot_bytes: int) -> ShmRing:
         """A new ring, every page reserved up front so a full /dev/shm fails here and not with SIGBUS later."""
         slot_bytes = _round_up(slot_bytes, _PAGE)
         size = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE) + num_slots * slot_bytes
@@ -66,7 +75,7 @@ class ShmRing:
         return cls(shm.name, shm.buf, shm.close, num_slots, slot_bytes, nonce, unlink=shm.unlink)
 
     @classmethod
-    def attach(cls, name: str, nonce: bytes) -> "ShmRing":
+    def attach(cls, name: str, nonce: bytes) -> ShmRing:
         """The producer's view of a client's ring; RingUnreachable when this process cannot see that ring."""
         if not _NAME.fullmatch(name):
             raise RingUnreachable(f"{name!r} is not a shared-memory segment name")
@@ -81,7 +90,9 @@ class ShmRing:
         finally:
             os.close(fd)
         buf = memoryview(mapping)
-        magic, found, num_slots, slot_bytes = _HEADER.unpack_from(buf, 0) if len(buf) >= _HEADER.size else (b"", b"", 0, 0)
+        magic, found, num_slots, slot_bytes = (
+            _HEADER.unpack_from(buf, 0) if len(buf) >= _HEADER.size else (b"", b"", 0, 0)
+        )
         needed = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE) + num_slots * slot_bytes
         if magic != _MAGIC or found != nonce or needed > len(buf):
             buf.release()

@@ -3,11 +3,12 @@
 Both sides import this module, so the encoding and its checks exist once. Clips are never converted to
 float on the wire (docs/service.md): the trainer normalises on its own device.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -124,10 +125,14 @@ class BatchDecoder:
 
     @staticmethod
     def _finish(header: pb.BatchHeader, clips: torch.Tensor, shared_memory: bool) -> Received:
-        batch = Batch(clips, tensor_from_proto(header.boxes), tensor_from_proto(header.visible), tensor_from_proto(header.keys))
+        batch = Batch(
+            clips, tensor_from_proto(header.boxes), tensor_from_proto(header.visible), tensor_from_proto(header.keys)
+        )
         b = clips.shape[0]
         if batch.boxes.shape[0] != b or batch.visible.shape[0] != b or tuple(batch.keys.shape) != (b, 3):
-            raise WireError(f"batch parts disagree on its size: clips {b}, boxes {tuple(batch.boxes.shape)}, keys {tuple(batch.keys.shape)}")
+            raise WireError(
+                f"batch parts disagree on its size: clips {b}, boxes {tuple(batch.boxes.shape)}, keys {tuple(batch.keys.shape)}"
+            )
         return Received(batch, list(header.problems), shared_memory, clips.numel())
 
 
@@ -142,7 +147,9 @@ def tensor_from_proto(msg: pb.Tensor) -> torch.Tensor:
     shape = tuple(msg.meta.shape)
     if len(msg.data) != math.prod(shape) * dtype.itemsize:
         raise WireError(f"tensor of shape {shape} {msg.meta.dtype} cannot hold {len(msg.data)} bytes")
-    return torch.frombuffer(bytearray(msg.data), dtype=dtype).view(shape) if msg.data else torch.empty(shape, dtype=dtype)
+    return (
+        torch.frombuffer(bytearray(msg.data), dtype=dtype).view(shape) if msg.data else torch.empty(shape, dtype=dtype)
+    )
 
 
 def _meta(t: torch.Tensor) -> pb.TensorMeta:

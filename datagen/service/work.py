@@ -6,6 +6,7 @@ a stream that went away are skipped, not generated. A stream with a shared-memor
 clips copied into a slot here, right after generation on the same thread (and CUDA stream), so the copy
 neither waits on nor blocks a gRPC thread.
 """
+
 from __future__ import annotations
 
 import collections
@@ -15,7 +16,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Iterator, Protocol, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 from datagen.batch import Batch
 from datagen.plan import choose_video
@@ -62,8 +64,14 @@ class _Job:
 
 
 class WorkQueue:
-    def __init__(self, generator: BatchGenerator, metrics: ReplicaMetrics, capacity: int = 8, lookahead: int = 2,
-                 on_decode_failure: Callable[[], None] = lambda: None):
+    def __init__(
+        self,
+        generator: BatchGenerator,
+        metrics: ReplicaMetrics,
+        capacity: int = 8,
+        lookahead: int = 2,
+        on_decode_failure: Callable[[], None] = lambda: None,
+    ):
         if capacity < 1 or lookahead < 1:
             raise ValueError("the work queue needs a capacity and a per-stream lookahead of at least 1")
         self.generator = generator
@@ -85,8 +93,14 @@ class WorkQueue:
         self._queue.put(None)
         self._thread.join()
 
-    def run(self, keys: Sequence[SampleKey], batch_size: int, active: Callable[[], bool],
-            ring: ShmRing | None = None, stream_id: int = 0) -> Iterator[Generated]:
+    def run(
+        self,
+        keys: Sequence[SampleKey],
+        batch_size: int,
+        active: Callable[[], bool],
+        ring: ShmRing | None = None,
+        stream_id: int = 0,
+    ) -> Iterator[Generated]:
         """Generate `keys` in batches of `batch_size`, in order, their clips put in `ring` (tagged `stream_id`)
         where a slot is free; StreamGone once `active()` turns False (the client reclaims its slots)."""
         chunks = [list(keys[i : i + batch_size]) for i in range(0, len(keys), batch_size)]
@@ -95,7 +109,9 @@ class WorkQueue:
         try:
             while submitted < len(chunks) or jobs:
                 while submitted < len(chunks) and len(jobs) < self.lookahead:
-                    jobs.append(self._submit(_Job(chunks[submitted], concurrent.futures.Future(), ring, stream_id), active))
+                    jobs.append(
+                        self._submit(_Job(chunks[submitted], concurrent.futures.Future(), ring, stream_id), active)
+                    )
                     submitted += 1
                 yield self._result(jobs.popleft(), active)
         finally:

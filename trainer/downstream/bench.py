@@ -6,6 +6,7 @@ Evaluation decodes all `test_clips` clips of a video in one pass (one seek, fram
 overlapping clips); the baseline decodes each clip on its own. Training clips are decoded and transformed a
 batch at a time; the baseline makes the same clips one per call.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,10 +53,19 @@ def main(argv: list[str] | None = None) -> None:
     ]:
         rows.append((name, count / timed(fn, device, args.repeats), unit))
     # Each baseline row is shown relative to the project's way, the row above it.
-    lines = [(name, f"{rate:.2f}", unit, f"{rate / rows[i - i % 2][1]:.2f}x") for i, (name, rate, unit) in enumerate(rows)]
+    lines = [
+        (name, f"{rate:.2f}", unit, f"{rate / rows[i - i % 2][1]:.2f}x") for i, (name, rate, unit) in enumerate(rows)
+    ]
     c = cfg.clips
-    print(table(f"downstream clip pipeline on {device}: {n} videos, {c.num_frames} frames at stride {c.frame_stride}, "
-                f"{c.crop_size} px crops, {c.test_clips} test clips per video", lines, header=("stage", "rate", "unit", "relative")))
+    print(
+        table(
+            f"downstream clip pipeline on {device}: {n} videos, {c.num_frames} frames at stride {c.frame_stride}, "
+            f"{c.crop_size} px crops, {c.test_clips} test clips per video",
+            lines,
+            header=("stage", "rate", "unit", "relative"),
+        )
+    )
+
 
 if __name__ == "__main__":
     main()

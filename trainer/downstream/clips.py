@@ -8,6 +8,7 @@ The colour jitter is the official fine-tuning one: one brightness, contrast and 
 clip (pretraining's colour curves vary over the clip). Test clips are fixed: `test_clips` clips per video
 at the official classification positions or VCOP's retrieval positions, resized and centre-cropped.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,7 +78,9 @@ def is_portrait(video: VideoInfo) -> bool:
 def plan_static_colour(rng: np.random.Generator, cfg: StaticColourConfig) -> ClipColour:
     """Brightness, contrast and hue/saturation, each drawn with its own probability."""
     brightness = float(rng.uniform(-cfg.brightness, cfg.brightness)) if rng.random() < cfg.brightness_prob else 0.0
-    contrast = float(np.exp(rng.uniform(-cfg.contrast_log, cfg.contrast_log))) if rng.random() < cfg.contrast_prob else 1.0
+    contrast = (
+        float(np.exp(rng.uniform(-cfg.contrast_log, cfg.contrast_log))) if rng.random() < cfg.contrast_prob else 1.0
+    )
     hue, saturation = 0.0, 1.0
     if rng.random() < cfg.hue_sat_prob:
         hue = float(rng.uniform(-cfg.hue_shift, cfg.hue_shift))
@@ -88,6 +91,7 @@ def plan_static_colour(rng: np.random.Generator, cfg: StaticColourConfig) -> Cli
 def apply_static_colour(clips: torch.Tensor, colours: Sequence[ClipColour]) -> torch.Tensor:
     """(N, T, H, W, 3) float 0-255, in place: add the brightness, multiply by the contrast gain, then shift
     hue and scale saturation (the official order), clipping to [0, 255] after each step."""
+
     def per_clip(values: list[float]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.float32, device=clips.device).view(-1, 1, 1, 1, 1)
 
@@ -102,8 +106,9 @@ def apply_static_colour(clips: torch.Tensor, colours: Sequence[ClipColour]) -> t
     return clips
 
 
-def plan_train_clip(key: SampleKey, video: int, num_frames: int, cfg: ClipsConfig, attempt: int = 0,
-                    portrait: bool = False) -> LabelledClipPlan:
+def plan_train_clip(
+    key: SampleKey, video: int, num_frames: int, cfg: ClipsConfig, attempt: int = 0, portrait: bool = False
+) -> LabelledClipPlan:
     """Frames at a fixed stride from a uniform start (clamped to the video), one of the train sizes, a random
     crop, a flip and the colour jitter, all drawn from the key's streams (official RandomFrameSampler,
     GroupScale, GroupRandomCrop, GroupFlip and colour transforms)."""
@@ -143,7 +148,9 @@ def retrieval_clip_indices(num_frames: int, cfg: ClipsConfig) -> np.ndarray:
 def eval_clip_plan(cfg: ClipsConfig, portrait: bool = False) -> ClipPlan:
     """Resize to `test_size` (transposed for a portrait frame), centre crop, no flip."""
     height, width = resized_shape(cfg.test_size, portrait)
-    return ClipPlan(np.empty(0, np.int64), (height, width), ((height - cfg.crop_size) // 2, (width - cfg.crop_size) // 2), False)
+    return ClipPlan(
+        np.empty(0, np.int64), (height, width), ((height - cfg.crop_size) // 2, (width - cfg.crop_size) // 2), False
+    )
 
 
 def _to_uint8(clips: torch.Tensor) -> torch.Tensor:
@@ -155,7 +162,9 @@ class TrainClips(QuarantinedVideos[LabelledClipPlan]):
     drawn again from the key's next attempt (datagen's rule), so every process that knows the same bad
     videos agrees."""
 
-    def __init__(self, data: LabelledSet, cfg: ClipsConfig, device: torch.device, decoder: Decoder | None = None) -> None:
+    def __init__(
+        self, data: LabelledSet, cfg: ClipsConfig, device: torch.device, decoder: Decoder | None = None
+    ) -> None:
         self.data = data
         self.cfg = cfg
         super().__init__(data.videos, decoder or Decoder(device, backend=cfg.decode_backend), self._plan)
@@ -179,8 +188,14 @@ class EvalClips:
     classification test's by default). Keys follow the sample-source protocol; only their index (the
     position in the labelled set) matters. Unreadable videos are left out and recorded."""
 
-    def __init__(self, data: LabelledSet, cfg: ClipsConfig, device: torch.device, decoder: Decoder | None = None,
-                 indices: ClipIndices = eval_clip_indices) -> None:
+    def __init__(
+        self,
+        data: LabelledSet,
+        cfg: ClipsConfig,
+        device: torch.device,
+        decoder: Decoder | None = None,
+        indices: ClipIndices = eval_clip_indices,
+    ) -> None:
         self.data = data
         self.cfg = cfg
         self.decoder = decoder or Decoder(device, backend=cfg.decode_backend)
@@ -197,11 +212,15 @@ class EvalClips:
                 self.skipped.append(Rejected(video.path, result.reason))
                 log.warning("skipping unreadable test video %s: %s", video.path, result.reason)
                 continue
-            plan = LabelledClipPlan(SampleKey(0, 0, position), position, eval_clip_plan(self.cfg, is_portrait(video)), ClipColour())
+            plan = LabelledClipPlan(
+                SampleKey(0, 0, position), position, eval_clip_plan(self.cfg, is_portrait(video)), ClipColour()
+            )
             frames = rescale_crop_flip(result, plan, self.cfg.crop_size)
             clips.append(_to_uint8(frames).reshape(self.cfg.test_clips, self.cfg.num_frames, *frames.shape[1:]))
             owners += [position] * self.cfg.test_clips
         size = (0, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size, 3)
         out = torch.cat(clips) if clips else torch.zeros(size, dtype=torch.uint8, device=self.decoder.device)
         owner = torch.tensor(owners, dtype=torch.int64, device=out.device)
-        return ClipBatch(out, torch.tensor([self.data.labels[i] for i in owners], dtype=torch.int64, device=out.device), owner)
+        return ClipBatch(
+            out, torch.tensor([self.data.labels[i] for i in owners], dtype=torch.int64, device=out.device), owner
+        )

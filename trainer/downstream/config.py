@@ -3,6 +3,7 @@ CtP fine-tuning and test recipe and VCOP's retrieval protocol.
 
 Loaded like every config of the project: defaults ← preset or YAML file ← `a.b=c` overrides.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -116,21 +117,26 @@ class DownstreamConfig:
     def test_split(self) -> SplitConfig:
         """`data.test` with its empty fields filled from `data.train`."""
         train, test = self.data.train, self.data.test
-        return dataclasses.replace(test, **{f: getattr(train, f) for f in ("format", "videos", "annotations", "manifest")
-                                            if not getattr(test, f)})
+        return dataclasses.replace(
+            test,
+            **{f: getattr(train, f) for f in ("format", "videos", "annotations", "manifest") if not getattr(test, f)},
+        )
 
 
 def presets() -> list[str]:
     return preset_names(PRESETS_DIR)
 
 
-def load_downstream_config(name_or_path: str | None = None, overrides: list[str] | None = None,
-                           base: dict[str, Any] | None = None) -> DownstreamConfig:
+def load_downstream_config(
+    name_or_path: str | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
+) -> DownstreamConfig:
     """Defaults (or `base`, e.g. a checkpoint's config) ← preset or YAML file ← overrides, validated."""
     if base is not None and name_or_path is None:
         cfg = from_dict(DownstreamConfig, apply_overrides(base, overrides or []))
     else:
-        cfg = load_config(DownstreamConfig, resolve_preset(name_or_path, PRESETS_DIR) if name_or_path else None, overrides)
+        cfg = load_config(
+            DownstreamConfig, resolve_preset(name_or_path, PRESETS_DIR) if name_or_path else None, overrides
+        )
     validate(cfg)
     return cfg
 
@@ -138,20 +144,29 @@ def load_downstream_config(name_or_path: str | None = None, overrides: list[str]
 def validate(cfg: DownstreamConfig) -> None:
     c, d = cfg.clips, cfg.data
     checks = [
-        (cfg.data.train.format in FORMATS, f"data.train.format must be one of {FORMATS}, got {cfg.data.train.format!r}"),
+        (
+            cfg.data.train.format in FORMATS,
+            f"data.train.format must be one of {FORMATS}, got {cfg.data.train.format!r}",
+        ),
         (cfg.test_split.format in FORMATS, f"data.test.format must be one of {FORMATS}, got {cfg.data.test.format!r}"),
         (0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}"),
         (d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}"),
-        (c.num_frames >= 1 and c.frame_stride >= 1 and c.retrieval_stride >= 1,
-         "clips.num_frames, clips.frame_stride and clips.retrieval_stride must be >= 1"),
-        (all(min(s) >= c.crop_size for s in (*c.train_sizes, c.test_size)),
-         f"clips.train_sizes and clips.test_size must be at least clips.crop_size={c.crop_size} on both sides"),
+        (
+            c.num_frames >= 1 and c.frame_stride >= 1 and c.retrieval_stride >= 1,
+            "clips.num_frames, clips.frame_stride and clips.retrieval_stride must be >= 1",
+        ),
+        (
+            all(min(s) >= c.crop_size for s in (*c.train_sizes, c.test_size)),
+            f"clips.train_sizes and clips.test_size must be at least clips.crop_size={c.crop_size} on both sides",
+        ),
         (len(c.train_sizes) >= 1, "clips.train_sizes needs at least one (width, height)"),
         (c.test_clips >= 1 and c.test_batch_videos >= 1, "clips.test_clips and clips.test_batch_videos must be >= 1"),
         (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
-        (cfg.run.precision in ("auto", "fp32", "bf16"), f"run.precision must be auto, fp32 or bf16, got {cfg.run.precision!r}"),
+        (
+            cfg.run.precision in ("auto", "fp32", "bf16"),
+            f"run.precision must be auto, fp32 or bf16, got {cfg.run.precision!r}",
+        ),
     ]
     errors = [message for ok, message in checks if not ok]
     if errors:
         raise ValueError("invalid config: " + "; ".join(errors))
-

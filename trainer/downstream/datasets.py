@@ -5,6 +5,7 @@ and lenient about the videos (a listed video that is missing or unreadable is sk
 reported, as Kinetics downloads always miss some). Classes are identified by name; a split's `classes`
 tuple fixes their label indices.
 """
+
 from __future__ import annotations
 
 import csv
@@ -58,21 +59,27 @@ class LabelledSet:
     def __len__(self) -> int:
         return len(self.videos)
 
-    def relabel(self, classes: tuple[str, ...]) -> "LabelledSet":
+    def relabel(self, classes: tuple[str, ...]) -> LabelledSet:
         """The same videos labelled by their position in `classes` (a model's classes); unknown ones are errors."""
         position = {name: i for i, name in enumerate(classes)}
         unknown = sorted({self.classes[label] for label in self.labels} - set(position))
         if unknown:
-            raise ValueError(f"{self.name} has classes the model was not trained on: {unknown[:10]}"
-                             f"{' ...' if len(unknown) > 10 else ''}")
-        return dataclasses.replace(self, classes=classes, labels=tuple(position[self.classes[lb]] for lb in self.labels))
+            raise ValueError(
+                f"{self.name} has classes the model was not trained on: {unknown[:10]}"
+                f"{' ...' if len(unknown) > 10 else ''}"
+            )
+        return dataclasses.replace(
+            self, classes=classes, labels=tuple(position[self.classes[lb]] for lb in self.labels)
+        )
 
 
 def read_split(cfg: SplitConfig) -> Listing:
     """Parse the split's annotation files and locate its videos (no decoding)."""
     videos = Path(cfg.videos)
     if not cfg.videos or not videos.is_dir():
-        raise FileNotFoundError(f"video folder {cfg.videos!r} does not exist; set data.train.videos (or data.test.videos)")
+        raise FileNotFoundError(
+            f"video folder {cfg.videos!r} does not exist; set data.train.videos (or data.test.videos)"
+        )
     if cfg.format in ("ucf101", "hmdb51") and cfg.subset not in SUBSETS:
         raise ValueError(f"{cfg.format} subset must be one of {SUBSETS}, got {cfg.subset!r}")
     if cfg.format == "ucf101":
@@ -112,7 +119,9 @@ def _read_ucf101(videos: Path, annotations: Path, subset: str, split: int) -> Li
         if len(parts) != 2 or not parts[0].isdigit():
             raise SplitFileError(class_file, number, f"expected '<index> <class>', got {line!r}")
         if int(parts[0]) != len(classes) + 1:
-            raise SplitFileError(class_file, number, f"class indices must run 1, 2, 3, ...; expected {len(classes) + 1}, got {parts[0]}")
+            raise SplitFileError(
+                class_file, number, f"class indices must run 1, 2, 3, ...; expected {len(classes) + 1}, got {parts[0]}"
+            )
         classes.append(parts[1])
     by_folder = {name.lower(): i for i, name in enumerate(classes)}
 
@@ -126,14 +135,22 @@ def _read_ucf101(videos: Path, annotations: Path, subset: str, split: int) -> Li
             raise SplitFileError(list_file, number, f"expected {form}, got {line!r}")
         folder = parts[0].split("/")[0].lower()
         if folder not in by_folder:
-            raise SplitFileError(list_file, number, f"class folder {parts[0].split('/')[0]!r} is not in {class_file.name}")
+            raise SplitFileError(
+                list_file, number, f"class folder {parts[0].split('/')[0]!r} is not in {class_file.name}"
+            )
         label = by_folder[folder]
         if fields == 2:
             if not parts[1].isdigit() or not 1 <= int(parts[1]) <= len(classes):
-                raise SplitFileError(list_file, number, f"class index {parts[1]!r} is not in 1..{len(classes)} of {class_file.name}")
+                raise SplitFileError(
+                    list_file, number, f"class index {parts[1]!r} is not in 1..{len(classes)} of {class_file.name}"
+                )
             if int(parts[1]) - 1 != label:
-                raise SplitFileError(list_file, number, f"class index {parts[1]} ({classes[int(parts[1]) - 1]}) "
-                                                        f"disagrees with the folder {parts[0].split('/')[0]!r}")
+                raise SplitFileError(
+                    list_file,
+                    number,
+                    f"class index {parts[1]} ({classes[int(parts[1]) - 1]}) "
+                    f"disagrees with the folder {parts[0].split('/')[0]!r}",
+                )
         located.append((parts[0], label, list_file, number))
     return _locate(f"ucf101 {subset} split {split}", tuple(classes), videos, located)
 
@@ -144,7 +161,9 @@ def _read_hmdb51(videos: Path, annotations: Path, subset: str, split: int) -> Li
     suffix = f"_test_split{split}.txt"
     files = sorted(annotations.glob(f"*{suffix}")) if annotations.is_dir() else []
     if not files:
-        raise FileNotFoundError(f"no HMDB-51 split files '<class>{suffix}' in {annotations} (the testTrainMulti_7030_splits folder)")
+        raise FileNotFoundError(
+            f"no HMDB-51 split files '<class>{suffix}' in {annotations} (the testTrainMulti_7030_splits folder)"
+        )
     classes = tuple(f.name[: -len(suffix)] for f in files)
     wanted = HMDB_SUBSET_IDS[subset]
     located: list[tuple[str, int, Path, int]] = []
@@ -171,25 +190,39 @@ def _read_kinetics(videos: Path, csv_file: Path) -> Listing:
         reader = csv.DictReader(f)
         missing_columns = [c for c in KINETICS_COLUMNS if c not in (reader.fieldnames or [])]
         if missing_columns:
-            raise SplitFileError(csv_file, 1, f"missing column(s) {missing_columns}; expected a header "
-                                              f"'{','.join(KINETICS_COLUMNS)}[,split]', got {reader.fieldnames}")
+            raise SplitFileError(
+                csv_file,
+                1,
+                f"missing column(s) {missing_columns}; expected a header "
+                f"'{','.join(KINETICS_COLUMNS)}[,split]', got {reader.fieldnames}",
+            )
         for row in reader:
             where = f"{csv_file.name}:{reader.line_num}"
             label, youtube_id = (row["label"] or "").strip(), (row["youtube_id"] or "").strip()
             try:
                 start, end = int(float(row["time_start"])), int(float(row["time_end"]))
             except (TypeError, ValueError):
-                raise SplitFileError(csv_file, reader.line_num, f"time_start/time_end must be numbers, got "
-                                                                f"{row['time_start']!r}, {row['time_end']!r}") from None
+                raise SplitFileError(
+                    csv_file,
+                    reader.line_num,
+                    f"time_start/time_end must be numbers, got {row['time_start']!r}, {row['time_end']!r}",
+                ) from None
             if not label or not youtube_id:
-                raise SplitFileError(csv_file, reader.line_num, "empty label or youtube_id (a test CSV without labels "
-                                                                "cannot be used for labelled evaluation)")
+                raise SplitFileError(
+                    csv_file,
+                    reader.line_num,
+                    "empty label or youtube_id (a test CSV without labels cannot be used for labelled evaluation)",
+                )
             clip = f"{youtube_id}_{start:06d}_{end:06d}"
             rows.append((label, by_stem.get(clip) or by_stem.get(youtube_id), clip, where))
     classes = tuple(sorted({label for label, *_ in rows}))
     index = {name: i for i, name in enumerate(classes)}
     entries = tuple((path, index[label]) for label, path, _, _ in rows if path is not None)
-    missing = tuple(Rejected(clip, f"listed at {where} but no video file under {videos}") for _, path, clip, where in rows if path is None)
+    missing = tuple(
+        Rejected(clip, f"listed at {where} but no video file under {videos}")
+        for _, path, clip, where in rows
+        if path is None
+    )
     return Listing(f"kinetics {csv_file.stem}", classes, entries, missing)
 
 
@@ -244,12 +277,22 @@ def open_split(cfg: SplitConfig, workers: int = 8, progress: bool = False) -> La
     usable = [(known[key], label) for path, label in listing.entries if (key := str(path.resolve())) in known]
     rejected_all = listing.missing + tuple(rejected)
     if rejected_all:
-        log.warning("%s: skipping %d of %d listed videos, e.g. %s: %s", listing.name, len(rejected_all),
-                    len(listing.entries) + len(listing.missing), rejected_all[0].path, rejected_all[0].reason)
+        log.warning(
+            "%s: skipping %d of %d listed videos, e.g. %s: %s",
+            listing.name,
+            len(rejected_all),
+            len(listing.entries) + len(listing.missing),
+            rejected_all[0].path,
+            rejected_all[0].reason,
+        )
     if not usable:
-        raise ValueError(f"{listing.name}: none of the {len(listing.entries) + len(listing.missing)} listed videos is "
-                         f"usable under {cfg.videos} (first problem: {rejected_all[0].reason if rejected_all else 'empty list'})")
-    return LabelledSet(listing.name, listing.classes, tuple(v for v, _ in usable), tuple(lb for _, lb in usable), rejected_all)
+        raise ValueError(
+            f"{listing.name}: none of the {len(listing.entries) + len(listing.missing)} listed videos is "
+            f"usable under {cfg.videos} (first problem: {rejected_all[0].reason if rejected_all else 'empty list'})"
+        )
+    return LabelledSet(
+        listing.name, listing.classes, tuple(v for v, _ in usable), tuple(lb for _, lb in usable), rejected_all
+    )
 
 
 def label_subset(data: LabelledSet, fraction: float, seed: int) -> LabelledSet:
@@ -267,5 +310,9 @@ def label_subset(data: LabelledSet, fraction: float, seed: int) -> LabelledSet:
         order = generator(SampleKey(seed, _SUBSET_EPOCH, label), Stream.PERMUTATION).permutation(len(members))
         keep += members[order[: max(1, round(fraction * len(members)))]].tolist()
     chosen = sorted(keep)
-    return dataclasses.replace(data, name=f"{data.name} ({fraction:.0%} of labels)",
-                               videos=tuple(data.videos[i] for i in chosen), labels=tuple(data.labels[i] for i in chosen))
+    return dataclasses.replace(
+        data,
+        name=f"{data.name} ({fraction:.0%} of labels)",
+        videos=tuple(data.videos[i] for i in chosen),
+        labels=tuple(data.labels[i] for i in chosen),
+    )

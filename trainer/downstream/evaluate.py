@@ -5,6 +5,7 @@ to 112; as in the official TSN test, the clips' logits are averaged per video an
 softmax, which is then scored: top-1 and top-5, per-class accuracy and a confusion matrix (also drawn as a
 picture). Under torchrun the videos are sharded over the ranks and gathered on rank 0.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,17 @@ from tqdm import tqdm
 from datagen.manifest import Rejected
 from trainer.checkpoint import resolve_checkpoint
 from trainer.data import InProcessSource
+from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import ClipIndices, EvalClips, eval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
-from trainer.distributed import Ranks, process_group
-from trainer.downstream.metrics import aggregate_clips, confusion_image, confusion_matrix, per_class_accuracy, topk_accuracy
+from trainer.downstream.metrics import (
+    aggregate_clips,
+    confusion_image,
+    confusion_matrix,
+    per_class_accuracy,
+    topk_accuracy,
+)
 from trainer.downstream.model import load_classifier
 from trainer.downstream.report import percent, results_path, table, write_json
 from trainer.execution import Execution
@@ -33,9 +40,15 @@ from trainer.progress import show_bars
 
 
 @torch.no_grad()
-def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
-                ranks: Ranks = Ranks(), desc: str = "videos", indices: ClipIndices = eval_clip_indices
-                ) -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
+def video_means(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    data: LabelledSet,
+    cfg: DownstreamConfig,
+    execution: Execution,
+    ranks: Ranks = Ranks(),
+    desc: str = "videos",
+    indices: ClipIndices = eval_clip_indices,
+) -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
     """`fn` of every evaluation clip (normalised, (N, 3, T, S, S) → (N, D)), averaged per video; the clips
     are at the frames `indices` gives.
 
@@ -46,7 +59,13 @@ def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, c
     source = EvalClips(data, cfg.clips, execution.device, indices=indices)
     ids, means = [torch.zeros(0, dtype=torch.int64)], []
     stream = InProcessSource(source).stream(0, 0, positions, cfg.clips.test_batch_videos)
-    bar = tqdm(total=len(positions), unit="video", desc=desc, disable=not (show_bars(cfg.run.progress) and ranks.is_main), leave=False)
+    bar = tqdm(
+        total=len(positions),
+        unit="video",
+        desc=desc,
+        disable=not (show_bars(cfg.run.progress) and ranks.is_main),
+        leave=False,
+    )
     with contextlib.closing(stream) as batches, bar:
         for batch in batches:
             if len(batch.clips):
@@ -65,8 +84,9 @@ def video_means(fn: Callable[[torch.Tensor], torch.Tensor], data: LabelledSet, c
     return ids_all[order], torch.cat(found)[order], [r for p in parts for r in p[2]]
 
 
-def predict(model: torch.nn.Module, data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
-            ranks: Ranks = Ranks()) -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
+def predict(
+    model: torch.nn.Module, data: LabelledSet, cfg: DownstreamConfig, execution: Execution, ranks: Ranks = Ranks()
+) -> tuple[torch.Tensor, torch.Tensor, list[Rejected]]:
     """(positions, per-video scores (V, C), skipped videos): the softmax of the clips' mean logits, as the
     official test scores a video (not the mean of the clips' softmaxes). `model` runs in eval mode, then is
     restored."""
@@ -90,30 +110,48 @@ def classification_results(probs: torch.Tensor, labels: torch.Tensor, classes: t
         "top1": top[1],
         "top5": top[5],
         "mean_class_accuracy": accuracy[present].mean().item(),
-        "per_class": {name: {"videos": int(n), "top1": acc}
-                      for name, n, acc in zip(classes, counts.tolist(), accuracy.tolist()) if n},
+        "per_class": {
+            name: {"videos": int(n), "top1": acc}
+            for name, n, acc in zip(classes, counts.tolist(), accuracy.tolist())
+            if n
+        },
         "confusion": confusion.tolist(),
     }
 
 
-def evaluate(model: torch.nn.Module, data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
-             ranks: Ranks = Ranks()) -> dict[str, Any]:
+def evaluate(
+    model: torch.nn.Module, data: LabelledSet, cfg: DownstreamConfig, execution: Execution, ranks: Ranks = Ranks()
+) -> dict[str, Any]:
     """Score `model` on `data` (already labelled in the model's classes)."""
     positions, probs, skipped = predict(model, data, cfg, execution, ranks)
     labels = torch.tensor(data.labels)[positions]
-    return {"split": data.name, "clips_per_video": cfg.clips.test_clips, **classification_results(probs, labels, data.classes),
-            "skipped": [dataclasses.asdict(r) for r in (*data.rejected, *skipped)]}
+    return {
+        "split": data.name,
+        "clips_per_video": cfg.clips.test_clips,
+        **classification_results(probs, labels, data.classes),
+        "skipped": [dataclasses.asdict(r) for r in (*data.rejected, *skipped)],
+    }
 
 
 def summary_table(title: str, results: dict[str, Any], per_class: bool = True) -> str:
-    text = table(title, [("video top-1 (%)", percent(results["top1"])), ("video top-5 (%)", percent(results["top5"])),
-                         ("mean class accuracy (%)", percent(results["mean_class_accuracy"])),
-                         ("videos", str(results["videos"])), ("skipped videos", str(len(results["skipped"])))],
-                 header=("metric", "value"))
+    text = table(
+        title,
+        [
+            ("video top-1 (%)", percent(results["top1"])),
+            ("video top-5 (%)", percent(results["top5"])),
+            ("mean class accuracy (%)", percent(results["mean_class_accuracy"])),
+            ("videos", str(results["videos"])),
+            ("skipped videos", str(len(results["skipped"]))),
+        ],
+        header=("metric", "value"),
+    )
     if per_class:
         rows = sorted(results["per_class"].items(), key=lambda item: (item[1]["top1"], item[0]))
-        text += "\n\n" + table("per class (worst first)", [(name, str(r["videos"]), percent(r["top1"])) for name, r in rows],
-                                header=("class", "videos", "top-1 (%)"))
+        text += "\n\n" + table(
+            "per class (worst first)",
+            [(name, str(r["videos"]), percent(r["top1"])) for name, r in rows],
+            header=("class", "videos", "top-1 (%)"),
+        )
     return text
 
 
@@ -126,8 +164,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "PNG) next to the checkpoint.",
         epilog=f"presets: {', '.join(presets())}",
     )
-    p.add_argument("--checkpoint", required=True, type=resolve_checkpoint,
-                   help="a fine-tuned checkpoint (finetuned.pt) or its run folder")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        type=resolve_checkpoint,
+        help="a fine-tuned checkpoint (finetuned.pt) or its run folder",
+    )
     p.add_argument("--config", default=None, help="preset or YAML file (default: the checkpoint's own config)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the checkpoint)")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.split=2")
@@ -140,7 +182,9 @@ def run(args: argparse.Namespace) -> None:
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
         model = execution.prepare(model)
-        test = ranks.broadcast(open_split(cfg.test_split, progress=show_bars(cfg.run.progress)) if ranks.is_main else None)
+        test = ranks.broadcast(
+            open_split(cfg.test_split, progress=show_bars(cfg.run.progress)) if ranks.is_main else None
+        )
         results = evaluate(model, test.relabel(classes), cfg, execution, ranks)
     if not ranks.is_main:
         return

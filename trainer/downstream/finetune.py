@@ -7,6 +7,7 @@ disjoint shard of every epoch and the gradients are averaged by DDP. The checkpo
 epoch (resume continues from the next one exactly: the clips are keyed and dropout is reseeded per epoch),
 and the validation results are written next to it as JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,10 @@ from tqdm import tqdm
 from datagen.config import differences, to_dict, to_yaml
 from trainer.checkpoint import FINETUNED_NAME, save_atomic
 from trainer.data import InProcessSource
+from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group
 from trainer.downstream.clips import ClipBatch, TrainClips
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, label_subset, open_split
-from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group
 from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import FINETUNE_TASK, VideoClassifier, load_encoder, read_state
 from trainer.downstream.report import write_json
@@ -62,10 +63,12 @@ class FineTuner:
         self.cfg, self.classes, self.execution = cfg, classes, execution
         self.model = execution.prepare(model)
         self.network = distributed_data_parallel(self.model, execution.device) if ranks.distributed else self.model
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum,
-                                         weight_decay=cfg.optim.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(self.optimizer, milestones=list(cfg.optim.milestones),
-                                                              gamma=cfg.optim.gamma)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            self.optimizer, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma
+        )
         self.epoch = 0  # epochs completed
         self.step = 0
 
@@ -91,9 +94,16 @@ class FineTuner:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"task": FINETUNE_TASK, "config": to_dict(self.cfg), "classes": list(self.classes), "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "epoch": self.epoch,
-                "step": self.step}
+        return {
+            "task": FINETUNE_TASK,
+            "config": to_dict(self.cfg),
+            "classes": list(self.classes),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+        }
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
         if state.get("task") != FINETUNE_TASK:
@@ -104,9 +114,11 @@ class FineTuner:
             differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
             if tuple(state["classes"]) != self.classes:
                 differ.append(f"classes: {list(state['classes'])} -> {list(self.classes)}")
-            raise ValueError(f"cannot resume from {source}: its {', '.join(changed) or 'class'} config differs from this "
-                             f"run's (checkpoint -> this run: {'; '.join(differ)}); resume with the same config "
-                             "(only optim.* and run.* may change)")
+            raise ValueError(
+                f"cannot resume from {source}: its {', '.join(changed) or 'class'} config differs from this "
+                f"run's (checkpoint -> this run: {'; '.join(differ)}); resume with the same config "
+                "(only optim.* and run.* may change)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -143,12 +155,25 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
     steps_per_epoch = -(-shard_size // per_rank_batch)
     metrics = MetricsLog(checkpoint.parent, resume_step=tuner.step if tuner.epoch else None) if ranks.is_main else None
     if ranks.is_main:
-        log.info("fine-tuning %s (%s) on %s: %d videos, %d classes, %d steps per epoch, %s, %d rank(s)", tuner.cfg.model.encoder,
-                 cfg.model.init or "random init", train.name, len(train), len(train.classes), steps_per_epoch,
-                 execution.describe(), ranks.world_size)
+        log.info(
+            "fine-tuning %s (%s) on %s: %d videos, %d classes, %d steps per epoch, %s, %d rank(s)",
+            tuner.cfg.model.encoder,
+            cfg.model.init or "random init",
+            train.name,
+            len(train),
+            len(train.classes),
+            steps_per_epoch,
+            execution.describe(),
+            ranks.world_size,
+        )
     results: dict[str, Any] = {}
-    bar = tqdm(total=cfg.optim.epochs * steps_per_epoch, initial=tuner.step, unit="step", dynamic_ncols=True,
-               disable=not (show_bars(cfg.run.progress) and ranks.is_main))
+    bar = tqdm(
+        total=cfg.optim.epochs * steps_per_epoch,
+        initial=tuner.step,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (show_bars(cfg.run.progress) and ranks.is_main),
+    )
     stopped = False
     with bar, stop_on_signals("the end of the epoch (fine-tuning checkpoints once per epoch)") as stop_requested:
         while tuner.epoch < cfg.optim.epochs and not stopped:
@@ -157,7 +182,9 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
             torch.manual_seed(cfg.data.seed * 1_000_003 + epoch * ranks.world_size + ranks.rank)  # dropout masks
             window: list[torch.Tensor] = []
             started = time.perf_counter()
-            with contextlib.closing(source.stream(cfg.data.seed, epoch, ranks.shard(len(train)), per_rank_batch)) as batches:
+            with contextlib.closing(
+                source.stream(cfg.data.seed, epoch, ranks.shard(len(train)), per_rank_batch)
+            ) as batches:
                 for batch in batches:
                     window.append(tuner.train_step(batch))
                     bar.update()
@@ -170,19 +197,36 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
                     log.info("epoch %d: validating on %d videos of %s…", tuner.epoch, len(val), val.name)
                 results = evaluate(tuner.model, val, cfg, execution, ranks)
                 if ranks.is_main:
-                    log.info("epoch %d/%d: validation top-1 %.2f%%, top-5 %.2f%%", tuner.epoch, cfg.optim.epochs,
-                             100 * results["top1"], 100 * results["top5"])
+                    log.info(
+                        "epoch %d/%d: validation top-1 %.2f%%, top-5 %.2f%%",
+                        tuner.epoch,
+                        cfg.optim.epochs,
+                        100 * results["top1"],
+                        100 * results["top5"],
+                    )
                 if metrics:
                     metrics.scalars(tuner.step, {"val/top1": results["top1"], "val/top5": results["top5"]})
-                    metrics.records([{"step": tuner.step, "epoch": tuner.epoch, "val_top1": results["top1"],
-                                      "val_top5": results["top5"]}])
+                    metrics.records(
+                        [
+                            {
+                                "step": tuner.step,
+                                "epoch": tuner.epoch,
+                                "val_top1": results["top1"],
+                                "val_top5": results["top5"],
+                            }
+                        ]
+                    )
             if ranks.is_main:
                 save_atomic(tuner.state_dict(), checkpoint)
             stopped = tuner.epoch < cfg.optim.epochs and any(ranks.gather(stop_requested.is_set()))  # together
     if stopped:
         if ranks.is_main:
-            log.info("stopped after epoch %d of %d, checkpoint %s; continue by running the same command with --resume auto",
-                     tuner.epoch, cfg.optim.epochs, checkpoint)
+            log.info(
+                "stopped after epoch %d of %d, checkpoint %s; continue by running the same command with --resume auto",
+                tuner.epoch,
+                cfg.optim.epochs,
+                checkpoint,
+            )
         if metrics:
             metrics.close()
         return checkpoint
@@ -194,40 +238,77 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
 
 
 def _open_data(cfg: DownstreamConfig) -> tuple[LabelledSet, LabelledSet | None]:
-    train = label_subset(open_split(cfg.data.train, progress=show_bars(cfg.run.progress)), cfg.data.label_fraction, cfg.data.seed)
-    val = open_split(cfg.test_split, progress=show_bars(cfg.run.progress)).relabel(train.classes) if cfg.run.val_every else None
+    train = label_subset(
+        open_split(cfg.data.train, progress=show_bars(cfg.run.progress)), cfg.data.label_fraction, cfg.data.seed
+    )
+    val = (
+        open_split(cfg.test_split, progress=show_bars(cfg.run.progress)).relabel(train.classes)
+        if cfg.run.val_every
+        else None
+    )
     if val is not None and {v.path for v in val.videos} & {v.path for v in train.videos}:
         log.warning("the validation split %s shares videos with the training split %s", val.name, train.name)
     return train, val
 
 
-def _log_window(metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[torch.Tensor], seconds: float,
-                steps_per_epoch: int) -> None:
+def _log_window(
+    metrics: MetricsLog, bar: tqdm, tuner: FineTuner, window: list[torch.Tensor], seconds: float, steps_per_epoch: int
+) -> None:
     """Per-step records and TensorBoard averages of rank 0's loss and clip accuracy since the last log; a plain
     log line instead of the bar's postfix when no bar is drawn."""
     values = torch.stack(window).cpu()
     first = tuner.step - len(window) + 1
     lr = tuner.lr()
-    metrics.records([{"step": first + i, "epoch": tuner.epoch, "loss": v[0], "top1": v[1], "lr": lr}
-                     for i, v in enumerate(values.tolist())])
+    metrics.records(
+        [
+            {"step": first + i, "epoch": tuner.epoch, "loss": v[0], "top1": v[1], "lr": lr}
+            for i, v in enumerate(values.tolist())
+        ]
+    )
     mean = values.mean(0).tolist()
-    metrics.scalars(tuner.step, {"train/loss": mean[0], "train/clip_top1": mean[1], "lr": lr,
-                                 "throughput/steps_per_s": len(window) / seconds})
+    metrics.scalars(
+        tuner.step,
+        {"train/loss": mean[0], "train/clip_top1": mean[1], "lr": lr, "throughput/steps_per_s": len(window) / seconds},
+    )
     bar.set_postfix(loss=f"{mean[0]:.3f}", top1=f"{mean[1]:.2f}", refresh=False)
     if bar.disable:
         total = tuner.cfg.optim.epochs * steps_per_epoch
-        log.info("step %d/%d epoch %d/%d: loss %.4f, clip top-1 %.2f, lr %.3g, %.2f steps/s, ETA %s", tuner.step, total,
-                 tuner.epoch + 1, tuner.cfg.optim.epochs, mean[0], mean[1], lr, len(window) / seconds,
-                 eta((total - tuner.step) * seconds / len(window)))
+        log.info(
+            "step %d/%d epoch %d/%d: loss %.4f, clip top-1 %.2f, lr %.3g, %.2f steps/s, ETA %s",
+            tuner.step,
+            total,
+            tuner.epoch + 1,
+            tuner.cfg.optim.epochs,
+            mean[0],
+            mean[1],
+            lr,
+            len(window) / seconds,
+            eta((total - tuner.step) * seconds / len(window)),
+        )
 
 
-def _report(cfg: DownstreamConfig, train: LabelledSet, unreadable: dict[str, str], checkpoint: Path, results: dict[str, Any]) -> None:
-    summary = {"task": "finetune", "checkpoint": str(checkpoint), "init": cfg.model.init or "random", "encoder": cfg.model.encoder,
-               "train_split": train.name, "train_videos": len(train), "label_fraction": cfg.data.label_fraction,
-               "epochs": cfg.optim.epochs, "unreadable_training_videos": unreadable, "validation": results}
+def _report(
+    cfg: DownstreamConfig, train: LabelledSet, unreadable: dict[str, str], checkpoint: Path, results: dict[str, Any]
+) -> None:
+    summary = {
+        "task": "finetune",
+        "checkpoint": str(checkpoint),
+        "init": cfg.model.init or "random",
+        "encoder": cfg.model.encoder,
+        "train_split": train.name,
+        "train_videos": len(train),
+        "label_fraction": cfg.data.label_fraction,
+        "epochs": cfg.optim.epochs,
+        "unreadable_training_videos": unreadable,
+        "validation": results,
+    }
     out = write_json(checkpoint.with_suffix(".json"), summary)
     if results:
-        print(summary_table(f"finetune: validation after epoch {cfg.optim.epochs} on {results['split']}", results, per_class=False))
+        print(
+            summary_table(
+                f"finetune: validation after epoch {cfg.optim.epochs} on {results['split']}", results, per_class=False
+            )
+        )
     print(f"checkpoint: {checkpoint}\nresults: {out}")
 
 
@@ -242,15 +323,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"presets: {', '.join(presets())}",
     )
     p.add_argument("--config", default=None, help="preset or YAML file (default: the paper's recipe)")
-    p.add_argument("--init", default=None, metavar="WEIGHTS",
-                   help="exported encoder, pretraining checkpoint or run folder (its newest checkpoint; sets model.init; "
-                   "default: random initialisation)")
-    p.add_argument("--label-fraction", type=float, default=None, metavar="F",
-                   help="train on this share of each class's labelled videos, e.g. 0.1 (sets data.label_fraction)")
-    p.add_argument("--resume", default=None, metavar="auto|CKPT",
-                   help="continue a run; `auto`: its own checkpoint, if any (default: a new run)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="delete a fine-tuning run already in run.out_dir first (default: refuse)")
+    p.add_argument(
+        "--init",
+        default=None,
+        metavar="WEIGHTS",
+        help="exported encoder, pretraining checkpoint or run folder (its newest checkpoint; sets model.init; "
+        "default: random initialisation)",
+    )
+    p.add_argument(
+        "--label-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="train on this share of each class's labelled videos, e.g. 0.1 (sets data.label_fraction)",
+    )
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|CKPT",
+        help="continue a run; `auto`: its own checkpoint, if any (default: a new run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete a fine-tuning run already in run.out_dir first (default: refuse)",
+    )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=50")
     p.set_defaults(func=run)

@@ -1,5 +1,6 @@
 """Downstream metrics: clip → video aggregation, top-k, per-class accuracy, the confusion matrix (and its
 picture) and retrieval hits. Plain tensor functions, checked on hand-made cases in the tests."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,7 +30,9 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
 
 def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) counts: row = true class, column = predicted class."""
-    return torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    return torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
 
 
 def per_class_accuracy(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,14 +42,23 @@ def per_class_accuracy(confusion: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return accuracy, counts
 
 
-def retrieval_hits(queries: torch.Tensor, query_labels: torch.Tensor, gallery: torch.Tensor, gallery_labels: torch.Tensor,
-                   ks: Sequence[int] = RETRIEVAL_KS, same: torch.Tensor | None = None) -> dict[int, float]:
+def retrieval_hits(
+    queries: torch.Tensor,
+    query_labels: torch.Tensor,
+    gallery: torch.Tensor,
+    gallery_labels: torch.Tensor,
+    ks: Sequence[int] = RETRIEVAL_KS,
+    same: torch.Tensor | None = None,
+) -> dict[int, float]:
     """Share of queries with their class among their k nearest gallery items by cosine distance.
 
     `same` (Q, G) bool marks pairs that are one video (when the two splits overlap): a video never
     retrieves itself. k is capped at the gallery size.
     """
-    similarity = torch.nn.functional.normalize(queries.double(), dim=1) @ torch.nn.functional.normalize(gallery.double(), dim=1).T
+    similarity = (
+        torch.nn.functional.normalize(queries.double(), dim=1)
+        @ torch.nn.functional.normalize(gallery.double(), dim=1).T
+    )
     if same is not None:
         similarity = similarity.masked_fill(same, float("-inf"))
     nearest = similarity.topk(min(max(ks), gallery.shape[0]), dim=1).indices

@@ -1,5 +1,6 @@
 """The downstream classifier (encoder at standard strides → average pool → dropout → linear) and the files its
 weights come from: an exported encoder, a pretraining checkpoint or a fine-tuned checkpoint."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,13 +53,20 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
     try:
         result = encoder.load_state_dict(tensors, strict=False)
     except RuntimeError as exc:  # tensors of the wrong shape
-        raise ValueError(f"{weights} does not fit a {encoder.name} encoder ({str(exc).splitlines()[-1].strip()}); "
-                         "set model.encoder to the encoder it was trained with") from None
-    problems = [f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
-                for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys)) if keys]
+        raise ValueError(
+            f"{weights} does not fit a {encoder.name} encoder ({str(exc).splitlines()[-1].strip()}); "
+            "set model.encoder to the encoder it was trained with"
+        ) from None
+    problems = [
+        f"{what}: {keys[:3]}{' ...' if len(keys) > 3 else ''}"
+        for what, keys in (("missing", result.missing_keys), ("unexpected", result.unexpected_keys))
+        if keys
+    ]
     if problems:
-        raise ValueError(f"{weights} does not fit a {encoder.name} encoder ({'; '.join(problems)}); "
-                         "set model.encoder to the encoder it was trained with")
+        raise ValueError(
+            f"{weights} does not fit a {encoder.name} encoder ({'; '.join(problems)}); "
+            "set model.encoder to the encoder it was trained with"
+        )
     return encoder
 
 
@@ -66,9 +74,13 @@ def load_classifier(path: str | Path) -> tuple[VideoClassifier, tuple[str, ...],
     """A fine-tuned checkpoint (or its run folder) → (classifier with its weights, its class names, its config dict)."""
     state = read_state(resolve_checkpoint(path))
     if not is_finetuned(state):
-        raise ValueError(f"{path} is not a fine-tuned checkpoint (make one with `ctp-train finetune`); "
-                         "retrieval takes exported encoders and pretraining checkpoints too")
+        raise ValueError(
+            f"{path} is not a fine-tuned checkpoint (make one with `ctp-train finetune`); "
+            "retrieval takes exported encoders and pretraining checkpoints too"
+        )
     config, classes = state["config"], tuple(state["classes"])
-    model = VideoClassifier(build_encoder(config["model"]["encoder"], pretraining=False), len(classes), config["model"]["dropout"])
+    model = VideoClassifier(
+        build_encoder(config["model"]["encoder"], pretraining=False), len(classes), config["model"]["dropout"]
+    )
     model.load_state_dict(state["model"])
     return model, classes, config

@@ -1,4 +1,5 @@
 """Downstream results for people (a printed table) and for programs (JSON next to the weights they score)."""
+
 from __future__ import annotations
 
 import json

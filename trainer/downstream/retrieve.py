@@ -7,6 +7,7 @@ flattened, averaged over the clips; neighbours are ranked by cosine distance and
 one of its k nearest gallery videos has its class (matched by name, so the splits may come from
 different datasets). When the splits overlap, a video never retrieves itself.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import retrieval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
-from trainer.distributed import Ranks, process_group
 from trainer.downstream.evaluate import video_means
 from trainer.downstream.metrics import RETRIEVAL_KS, retrieval_hits
 from trainer.downstream.model import is_finetuned, load_encoder, read_state
@@ -35,17 +36,32 @@ def retrieval_features(feature_map: torch.Tensor) -> torch.Tensor:
     return F.max_pool3d(feature_map, kernel_size=(1, 2, 2)).flatten(1)
 
 
-def video_features(encoder: Encoder, data: LabelledSet, cfg: DownstreamConfig, execution: Execution,
-                   ranks: Ranks = Ranks()) -> tuple[torch.Tensor, torch.Tensor]:
+def video_features(
+    encoder: Encoder, data: LabelledSet, cfg: DownstreamConfig, execution: Execution, ranks: Ranks = Ranks()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(positions in `data` of the decodable videos, their features (V, D))."""
     encoder.eval()
-    positions, features, _ = video_means(lambda x: retrieval_features(encoder(x)), data, cfg, execution, ranks,
-                                         desc=f"features of {data.name}", indices=retrieval_clip_indices)
+    positions, features, _ = video_means(
+        lambda x: retrieval_features(encoder(x)),
+        data,
+        cfg,
+        execution,
+        ranks,
+        desc=f"features of {data.name}",
+        indices=retrieval_clip_indices,
+    )
     return positions, features
 
 
-def retrieve(encoder: Encoder, gallery: LabelledSet, queries: LabelledSet, cfg: DownstreamConfig, execution: Execution,
-             ranks: Ranks = Ranks(), ks: tuple[int, ...] = RETRIEVAL_KS) -> dict[str, Any]:
+def retrieve(
+    encoder: Encoder,
+    gallery: LabelledSet,
+    queries: LabelledSet,
+    cfg: DownstreamConfig,
+    execution: Execution,
+    ranks: Ranks = Ranks(),
+    ks: tuple[int, ...] = RETRIEVAL_KS,
+) -> dict[str, Any]:
     """Hit rates at each k of `queries` against `gallery`."""
     g_pos, g_feat = video_features(encoder, gallery, cfg, execution, ranks)
     same_split = [v.path for v in queries.videos] == [v.path for v in gallery.videos]
@@ -59,10 +75,16 @@ def retrieve(encoder: Encoder, gallery: LabelledSet, queries: LabelledSet, cfg: 
     same = q_ids[:, None] == g_ids[None, :]
     same = same if same.any() else None
     hits = retrieval_hits(q_feat, q_labels, g_feat, g_labels, ks, same)
-    return {"gallery": gallery.name, "queries": queries.name, "gallery_videos": len(g_pos), "query_videos": len(q_pos),
-            "feature_size": g_feat.shape[1], "clips_per_video": cfg.clips.test_clips,
-            "top_k": {str(k): hits[k] for k in ks},
-            "skipped": [dataclasses.asdict(r) for r in (*gallery.rejected, *queries.rejected)]}
+    return {
+        "gallery": gallery.name,
+        "queries": queries.name,
+        "gallery_videos": len(g_pos),
+        "query_videos": len(q_pos),
+        "feature_size": g_feat.shape[1],
+        "clips_per_video": cfg.clips.test_clips,
+        "top_k": {str(k): hits[k] for k in ks},
+        "skipped": [dataclasses.asdict(r) for r in (*gallery.rejected, *queries.rejected)],
+    }
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -76,7 +98,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--weights", type=Path, default=None, help="exported encoder or checkpoint (default: random init)")
     p.add_argument("--config", default=None, help="preset or YAML file (default: a fine-tuned checkpoint's own config)")
-    p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the weights, or in run.out_dir)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default: next to the weights, or in run.out_dir)"
+    )
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.train.split=2")
     p.set_defaults(func=run)
 
@@ -87,17 +111,31 @@ def run(args: argparse.Namespace) -> None:
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
         encoder = execution.prepare(load_encoder(cfg.model.encoder, args.weights))
-        gallery, queries = ranks.broadcast((open_split(cfg.data.train, progress=show_bars(cfg.run.progress)),
-                                            open_split(cfg.test_split, progress=show_bars(cfg.run.progress))) if ranks.is_main else None)
+        gallery, queries = ranks.broadcast(
+            (
+                open_split(cfg.data.train, progress=show_bars(cfg.run.progress)),
+                open_split(cfg.test_split, progress=show_bars(cfg.run.progress)),
+            )
+            if ranks.is_main
+            else None
+        )
         results = retrieve(encoder, gallery, queries, cfg, execution, ranks)
     if not ranks.is_main:
         return
     anchor = args.weights or Path(cfg.run.out_dir) / f"random-{encoder.name}.pt"
     out = args.out or results_path(anchor, "retrieval", gallery.name, queries.name)
-    write_json(out, {"task": "retrieve", "weights": str(args.weights) if args.weights else f"random {encoder.name}", **results})
+    write_json(
+        out, {"task": "retrieve", "weights": str(args.weights) if args.weights else f"random {encoder.name}", **results}
+    )
     rows = [(f"top-{k} (%)", percent(v)) for k, v in results["top_k"].items()]
-    print(table(f"retrieve: {results['query_videos']} queries of {queries.name} against {results['gallery_videos']} videos "
-                f"of {gallery.name} ({args.weights or 'random init'})", rows, header=("metric", "value")))
+    print(
+        table(
+            f"retrieve: {results['query_videos']} queries of {queries.name} against {results['gallery_videos']} videos "
+            f"of {gallery.name} ({args.weights or 'random init'})",
+            rows,
+            header=("metric", "value"),
+        )
+    )
     print(f"results: {out}")
 
 
