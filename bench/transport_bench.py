@@ -16,6 +16,7 @@ import collections
 import multiprocessing
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -36,7 +37,9 @@ class PrecomputedBatches:
 
     def __init__(self, batch_size: int, frames: int, size: int, trajectories: int = 3, num_videos: int = 64):
         g = torch.Generator().manual_seed(0)
-        self.videos = [VideoInfo(f"bench/{i:03d}.mp4", 300, 30.0, 340, 256, "h264") for i in range(num_videos)]
+        self.videos: Sequence[VideoInfo] = [
+            VideoInfo(f"bench/{i:03d}.mp4", 300, 30.0, 340, 256, "h264") for i in range(num_videos)
+        ]
         self.bad_videos: dict[str, str] = {}
         self.stats: collections.Counter[str] = collections.Counter()
         self._clips = torch.randint(0, 256, (batch_size, frames, size, size, 3), dtype=torch.uint8, generator=g)

@@ -25,9 +25,10 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Clips, boxes and visibility on `device`; the keys stay on the host, where they are read (on a GPU,
         reading them there would wait for the device every step)."""
-        return Batch(
-            *(t.to(device, non_blocking=non_blocking) for t in (self.clips, self.boxes, self.visible)), self.keys.cpu()
+        clips, boxes, visible = (
+            t.to(device, non_blocking=non_blocking) for t in (self.clips, self.boxes, self.visible)
         )
+        return Batch(clips, boxes, visible, self.keys.cpu())
 
     @staticmethod
     def cat(batches: list[Batch]) -> Batch:

@@ -16,8 +16,10 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import av
 from av.video.frame import PictureType
@@ -65,7 +67,7 @@ def output_path(source: Path, root: Path, out: Path) -> Path:
 
 def plan_jobs(sources: list[str | os.PathLike[str]], out: Path) -> list[Job]:
     """One job per video under the sources; a folder's tree is mirrored under `out`, a file lands at its top."""
-    jobs = {}
+    jobs: dict[Path, Job] = {}
     for src in map(Path, sources):
         root = src if src.is_dir() else src.parent
         if root.resolve() == out.resolve():
@@ -88,14 +90,14 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return max(2, round(width * scale / 2) * 2), max(2, round(height * scale / 2) * 2)
 
 
-def display_times(source: Path) -> list[int | None]:
+def display_times(source: Path) -> Sequence[int | None]:
     """The pictures' timestamps in display order, from one demux pass: the i-th decoded picture gets the i-th.
 
     Decoders report some AVIs' (packed B-frame) pictures with swapped timestamps; sorting the packets'
     timestamps restores the source's timing without decoding twice."""
     with open_video(source) as container:
         stamps = [p.pts if p.pts is not None else p.dts for p in picture_packets(container)]
-    return sorted(stamps) if None not in stamps else stamps
+    return sorted(cast(list[int], stamps)) if None not in stamps else stamps
 
 
 def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> int:
@@ -206,7 +208,10 @@ def prepare(
             zip(jobs, results), total=len(jobs), desc="preparing", unit="video", disable=not progress
         ):
             counts[status] += 1
-            (rejected if status == "rejected" else videos).append(result)
+            if isinstance(result, Rejected):
+                rejected.append(result)
+            else:
+                videos.append(result)
             detail = result.reason if isinstance(result, Rejected) else f"{result.num_frames} frames {seconds:.1f}s"
             logf.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {status} {job.source} -> {job.output}: {detail}\n")
             logf.flush()

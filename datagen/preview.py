@@ -15,7 +15,7 @@ SCALE = 2  # 112-px frames are small; draw at twice the size
 
 def draw_frame(frame: np.ndarray, boxes: np.ndarray, visible: np.ndarray) -> Image.Image:
     """One (H, W, 3) frame with its K boxes (K, 4) drawn; hidden patches get a dashed outline."""
-    image = Image.fromarray(frame).resize((frame.shape[1] * SCALE, frame.shape[0] * SCALE), Image.NEAREST)
+    image = Image.fromarray(frame).resize((frame.shape[1] * SCALE, frame.shape[0] * SCALE), Image.Resampling.NEAREST)
     draw = ImageDraw.Draw(image)
     for k, (box, shown) in enumerate(zip(boxes * SCALE, visible)):
         colour = COLOURS[k % len(COLOURS)]

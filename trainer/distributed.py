@@ -12,7 +12,7 @@ import datetime
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -73,13 +73,13 @@ class Ranks:
         dist.all_gather_object(out, value)
         return out
 
-    def broadcast(self, value: T) -> T:
-        """Rank 0's `value` on every rank."""
+    def broadcast(self, value: T | None) -> T:
+        """Rank 0's `value` on every rank (the others may pass None)."""
         if not self.distributed:
-            return value
+            return cast(T, value)
         box = [value]
         dist.broadcast_object_list(box, src=0)
-        return box[0]
+        return cast(T, box[0])
 
 
 @contextlib.contextmanager

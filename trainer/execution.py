@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -12,13 +12,19 @@ from datagen.batch import Batch
 from trainer.distributed import Ranks
 from trainer.network import normalise
 
+ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
+
 
 class RunSettings(Protocol):
-    """The `run` section of a pretraining or downstream config, as far as execution is concerned."""
+    """The `run` section of a pretraining or downstream config, as far as execution is concerned (read-only:
+    the sections are frozen dataclasses)."""
 
-    device: str
-    precision: str
-    channels_last: bool | None
+    @property
+    def device(self) -> str: ...
+    @property
+    def precision(self) -> str: ...
+    @property
+    def channels_last(self) -> bool | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +60,7 @@ class Execution:
         clips = normalise(batch.clips.to(self.device, non_blocking=True), self.channels_last)
         return clips, batch.boxes.to(self.device, non_blocking=True)
 
-    def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
+    def prepare(self, module: ModuleT) -> ModuleT:
         """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes)."""
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True

@@ -33,7 +33,7 @@ class CtPHead(nn.Module):
         self.fc1 = nn.Linear(in_channels * pool_size * pool_size, hidden)
         self.fc2 = nn.Linear(hidden, num_frames * 4)
         nn.init.kaiming_normal_(self.temporal.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(self.temporal.bias)
+        nn.init.zeros_(self.temporal.bias)  # type: ignore[arg-type]  # typed optional; Conv3d has one by default
         for fc in (self.fc1, self.fc2):
             nn.init.normal_(fc.weight, std=0.001)
             nn.init.zeros_(fc.bias)

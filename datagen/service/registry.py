@@ -14,9 +14,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+from redis.typing import EncodableT, FieldT
 
 REDIS_ENV = "CTP_REDIS_URL"  # where every command looks for the control plane when --redis is not given
 
@@ -43,7 +45,7 @@ class ReplicaRecord:
 
     @classmethod
     def from_redis(cls, fields: dict[str, str]) -> ReplicaRecord:
-        kinds = {f.name: f.type for f in dataclasses.fields(cls)}
+        kinds = {f.name: str(f.type) for f in dataclasses.fields(cls)}  # annotations are strings here
         known = {k: v for k, v in fields.items() if k in kinds}  # newer replicas may publish more
         return cls(**{k: {"int": int, "float": float}.get(kinds[k], str)(v) for k, v in known.items()})
 
@@ -72,7 +74,7 @@ class Registry:
     def register(self, record: ReplicaRecord, ttl: float) -> None:
         """Create or refresh the record; it expires `ttl` seconds after the last call."""
         key = self._replica_key(record.replica_id)
-        fields = {k: str(v) for k, v in dataclasses.asdict(record).items()}
+        fields: dict[FieldT, EncodableT] = {k: str(v) for k, v in dataclasses.asdict(record).items()}
         pipe = self._redis.pipeline()
         pipe.hset(key, mapping=fields)
         pipe.pexpire(key, int(ttl * 1000))
@@ -87,7 +89,7 @@ class Registry:
 
     def replicas(self) -> list[ReplicaRecord]:
         """Live replicas, sorted by id; members whose record expired are dropped from the set."""
-        ids = sorted(self._redis.smembers(self._members_key))
+        ids = sorted(cast(set[str], self._redis.smembers(self._members_key)))  # decode_responses: text
         pipe = self._redis.pipeline()
         for replica_id in ids:
             pipe.hgetall(self._replica_key(replica_id))
@@ -111,7 +113,8 @@ class Registry:
 
     def quarantined(self) -> dict[str, dict]:
         """Every quarantined video: path → {reason, replica, at}."""
-        return {path: json.loads(info) for path, info in self._redis.hgetall(self._quarantine_key).items()}
+        reports = cast(dict[str, str], self._redis.hgetall(self._quarantine_key))  # decode_responses: text
+        return {path: json.loads(info) for path, info in reports.items()}
 
     def close(self) -> None:
         self._redis.close()

@@ -12,7 +12,7 @@ import hmac
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import grpc
 
@@ -40,7 +40,8 @@ class TokenInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
-        sent = dict(details.invocation_metadata or ()).get("authorization", "")
+        # Only keys ending in "-bin" carry bytes: the token's is text.
+        sent = cast(str, dict(details.invocation_metadata or ()).get("authorization", ""))
         if handler is None or hmac.compare_digest(sent.encode(), self._expected):
             return handler
         return _rejecting(handler, "missing token" if not sent else "wrong token")
@@ -80,7 +81,9 @@ class TlsFiles:
             raise ValueError("TLS on a replica needs both --tls-cert and --tls-key")
         ca = _read(self.ca)
         return grpc.ssl_server_credentials(
-            [(_read(self.key), _read(self.cert))], root_certificates=ca, require_client_auth=ca is not None
+            [(Path(self.key).read_bytes(), Path(self.cert).read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
         )
 
     def channel_credentials(self) -> grpc.ChannelCredentials:

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.shared_memory import SharedMemory
+from typing import cast
 
 import numpy as np
 import torch
@@ -71,8 +72,9 @@ class ShmRing:
             shm.unlink()
             raise RingUnreachable(f"no room for a {size >> 20} MiB ring in /dev/shm ({exc.strerror})") from exc
         nonce = secrets.token_bytes(16)
-        _HEADER.pack_into(shm.buf, 0, _MAGIC, nonce, num_slots, slot_bytes)
-        return cls(shm.name, shm.buf, shm.close, num_slots, slot_bytes, nonce, unlink=shm.unlink)
+        buf = cast(memoryview, shm.buf)  # None only once closed
+        _HEADER.pack_into(buf, 0, _MAGIC, nonce, num_slots, slot_bytes)
+        return cls(shm.name, buf, shm.close, num_slots, slot_bytes, nonce, unlink=shm.unlink)
 
     @classmethod
     def attach(cls, name: str, nonce: bytes) -> ShmRing:

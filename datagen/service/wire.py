@@ -63,7 +63,7 @@ def encode_batch(
         yield pb.GenerateResponse(header=header)
         return
     header.inline_bytes = nbytes
-    flat = memoryview(clips.detach().cpu().contiguous().numpy()).cast("B")
+    flat = clips.detach().cpu().contiguous().numpy().data.cast("B")
     yield pb.GenerateResponse(header=header, clip_chunk=bytes(flat[:chunk_bytes]))
     for start in range(chunk_bytes, nbytes, chunk_bytes):
         yield pb.GenerateResponse(clip_chunk=bytes(flat[start : start + chunk_bytes]))

@@ -73,8 +73,7 @@ def retrieve(
     g_ids = torch.tensor([ids.setdefault(gallery.videos[i].path, len(ids)) for i in g_pos.tolist()])
     q_ids = torch.tensor([ids.setdefault(queries.videos[i].path, len(ids)) for i in q_pos.tolist()])
     same = q_ids[:, None] == g_ids[None, :]
-    same = same if same.any() else None
-    hits = retrieval_hits(q_feat, q_labels, g_feat, g_labels, ks, same)
+    hits = retrieval_hits(q_feat, q_labels, g_feat, g_labels, ks, same if same.any() else None)
     return {
         "gallery": gallery.name,
         "queries": queries.name,
