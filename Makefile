@@ -23,7 +23,10 @@ demo: install
 	$(VENV)/bin/ctp-datagen demo --out out/demo
 	$(VENV)/bin/ctp-train pretrain --config tiny_cpu data.videos=[out/demo-videos] run.out_dir=out/demo/pretrain --overwrite
 
-test: install
+test: install  # lint, format and types first (seconds), then the suite
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -ra
 
 proto: install  # regenerate protos/*_pb2*.py after editing protos/datagen.proto
