@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from datagen.atomic import write_atomic
+
 SECTIONS: list[Section] = []  # in order of value: the deadline cuts the tail
 
 
@@ -576,9 +578,7 @@ def orchestrate(args: argparse.Namespace) -> None:
 
 
 def write_report(report: dict[str, Any], out: Path) -> None:
-    tmp = out / "gpu_check.json.tmp"
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    tmp.replace(out / "gpu_check.json")
+    write_atomic(out / "gpu_check.json", json.dumps(report, indent=2, default=str))
 
 
 def print_table(report: dict[str, Any]) -> None:

@@ -1,6 +1,6 @@
 """Per-clip decode cost before and after `ctp-datagen prepare`, and what each key-frame interval costs.
 
-    taskset -c 1 python bench/prepare_bench.py [SRC ...] [--clips 60] [--gops 8 16 32 64]
+    taskset -c 1 python -m bench.prepare_bench [SRC ...] [--clips 60] [--gops 8 16 32 64]
 
 SRC defaults to the shared Kinetics footage (one key frame every ~250 frames). Each GOP setting is prepared
 into a temporary folder; the clips are the generator's own (the frame indices `plan_sample` draws for keys
@@ -12,20 +12,19 @@ originals measured in the same run.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datagen.config import GenerationConfig
 from datagen.decode import PyAVDecoder
 from datagen.manifest import VideoInfo, read_manifest, resolve_videos
 from datagen.plan import plan_sample
 from datagen.prepare import SHORT_SIDE, Settings, prepare
 from datagen.rng import SampleKey
+from datagen.tables import format_table
 
 KINETICS = Path(__file__).resolve().parents[2] / "shared" / "videos" / "kinetics"
 
@@ -76,9 +75,11 @@ def main() -> None:
     print(
         f"{len(originals)} videos, {args.clips} clips (16 frames, strides 1-5 with jitter), short side {args.short_side}"
     )
-    print(f"{'input':<18} {'ms/clip':>8} {'frames/clip':>11} {'MiB':>6} {'encode s':>8} {'speed-up':>8}")
-    for name, ms, frames, mib, seconds in rows:
-        print(f"{name:<18} {ms:>8.1f} {frames:>11.1f} {mib:>6.2f} {seconds:>8.1f} {base_ms / ms:>7.2f}x")
+    cells = [
+        (name, f"{ms:.1f}", f"{frames:.1f}", f"{mib:.2f}", f"{seconds:.1f}", f"{base_ms / ms:.2f}x")
+        for name, ms, frames, mib, seconds in rows
+    ]
+    print(format_table(cells, ("input", "ms/clip", "frames/clip", "MiB", "encode s", "speed-up")))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Trainer step throughput and peak memory: the real CtP step (normalise, forward, loss, backward, clip, SGD).
 
-    python bench/train_bench.py [--device auto] [--batch-size 32] [--steps 3] [--compile]
+    python -m bench.train_bench [--device auto] [--batch-size 32] [--steps 3] [--compile]
                                 [--encoders r3d_18 r2plus1d_18] [--threads 0]
 
 Both encoders at 16×112×112 with 3 trajectories, in fp32, bf16 autocast and bf16 + channels_last_3d (and each
@@ -18,12 +18,11 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datagen.batch import Batch
+from datagen.tables import format_table
 from trainer.config import load_train_config
 from trainer.execution import Execution
 from trainer.pretrain import Trainer
@@ -123,7 +122,7 @@ def main() -> None:
     for encoder in args.encoders:
         for compile_ in (False, True) if args.compile else (False,):
             for variant in args.variants:
-                child = [sys.executable, __file__, "--one", encoder, variant, str(int(compile_))]
+                child = [sys.executable, "-m", "bench.train_bench", "--one", encoder, variant, str(int(compile_))]
                 for flag in ("device", "batch_size", "steps", "warmup", "threads"):
                     child += [f"--{flag.replace('_', '-')}", str(getattr(args, flag))]
                 done = subprocess.run(child, capture_output=True, text=True)
@@ -137,23 +136,33 @@ def main() -> None:
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                 rows.append((encoder, variant + (" +compile" if compile_ else ""), result))
                 print(f"  {rows[-1][0]} {rows[-1][1]}: {result}", file=sys.stderr, flush=True)
-    print(format_table(rows, args.batch_size))
+    print(table(rows, args.batch_size))
 
 
-def format_table(rows: list[tuple[str, str, dict]], batch_size: int) -> str:
+def table(rows: list[tuple[str, str, dict]], batch_size: int) -> str:
+    """The results with each variant's speed relative to fp32 of the same encoder; failures listed below."""
     device = next((r["device"] for _, _, r in rows if "device" in r), "?")
-    lines = [
-        f"trainer step, 16×112×112, batch {batch_size}, {device}",
-        f"{'encoder':<13}{'variant':<20}{'clips/s':>9}{'vs fp32':>9}{'peak GiB':>10}",
-    ]
     baseline = {e: r["clips_per_s"] for e, v, r in rows if v == "fp32" and "clips_per_s" in r}
-    for encoder, variant, r in rows:
-        if "error" in r:
-            lines.append(f"{encoder:<13}{variant:<20}  failed: {r['error'][:80]}")
-            continue
-        ratio = f"{r['clips_per_s'] / baseline[encoder]:.2f}x" if encoder in baseline else "-"
-        lines.append(f"{encoder:<13}{variant:<20}{r['clips_per_s']:>9.2f}{ratio:>9}{r['peak_gib']:>10.2f}")
-    return "\n".join(lines)
+    cells = [
+        (encoder, variant, "failed", "-", "-")
+        if "error" in r
+        else (
+            encoder,
+            variant,
+            f"{r['clips_per_s']:.2f}",
+            f"{r['clips_per_s'] / baseline[encoder]:.2f}x" if encoder in baseline else "-",
+            f"{r['peak_gib']:.2f}",
+        )
+        for encoder, variant, r in rows
+    ]
+    text = format_table(
+        cells,
+        ("encoder", "variant", "clips/s", "vs fp32", "peak GiB"),
+        title=f"trainer step, 16×112×112, batch {batch_size}, {device}",
+        align="<<>>>",
+    )
+    failures = [f"{encoder} {variant} failed: {r['error'][:200]}" for encoder, variant, r in rows if "error" in r]
+    return "\n".join([text, *failures])
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Loopback transport benchmark: inline gRPC vs shared memory for uint8 CtP batches.
 
-    python bench/transport_bench.py [--batches 40] [--batch-size 32] [--frames 16] [--size 112]
+    python -m bench.transport_bench [--batches 40] [--batch-size 32] [--frames 16] [--size 112]
 
 A replica runs in a child process, as in production; its generator is replaced by one precomputed batch
 (fresh keys per request), so the table measures transport alone: encode, send, receive, decode. Rows:
@@ -17,16 +17,14 @@ import multiprocessing
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datagen.batch import Batch
 from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict
 from datagen.manifest import VideoInfo
 from datagen.service.server import Limits, Replica
+from datagen.tables import format_table
 from protos import datagen_pb2 as pb
 from trainer.client import ReplicaClient
 from trainer.remote import RemoteSource
@@ -158,22 +156,19 @@ def main() -> int:
         f"best of {args.repeats}"
     )
     header = ("transport", "MB/s", "clips/s", "ms/batch", "client CPU ms/batch", "vs inline", "shm batches")
-    table = [header]
-    for name, wall, cpu, shm_batches in rows:
-        table.append(
-            (
-                name,
-                f"{batch_mb * args.batches / wall:.0f}",
-                f"{args.batch_size * args.batches / wall:.0f}",
-                f"{1e3 * wall / args.batches:.2f}",
-                f"{1e3 * cpu / args.batches:.2f}",
-                f"{baseline / wall:.2f}x",
-                str(shm_batches),
-            )
+    cells = [
+        (
+            name,
+            f"{batch_mb * args.batches / wall:.0f}",
+            f"{args.batch_size * args.batches / wall:.0f}",
+            f"{1e3 * wall / args.batches:.2f}",
+            f"{1e3 * cpu / args.batches:.2f}",
+            f"{baseline / wall:.2f}x",
+            shm_batches,
         )
-    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
-    for r in table:
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        for name, wall, cpu, shm_batches in rows
+    ]
+    print(format_table(cells, header))
     for bare, full in ((rows[0], rows[2]), (rows[1], rows[3])):
         print(
             f"RemoteSource overhead per batch ({bare[0].split(',')[0]}): {1e3 * (full[1] - bare[1]) / args.batches:+.2f} ms wall"

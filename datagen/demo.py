@@ -16,6 +16,8 @@ import av
 import cv2
 import numpy as np
 
+from .atomic import replacing
+
 log = logging.getLogger(__name__)
 
 # codec → (FFmpeg encoder, container extension, encoder options). Containers follow the datasets: MPEG-4
@@ -74,8 +76,10 @@ def synthesize_demo(
 def encode(path: Path, frames: np.ndarray, codec: str, fps: int) -> None:
     """Encode (T, H, W, 3) uint8 RGB frames; single-threaded so the bytes are reproducible."""
     encoder, _, options = ENCODERS[codec]
-    tmp = path.with_name(path.name + ".part")
-    with av.open(str(tmp), "w", format=path.suffix[1:] if path.suffix != ".mp4" else "mp4") as container:
+    with (
+        replacing(path) as tmp,
+        av.open(str(tmp), "w", format=path.suffix[1:] if path.suffix != ".mp4" else "mp4") as container,
+    ):
         stream = container.add_stream(encoder, rate=Fraction(fps), options=dict(options))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
@@ -84,7 +88,6 @@ def encode(path: Path, frames: np.ndarray, codec: str, fps: int) -> None:
         for rgb in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode(None))
-    tmp.replace(path)
 
 
 def render_scene(rng: np.random.Generator, num_frames: int, width: int, height: int) -> np.ndarray:

@@ -21,6 +21,9 @@ from pathlib import Path
 import av
 from tqdm import tqdm
 
+from .atomic import write_atomic
+from .tables import format_table
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTENSIONS = frozenset(
@@ -171,10 +174,8 @@ def write_manifest(
         f" {json.dumps(k)}: [" + ",".join(f"\n  {json.dumps(e)}" for e in v) + ("\n ]" if v else "]")
         for k, v in lists.items()
     ]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("{\n" + ",\n".join(fields) + "\n}\n")  # one entry per line: easy to read, diff and grep
-    tmp.replace(path)  # readers never see a half-written manifest
+    # One entry per line: easy to read, diff and grep; atomic: readers never see a half-written manifest.
+    write_atomic(path, "{\n" + ",\n".join(fields) + "\n}\n")
 
 
 def read_manifest(path: str | os.PathLike[str]) -> tuple[list[VideoInfo], list[Rejected]]:
@@ -252,11 +253,8 @@ def summary(videos: Sequence[VideoInfo], rejected: Sequence[Rejected]) -> str:
     """A small table: accepted videos per codec, rejected videos per reason."""
     rows = [("accepted", codec, n) for codec, n in sorted(Counter(v.codec for v in videos).items())]
     rows += [("rejected", reason, n) for reason, n in sorted(Counter(_reason_kind(r.reason) for r in rejected).items())]
-    width = max([len(r[1]) for r in rows] + [6])
-    lines = [f"{'status':<9} {'codec / reason':<{width}} {'videos':>6}"]
-    lines += [f"{status:<9} {what:<{width}} {n:>6}" for status, what, n in rows]
-    lines.append(f"{'total':<9} {'':<{width}} {len(videos) + len(rejected):>6}")
-    return "\n".join(lines)
+    rows.append(("total", "", len(videos) + len(rejected)))
+    return format_table(rows, ("status", "codec / reason", "videos"), align="<<>")
 
 
 def _reason_kind(reason: str) -> str:

@@ -25,6 +25,7 @@ import av
 from av.video.frame import PictureType
 from tqdm import tqdm
 
+from .atomic import replacing
 from .manifest import (
     Rejected,
     VideoError,
@@ -103,49 +104,44 @@ def display_times(source: Path) -> Sequence[int | None]:
 def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> int:
     """Decode every picture of `source` and encode it to `output`; returns the number of frames written.
 
-    Writes to a temporary name beside `output` and renames it when complete, so a killed run never leaves a
-    file that looks finished."""
-    tmp = output.with_name(f".{output.name}.part")
-    output.parent.mkdir(parents=True, exist_ok=True)
+    Written atomically (datagen.atomic), so a killed run never leaves a file that looks finished."""
     written = 0
     try:
-        with open_video(source) as src, av.open(str(tmp), "w", format="mp4") as dst:
-            stream = src.streams.video[0]
-            stream.thread_type = "AUTO"
-            out = dst.add_stream("libx264", rate=stream.average_rate or stream.guessed_rate or 30)
-            out.pix_fmt, out.time_base = "yuv420p", stream.time_base
-            out.codec_context.time_base = stream.time_base
-            g = settings.gop
-            out.options = {
-                "crf": str(settings.crf),
-                "preset": "veryfast",
-                "g": str(g),
-                "bf": "0",
-                "threads": str(threads),
-                "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:open-gop=0",
-            }
-            times = display_times(source)
-            last_pts = -1
-            for frame in src.decode(stream):
-                if not written:  # the first picture's size, not the header's (HMDB-51 headers can be wrong)
-                    width, height = scaled_size(frame.width, frame.height, settings.short_side)
-                    out.width, out.height = width, height
-                pts = times[written] if written < len(times) else frame.pts
-                pts = max(pts if pts is not None else last_pts + 1, last_pts + 1)  # MP4 needs increasing times
-                last_pts = pts
-                picture = frame.reformat(width, height, "yuv420p", interpolation="AREA")
-                picture.pts, picture.time_base = pts, stream.time_base
-                picture.pict_type = PictureType.NONE  # the source's I frames would force key frames off the grid
-                dst.mux(out.encode(picture))
-                written += 1
-            dst.mux(out.encode(None))
-        if written == 0:
-            raise VideoError(source, "no decodable frame")
-        tmp.replace(output)
+        with replacing(output) as tmp:
+            with open_video(source) as src, av.open(str(tmp), "w", format="mp4") as dst:
+                stream = src.streams.video[0]
+                stream.thread_type = "AUTO"
+                out = dst.add_stream("libx264", rate=stream.average_rate or stream.guessed_rate or 30)
+                out.pix_fmt, out.time_base = "yuv420p", stream.time_base
+                out.codec_context.time_base = stream.time_base
+                g = settings.gop
+                out.options = {
+                    "crf": str(settings.crf),
+                    "preset": "veryfast",
+                    "g": str(g),
+                    "bf": "0",
+                    "threads": str(threads),
+                    "x264-params": f"keyint={g}:min-keyint={g}:scenecut=0:open-gop=0",
+                }
+                times = display_times(source)
+                last_pts = -1
+                for frame in src.decode(stream):
+                    if not written:  # the first picture's size, not the header's (HMDB-51 headers can be wrong)
+                        width, height = scaled_size(frame.width, frame.height, settings.short_side)
+                        out.width, out.height = width, height
+                    pts = times[written] if written < len(times) else frame.pts
+                    pts = max(pts if pts is not None else last_pts + 1, last_pts + 1)  # MP4 needs increasing times
+                    last_pts = pts
+                    picture = frame.reformat(width, height, "yuv420p", interpolation="AREA")
+                    picture.pts, picture.time_base = pts, stream.time_base
+                    picture.pict_type = PictureType.NONE  # the source's I frames would force key frames off the grid
+                    dst.mux(out.encode(picture))
+                    written += 1
+                dst.mux(out.encode(None))
+            if written == 0:
+                raise VideoError(source, "no decodable frame")
     except av.error.FFmpegError as exc:
         raise VideoError(source, f"cannot be re-encoded ({exc.strerror or exc})") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return written
 
 

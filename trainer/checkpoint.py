@@ -1,13 +1,14 @@
-"""Checkpoints written atomically (temp file, fsync, rename), so a crash never leaves a torn file behind."""
+"""Checkpoints written atomically (datagen.atomic), so a crash never leaves a torn file behind."""
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from datagen.atomic import replacing
 
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 FINETUNED_NAME = "finetuned.pt"  # a fine-tuning run's one checkpoint (trainer.downstream.finetune)
@@ -20,23 +21,9 @@ def checkpoint_path(run_dir: str | Path, step: int) -> Path:
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     """Write `state` to `path`; readers see either the previous file or the complete new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
-    return path
+    with replacing(path) as tmp:
+        torch.save(state, tmp)
+    return Path(path)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

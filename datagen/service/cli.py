@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from ..options import add_generation_args, make_generator
+from ..tables import format_table
 from . import jsonlog
 from .registry import REDIS_ENV, Registry, redact
 from .security import TlsFiles, resolve_token
@@ -175,8 +176,7 @@ def run_status(args: argparse.Namespace) -> int:
     now = time.time()
     print(f"{len(replicas)} live replica(s) in {redact(args.redis)} namespace {args.namespace!r}")
     if replicas:
-        rows = [("replica", "address", "device", "clips/s", "queue", "streams", "up")]
-        rows += [
+        rows = [
             (
                 r.replica_id,
                 r.address,
@@ -188,7 +188,9 @@ def run_status(args: argparse.Namespace) -> int:
             )
             for r in replicas
         ]
-        print(_table(rows))
+        print(
+            format_table(rows, ("replica", "address", "device", "clips/s", "queue", "streams", "up"), align="<<<>>>>")
+        )
         print(f"total {sum(r.clips_per_second for r in replicas):.1f} clips/s")
     print(f"{len(quarantined)} quarantined video(s)")
     for path, info in sorted(quarantined.items()):
@@ -284,7 +286,7 @@ def _pull(args: argparse.Namespace) -> int:
         "replaced_samples": stats.get("replaced_samples", 0),
         "per_replica": delivered,
     }
-    print(_table([("metric", "value")] + [(k, str(v)) for k, v in result.items() if k != "per_replica"]))
+    print(format_table([(k, v) for k, v in result.items() if k != "per_replica"], ("metric", "value"), align="<<"))
     for replica, count in sorted(delivered.items()):
         print(f"  {replica}: {count} samples")
     if args.json:
@@ -292,11 +294,6 @@ def _pull(args: argparse.Namespace) -> int:
     ok = result["missing"] == 0 and result["yielded_twice"] == 0
     print("exactly once: " + ("yes" if ok else "NO"))
     return 0 if ok else 1
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
 def _duration(seconds: float) -> str:

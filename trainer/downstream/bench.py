@@ -15,10 +15,10 @@ import torch
 
 from datagen.bench import timed
 from datagen.rng import SampleKey
+from datagen.tables import format_table
 from trainer.downstream.clips import EvalClips, TrainClips, eval_clip_indices
 from trainer.downstream.config import SplitConfig, load_downstream_config
 from trainer.downstream.datasets import open_split
-from trainer.downstream.report import table
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,11 +58,11 @@ def main(argv: list[str] | None = None) -> None:
     ]
     c = cfg.clips
     print(
-        table(
-            f"downstream clip pipeline on {device}: {n} videos, {c.num_frames} frames at stride {c.frame_stride}, "
-            f"{c.crop_size} px crops, {c.test_clips} test clips per video",
+        format_table(
             lines,
-            header=("stage", "rate", "unit", "relative"),
+            ("stage", "rate", "unit", "relative"),
+            title=f"downstream clip pipeline on {device}: {n} videos, {c.num_frames} frames at stride "
+            f"{c.frame_stride}, {c.crop_size} px crops, {c.test_clips} test clips per video",
         )
     )
 

@@ -19,6 +19,7 @@ import torch
 from tqdm import tqdm
 
 from datagen.manifest import Rejected
+from datagen.tables import format_table
 from trainer.checkpoint import resolve_checkpoint
 from trainer.data import InProcessSource
 from trainer.distributed import Ranks, process_group
@@ -33,7 +34,7 @@ from trainer.downstream.metrics import (
     topk_accuracy,
 )
 from trainer.downstream.model import load_classifier
-from trainer.downstream.report import percent, results_path, table, write_json
+from trainer.downstream.report import percent, results_path, write_json
 from trainer.execution import Execution
 from trainer.network import normalise
 from trainer.progress import show_bars
@@ -134,8 +135,7 @@ def evaluate(
 
 
 def summary_table(title: str, results: dict[str, Any], per_class: bool = True) -> str:
-    text = table(
-        title,
+    text = format_table(
         [
             ("video top-1 (%)", percent(results["top1"])),
             ("video top-5 (%)", percent(results["top5"])),
@@ -143,14 +143,15 @@ def summary_table(title: str, results: dict[str, Any], per_class: bool = True) -
             ("videos", str(results["videos"])),
             ("skipped videos", str(len(results["skipped"]))),
         ],
-        header=("metric", "value"),
+        ("metric", "value"),
+        title=title,
     )
     if per_class:
         rows = sorted(results["per_class"].items(), key=lambda item: (item[1]["top1"], item[0]))
-        text += "\n\n" + table(
-            "per class (worst first)",
+        text += "\n\n" + format_table(
             [(name, str(r["videos"]), percent(r["top1"])) for name, r in rows],
-            header=("class", "videos", "top-1 (%)"),
+            ("class", "videos", "top-1 (%)"),
+            title="per class (worst first)",
         )
     return text
 

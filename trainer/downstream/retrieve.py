@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from datagen.tables import format_table
 from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import retrieval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
@@ -25,7 +26,7 @@ from trainer.downstream.datasets import LabelledSet, open_split
 from trainer.downstream.evaluate import video_means
 from trainer.downstream.metrics import RETRIEVAL_KS, retrieval_hits
 from trainer.downstream.model import is_finetuned, load_encoder, read_state
-from trainer.downstream.report import percent, results_path, table, write_json
+from trainer.downstream.report import percent, results_path, write_json
 from trainer.execution import Execution
 from trainer.models import Encoder
 from trainer.progress import show_bars
@@ -128,11 +129,11 @@ def run(args: argparse.Namespace) -> None:
     )
     rows = [(f"top-{k} (%)", percent(v)) for k, v in results["top_k"].items()]
     print(
-        table(
-            f"retrieve: {results['query_videos']} queries of {queries.name} against {results['gallery_videos']} videos "
-            f"of {gallery.name} ({args.weights or 'random init'})",
+        format_table(
             rows,
-            header=("metric", "value"),
+            ("metric", "value"),
+            title=f"retrieve: {results['query_videos']} queries of {queries.name} against {results['gallery_videos']} "
+            f"videos of {gallery.name} ({args.weights or 'random init'})",
         )
     )
     print(f"results: {out}")
