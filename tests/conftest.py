@@ -1,7 +1,9 @@
-"""Fixtures shared by the whole suite: the real footage in ../shared/videos and the synthetic demo set."""
+"""Fixtures shared by the whole suite: the shared volume beside the checkout (../shared: real footage,
+reference schemas) and the synthetic demo set."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,15 +11,35 @@ import pytest
 from datagen.demo import synthesize_demo
 from datagen.manifest import VideoInfo, resolve_videos
 
-SHARED_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "videos"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false")
+
+
+def from_shared(path: Path) -> Path:
+    """`path`, a file of the shared volume. A checkout without the volume skips the test that needs it; CI
+    (CI=true), which always has the volume beside its clone, fails it instead: a test that did not run must
+    not pass as green."""
+    if not path.exists():
+        why = f"{path} not found (a checkout without the shared volume ../shared)"
+        if in_ci():
+            pytest.fail(f"{why}: CI must have it", pytrace=False)
+        pytest.skip(why)
+    return path
 
 
 @pytest.fixture(scope="session")
 def shared_videos() -> Path:
     """The recorded test footage (MPEG-4 AVIs from UCF-101/HMDB-51, H.264 MP4s); never copied into the repo."""
-    if not (SHARED_VIDEOS / "README.md").is_file():
-        pytest.skip(f"real test footage not found at {SHARED_VIDEOS} (a checkout without the shared volume)")
-    return SHARED_VIDEOS
+    return from_shared(SHARED / "videos" / "README.md").parent
+
+
+@pytest.fixture(scope="session")
+def shared_schemas() -> Path:
+    """Reference schemas (the Compose specification) that tests/data vendors a copy of."""
+    return from_shared(SHARED / "schemas")
 
 
 @pytest.fixture(scope="session")
