@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from tests.test_run_safety import REPO, _wait_for, assert_second_ctrl_c_stops_at_once
+from tests.test_trainer_signals import REPO, _wait_for, assert_second_ctrl_c_stops_at_once
 
 
 def _finetune(videos: Path, out: Path, *extra: str) -> subprocess.Popen:

@@ -5,7 +5,7 @@ torch 2.11, whose DDP rejects the keyword. Two real gloo ranks train here with a
 signature. The second step leaves rank 1 an empty batch, the epoch's tail. It runs fp32: in CPU bf16 autocast
 this two-rank run came back with NaN gradients on every parameter already after its first step (both ranks
 non-empty) in 1-2 of 3 runs, never in fp32; not understood yet (an open problem, see the issue's note). The
-bf16 BatchNorm exchange with an empty rank is tested exactly in test_distributed_batchnorm.py.
+bf16 BatchNorm exchange with an empty rank is tested exactly in test_trainer_distributed_batchnorm.py.
 """
 
 from __future__ import annotations
