@@ -1,6 +1,6 @@
 """Throughput of the downstream clip pipeline on one device, each row beside a baseline from the same run.
 
-    python -m trainer.downstream.bench --videos DIR [--config tiny_cpu] [--device cpu] [KEY=VALUE ...]
+    python -m bench.downstream_bench --videos DIR [--config tiny_cpu] [--device cpu] [KEY=VALUE ...]
 
 Evaluation decodes all `test_clips` clips of a video in one pass (one seek, frames shared between
 overlapping clips); the baseline decodes each clip on its own. Training clips are decoded and transformed a
@@ -22,7 +22,7 @@ from trainer.downstream.datasets import open_split
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m trainer.downstream.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.downstream_bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", required=True, help="a folder of class folders (DIR/<class>/<video>)")
     parser.add_argument("--config", default=None, help="preset or YAML file (default: the paper's recipe)")
     parser.add_argument("--device", default="cpu")
