@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from datagen.atomic import write_atomic
+from datagen.tables import format_table
 
 SECTIONS: list[Section] = []  # in order of value: the deadline cuts the tail
 
@@ -585,11 +586,7 @@ def print_table(report: dict[str, Any]) -> None:
     rows = [row for outcome in report["sections"].values() for row in outcome.get("summary", [])]
     if not rows:
         return
-    width = max(len(r[0]) for r in rows) + 2
-    value = max(len(r[1]) for r in rows) + 2
-    print(f"\n{'check':<{width}}{'result':<{value}}target")
-    for name, result, target in rows:
-        print(f"{name:<{width}}{result:<{value}}{target}")
+    print("\n" + format_table(rows, ("check", "result", "target"), align="<<<"))
     print(f"({report.get('seconds', '?')} s of a {report['deadline_s']} s deadline)", flush=True)
 
 
