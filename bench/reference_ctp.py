@@ -18,12 +18,12 @@ def reference_sample(frames: np.ndarray, plan: SamplePlan, crop_size: int) -> np
     """(T, H, W, 3) uint8 decoded frames → (T, S, S, 3) uint8 CtP clip."""
     c, p, col = plan.clip, plan.patches, plan.colour
     top, left = c.crop
-    clip = []
+    crops = []
     for frame in frames:
         resized = cv2.resize(frame, (c.resized[1], c.resized[0]), interpolation=cv2.INTER_LINEAR)
         crop = resized[top : top + crop_size, left : left + crop_size]
-        clip.append(crop[:, ::-1] if c.flip else crop)
-    clip = np.stack(clip).astype(np.float32)
+        crops.append(crop[:, ::-1] if c.flip else crop)
+    clip = np.stack(crops).astype(np.float32)
     clean = clip.copy()
 
     for k in p.order:

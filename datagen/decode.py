@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import cast
 
 import av
 import cv2
@@ -136,9 +137,10 @@ class PyAVDecoder:
             return None
         index = self.index.get(path)
         position = index.key_packet(first)
-        if position == 0 or index.timestamps[position] is None:
+        timestamp = index.timestamps[position]
+        if position == 0 or timestamp is None:
             return None
-        return index.timestamps[position], int(index.shown[position])
+        return timestamp, int(index.shown[position])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,9 +162,9 @@ class PacketIndex:
         if not packets:
             raise VideoError(path, "no picture packets")
         pts = [p for p, _, _ in packets]
-        if None in pts:  # no presentation order to go by: assume display order is decode order
-            pts = list(range(len(packets)))
-        shown = np.searchsorted(np.sort(pts), pts).astype(np.int64)
+        # No presentation order to go by: assume display order is decode order.
+        order = cast(list[int], pts) if None not in pts else list(range(len(packets)))
+        shown = np.searchsorted(np.sort(order), order).astype(np.int64)
         return cls([ts for _, ts, _ in packets], shown, np.array([k for _, _, k in packets], bool))
 
     def key_packet(self, first: int) -> int:
@@ -212,7 +214,7 @@ def remux(path: str, index: PacketIndex, positions: np.ndarray) -> np.ndarray:
     with open_video(path) as src, av.open(out, "w", format="matroska") as dst:
         stream = src.streams.video[0]
         target = dst.add_stream_from_template(stream)
-        position = 0
+        position: int | None = 0
         if first > 0 and index.timestamps[first] is not None:
             src.seek(index.timestamps[first], backward=True, any_frame=False, stream=stream)
             position = None  # unknown until the first key frame's packet comes by
@@ -243,7 +245,9 @@ def frame_to_rgb(frame: av.VideoFrame, video: VideoInfo) -> np.ndarray:
     if frame.format.name not in _YUV_8BIT or (frame.width, frame.height) != (video.width, video.height):
         layout = frame.format.name if frame.format.name in _YUV_8BIT else "yuv420p"
         frame = frame.reformat(width=video.width, height=video.height, format=layout)
-    y, cb, cr = (np.frombuffer(p, np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes)
+    y, cb, cr = (
+        np.frombuffer(memoryview(p), np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes
+    )
     return yuv_to_rgb(y, cb, cr, full_range=int(frame.color_range) == 2)
 
 
@@ -275,8 +279,8 @@ def _bt601_x16(full_range: bool) -> np.ndarray:
             [[1.164383, 0.0, 1.596027], [1.164383, -0.391762, -0.812968], [1.164383, 2.017232, 0.0]],
             [16.0, 128.0, 128.0],
         )
-    matrix = np.array(matrix)
-    return np.concatenate([matrix / 16, -(matrix @ np.array(offsets))[:, None]], axis=1)
+    m = np.array(matrix)
+    return np.concatenate([m / 16, -(m @ np.array(offsets))[:, None]], axis=1)
 
 
 _BT601_X16 = {False: _bt601_x16(False), True: _bt601_x16(True)}
@@ -459,7 +463,8 @@ class Decoder:
         """Decode several clips (DALI ones batched; PyAV ones in `num_threads` threads, FFmpeg releasing the GIL);
         a bad video yields its VideoDecodeError, never raises."""
         results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(requests)
-        batched, on_cpu = [], []
+        batched: list[int] = []
+        on_cpu: list[int] = []
         for i, (video, _) in enumerate(requests):
             try:
                 (batched if self.backend_for(video) == "dali" else on_cpu).append(i)
@@ -475,7 +480,7 @@ class Decoder:
                 else result
             )
         self.stats["frames_decoded"] = self.frames_decoded
-        return results
+        return cast(list[torch.Tensor | VideoDecodeError], results)  # every slot filled above
 
     def _pyav(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)

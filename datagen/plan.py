@@ -14,6 +14,7 @@ import functools
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from .config import ClipConfig, ColourConfig, GenerationConfig, PatchConfig
 from .keyframes import UNIFORM, draw_easings, draw_keyframes, hold_repeats, interpolate, num_slots
@@ -237,12 +238,12 @@ def _plan(
 
 
 def plan_batch(
-    keys: np.ndarray,
-    videos: np.ndarray,
-    attempts: np.ndarray,
-    num_frames: np.ndarray,
-    heights: np.ndarray,
-    widths: np.ndarray,
+    keys: npt.ArrayLike,
+    videos: npt.ArrayLike,
+    attempts: npt.ArrayLike,
+    num_frames: npt.ArrayLike,
+    heights: npt.ArrayLike,
+    widths: npt.ArrayLike,
     cfg: GenerationConfig,
 ) -> PlanBatch:
     """The plans of N keys (N, 3) drawn from the given videos (positions, frame counts and sizes from the

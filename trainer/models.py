@@ -10,6 +10,7 @@ tensors serve both.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import cast
 
 from torch import nn
 from torchvision.models import video as tv_video
@@ -54,7 +55,7 @@ def set_stage4_spatial_stride(encoder: Encoder, stride: int) -> None:
     """
     if stride not in (1, 2):
         raise ValueError(f"stage-4 spatial stride must be 1 or 2, got {stride}")
-    block = encoder.layer4[0]
+    block = cast(BasicBlock, cast(nn.Sequential, encoder.layer4)[0])  # R(2+1)D's blocks are BasicBlocks too
     spatial_convs = [m for m in block.conv1.modules() if isinstance(m, nn.Conv3d) and m.kernel_size[1] > 1]
     shortcut = block.downsample[0]
     for conv in (*spatial_convs, shortcut):
@@ -69,7 +70,7 @@ def _tiny_encoder() -> Encoder:
         nn.BatchNorm3d(w1),
         nn.ReLU(inplace=True),
     )
-    layers = OrderedDict(stem=stem, layer1=nn.Sequential(BasicBlock(w1, w1, Conv3DSimple)))
+    layers: OrderedDict[str, nn.Module] = OrderedDict(stem=stem, layer1=nn.Sequential(BasicBlock(w1, w1, Conv3DSimple)))
     for i, (cin, cout) in enumerate(((w1, w2), (w2, w3), (w3, w4)), start=2):
         shortcut = nn.Sequential(nn.Conv3d(cin, cout, kernel_size=1, stride=2, bias=False), nn.BatchNorm3d(cout))
         layers[f"layer{i}"] = nn.Sequential(BasicBlock(cin, cout, Conv3DSimple, stride=2, downsample=shortcut))
