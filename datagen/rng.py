@@ -22,7 +22,7 @@ import numpy as np
 class SampleKey(NamedTuple):
     seed: int
     epoch: int
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index: keys are read as key.index
 
 
 class Stream(enum.IntEnum):

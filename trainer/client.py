@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Protocol
 
 import grpc
 
@@ -22,10 +23,17 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 64 << 20  # generous: replicas chunk clips at 1 MiB by default
 
 
+class ResponseStream(Protocol):
+    """A server-streaming call as grpc returns it: an iterator of the responses that can be cancelled."""
+
+    def __iter__(self) -> Iterator[pb.GenerateResponse]: ...
+    def cancel(self) -> bool: ...
+
+
 class GenerateStream:
     """One Generate call: iterate for decoded batches; `cancel()` from any thread ends it."""
 
-    def __init__(self, call: grpc.Call, ring: ShmRing | None):
+    def __init__(self, call: ResponseStream, ring: ShmRing | None):
         self.call = call
         self._decoder = BatchDecoder(ring)
 
@@ -47,7 +55,7 @@ class ReplicaClient:
     ):
         self.address = address
         self._metadata = token_metadata(token)
-        options = [
+        options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", 20_000),  # notices a vanished host, not only a closed socket
             ("grpc.keepalive_timeout_ms", 10_000),

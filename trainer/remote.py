@@ -21,6 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from typing import cast
 
 import grpc
 import redis
@@ -472,7 +473,9 @@ class RemoteSource:
             return
         assert isinstance(payload, Exception)
         code = payload.code() if isinstance(payload, grpc.RpcError) else None
-        reason = f"{code.name}: {payload.details()}" if code else f"{type(payload).__name__}: {payload}"
+        reason = (
+            f"{code.name}: {cast(grpc.RpcError, payload).details()}" if code else f"{type(payload).__name__}: {payload}"
+        )
         if code in _FATAL:
             raise RuntimeError(f"datagen replica {r.client.address} refused a request: {reason}")
         if code == grpc.StatusCode.INTERNAL:

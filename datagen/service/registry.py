@@ -132,7 +132,7 @@ class Heartbeat:
         registry: Registry,
         snapshot: Callable[[], ReplicaRecord],
         bad_videos: Callable[[], dict[str, str]],
-        adopt_quarantine: Callable[[set[str]], None],
+        adopt_quarantine: Callable[[set[str]], object],  # its return value is not used
         interval: float = 2.0,
         ttl: float = 10.0,
     ):

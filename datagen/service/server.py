@@ -221,7 +221,7 @@ class Replica:
         self.work = WorkQueue(generator, ReplicaMetrics(), capacity=queue_capacity)
         self.service = DataGenService(self.work, config, device, limits)
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        interceptors = [TokenInterceptor(token)] if token else []
+        interceptors: list[grpc.ServerInterceptor] = [TokenInterceptor(token)] if token else []
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits.max_streams + 4, thread_name_prefix="rpc"),
             interceptors=interceptors,
