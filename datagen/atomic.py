@@ -1,14 +1,16 @@
 """Files replaced atomically: written under a temporary name beside the target, flushed to disk, renamed.
 
 Readers, and a machine that crashes mid-write, see the previous file or the complete new one, never part of
-one. Checkpoints, manifests, result JSON and re-encoded videos are all written this way."""
+one. Checkpoints, manifests, results and reports, and re-encoded videos are all written this way."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -34,6 +36,11 @@ def write_atomic(path: str | os.PathLike[str], content: str | bytes) -> Path:
     with replacing(path) as tmp:
         tmp.write_bytes(content.encode() if isinstance(content, str) else content)
     return Path(path)
+
+
+def write_json(path: str | os.PathLike[str], value: Any) -> Path:
+    """`value` as JSON, one entry per line (results, reports), replacing `path` atomically."""
+    return write_atomic(path, json.dumps(value, indent=1) + "\n")
 
 
 def _fsync(path: Path) -> None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -67,8 +65,3 @@ def format_table(result: dict, title: str) -> str:
         f"host {result['host_ms_per_sample']:.3f} ms per sample (planning)"
     )
     return "\n".join(lines)
-
-
-def write_json(path: str | os.PathLike[str], result: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=1) + "\n")

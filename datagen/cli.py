@@ -50,7 +50,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench import format_table, run_bench, write_json
+    from .atomic import write_json
+    from .bench import format_table, run_bench
 
     generator = make_generator(args)
     result = run_bench(generator, batch_size=args.batch_size, repeats=args.repeats)

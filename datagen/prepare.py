@@ -25,7 +25,7 @@ import av
 from av.video.frame import PictureType
 from tqdm import tqdm
 
-from .atomic import replacing
+from .atomic import replacing, write_atomic
 from .manifest import (
     Rejected,
     VideoError,
@@ -177,7 +177,7 @@ def check_settings(out: Path, settings: Settings) -> None:
                 f"{out} was prepared with {previous}; resume with the same options or choose another --out"
             )
     out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(settings)) + "\n")
+    write_atomic(path, json.dumps(dataclasses.asdict(settings)) + "\n")
 
 
 def prepare(

@@ -1,6 +1,6 @@
 import pytest
 
-from datagen.atomic import replacing, write_atomic
+from datagen.atomic import replacing, write_atomic, write_json
 
 
 def test_writes_the_content_and_leaves_no_temporary_file(tmp_path):
@@ -24,3 +24,8 @@ def test_what_a_killed_writer_left_is_replaced_by_the_next_write(tmp_path):
         assert tmp == leftover
         tmp.write_bytes(b"complete")
     assert (tmp_path / "v.mp4").read_bytes() == b"complete" and not leftover.exists()
+
+
+def test_json_is_written_one_entry_per_line(tmp_path):
+    path = write_json(tmp_path / "r.json", {"top1": 0.5, "per_class": {"a": 1}})
+    assert path.read_text() == '{\n "top1": 0.5,\n "per_class": {\n  "a": 1\n }\n}\n'

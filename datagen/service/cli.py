@@ -10,10 +10,10 @@ import logging
 import os
 import signal
 import time
-from pathlib import Path
 
 import redis
 
+from ..atomic import write_json
 from ..options import add_generation_args, make_generator
 from ..tables import format_table
 from . import jsonlog
@@ -290,7 +290,7 @@ def _pull(args: argparse.Namespace) -> int:
     for replica, count in sorted(delivered.items()):
         print(f"  {replica}: {count} samples")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_json(args.json, result)
     ok = result["missing"] == 0 and result["yielded_twice"] == 0
     print("exactly once: " + ("yes" if ok else "NO"))
     return 0 if ok else 1

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from datagen.atomic import write_json
 from datagen.manifest import Rejected
 from datagen.tables import format_table
 from trainer.checkpoint import resolve_checkpoint
@@ -34,7 +35,7 @@ from trainer.downstream.metrics import (
     topk_accuracy,
 )
 from trainer.downstream.model import load_classifier
-from trainer.downstream.report import percent, results_path, write_json
+from trainer.downstream.report import percent, results_path
 from trainer.execution import Execution
 from trainer.network import normalise
 from trainer.progress import show_bars

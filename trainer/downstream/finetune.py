@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from datagen.atomic import write_json
 from datagen.config import differences, to_dict, to_yaml
 from trainer.checkpoint import FINETUNED_NAME, save_atomic
 from trainer.data import InProcessSource
@@ -33,7 +34,6 @@ from trainer.downstream.config import DownstreamConfig, load_downstream_config, 
 from trainer.downstream.datasets import LabelledSet, label_subset, open_split
 from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import FINETUNE_TASK, VideoClassifier, load_encoder, read_state
-from trainer.downstream.report import write_json
 from trainer.execution import Execution
 from trainer.metrics import MetricsLog
 from trainer.network import normalise

@@ -1,13 +1,9 @@
-"""Downstream results: their JSON beside the weights they score, and percentages as printed."""
+"""Downstream results: where their JSON goes (beside the weights they score), and percentages as printed."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
-from typing import Any
-
-from datagen.atomic import write_atomic
 
 
 def slug(name: str) -> str:
@@ -18,11 +14,6 @@ def slug(name: str) -> str:
 def results_path(weights: Path, kind: str, *splits: str) -> Path:
     """`<weights stem>.<kind>.<split>[--<split>].json` beside the weights file."""
     return weights.with_name(f"{weights.stem}.{kind}.{'--'.join(slug(s) for s in splits)}.json")
-
-
-def write_json(path: Path, results: dict[str, Any]) -> Path:
-    """Written atomically, so a reader never sees half a result."""
-    return write_atomic(path, json.dumps(results, indent=1) + "\n")
 
 
 def percent(value: float) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from datagen.atomic import write_json
 from datagen.tables import format_table
 from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import retrieval_clip_indices
@@ -26,7 +27,7 @@ from trainer.downstream.datasets import LabelledSet, open_split
 from trainer.downstream.evaluate import video_means
 from trainer.downstream.metrics import RETRIEVAL_KS, retrieval_hits
 from trainer.downstream.model import is_finetuned, load_encoder, read_state
-from trainer.downstream.report import percent, results_path, write_json
+from trainer.downstream.report import percent, results_path
 from trainer.execution import Execution
 from trainer.models import Encoder
 from trainer.progress import show_bars
