@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import torch
 
+from . import tables
 from .generator import Generator
 from .render import render
 from .rng import SampleKey
@@ -55,13 +56,12 @@ def run_bench(generator: Generator, batch_size: int = 32, repeats: int = 3, seed
 
 
 def format_table(result: dict, title: str) -> str:
+    """`run_bench`'s result for people: clips and frames per second per stage."""
     t = result["frames_per_clip"]
-    lines = [title, f"{'stage':<26}{'clips/s':>10}{'frames/s':>12}"]
-    for name, stage in (("decode", "decode"), ("generate (plan + render)", "generate"), ("end to end", "end_to_end")):
-        clips = result[stage]["clips_per_s"]
-        lines.append(f"{name:<26}{clips:>10.1f}{clips * t:>12.0f}")
-    lines.append(
-        f"frames decoded per clip {result['decode']['frames_decoded_per_clip']:.1f}; "
+    stages = (("decode", "decode"), ("generate (plan + render)", "generate"), ("end to end", "end_to_end"))
+    rows = [(name, f"{result[s]['clips_per_s']:.1f}", f"{result[s]['clips_per_s'] * t:.0f}") for name, s in stages]
+    return (
+        tables.format_table(rows, ("stage", "clips/s", "frames/s"), title=title)
+        + f"\nframes decoded per clip {result['decode']['frames_decoded_per_clip']:.1f}; "
         f"host {result['host_ms_per_sample']:.3f} ms per sample (planning)"
     )
-    return "\n".join(lines)
