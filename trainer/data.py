@@ -1,5 +1,5 @@
 """Where training batches come from: the sample-source protocol, the in-process generator source, and the
-choice between it and the datagen replicas (`trainer.remote.RemoteSource`)."""
+choice between it and the datagen replicas (`datagen.service.fleet.RemoteSource`)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ import torch
 
 from datagen.batch import Batch
 from datagen.generator import Generator
+from datagen.manifest import videos_digest
 from datagen.rng import SampleKey
+from datagen.service.fleet import RemoteSource
 from datagen.service.registry import REDIS_ENV, redact
 from datagen.service.security import TlsFiles, resolve_token
-from datagen.service.server import videos_digest
 from trainer.config import ServiceConfig, TrainConfig
-from trainer.remote import RemoteSource
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,6 @@ def open_source(cfg: TrainConfig, generator: Generator) -> Iterator[SampleSource
         ),
     ]
     log.info("samples from datagen replicas: %s", ", ".join(where))
-    digest = videos_digest([(v.path, v.num_frames) for v in generator.videos])
+    digest = videos_digest(generator.videos)
     with RemoteSource(**settings, config=cfg.data.generation, videos_digest=digest) as source:
         yield source

@@ -33,6 +33,7 @@ from datagen.batch import Batch
 from datagen.config import GenerationConfig, differences, to_dict, to_yaml
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
+from datagen.service.fleet import RemoteSource
 from trainer.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -42,6 +43,7 @@ from trainer.checkpoint import (
     save_atomic,
 )
 from trainer.config import TrainConfig, load_train_config, presets
+from trainer.ctp_model import CtPNetwork
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source
 from trainer.distributed import (
@@ -51,16 +53,14 @@ from trainer.distributed import (
     process_group,
     sync_batchnorm_layers,
 )
+from trainer.encoders import count_parameters
 from trainer.execution import Execution
-from trainer.metrics import MetricsLog
-from trainer.models import count_parameters
-from trainer.network import CtPNetwork
+from trainer.loss import ctp_loss, encode
+from trainer.metrics_log import MetricsLog
 from trainer.progress import eta, show_bars
-from trainer.remote import RemoteSource
 from trainer.rundir import claim_run_dir
 from trainer.signals import stop_on_signals
 from trainer.starvation import RankWindow, StarvationMonitor
-from trainer.targets import ctp_loss, encode
 from trainer.track_eval import TrackingScore, evaluate
 from trainer.viz import boxes_image
 
