@@ -1,4 +1,4 @@
-"""Dependencies run one way: trainer -> datagen -> protos (docs/architecture.md). Read from the source with
+"""Dependencies run one way: trainer -> datagen -> protos (README: Layout). Read from the source with
 `ast`, so an import hidden inside a function counts as much as one at the top of a module."""
 
 import ast
