@@ -283,9 +283,11 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
     with source(config, redis_url=redis_server.url) as src:
         got = list(src.stream(SEED, epoch, indices, batch_size))
         problems = {p.index: p.video for p in src.problems}
+        replaced = src.replaced_videos()  # what the run reports at its end
     expected = in_process(probed, config, epoch, indices, batch_size, bad=(str(broken),))
     assert_exactly_once_and_equal(got, expected, indices)
     assert set(problems.values()) == {str(broken)} and len(problems) == 4  # 16 indices over 4 videos
+    assert replaced == {str(broken)}
 
     registry = Registry(redis_server.url, NS)
     wait_until(lambda: str(broken) in registry.quarantined(), 30, "the quarantine to be published")

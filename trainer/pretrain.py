@@ -33,7 +33,6 @@ from datagen.batch import Batch
 from datagen.config import GenerationConfig, differences, to_dict, to_yaml
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
-from datagen.service.fleet import RemoteSource
 from trainer.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
@@ -280,7 +279,7 @@ class Reporter:
             dynamic_ncols=True,
             disable=not (show_bars(trainer.cfg.run.progress) and main),
         )
-        self.remote = source if isinstance(source, RemoteSource) else None
+        self.source = source
         self.last_eval: tuple[int, TrackingScore] | None = None
         self.starvation = StarvationMonitor()
 
@@ -293,7 +292,8 @@ class Reporter:
         if not self.window.steps:
             return
         ranks = self.trainer.ranks
-        mine = self.window.flush(dict(self.remote.delivered) if self.remote else None)
+        by_replica = self.source.delivered
+        mine = self.window.flush(dict(by_replica) if by_replica is not None else None)
         w = mine.window
         if ranks.distributed:
             log.info(
@@ -319,7 +319,7 @@ class Reporter:
         if self.bar.disable:
             self._log_line(rows, scalars, mine.seconds)
         delivered = None
-        if self.remote is not None:  # per replica, over all ranks
+        if by_replica is not None:  # per replica, over all ranks
             delivered = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
         advice = self.starvation.update([r.window for r in reports], delivered)
         if advice:
@@ -452,9 +452,7 @@ def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Rank
                 return ranks.broadcast(reporter.evaluate())
         finally:
             reporter.close()
-            bad = set(generator.bad_videos)
-            if isinstance(source, RemoteSource):
-                bad |= {problem.video for problem in source.problems}
+            bad = set(generator.bad_videos) | source.replaced_videos()
             if bad:
                 log.warning("rank %d: %d unreadable videos were replaced: %s", ranks.rank, len(bad), sorted(bad))
 

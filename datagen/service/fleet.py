@@ -254,6 +254,10 @@ class RemoteSource:
         self._await_replicas()
         return [r.info for r in self._replicas.values() if r.up and r.info is not None]
 
+    def replaced_videos(self) -> set[str]:
+        """The videos the replicas found unreadable and replaced in what they sent (of the latest reports)."""
+        return {problem.video for problem in self.problems}
+
     @property
     def epoch_length(self) -> int:
         """Sample indices per epoch: the number of videos the replicas serve."""

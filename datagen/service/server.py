@@ -28,8 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from datagen.config import GenerationConfig, to_dict
 from datagen.manifest import videos_digest
-from datagen.rng import SampleKey, Stream
-from datagen.rng import generator as rng_stream
+from datagen.rng import SampleKey, key_problem
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 
@@ -171,11 +170,7 @@ class DataGenService(pb_grpc.DataGenServicer):
             return f"{len(r.indices)} indices: a request holds 1 to {self.limits.max_request_samples}"
         if len(set(r.indices)) != len(r.indices):
             return "indices repeat within the request"
-        try:
-            rng_stream(SampleKey(r.seed, r.epoch, max(r.indices)), Stream.CLIP)  # the key range check
-        except ValueError as exc:
-            return str(exc)
-        return None
+        return key_problem((r.seed, r.epoch, max(r.indices)))
 
     def _count_stream(self, delta: int) -> None:
         with self._streams_lock:
