@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, differences, to_dict, to_yaml
+from datagen.config import GenerationConfig, differences, to_dict, to_yaml, upgrade_generation
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import (
@@ -153,10 +154,11 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        ours = to_dict(self.cfg)
-        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != ours[s]]
+        ours, saved = to_dict(self.cfg), copy.deepcopy(state["config"])
+        saved["data"]["generation"] = upgrade_generation(saved["data"]["generation"])
+        changed = [s for s in _RESUME_INVARIANTS if saved[s] != ours[s]]
         if changed:
-            differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
+            differ = [d for s in changed for d in differences(saved[s], ours[s], f"{s}.")]
             raise ValueError(
                 f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's "
                 f"(checkpoint -> this run: {'; '.join(differ)}); resume with the same model.* and data.* settings "
