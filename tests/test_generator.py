@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from datagen.config import GenerationConfig, from_dict, to_dict, upgrade_generation
+from datagen.decode import Decoder
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from datagen.plan import plan_sample
+from datagen.quarantine import QuarantinedVideos
 from datagen.rng import SampleKey
 
 KEYS = [(11, 2, i) for i in range(6)]
@@ -185,3 +187,16 @@ def test_a_checkpoints_generation_config_from_before_colour_owned_its_easing_kee
     upgraded = from_dict(GenerationConfig, upgrade_generation(old))
     assert upgraded.colour.interpolation_probs == (0.2, 0.4, 0.4) == upgraded.trajectory.interpolation_probs
     assert upgrade_generation(to_dict(cfg)) == to_dict(cfg)  # today's configs pass unchanged
+
+
+def test_quarantined_videos_plan_through_the_subclass_alone(demo_videos):
+    class Positions(QuarantinedVideos):  # the one extension point: `_plan`, no callback besides
+        def _plan(self, key, position, video, attempt):
+            return (position, attempt)
+
+    chooser = Positions(demo_videos, Decoder("cpu", "pyav"))
+    first = chooser.plan(SampleKey(1, 0, 0))
+    chooser.mark_bad(demo_videos[first[0]].path, "test")
+    assert chooser.plan(SampleKey(1, 0, 0))[1] > 0  # a quarantined video: the key's next attempts
+    with pytest.raises(TypeError, match="abstract"):
+        QuarantinedVideos(demo_videos, Decoder("cpu", "pyav"))

@@ -3,6 +3,7 @@ choice between it and the datagen replicas (`datagen.service.fleet.RemoteSource`
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import logging
 import os
@@ -36,6 +37,7 @@ class HasTensors(Protocol):
 T = TypeVar("T")
 B = TypeVar("B", bound=HasTensors)
 B_co = TypeVar("B_co", bound=HasTensors, covariant=True)
+Closable = collections.abc.Generator[B, None, None]  # an iterator whose `close()` stops its producer
 
 
 class SampleSource(Protocol):
@@ -73,7 +75,7 @@ class InProcessSource(Generic[B]):
         self.prefetch = prefetch
         self.device = torch.device(device)  # where `maker` puts its batches: on CUDA, generation gets a stream
 
-    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Iterator[B]:
+    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Closable[B]:
         def make(chunk: Sequence[int]) -> B:
             return self.maker.generate([SampleKey(seed, epoch, int(i)) for i in chunk])
 
@@ -90,7 +92,7 @@ def prefetched(
     prefetch: int = 2,
     device: torch.device | str = "cpu",
     name: str = "prefetch",
-) -> Iterator[B]:
+) -> Closable[B]:
     """`make(chunk)` for each run of `batch_size` items (the last may be shorter), in order, up to `prefetch`
     batches ahead on a background thread.
 
