@@ -23,11 +23,11 @@ import torch
 from datagen.batch import Batch
 from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict
 from datagen.manifest import VideoInfo
+from datagen.service.fleet import RemoteSource
+from datagen.service.replica_client import ReplicaClient
 from datagen.service.server import Limits, Replica
 from datagen.tables import format_table
 from protos import datagen_pb2 as pb
-from trainer.client import ReplicaClient
-from trainer.remote import RemoteSource
 
 
 class PrecomputedBatches:

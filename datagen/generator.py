@@ -32,7 +32,7 @@ class Generator(QuarantinedVideos[SamplePlan]):
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        super().__init__(videos, decoder or Decoder(self.device), self._plan)
+        super().__init__(videos, decoder or Decoder(self.device))
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> SamplePlan:
         return plan_sample(key, position, video.num_frames, video.height, video.width, self.config, attempt)

@@ -9,8 +9,8 @@ from typing import Protocol, TypeVar
 import torch
 
 from datagen.batch import Batch
+from trainer.ctp_model import normalise
 from trainer.distributed import Ranks
-from trainer.network import normalise
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
