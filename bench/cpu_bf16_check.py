@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from datagen.tables import format_table
+
 # (batch, channels, frames, height, width): the tiny CPU encoder's and R3D-18's stages at 16 input frames.
 SHAPES = [(8, 64, 4, 8, 8), (8, 128, 2, 4, 4), (2, 64, 2, 4, 4), (8, 256, 4, 14, 14), (8, 512, 2, 7, 7)]
 TOLERANCE = 0.05  # of the largest exact gradient: bf16 rounding gives ~0.3 %
@@ -42,15 +44,16 @@ def main() -> int:
     torch.set_num_threads(1)
     onednn = next((line.strip() for line in torch.__config__.show().splitlines() if "MKL-DNN" in line), "no oneDNN")
     print(f"torch {torch.__version__}: {onednn}")
-    print(f"{'shape (N, C, T, H, W)':<24}{'layout':<18}{'weight grad':>13}{'input grad':>13}  verdict")
-    wrong = 0
+    rows, wrong = [], 0
     for shape in SHAPES:
         for channels_last in (False, True):
             weight, input_ = relative_errors(shape, channels_last)
             bad = not (weight < TOLERANCE and input_ < TOLERANCE)
             wrong += bad
             layout = "channels_last_3d" if channels_last else "NCDHW"
-            print(f"{shape!s:<24}{layout:<18}{weight:>13.3g}{input_:>13.3g}  {'WRONG' if bad else 'ok'}")
+            rows.append((shape, layout, f"{weight:.3g}", f"{input_:.3g}", "WRONG" if bad else "ok"))
+    header = ("shape (N, C, T, H, W)", "layout", "weight grad", "input grad", "verdict")
+    print(format_table(rows, header, align="<<>><"))
     print(f"{wrong} of {2 * len(SHAPES)} wrong (error > {TOLERANCE:.0%} of the largest gradient)")
     return 0
 
