@@ -4,15 +4,17 @@ Clips stay uint8 between stages, so every pass over whole frames moves bytes, no
 as few passes as it can: the rescale computes only the part of the resized frame that holds the crop; the
 compositing touches only the pixels inside the boxes: every (sample, frame) box of one paste step is
 enumerated into one flat list of pixels, which is sampled from the patch's source frame (pixels gathered
-as one int32 each), shaped by its alpha and blended in place; colour is one affine per frame
-(brightness and contrast folded together), after hue/saturation on the clips that drew it. The same code
-runs on CUDA and on CPU.
+as one int32 each), shaped by its alpha and blended in place; brightness and contrast are one lookup table
+per frame, after hue/saturation on the clips that drew it. The same code runs on CUDA and on CPU, but for
+two kernels that have a faster CPU form with the same bytes: the uint8 rescale and the table lookup
+(OpenCV's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 
@@ -58,7 +60,7 @@ def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: in
         clean[i, ..., :3] = _to_uint8(resized_crop(f, plan.clip, s)).permute(0, 2, 3, 1)
     clips = clean.clone()
     composite_patches(clips.view(torch.int32).view(-1), buffer.view(torch.int32).view(-1), plans, t, s)
-    return colour(clips[..., :3], plans.hue_shift, plans.saturation, plans.brightness, plans.contrast)
+    return colour(clips, plans.hue_shift, plans.saturation, plans.brightness, plans.contrast)
 
 
 def rescale_crop_flip(frames: torch.Tensor, plan: SamplePlan, crop_size: int) -> torch.Tensor:
@@ -208,31 +210,41 @@ def _paste_step_boxes(plans: PlanBatch, step: int, t: int, h: int, w: int) -> tu
 def colour(
     clips: torch.Tensor, hue: np.ndarray, sat: np.ndarray, brightness: np.ndarray, contrast: np.ndarray
 ) -> torch.Tensor:
-    """(N, T, H, W, 3) uint8 clips with hue/saturation (N,) on the clips that drew it, then per-frame
-    brightness offsets b (N, T), then per-frame contrast gains c (N, T): every pixel times the gain, as the
-    official `DynamicContrast` (the frame's mean moves with it), values clipped to [0, 255] after each step.
-    For x in [0, 255], clip(clip(x + b, 0, 255) * c, 0, 255) = clip(c * x + c * b, 0, 255 * min(c, 1)):
-    brightness and contrast are one affine pass per frame, rounded to uint8 in the same pass."""
-    device = clips.device
+    """(N, T, H, W, C ≥ 3) contiguous uint8 clips, changed in place → (N, T, H, W, 3): hue/saturation (N,) on the
+    clips that drew it, then per-frame brightness offsets b (N, T), then per-frame contrast gains c (N, T):
+    every pixel times the gain, as the official `DynamicContrast` (the frame's mean moves with it), values
+    clipped to [0, 255] after each step and rounded half up. On uint8 pixels brightness and contrast are
+    one 256-entry lookup table per frame (`brightness_contrast_tables`)."""
     drawn = np.nonzero((hue != 0) | (sat != 1))[0]
-    shifted = None
     if len(drawn):
-        idx = to_device(drawn, device)
-        params = to_device(np.stack([hue[drawn], sat[drawn]]).astype(np.float32), device)
-        shifted = shift_hue_saturation(clips[idx].float(), params[0], params[1]).clamp_(0, 255)
-    if not ((brightness != 0).any() or (contrast != 1).any()):
-        clips = clips.contiguous()
-        if shifted is not None:
-            clips[idx] = _to_uint8(shifted)
-        return clips
-    # +0.5 in the offset and the bound: the conversion to uint8 then rounds half up.
-    affine = np.stack([contrast, contrast * brightness + 0.5, 255 * np.minimum(contrast, 1) + 0.5])
-    gain, offset, high = to_device(affine.astype(np.float32), device)[..., None, None, None]
-    out = clips.float()
-    if shifted is not None:
-        out[idx] = shifted
-    out = out.mul_(gain).add_(offset).clamp_(min=0)
-    return torch.minimum(out, high, out=out).to(torch.uint8)
+        idx = to_device(drawn, clips.device)
+        params = to_device(np.stack([hue[drawn], sat[drawn]]).astype(np.float32), clips.device)
+        shifted = shift_hue_saturation(clips[idx][..., :3].float(), params[0], params[1])
+        clips[idx, ..., :3] = _to_uint8(shifted)
+    if (brightness != 0).any() or (contrast != 1).any():
+        apply_tables(clips, brightness_contrast_tables(brightness, contrast))
+    return clips[..., :3].contiguous()
+
+
+def brightness_contrast_tables(brightness: np.ndarray, contrast: np.ndarray) -> np.ndarray:
+    """(N, T, 256) uint8: round(clip(clip(v + b, 0, 255) · c, 0, 255)) for every byte v, per frame."""
+    v = np.arange(256.0)
+    y = np.clip(np.clip(v + brightness[..., None], 0, 255) * contrast[..., None], 0, 255)
+    return np.floor(y + 0.5).astype(np.uint8)
+
+
+def apply_tables(clips: torch.Tensor, tables: np.ndarray) -> None:
+    """Map every byte of frame (n, t) of `clips` (N, T, ...) uint8 through `tables[n, t]`, in place: on the
+    CPU with OpenCV's lookup (frames whose table is the identity are skipped), elsewhere a gather."""
+    if clips.device.type == "cpu":
+        frames = clips.numpy()
+        identity = np.arange(256, dtype=np.uint8)
+        for n, t in zip(*np.nonzero((tables != identity).any(-1))):
+            cv2.LUT(frames[n, t], tables[n, t], dst=frames[n, t])
+        return
+    n, t = tables.shape[:2]
+    flat = clips.view(n * t, -1)
+    flat.copy_(torch.gather(to_device(tables, clips.device).view(n * t, 256), 1, flat.long()))
 
 
 def shift_hue_saturation(rgb: torch.Tensor, hue: torch.Tensor, sat: torch.Tensor) -> torch.Tensor:

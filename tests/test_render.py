@@ -183,7 +183,7 @@ def test_the_rescale_computes_only_the_crop_and_equals_the_whole_frame_rescaled(
     assert torch.equal(flipped, whole[:, :, top : top + S, left : left + S].flip(-1))
 
 
-def test_brightness_and_contrast_are_one_affine_rounded_half_up():
+def test_brightness_and_contrast_are_one_table_per_frame_rounded_half_up():
     # Worked by hand: x = 100, b = -30, c = 0.5 → 35; x = 20, b = -30 → 0 (clipped before the gain); x = 250,
     # b = 30, c = 0.5 → 127.5 → 128 (clipped to 255 before the gain, then rounded half up).
     clips = torch.tensor([100, 20, 250], dtype=torch.uint8).view(1, 1, 1, 3, 1).expand(1, 2, 1, 3, 3).contiguous()
