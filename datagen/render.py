@@ -116,26 +116,26 @@ def composite_patches(out: torch.Tensor, source: torch.Tensor, plans: PlanBatch,
         ints, floats = ints_all[:, at : at + boxes], floats_all[:, at : at + boxes]
         at += boxes
         total = int(shape_ends[-1])
-        box = torch.repeat_interleave(torch.arange(boxes, device=device), ints[1], output_size=total)
-        start, _, bw, src_base, dst_base, dst_row = ints.index_select(1, box)
-        ibw, cx, ibh, cy, ax, bx, xmax, ay, by, ymax, gain, half_gain, opacity = floats.index_select(1, box)
-        local = torch.arange(total, device=device) - start
-        py = torch.div(local, bw, rounding_mode="floor")
-        px = local - py * bw
-        pxf, pyf = px.float(), py.float()
+        box = torch.repeat_interleave(torch.arange(boxes, device=device), ints[0], output_size=total)
+        src_base, dst_base = ints[1:].index_select(1, box)
+        start, bw, ibw, cx, ibh, cy, ax, bx, xmax, ay, by, ymax, gain, half_gain, opacity = floats.index_select(1, box)
+        # The pixel's row and column in its box, in float (exact: fewer than 2^24 pixels per step).
+        local = torch.arange(total, dtype=torch.float32, device=device).sub_(start)
+        py = local.add(0.5).mul_(ibw).floor_()
+        px = torch.addcmul(local, py, bw, value=-1)
         # Where in the source box each pixel's centre falls, clamped to the box (pixel centres at .5); the
         # four taps of its bilinear sample (a tap past the box's far edge has weight 0).
-        sx = torch.minimum(torch.addcmul(bx, pxf, ax).clamp_(min=0), xmax)
-        sy = torch.minimum(torch.addcmul(by, pyf, ay).clamp_(min=0), ymax)
-        x0, y0 = sx.floor(), sy.floor()
+        sx = torch.minimum(torch.addcmul(bx, px, ax).clamp_(min=0), xmax)
+        sy = torch.minimum(torch.addcmul(by, py, ay).clamp_(min=0), ymax)
+        x0, y0 = sx.long(), sy.long()
         fx, fy = sx - x0, sy - y0
-        first = src_base + y0.long() * w + x0.long()
+        first = src_base + y0 * w + x0
         c00, c01, c10, c11 = _channels(torch.stack([source.index_select(0, first + d) for d in (0, 1, w, w + 1)]))
         patch = torch.lerp(torch.lerp(c00, c01, fx), torch.lerp(c10, c11, fx), fy)  # (4, N) planes
 
-        dist = box_distance(torch.addcmul(cx, pxf, ibw).abs_(), torch.addcmul(cy, pyf, ibh).abs_(), shape_ends)
+        dist = box_distance(torch.addcmul(cx, px, ibw).abs_(), torch.addcmul(cy, py, ibh).abs_(), shape_ends)
         alpha = torch.addcmul(half_gain, dist, gain, value=-1).clamp_(0, 1).mul_(opacity)
-        dst = dst_base + local + py * dst_row
+        dst = torch.add(px, py, alpha=w).long().add_(dst_base)
         blended = torch.lerp(_channels(out.index_select(0, dst)), patch, alpha).add_(0.5)
         packed = torch.empty((total, 4), dtype=torch.uint8, device=device)
         out.index_copy_(0, dst, packed.copy_(blended.T).view(torch.int32).view(-1))
@@ -157,8 +157,8 @@ def box_distance(dx: torch.Tensor, dy: torch.Tensor, shape_ends: np.ndarray) -> 
 
 
 def _paste_step_boxes(plans: PlanBatch, step: int, t: int, h: int, w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per pasted (sample, frame) box of paste step `step`, sorted by patch shape: integer (6, M) and float
-    (13, M) parameters and the end of each shape's pixels in the step's flat pixel list (rectangles,
+    """Per pasted (sample, frame) box of paste step `step`, sorted by patch shape: integer (3, M) and float
+    (15, M) parameters and the end of each shape's pixels in the step's flat pixel list (rectangles,
     ellipses, rhombi)."""
     rows = np.arange(len(plans))
     k = plans.order[:, step]
@@ -172,15 +172,11 @@ def _paste_step_boxes(plans: PlanBatch, step: int, t: int, h: int, w: int) -> tu
     sx1, sy1, sx2, sy2 = plans.boxes[sample, kk, j].T.astype(np.int64)
     bw, bh, sw, sh = x2 - x1, y2 - y1, sx2 - sx1, sy2 - sy1
     count = bw * bh
-    ends = np.cumsum(count)
     ints = np.stack(
         [
-            ends - count,  # the box's first pixel in the flat list
             count,
-            bw,
             (sample * t + j) * h * w + sy1 * w + sx1,  # the source box's top-left pixel
             (sample * t + frame) * h * w + y1 * w + x1,  # the pasted box's top-left pixel
-            w - bw,  # from the end of a box row to the start of the next
         ]
     )
     ax, ay = sw / bw, sh / bh  # source pixels per box pixel
@@ -188,6 +184,8 @@ def _paste_step_boxes(plans: PlanBatch, step: int, t: int, h: int, w: int) -> tu
     gain = np.where(soft >= 0.5, HARD_EDGE_GAIN, 1 / np.maximum(0.5 - soft, 1e-6))
     floats = np.stack(
         [
+            np.cumsum(count) - count,  # the box's first pixel in the step's flat list
+            bw,
             1 / bw,
             0.5 / bw - 0.5,  # |px / bw + this| is the pixel centre's distance to the box centre, in widths
             1 / bh,
