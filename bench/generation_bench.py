@@ -1,6 +1,6 @@
 """Batched CtP generation against the per-sample NumPy/OpenCV baseline, on the same decoded frames.
 
-    python bench/generation_bench.py [--videos PATH...] [--batch-size 32] [--threads 1] [--device cpu]
+    python -m bench.generation_bench [--videos PATH...] [--batch-size 32] [--threads 1] [--device cpu]
 
 Prints one table: clips/s of the baseline (one sample at a time) and of the batched generator (plan +
 render), and their ratio, both with the same number of CPU threads. Decoding is done once, up front.
@@ -11,7 +11,6 @@ parameters: everything but the pixel kernels), planned in bulk and key by key, a
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +18,6 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.reference_ctp import reference_sample
 from datagen.config import GenerationConfig
 from datagen.decode import Decoder
