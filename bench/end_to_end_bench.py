@@ -52,10 +52,13 @@ def extract_zip(video: VideoInfo, decoder: Decoder, cache: Path) -> Path:
 
 def read_clip(archive: zipfile.ZipFile, indices: np.ndarray) -> np.ndarray:
     """(T, H, W, 3) uint8 RGB: the clip's frames read from the zip and decoded with OpenCV."""
-    frames = [
-        cv2.imdecode(np.frombuffer(archive.read(f"img_{i:05d}.jpg"), np.uint8), cv2.IMREAD_COLOR) for i in indices
-    ]
-    return np.stack([cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in frames])
+    frames = []
+    for i in indices:
+        bgr = cv2.imdecode(np.frombuffer(archive.read(f"img_{i:05d}.jpg"), np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise RuntimeError(f"{archive.filename}: frame {i} is not a readable JPEG; delete the zip to remake it")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
 
 
 def rate(fn, clips: int, repeats: int) -> float:

@@ -89,10 +89,10 @@ class Generator(QuarantinedVideos[SamplePlan]):
 
     def decode_batch(self, keys: Iterable[Sequence[int]] | torch.Tensor) -> Decoded:
         """The first stage: plan `keys` in bulk and decode their frames, replacing unreadable videos."""
-        keys = [SampleKey(*(int(v) for v in k)) for k in keys]
-        if not keys:
+        sample_keys = [SampleKey(*(int(v) for v in k)) for k in keys]
+        if not sample_keys:
             raise ValueError("generate() needs at least one key")
-        plans = self.plan_many(keys)
+        plans = self.plan_many(sample_keys)
         if self._decode_stream is None:
             return Decoded(plans, self.decode(plans))
         with torch.cuda.stream(self._decode_stream):
@@ -101,8 +101,10 @@ class Generator(QuarantinedVideos[SamplePlan]):
             ready.record(self._decode_stream)
         return Decoded(plans, frames, ready)
 
-    def render_batch(self, decoded: Decoded) -> Batch:
-        """The second stage, on the calling thread's current (CUDA) stream."""
+    def render_batch(self, decoded: Decoded | Exception) -> Batch:
+        """The second stage, on the calling thread's current (CUDA) stream; raises the first stage's error."""
+        if isinstance(decoded, Exception):
+            raise decoded
         if decoded.ready is not None:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(decoded.ready)
