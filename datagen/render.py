@@ -24,6 +24,7 @@ from .plan import ELLIPSE, RECTANGLE, RHOMBUS, ClipPlan, PlanBatch, SamplePlan
 # On a CPU core the per-pixel work is bound by memory traffic: a few clips at a time stay in cache and
 # render faster than a whole batch. A GPU takes the whole batch at once.
 CPU_CHUNK = 4
+CPU_HUE_PIXELS = 50_000  # pixels per slice of the hue/saturation kernel on a CPU core (L2-sized planes)
 HARD_EDGE_GAIN = 1e30  # alpha = clamp((0.5 - d) * gain, 0, 1): with this gain exactly (d < 0.5) in float32
 
 
@@ -214,7 +215,15 @@ def colour(
     clipped to [0, 255] after each step and rounded half up. On uint8 pixels brightness and contrast are
     one 256-entry lookup table per frame (`brightness_contrast_tables`)."""
     drawn = np.nonzero((hue != 0) | (sat != 1))[0]
-    if len(drawn):
+    if len(drawn) and clips.device.type == "cpu":
+        # A few frames at a time: the ~35 passes of the HSV round trip then stay in cache (2x faster).
+        step = max(1, CPU_HUE_PIXELS // (clips.shape[2] * clips.shape[3]))
+        for i in drawn:
+            params = torch.tensor([[hue[i]], [sat[i]]], dtype=torch.float32)
+            for f in range(0, clips.shape[1], step):
+                frames = clips[i, f : f + step, ..., :3]
+                frames.copy_(_to_uint8(shift_hue_saturation(frames.float()[None], params[0], params[1])[0]))
+    elif len(drawn):
         idx = to_device(drawn, clips.device)
         params = to_device(np.stack([hue[drawn], sat[drawn]]).astype(np.float32), clips.device)
         shifted = shift_hue_saturation(clips[idx][..., :3].float(), params[0], params[1])
