@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datagen.batch import Batch
 from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict
 from datagen.manifest import VideoInfo
+from datagen.service.fleet import RemoteSource
+from datagen.service.replica_client import ReplicaClient
 from datagen.service.server import Limits, Replica
 from protos import datagen_pb2 as pb
-from trainer.client import ReplicaClient
-from trainer.remote import RemoteSource
 
 
 class PrecomputedBatches:

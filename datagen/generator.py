@@ -52,7 +52,7 @@ class Generator(QuarantinedVideos[SamplePlan]):
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        super().__init__(videos, decoder or Decoder(self.device), self._plan)
+        super().__init__(videos, decoder or Decoder(self.device))
         self._decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> SamplePlan:

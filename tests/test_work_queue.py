@@ -11,7 +11,7 @@ import torch
 from datagen.generator import Generator, pipelined
 from datagen.plan import choose_video
 from datagen.rng import SampleKey
-from datagen.service.metrics import ReplicaMetrics
+from datagen.service.replica_metrics import ReplicaMetrics
 from datagen.service.work import WorkQueue
 
 

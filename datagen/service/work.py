@@ -26,7 +26,7 @@ from datagen.generator import pipelined
 from datagen.rng import SampleKey
 from protos import datagen_pb2 as pb
 
-from .metrics import ReplicaMetrics
+from .replica_metrics import ReplicaMetrics
 from .shm_ring import ShmRing
 
 log = logging.getLogger(__name__)
