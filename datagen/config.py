@@ -73,9 +73,9 @@ class GenerationConfig:
     trajectory: TrajectoryConfig = TrajectoryConfig()
     patch: PatchConfig = PatchConfig()
     colour: ColourConfig = ColourConfig()
-    version: int = (
-        2  # bumped whenever the same key would give a different sample (2: official key frames, jitter, contrast)
-    )
+    # Bumped whenever the same key would give a different sample (2: official key frames, jitter, contrast;
+    # 3: uint8 between render stages, rounded half up, brightness and contrast as one affine).
+    version: int = 3
 
     def digest(self) -> str:
         """A short stable hash: replicas and trainers agree on a config by comparing digests."""
