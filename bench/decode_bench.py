@@ -20,6 +20,7 @@ import numpy as np
 from datagen.decode import Decoder
 from datagen.demo import synthesize_demo
 from datagen.manifest import VideoInfo, resolve_videos
+from datagen.tables import format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 FRAMES = 16
@@ -83,15 +84,15 @@ def main() -> None:
 
     baseline = results[0][4]
     print(f"{FRAMES}-frame clips, {args.clips} per row, decode_many batches of {args.batch_size}, CPU")
-    print(
-        f"{'videos':<27} {'backend':<8} {'threads':>7} {'files':>5} {'clips/s':>8} {'frames/s':>9} {'vs pyav VP9':>11}"
-        f" {'decoded/clip':>12} {'from 0':>7}"
-    )
-    for label, backend, threads, files, rate, decoded, from_start in results:
-        print(
-            f"{label:<27} {backend:<8} {threads:>7} {files:>5} {rate:>8.1f} {rate * FRAMES:>9.0f} {rate / baseline:>10.2f}x"
-            f" {decoded:>12.1f} {from_start:>7.1f}"
+    cells = [
+        (
+            *(label, backend, threads, files),
+            *(f"{rate:.1f}", f"{rate * FRAMES:.0f}", f"{rate / baseline:.2f}x", f"{decoded:.1f}", f"{from_start:.1f}"),
         )
+        for label, backend, threads, files, rate, decoded, from_start in results
+    ]
+    header = ("videos", "backend", "threads", "files", "clips/s", "frames/s", "vs pyav VP9", "decoded/clip", "from 0")
+    print(format_table(cells, header, align="<<>>>>>>>"))
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import time
 import zipfile
 from pathlib import Path
@@ -27,11 +26,13 @@ import numpy as np
 import torch
 
 from bench.reference_ctp import reference_sample
+from datagen.atomic import write_json
 from datagen.config import GenerationConfig
 from datagen.decode import Decoder
 from datagen.generator import Generator, pipelined
 from datagen.manifest import VideoInfo, resolve_videos
 from datagen.rng import SampleKey
+from datagen.tables import format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 
@@ -122,13 +123,9 @@ def main() -> None:
     print(
         f"end to end, {clips} clips of {config.clip.num_frames}x{crop}x{crop} from {len(ours.videos)} videos ({names})"
     )
-    print(f"{'pipeline':<50}{'clips/s':>10}{'ratio':>8}")
-    for name, value in rows:
-        print(f"{name:<50}{value:>10.1f}{value / rows[0][1]:>7.2f}x")
+    print(format_table([(n, f"{v:.1f}", f"{v / rows[0][1]:.2f}x") for n, v in rows], ("pipeline", "clips/s", "ratio")))
     if args.json:
-        result = {"videos": args.videos, "clips": clips, "cpu_threads": 1, "clips_per_s": dict(rows)}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, {"videos": args.videos, "clips": clips, "cpu_threads": 1, "clips_per_s": dict(rows)})
 
 
 if __name__ == "__main__":

@@ -12,15 +12,16 @@ parameters: everything but the pixel kernels), planned in bulk and key by key, a
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 
 from bench.reference_ctp import reference_sample
+from datagen.atomic import write_json
 from datagen.config import GenerationConfig
 from datagen.decode import Decoder
 from datagen.generator import Generator
@@ -28,6 +29,7 @@ from datagen.manifest import resolve_videos
 from datagen.plan import PlanBatch
 from datagen.render import _paste_step_boxes, render
 from datagen.rng import SampleKey
+from datagen.tables import format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 
@@ -62,7 +64,7 @@ def main() -> None:
             torch.cuda.synchronize(device)
         return batch
 
-    results = {}
+    results: dict[str, tuple[float, Any]] = {}  # name -> (clips/s, the last output: clips or a Batch)
     for name, fn in (("baseline (NumPy+OpenCV, per sample)", baseline), ("batched generator (torch)", batched)):
         out = fn()  # warm-up
         start = time.perf_counter()
@@ -76,9 +78,8 @@ def main() -> None:
         f"CtP generation, {args.batch_size} clips of {generator.config.clip.num_frames}x{crop}x{crop}, "
         f"K={generator.config.trajectory.num_trajectories}, threads={args.threads}, device={device}"
     )
-    print(f"{'implementation':<38}{'clips/s':>10}{'ratio':>8}")
-    for name, (rate, _) in results.items():
-        print(f"{name:<38}{rate:>10.1f}{rate / base_rate:>7.2f}x")
+    rows = [(name, f"{rate:.1f}", f"{rate / base_rate:.2f}x") for name, (rate, _) in results.items()]
+    print(format_table(rows, ("implementation", "clips/s", "ratio")))
     print(
         f"mean |baseline - batched| = {diff.mean():.2f} grey levels (resize filters differ: OpenCV linear vs antialiased)"
     )
@@ -87,8 +88,7 @@ def main() -> None:
         rates = {name: rate for name, (rate, _) in results.items()}
         result = {"batch_size": args.batch_size, "threads": args.threads, "device": str(device), "clips_per_s": rates}
         result |= {"ratio": rates["batched generator (torch)"] / base_rate, "host_ms_per_sample": host}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+        write_json(args.json, result)
 
 
 def host_work(generator: Generator, keys: list[SampleKey], bulk: bool) -> None:
@@ -103,7 +103,6 @@ def host_work(generator: Generator, keys: list[SampleKey], bulk: bool) -> None:
 
 def host_table(generator: Generator, batch_sizes: tuple[int, ...], repeats: int) -> dict[str, float]:
     """Prints the host work per sample; returns it as {"in bulk @32": ms, ...}."""
-    print(f"\nhost work per sample (target <= 0.25 ms)\n{'planning':<22}{'batch':>6}{'ms/sample':>11}")
     out = {}
     for bulk in (True, False):
         for size in batch_sizes:
@@ -113,8 +112,9 @@ def host_table(generator: Generator, batch_sizes: tuple[int, ...], repeats: int)
             for r in range(repeats):
                 host_work(generator, [SampleKey(1, r + 1, i) for i in range(size)], bulk)
             ms = (time.perf_counter() - start) / repeats / size * 1e3
-            print(f"{'in bulk' if bulk else 'key by key':<22}{size:>6}{ms:>11.3f}")
             out[f"{'in bulk' if bulk else 'key by key'} @{size}"] = ms
+    rows = [(*name.split(" @"), f"{ms:.3f}") for name, ms in out.items()]
+    print(format_table(rows, ("planning", "batch", "ms/sample"), title="\nhost work per sample (target <= 0.25 ms)"))
     return out
 
 

@@ -13,6 +13,7 @@ two kernels that have a faster CPU form with the same bytes: the uint8 rescale a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -64,7 +65,14 @@ def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: in
     return colour(clips, plans.hue_shift, plans.saturation, plans.brightness, plans.contrast)
 
 
-def rescale_crop_flip(frames: torch.Tensor, plan: SamplePlan, crop_size: int) -> torch.Tensor:
+class Framed(Protocol):
+    """What `rescale_crop_flip` reads of a plan: its clip's framing (a SamplePlan's, or a downstream clip's)."""
+
+    @property
+    def clip(self) -> ClipPlan: ...
+
+
+def rescale_crop_flip(frames: torch.Tensor, plan: Framed, crop_size: int) -> torch.Tensor:
     """(T, H, W, 3) uint8 → (T, S, S, 3) float32: antialiased bilinear rescale, crop, optional flip."""
     return resized_crop(frames, plan.clip, crop_size).permute(0, 2, 3, 1).float()
 

@@ -43,8 +43,9 @@ Closable = collections.abc.Generator[B, None, None]  # an iterator whose `close(
 class SampleSource(Protocol):
     """A pretraining run's batches: generated in this process or served by datagen replicas."""
 
-    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
-        """Batches of batch_size (the last may be smaller) that together hold each index exactly once."""
+    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Closable[Batch]:
+        """Batches of batch_size (the last may be smaller) that together hold each index exactly once; `close()`
+        stops producing them."""
         ...
 
     @property

@@ -20,7 +20,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import cast
 
 import grpc
@@ -201,7 +201,7 @@ class RemoteSource:
 
     # -- public ------------------------------------------------------------------------------------
 
-    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
+    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Generator[Batch, None, None]:
         """Batches of batch_size (the last may be smaller), in the order of `indices`, each index once."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
