@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import manifest, prepare
+from .configfile import parse_command_line
 from .options import add_generation_args, make_generator
 from .service import cli as service_cli
 from .service import jsonlog
@@ -150,7 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if "--set" in argv:
+        parser.error("--set is gone: give overrides as KEY=VALUE operands, e.g. clip.num_frames=8 (as ctp-train)")
+    args = parse_command_line(parser, argv)
     jsonlog.setup_plain(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)

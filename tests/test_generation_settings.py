@@ -4,8 +4,8 @@ the generating commands take a training preset's generation section."""
 import pytest
 
 from datagen.cli import main
-from datagen.config import GenerationConfig, differences, to_dict, validate_generation
-from datagen.options import generation_config
+from datagen.config import GenerationConfig, load_generation, validate_generation
+from datagen.configfile import differences, to_dict
 from trainer.config import PRESETS_DIR, load_train_config
 
 
@@ -49,13 +49,13 @@ def test_the_defaults_and_every_preset_are_valid():
 def test_generating_commands_take_a_training_preset_or_yaml():
     trained = load_train_config("tiny_cpu").data.generation
     assert trained != GenerationConfig()  # the preset changes generation settings: the test can tell them apart
-    assert generation_config("tiny_cpu", []) == trained
-    assert generation_config(str(PRESETS_DIR / "tiny_cpu.yaml"), []) == trained
-    assert generation_config("tiny_cpu", ["clip.num_frames=4"]).clip.num_frames == 4
+    assert load_generation("tiny_cpu", []) == trained
+    assert load_generation(str(PRESETS_DIR / "tiny_cpu.yaml"), []) == trained
+    assert load_generation("tiny_cpu", ["clip.num_frames=4"]).clip.num_frames == 4
 
 
 def test_a_bad_setting_on_the_command_line_is_a_clear_error(demo_dir, capsys):
-    assert main(["preview", "--videos", str(demo_dir), "--set", "clip.crop_size=200", "--out", "unused"]) == 2
+    assert main(["preview", "--videos", str(demo_dir), "clip.crop_size=200", "--out", "unused"]) == 2
     assert (
         "clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200"
         in capsys.readouterr().err

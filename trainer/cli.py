@@ -6,6 +6,7 @@ import argparse
 import importlib
 import sys
 
+from datagen.configfile import parse_command_line, split_overrides
 from datagen.service import jsonlog
 from trainer.signals import stopped_at_once
 
@@ -45,21 +46,10 @@ def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentPa
     return parser
 
 
-def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
-    """Options and KEY=VALUE overrides in any order: overrides after an option are overrides too."""
-    args, rest = parser.parse_known_args(argv)
-    strays = [item for item in rest if item.startswith("-") or "=" not in item]
-    if strays or (rest and not hasattr(args, "overrides")):
-        parser.error(f"unrecognized arguments: {' '.join(strays or rest)}")
-    if rest:
-        args.overrides = [*args.overrides, *rest]
-    return args
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = next((a for a in argv if not a.startswith("-")), None)
-    args = parse_args(build_parser((command,) if command in COMMANDS else ()), argv)
+    command = next((a for a in split_overrides(argv)[0] if not a.startswith("-")), None)
+    args = parse_command_line(build_parser((command,) if command in COMMANDS else ()), argv)
     jsonlog.setup_plain()
     try:
         args.func(args)

@@ -30,7 +30,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, differences, to_dict, to_yaml
+from datagen.config import GenerationConfig
+from datagen.configfile import differences, to_dict, to_yaml
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import (

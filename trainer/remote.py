@@ -27,7 +27,8 @@ import redis
 import torch
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, differences, from_dict, to_dict
+from datagen.config import GenerationConfig
+from datagen.configfile import differences, from_dict, to_dict
 from datagen.service.registry import Registry, redact
 from datagen.service.security import TlsFiles
 from datagen.service.wire import Received

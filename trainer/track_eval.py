@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from datagen.batch import Batch
-from datagen.config import from_dict
+from datagen.configfile import from_dict
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import load_checkpoint, resolve_checkpoint

@@ -27,7 +27,8 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from datagen.config import GenerationConfig, to_dict
+from datagen.config import GenerationConfig
+from datagen.configfile import to_dict
 from datagen.rng import SampleKey, Stream
 from datagen.rng import generator as rng_stream
 from protos import datagen_pb2 as pb

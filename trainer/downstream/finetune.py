@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from datagen.config import differences, to_dict, to_yaml
+from datagen.configfile import differences, to_dict, to_yaml
 from trainer.checkpoint import FINETUNED_NAME, save_atomic
 from trainer.data import InProcessSource
 from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group
