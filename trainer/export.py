@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import FINETUNE_TASK, load_checkpoint, save_atomic
+from trainer.checkpoint import FINETUNE_TASK, checkpoint_task, load_checkpoint, save_atomic
 from trainer.models import torchvision_model
 
 ENCODER_PREFIX = "encoder."
@@ -34,7 +34,7 @@ def export_encoder(checkpoint_file: str | Path, out: str | Path) -> tuple[Path, 
     encoder = checkpoint["config"]["model"]["encoder"]  # pretraining and fine-tuned checkpoints alike
     weights = encoder_state_dict(checkpoint)
     torchvision_model(encoder).load_state_dict(weights, strict=True)
-    return save_atomic(weights, out), checkpoint.get("task") == FINETUNE_TASK
+    return save_atomic(weights, out), checkpoint_task(checkpoint) == FINETUNE_TASK
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
