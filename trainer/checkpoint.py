@@ -37,7 +37,7 @@ def checkpoint_task(state: dict[str, Any]) -> str:
 
 
 def check_resumable(
-    state: dict[str, Any], task: str, config: dict[str, Any], invariants: tuple[str, ...], source: Path
+    state: dict[str, Any], task: str, config: dict[str, Any], invariants: tuple[str, ...], source: Path | str
 ) -> None:
     """Refuse to resume from a checkpoint of another task, or whose `invariants` (sections of the config dict that
     decide the samples and the network) differ from this run's, naming each differing key old -> new."""

@@ -76,6 +76,25 @@ def _interrupted(command: str) -> int:
     return 130
 
 
+def _run_options(p: argparse.ArgumentParser, example: str) -> None:
+    """What pretraining and fine-tuning runs take alike: where to continue from, overwriting, the resolved config,
+    and KEY=VALUE overrides (anywhere on the line: `datagen.configfile.parse_command_line`)."""
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|CKPT",
+        help="continue a run: `auto` takes the newest checkpoint in run.out_dir, if any; or a checkpoint file or "
+        "run folder (default: a new run)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)",
+    )
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
 def _pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
     from trainer.config import presets
 
@@ -88,19 +107,7 @@ def _pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=f"presets: {', '.join(presets())}",
     )
     p.add_argument("--config", default=None, help="preset name or YAML file (default: built-in defaults)")
-    p.add_argument(
-        "--resume",
-        default=None,
-        metavar="auto|CKPT",
-        help="continue from a checkpoint; `auto` takes the newest one in run.out_dir, if any (default: a new run)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)",
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.batch_size=64")
+    _run_options(p, "data.batch_size=64")
     p.set_defaults(func=_pretrain)
 
 
@@ -149,19 +156,7 @@ def _finetune_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="F",
         help="train on this share of each class's labelled videos, e.g. 0.1 (sets data.label_fraction)",
     )
-    p.add_argument(
-        "--resume",
-        default=None,
-        metavar="auto|CKPT",
-        help="continue a run; `auto`: its own checkpoint, if any (default: a new run)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete a fine-tuning run already in run.out_dir first (default: refuse)",
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=50")
+    _run_options(p, "optim.epochs=50")
     p.set_defaults(func=_finetune)
 
 

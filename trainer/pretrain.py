@@ -139,7 +139,7 @@ class Trainer:
             },
         )
 
-    def load_state_dict(self, state: dict[str, Any], source: Path = Path("the checkpoint")) -> None:
+    def load_state_dict(self, state: dict[str, Any], source: Path | str) -> None:
         check_resumable(
             state, PRETRAIN_TASK, to_dict(self.cfg), _RESUME_INVARIANTS, source
         )  # run.*, eval.*, optim.* may change
