@@ -1,18 +1,20 @@
-"""`ctp-train`: pretraining, tracking evaluation, encoder export and the downstream protocols."""
+"""`ctp-train`: pretraining, tracking evaluation, encoder export and the downstream protocols: every command's
+arguments (argparse lives here only), each handed to the module that does the work, imported when it runs."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import dataclasses
 import json
 import sys
+from pathlib import Path
 
 from datagen.configfile import parse_command_line, split_overrides, to_yaml
 from datagen.service import jsonlog
 from trainer.signals import stopped_at_once
 
-# Each command's one-line help. Only the command being run is imported: torch and friends take seconds to load,
-# which `ctp-train --help` need not wait for.
+# Each command's one-line help. Only the command being run imports its module: torch and friends take seconds to
+# load, which `ctp-train --help` need not wait for.
 COMMANDS = {
     "pretrain": "CtP self-supervised pretraining of a video encoder",
     "track-eval": "tracking mIoU of a pretrained checkpoint on generated clips",
@@ -20,13 +22,6 @@ COMMANDS = {
     "finetune": "fine-tune an encoder for action recognition (UCF-101, HMDB-51, Kinetics, class folders)",
     "eval": "10-clip video-level top-1/top-5 of a fine-tuned checkpoint, per-class accuracy, confusion matrix",
     "retrieve": "VCOP video retrieval: top-k of data.test queries against the data.train gallery",
-}
-# The commands whose parsers are still their modules' `add_parser` (pretrain's and finetune's are below).
-MODULE_PARSERS = {
-    "track-eval": "trainer.track_eval",
-    "export": "trainer.export",
-    "eval": "trainer.downstream.evaluate",
-    "retrieve": "trainer.downstream.retrieve",
 }
 
 
@@ -38,12 +33,10 @@ def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentPa
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
-        if name not in full:
-            subparsers.add_parser(name, help=help_text, add_help=False)
-        elif name in MODULE_PARSERS:
-            importlib.import_module(MODULE_PARSERS[name]).add_parser(subparsers)
-        else:
+        if name in full:
             PARSERS[name](subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
@@ -177,7 +170,128 @@ def _finetune(args: argparse.Namespace) -> None:
     finetune(cfg, resume=args.resume, overwrite=args.overwrite)
 
 
-PARSERS = {"pretrain": _pretrain_parser, "finetune": _finetune_parser}
+def _track_eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "track-eval",
+        help=COMMANDS["track-eval"],
+        description="Generate held-out CtP clips from VIDEOS (with the checkpoint's generation config) and "
+        "report the mean IoU of the predicted trajectories beside the first-box baseline.",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a pretraining checkpoint (ckpt-*.pt) or a run folder (its newest checkpoint)",
+    )
+    p.add_argument("--videos", nargs="+", required=True, help="video files, folders or manifests")
+    p.add_argument("--clips", type=int, default=256, help="number of generated clips (default 256)")
+    p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--json", type=Path, help="also write the result as JSON (keys miou, baseline_miou, clips)")
+    p.set_defaults(func=_track_eval)
+
+
+def _track_eval(args: argparse.Namespace) -> None:
+    from trainer.track_eval import score_checkpoint
+
+    score, checkpoint, step = score_checkpoint(
+        args.checkpoint, args.videos, args.clips, args.seed, args.batch_size, args.device
+    )
+    print(f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  ({score.clips} clips)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        result = dataclasses.asdict(score) | {"checkpoint": str(checkpoint), "step": step}
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def _export_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export",
+        help=COMMANDS["export"],
+        description="Extract the pretrained encoder for downstream use. The result loads with strict=True into "
+        "torchvision.models.video.r3d_18() / r2plus1d_18() after setting `model.fc = torch.nn.Identity()` "
+        "(the file has no fc weights).",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a pretraining checkpoint (ckpt-*.pt), a fine-tuned one (finetuned.pt: exports its fine-tuned encoder) "
+        "or a run folder (its newest checkpoint)",
+    )
+    p.add_argument("--out", required=True, type=Path, help="output file, e.g. r3d18_ctp.pth")
+    p.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from trainer.export import export_encoder
+
+    path, finetuned = export_encoder(args.checkpoint, args.out)
+    kind = "fine-tuned checkpoint: its fine-tuned encoder (without the classifier)" if finetuned else "encoder"
+    print(f"{kind} written to {path}")
+
+
+def _eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    from trainer.downstream.config import presets
+
+    p = subparsers.add_parser(
+        "eval",
+        help=COMMANDS["eval"],
+        description="Evaluate a `ctp-train finetune` checkpoint on its data.test split (or another one given by "
+        "overrides, e.g. data.test.split=2). Results are printed and written as JSON (and the confusion matrix as "
+        "PNG) next to the checkpoint.",
+        epilog=f"presets: {', '.join(presets())}",
+    )
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a fine-tuned checkpoint (finetuned.pt) or its run folder",
+    )
+    p.add_argument("--config", default=None, help="preset or YAML file (default: the checkpoint's own config)")
+    p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the checkpoint)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.split=2")
+    p.set_defaults(func=_eval)
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from trainer.downstream.evaluate import evaluate_checkpoint
+
+    evaluate_checkpoint(args.checkpoint, args.config, args.overrides, args.out)
+
+
+def _retrieve_parser(subparsers: argparse._SubParsersAction) -> None:
+    from trainer.downstream.config import presets
+
+    p = subparsers.add_parser(
+        "retrieve",
+        help=COMMANDS["retrieve"],
+        description="Retrieval with an encoder's pooled final feature map (exported encoder, pretraining or "
+        "fine-tuned checkpoint; without --weights: random initialisation of model.encoder). Gallery = data.train, "
+        "queries = data.test; set both to any two splits, e.g. data.test.format=hmdb51 data.test.videos=... .",
+        epilog=f"presets: {', '.join(presets())}",
+    )
+    p.add_argument("--weights", type=Path, default=None, help="exported encoder or checkpoint (default: random init)")
+    p.add_argument("--config", default=None, help="preset or YAML file (default: a fine-tuned checkpoint's own config)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="results JSON (default: next to the weights, or in run.out_dir)"
+    )
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.train.split=2")
+    p.set_defaults(func=_retrieve)
+
+
+def _retrieve(args: argparse.Namespace) -> None:
+    from trainer.downstream.retrieve import retrieve_with
+
+    retrieve_with(args.weights, args.config, args.overrides, args.out)
+
+
+PARSERS = {
+    "pretrain": _pretrain_parser,
+    "track-eval": _track_eval_parser,
+    "export": _export_parser,
+    "finetune": _finetune_parser,
+    "eval": _eval_parser,
+    "retrieve": _retrieve_parser,
+}
 
 
 if __name__ == "__main__":
