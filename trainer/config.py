@@ -13,14 +13,14 @@ from datagen.config import GenerationConfig, validate_generation
 from datagen.configfile import PRESETS, load_config, preset_names
 
 PRESETS_DIR = PRESETS
-Encoder = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.models.ENCODERS
+EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.models builds each
 Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, else fp32
 Optimiser = Literal["sgd", "adamw"]
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    encoder: Encoder = "r3d_18"
+    encoder: EncoderName = "r3d_18"
     head_hidden: int = 512
 
 

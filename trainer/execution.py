@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Protocol
 
 import torch
 
 from datagen.batch import Batch
+from trainer.config import RunConfig
 from trainer.distributed import Ranks
 from trainer.network import normalise
-
-
-class RunSettings(Protocol):
-    """The `run` section of a pretraining or downstream config, as far as execution is concerned."""
-
-    device: str
-    precision: str
-    channels_last: bool | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,7 +32,7 @@ class Execution:
         return cls(dev, bf16, on_cuda if channels_last is None else channels_last)
 
     @classmethod
-    def for_rank(cls, ranks: Ranks, run: RunSettings) -> Execution:
+    def for_rank(cls, ranks: Ranks, run: RunConfig) -> Execution:
         """A config's `run` settings on this rank's device (under torchrun, its local GPU)."""
         return cls.resolve(ranks.device(run.device), run.precision, run.channels_last)
 

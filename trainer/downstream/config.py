@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datagen.configfile import load_config, preset_names
-from trainer.config import Encoder, OptimConfig, Recipe, RunConfig
+from trainer.config import EncoderName, OptimConfig, Recipe, RunConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
 Format = Literal["ucf101", "hmdb51", "kinetics", "folder", ""]  # "": in data.test, data.train's
@@ -71,7 +71,7 @@ class ClipsConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    encoder: Encoder = "r3d_18"
+    encoder: EncoderName = "r3d_18"
     init: str = ""  # exported encoder or pretraining checkpoint; empty: random initialisation (the baseline)
     dropout: float = 0.5
 
