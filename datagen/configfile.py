@@ -74,8 +74,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None:
             return None
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _convert(args[0], value, key)
+        (inner, *_) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner, value, key)
     if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, bool, str) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
@@ -86,7 +86,8 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """A command line → (the rest, its KEY=VALUE override operands), wherever they stand: both CLIs take
     overrides this one way, before, between or after options and operands."""
-    rest, overrides = [], []
+    rest: list[str] = []
+    overrides: list[str] = []
     for item in argv:
         (overrides if _OVERRIDE.match(item) else rest).append(item)
     return rest, overrides
