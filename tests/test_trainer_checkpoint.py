@@ -95,7 +95,7 @@ def test_resume_is_refused_from_another_task_or_config_naming_what_differs(tmp_p
     check_resumable(saved, FINETUNE_TASK, {**config, "run": {"out_dir": "elsewhere"}}, ("model", "data"), tmp_path)
     with pytest.raises(ValueError) as info:
         check_resumable(saved, FINETUNE_TASK, {**config, "classes": ["a", "c"]}, ("model", "classes"), tmp_path)
-    assert "(checkpoint -> this run: classes: [\"a\", \"b\"] -> [\"a\", \"c\"])" in str(info.value)
+    assert '(checkpoint -> this run: classes: ["a", "b"] -> ["a", "c"])' in str(info.value)
 
 
 def test_pretraining_refuses_to_resume_from_a_fine_tuned_checkpoint(tmp_path):
