@@ -91,7 +91,7 @@ def test_resume_is_refused_from_another_task_or_config_naming_what_differs(tmp_p
     config = {"model": {"encoder": "tiny"}, "data": {"seed": 0}, "classes": ["a", "b"]}
     saved = marked(FINETUNE_TASK, {"config": config})
     with pytest.raises(ValueError, match=r"cannot resume from x.pt: it holds a finetune run, not a pretrain run"):
-        check_resumable(saved, PRETRAIN_TASK, config, ("model", "data"), tmp_path / "x.pt")
+        check_resumable(saved, PRETRAIN_TASK, config, ("model", "data"), "x.pt")
     check_resumable(saved, FINETUNE_TASK, {**config, "run": {"out_dir": "elsewhere"}}, ("model", "data"), tmp_path)
     with pytest.raises(ValueError) as info:
         check_resumable(saved, FINETUNE_TASK, {**config, "classes": ["a", "c"]}, ("model", "classes"), tmp_path)
