@@ -47,9 +47,14 @@ class Execution:
         return clips, batch.boxes.to(self.device, non_blocking=True)
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes)."""
+        """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes).
+
+        `cuda:N` also becomes the current device: streams, cuDNN handles and kernels created without an explicit
+        device (torch.compile's, torchvision's ops) would otherwise start a context on GPU 0 and run there."""
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+            if self.device.index is not None:
+                torch.cuda.set_device(self.device)
         module = module.to(self.device)
         return module.to(memory_format=torch.channels_last_3d) if self.channels_last else module
 
