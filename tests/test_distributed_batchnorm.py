@@ -100,8 +100,8 @@ def test_conversion_keeps_the_weights_and_picks_torchs_module_off_cpu():
 def _distribute_rank(rank: int, init_method: str) -> None:
     from trainer.distributed import Ranks, distribute
     from trainer.downstream.model import VideoClassifier
+    from trainer.encoders import build_encoder
     from trainer.execution import Execution
-    from trainer.models import build_encoder
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)

@@ -13,7 +13,7 @@ from datagen.config import GenerationConfig, validate_generation
 from datagen.configfile import PRESETS, load_config, preset_names
 
 PRESETS_DIR = PRESETS
-EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.models builds each
+EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.encoders builds each
 Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, else fp32
 Optimiser = Literal["sgd", "adamw"]
 

@@ -9,8 +9,8 @@ import torch
 
 from datagen.batch import Batch
 from trainer.config import RunConfig
+from trainer.ctp_model import normalise
 from trainer.distributed import Ranks
-from trainer.network import normalise
 
 # Found on torch 2.14.1 (oneDNN 3.12, AVX512-BF16 CPU): bf16 3D-convolution weight gradients are garbage whenever
 # the feature map has 2 frames (kernel 3, padding 1), e.g. R3D-18's layer4 at 16 input frames; bench/cpu_bf16_check.py

@@ -27,7 +27,7 @@ import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig
+from datagen.config import GenerationConfig, upgrade_generation
 from datagen.configfile import to_dict
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
@@ -42,18 +42,17 @@ from trainer.checkpoint import (
     save_atomic,
 )
 from trainer.config import TrainConfig
+from trainer.ctp_model import CtPNetwork
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source
 from trainer.distributed import Ranks, distribute, process_group, sync_batchnorm_layers
+from trainer.encoders import count_parameters
 from trainer.execution import Execution
-from trainer.models import count_parameters
-from trainer.network import CtPNetwork
+from trainer.loss import ctp_loss, encode
 from trainer.optimizer import build_optimizer, build_scheduler
 from trainer.progress import show_bars
-from trainer.remote import RemoteSource
 from trainer.reporting import Reporter
 from trainer.signals import stop_on_signals
-from trainer.targets import ctp_loss, encode
 from trainer.track_eval import TrackingScore
 
 log = logging.getLogger(__name__)
@@ -140,9 +139,12 @@ class Trainer:
         )
 
     def load_state_dict(self, state: dict[str, Any], source: Path | str) -> None:
+        config = state["config"]  # an older release's generation settings upgraded to today's (same samples)
+        generation = upgrade_generation(config["data"]["generation"])
+        saved = {**state, "config": {**config, "data": {**config["data"], "generation": generation}}}
         check_resumable(
-            state, PRETRAIN_TASK, to_dict(self.cfg), _RESUME_INVARIANTS, source
-        )  # run.*, eval.*, optim.* may change
+            saved, PRETRAIN_TASK, to_dict(self.cfg), _RESUME_INVARIANTS, source
+        )  # run, eval, optim may change
         self.network.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -235,9 +237,7 @@ def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Rank
                 return ranks.broadcast(reporter.evaluate())
         finally:
             reporter.close()
-            bad = set(generator.bad_videos)
-            if isinstance(source, RemoteSource):
-                bad |= {problem.video for problem in source.problems}
+            bad = set(generator.bad_videos) | source.replaced_videos()
             if bad:
                 log.warning("rank %d: %d unreadable videos were replaced: %s", ranks.rank, len(bad), sorted(bad))
 

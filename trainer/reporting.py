@@ -16,9 +16,8 @@ from tqdm import tqdm
 
 from datagen.batch import Batch
 from trainer.data import SampleSource
-from trainer.metrics import MetricsLog
+from trainer.metrics_log import MetricsLog
 from trainer.progress import eta, show_bars
-from trainer.remote import RemoteSource
 from trainer.starvation import RankWindow, StarvationMonitor
 from trainer.track_eval import TrackingScore, evaluate
 from trainer.viz import boxes_image
@@ -125,7 +124,7 @@ class Reporter:
             dynamic_ncols=True,
             disable=not (show_bars(trainer.cfg.run.progress) and main),
         )
-        self.remote = source if isinstance(source, RemoteSource) else None
+        self.source = source
         self.last_eval: tuple[int, TrackingScore] | None = None
         self.starvation = StarvationMonitor()
 
@@ -138,7 +137,8 @@ class Reporter:
         if not self.window.steps:
             return
         ranks = self.trainer.ranks
-        mine = self.window.flush(dict(self.remote.delivered) if self.remote else None)
+        by_replica = self.source.delivered
+        mine = self.window.flush(dict(by_replica) if by_replica is not None else None)
         w = mine.window
         if ranks.distributed:
             log.info(
@@ -164,7 +164,7 @@ class Reporter:
         if self.bar.disable:
             self._log_line(rows, scalars, mine.seconds)
         delivered = None
-        if self.remote is not None:  # per replica, over all ranks
+        if by_replica is not None:  # per replica, over all ranks
             delivered = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
         advice = self.starvation.update([r.window for r in reports], delivered)
         if advice:

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from datagen.configfile import to_dict
 from trainer.checkpoint import FINETUNE_TASK, FINETUNED_NAME, check_resumable, marked, resume_point, save_atomic
+from trainer.ctp_model import normalise
 from trainer.data import InProcessSource
 from trainer.distributed import Ranks, distribute, process_group
 from trainer.downstream.clips import ClipBatch, TrainClips
@@ -33,8 +34,7 @@ from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import VideoClassifier, load_encoder, read_state
 from trainer.downstream.report import write_json
 from trainer.execution import Execution
-from trainer.metrics import MetricsLog
-from trainer.network import normalise
+from trainer.metrics_log import MetricsLog
 from trainer.optimizer import build_optimizer, build_scheduler
 from trainer.progress import eta, show_bars
 from trainer.signals import stop_on_signals
