@@ -69,9 +69,25 @@ def _interrupted(command: str) -> int:
     return 130
 
 
+def _configured(
+    subparsers: argparse._SubParsersAction, name: str, description: str, presets: list[str], default: str
+) -> argparse.ArgumentParser:
+    """A command's parser that takes its config as a preset or YAML file (`--config`; its presets listed below)."""
+    p = subparsers.add_parser(
+        name, help=COMMANDS[name], description=description, epilog=f"presets: {', '.join(presets)}"
+    )
+    p.add_argument("--config", default=None, help=f"preset or YAML file (default: {default})")
+    return p
+
+
+def _overrides(p: argparse.ArgumentParser, example: str) -> None:
+    """KEY=VALUE operands, anywhere on the line (`datagen.configfile.parse_command_line`)."""
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+
+
 def _run_options(p: argparse.ArgumentParser, example: str) -> None:
     """What pretraining and fine-tuning runs take alike: where to continue from, overwriting, the resolved config,
-    and KEY=VALUE overrides (anywhere on the line: `datagen.configfile.parse_command_line`)."""
+    and KEY=VALUE overrides."""
     p.add_argument(
         "--resume",
         default=None,
@@ -85,21 +101,21 @@ def _run_options(p: argparse.ArgumentParser, example: str) -> None:
         help="delete the checkpoints and metrics of a run already in run.out_dir first (default: refuse)",
     )
     p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
+    _overrides(p, example)
 
 
 def _pretrain_parser(subparsers: argparse._SubParsersAction) -> None:
     from trainer.config import presets
 
-    p = subparsers.add_parser(
+    p = _configured(
+        subparsers,
         "pretrain",
-        help=COMMANDS["pretrain"],
-        description="Pretrain an encoder with Catch-the-Patch on clips generated in-process from video files. "
+        "Pretrain an encoder with Catch-the-Patch on clips generated in-process from video files. "
         "Configuration: a preset or YAML file, then KEY=VALUE overrides (YAML values), e.g. "
         "`ctp-train pretrain --config tiny_cpu data.videos=[out/demo] optim.epochs=5`.",
-        epilog=f"presets: {', '.join(presets())}",
+        presets(),
+        "built-in defaults",
     )
-    p.add_argument("--config", default=None, help="preset name or YAML file (default: built-in defaults)")
     _run_options(p, "data.batch_size=64")
     p.set_defaults(func=_pretrain)
 
@@ -125,16 +141,16 @@ def _pretrain(args: argparse.Namespace) -> None:
 def _finetune_parser(subparsers: argparse._SubParsersAction) -> None:
     from trainer.downstream.config import presets
 
-    p = subparsers.add_parser(
+    p = _configured(
+        subparsers,
         "finetune",
-        help=COMMANDS["finetune"],
-        description="Fine-tune a classifier on data.train from an exported encoder or a pretraining checkpoint "
+        "Fine-tune a classifier on data.train from an exported encoder or a pretraining checkpoint "
         "(--init; without it: random initialisation, the baseline), validating on data.test every run.val_every "
         "epochs. The defaults are the paper's recipe. Run under torchrun for DDP. Example: `ctp-train finetune "
         "--config ucf101 --init r3d18_ctp.pth data.train.videos=/data/UCF-101 data.train.annotations=/data/ucfTrainTestlist`.",
-        epilog=f"presets: {', '.join(presets())}",
+        presets(),
+        "the paper's recipe",
     )
-    p.add_argument("--config", default=None, help="preset or YAML file (default: the paper's recipe)")
     p.add_argument(
         "--init",
         default=None,
@@ -233,22 +249,22 @@ def _export(args: argparse.Namespace) -> None:
 def _eval_parser(subparsers: argparse._SubParsersAction) -> None:
     from trainer.downstream.config import presets
 
-    p = subparsers.add_parser(
+    p = _configured(
+        subparsers,
         "eval",
-        help=COMMANDS["eval"],
-        description="Evaluate a `ctp-train finetune` checkpoint on its data.test split (or another one given by "
+        "Evaluate a `ctp-train finetune` checkpoint on its data.test split (or another one given by "
         "overrides, e.g. data.test.split=2). Results are printed and written as JSON (and the confusion matrix as "
         "PNG) next to the checkpoint.",
-        epilog=f"presets: {', '.join(presets())}",
+        presets(),
+        "the checkpoint's own config",
     )
     p.add_argument(
         "--checkpoint",
         required=True,
         help="a fine-tuned checkpoint (finetuned.pt) or its run folder",
     )
-    p.add_argument("--config", default=None, help="preset or YAML file (default: the checkpoint's own config)")
     p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.split=2")
+    _overrides(p, "data.test.split=2")
     p.set_defaults(func=_eval)
 
 
@@ -261,20 +277,20 @@ def _eval(args: argparse.Namespace) -> None:
 def _retrieve_parser(subparsers: argparse._SubParsersAction) -> None:
     from trainer.downstream.config import presets
 
-    p = subparsers.add_parser(
+    p = _configured(
+        subparsers,
         "retrieve",
-        help=COMMANDS["retrieve"],
-        description="Retrieval with an encoder's pooled final feature map (exported encoder, pretraining or "
+        "Retrieval with an encoder's pooled final feature map (exported encoder, pretraining or "
         "fine-tuned checkpoint; without --weights: random initialisation of model.encoder). Gallery = data.train, "
         "queries = data.test; set both to any two splits, e.g. data.test.format=hmdb51 data.test.videos=... .",
-        epilog=f"presets: {', '.join(presets())}",
+        presets(),
+        "a fine-tuned checkpoint's own config",
     )
     p.add_argument("--weights", type=Path, default=None, help="exported encoder or checkpoint (default: random init)")
-    p.add_argument("--config", default=None, help="preset or YAML file (default: a fine-tuned checkpoint's own config)")
     p.add_argument(
         "--out", type=Path, default=None, help="results JSON (default: next to the weights, or in run.out_dir)"
     )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.train.split=2")
+    _overrides(p, "data.train.split=2")
     p.set_defaults(func=_retrieve)
 
 
