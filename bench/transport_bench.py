@@ -21,7 +21,8 @@ from collections.abc import Sequence
 import torch
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict
+from datagen.config import GenerationConfig
+from datagen.configfile import apply_overrides, from_dict, to_dict
 from datagen.manifest import VideoInfo
 from datagen.service.fleet import RemoteSource
 from datagen.service.replica_client import ReplicaClient
