@@ -12,7 +12,7 @@ import datetime
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -115,13 +115,13 @@ class _AllReduceSum(torch.autograd.Function):
     at interpreter exit (SIGABRT, "terminate called without an active exception") in one run of 5–30."""
 
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
         total = tensor.clone()
         dist.all_reduce(total)
         return total
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return _AllReduceSum.apply(grad)
 
 
@@ -153,10 +153,12 @@ class CpuSyncBatchNorm(_BatchNorm):
         mean = totals[:-1] / n
         centred = x - mean.view(shape)
         var = _AllReduceSum.apply((centred * centred).sum(dims)) / n
+        tracked, running_mean, running_var = self.num_batches_tracked, self.running_mean, self.running_var
+        assert tracked is not None and running_mean is not None and running_var is not None  # track_running_stats
         with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            self.running_mean.lerp_(mean, self.momentum)
-            self.running_var.lerp_(var * n / (n - 1).clamp(min=1), self.momentum)  # unbiased, as torch keeps it
+            tracked.add_(1)
+            running_mean.lerp_(mean, self.momentum)
+            running_var.lerp_(var * n / (n - 1).clamp(min=1), self.momentum)  # unbiased, as torch keeps it
         out = centred * torch.rsqrt(var + self.eps).view(shape)
         out = out * self.weight.view(shape) + self.bias.view(shape) if self.affine else out
         return out.to(input.dtype)
@@ -198,7 +200,7 @@ def distributed_data_parallel(module: nn.Module, device: torch.device, sync_buff
     torch ≥ 2.13 names that `forward_sync_buffers` and deprecates `broadcast_buffers`; older releases, which
     pyproject allows, only know `broadcast_buffers`, which there also skips the buffers' broadcast at
     construction: harmless, since every rank builds the network from the same seed or loads the same checkpoint."""
-    options: dict[str, object] = {}
+    options: dict[str, Any] = {}
     if not sync_buffers:
         known = inspect.signature(DistributedDataParallel.__init__).parameters
         options["forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"] = False

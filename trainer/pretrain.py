@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
@@ -75,7 +75,8 @@ class Trainer:
         torch.manual_seed(cfg.data.seed)
         network = CtPNetwork(cfg.model.encoder, cfg.data.generation.clip.num_frames, cfg.model.head_hidden)
         self.network, model = distribute(network, execution, ranks, cfg.run.sync_batchnorm)
-        self.model = torch.compile(model) if cfg.run.compile else model
+        # torch.compile of a module is a module (OptimizedModule); its annotation says only callable.
+        self.model = cast(torch.nn.Module, torch.compile(model)) if cfg.run.compile else model
         self.optimizer = build_optimizer(self.network.parameters(), cfg.optim, cfg.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.step = 0

@@ -171,7 +171,7 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
                         _log_window(metrics, bar, tuner, window, time.perf_counter() - started, steps_per_epoch)
                         window, started = [], time.perf_counter()
             tuner.end_epoch()
-            if cfg.run.val_every and (tuner.epoch % cfg.run.val_every == 0 or tuner.epoch == cfg.optim.epochs):
+            if val is not None and (tuner.epoch % cfg.run.val_every == 0 or tuner.epoch == cfg.optim.epochs):
                 if ranks.is_main:
                     log.info("epoch %d: validating on %d videos of %s…", tuner.epoch, len(val), val.name)
                 results = evaluate(tuner.model, val, cfg, execution, ranks)
