@@ -72,7 +72,7 @@ class Context:
         """Keep a measurement (and its summary rows) on disk at once: a later kill loses nothing before it."""
         self.result[key] = value
         self.summary.extend(list(r) for r in rows)
-        self.result_file.write_text(json.dumps({"result": self.result, "summary": self.summary}, default=str))
+        write_atomic(self.result_file, json.dumps({"result": self.result, "summary": self.summary}, default=str))
         print(f"   {key}: {json.dumps(value, default=str)[:400]}", flush=True)
 
     def decoder(self, batch_size: int = 8):
@@ -595,14 +595,14 @@ def run_child(args: argparse.Namespace) -> None:
     sec = next(s for s in SECTIONS if s.name == args.section)
     ctx = Context(args.videos, bool(args.nvdec), args.batch_size, Path(args.result), Path("/tmp/gpu_check_runs"))
     ctx.scratch.mkdir(parents=True, exist_ok=True)
-    ctx.result_file.write_text(json.dumps({"result": {}, "summary": []}))
+    write_atomic(ctx.result_file, json.dumps({"result": {}, "summary": []}))
     try:
         sec.run(ctx)
     except Exception as exc:
         traceback.print_exc()
         saved = json.loads(ctx.result_file.read_text())
         saved.update(error=f"{type(exc).__name__}: {exc}"[:2000], traceback=traceback.format_exc()[-4000:])
-        ctx.result_file.write_text(json.dumps(saved, default=str))
+        write_atomic(ctx.result_file, json.dumps(saved, default=str))
         sys.exit(1)
 
 

@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from datagen.atomic import write_atomic
+
 
 class MetricsLog:
     def __init__(self, run_dir: Path, resume_step: int | None = None) -> None:
@@ -23,7 +25,7 @@ class MetricsLog:
         """Forget records a crashed run wrote after its last checkpoint; the resumed run redoes those steps."""
         if self.path.is_file():
             kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
-            self.path.write_text("".join(f"{line}\n" for line in kept))
+            write_atomic(self.path, "".join(f"{line}\n" for line in kept))  # a crash now keeps the old log
 
     def records(self, rows: list[dict[str, Any]]) -> None:
         with self.path.open("a") as f:
