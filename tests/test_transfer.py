@@ -155,3 +155,10 @@ def test_the_class_is_the_actors_motion():
     assert tracks["swing_vertical"][1] < 2 < 20 < tracks["swing_vertical"][0]
     assert min(tracks["swing_diagonal"][:2]) > 15 and min(tracks["orbit"][:2]) > 15
     assert max(tracks["pulse"][:2]) < 3 and tracks["pulse"][2] > 0.5
+
+
+def test_videos_of_the_same_plan_are_rendered_once(quick):
+    work, _ = quick
+    before = {p: p.stat().st_mtime_ns for p in (work / "videos").rglob("*") if p.is_file()}
+    transfer.build_dataset(work / "videos", transfer.QUICK)
+    assert {p: p.stat().st_mtime_ns for p in (work / "videos").rglob("*") if p.is_file()} == before
