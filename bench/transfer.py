@@ -290,6 +290,8 @@ def pretrain_arm(arm: str, pool: Path, out: Path, steps: int, spec: dict[str, An
     cfg = dataclasses.replace(cfg, optim=optim, data=dataclasses.replace(cfg.data, generation=generation))
     wall, cpu = time.perf_counter(), cpu_seconds()
     score = pretrain(cfg)
+    if score is None:  # stopped by a signal: no finished pretraining to record or reuse
+        raise SystemExit(f"{arm}: pretraining stopped before its end; delete {out} and rerun")
     log.info("%s: tracking mIoU %.3f, first-box baseline %.3f", arm, score.miou, score.baseline_miou)
     evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "miou" in r]
     record = {
@@ -609,7 +611,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.arms and "scratch" not in args.arms:
         p.error("--arms must include scratch: every arm is judged against it")
     plan = QUICK if args.quick else FULL
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in (
             ("pretrain_steps", args.pretrain_steps and dict.fromkeys(ARMS[1:], args.pretrain_steps)),
