@@ -1,6 +1,6 @@
 """Decode throughput for CtP clips (16 frames, stride 1-5 with jitter), per backend and codec.
 
-    python bench/decode_bench.py [--clips 48] [--batch-size 8] [--seconds 10]
+    python -m bench.decode_bench [--clips 48] [--batch-size 8] [--seconds 10]
 
 Prints one table: clips/s, frames/s and pictures decoded per clip of PyAV and of DALI's CPU decoder on
 synthetic 10-second VP9 files (written to a temporary folder), and of PyAV on the shared MPEG-4 AVIs and
@@ -11,14 +11,12 @@ for every backend; "from 0" is what decoding each clip from the first frame woul
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datagen.decode import Decoder
 from datagen.demo import synthesize_demo
 from datagen.manifest import VideoInfo, resolve_videos

@@ -1,9 +1,10 @@
 """Batched CtP generation against the per-sample NumPy/OpenCV baseline, on the same decoded frames.
 
-    python bench/generation_bench.py [--videos PATH...] [--batch-size 32] [--threads 1] [--device cpu]
+    python -m bench.generation_bench [--videos PATH...] [--batch-size 32] [--threads 1] [--device cpu] [--json FILE]
 
 Prints one table: clips/s of the baseline (one sample at a time) and of the batched generator (plan +
-render), and their ratio, both with the same number of CPU threads. Decoding is done once, up front.
+render, planned in bulk as `Generator.generate` does), and their ratio, both with the same number of CPU
+threads. Decoding is done once, up front.
 Then a second table: host work per sample (planning, decode requests, render's box lists and colour
 parameters: everything but the pixel kernels), planned in bulk and key by key, against the 0.25 ms target.
 """
@@ -11,7 +12,7 @@ parameters: everything but the pixel kernels), planned in bulk and key by key, a
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import time
 from pathlib import Path
 
@@ -19,7 +20,6 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.reference_ctp import reference_sample
 from datagen.config import GenerationConfig
 from datagen.decode import Decoder
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for both (OpenCV and torch)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -56,7 +57,7 @@ def main() -> None:
         return [reference_sample(f, p, crop) for f, p in zip(frames_np, plans)]
 
     def batched():
-        batch = render([generator.plan(k) for k in keys], frames_dev, crop)
+        batch = render(generator.plan_many(keys), frames_dev, crop)  # as Generator.generate plans: in bulk
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return batch
@@ -81,7 +82,13 @@ def main() -> None:
     print(
         f"mean |baseline - batched| = {diff.mean():.2f} grey levels (resize filters differ: OpenCV linear vs antialiased)"
     )
-    host_table(generator, (args.batch_size, 256), max(args.repeats, 5))
+    host = host_table(generator, (args.batch_size, 256), max(args.repeats, 5))
+    if args.json:
+        rates = {name: rate for name, (rate, _) in results.items()}
+        result = {"batch_size": args.batch_size, "threads": args.threads, "device": str(device), "clips_per_s": rates}
+        result |= {"ratio": rates["batched generator (torch)"] / base_rate, "host_ms_per_sample": host}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
 
 
 def host_work(generator: Generator, keys: list[SampleKey], bulk: bool) -> None:
@@ -94,8 +101,10 @@ def host_work(generator: Generator, keys: list[SampleKey], bulk: bool) -> None:
         _paste_step_boxes(batch, step, cfg.clip.num_frames, cfg.clip.crop_size, cfg.clip.crop_size)
 
 
-def host_table(generator: Generator, batch_sizes: tuple[int, ...], repeats: int) -> None:
+def host_table(generator: Generator, batch_sizes: tuple[int, ...], repeats: int) -> dict[str, float]:
+    """Prints the host work per sample; returns it as {"in bulk @32": ms, ...}."""
     print(f"\nhost work per sample (target <= 0.25 ms)\n{'planning':<22}{'batch':>6}{'ms/sample':>11}")
+    out = {}
     for bulk in (True, False):
         for size in batch_sizes:
             keys = [SampleKey(1, 0, i) for i in range(size)]
@@ -105,6 +114,8 @@ def host_table(generator: Generator, batch_sizes: tuple[int, ...], repeats: int)
                 host_work(generator, [SampleKey(1, r + 1, i) for i in range(size)], bulk)
             ms = (time.perf_counter() - start) / repeats / size * 1e3
             print(f"{'in bulk' if bulk else 'key by key':<22}{size:>6}{ms:>11.3f}")
+            out[f"{'in bulk' if bulk else 'key by key'} @{size}"] = ms
+    return out
 
 
 if __name__ == "__main__":

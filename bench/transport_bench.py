@@ -25,10 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from datagen.batch import Batch
 from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict
 from datagen.manifest import VideoInfo
+from datagen.service.fleet import RemoteSource
+from datagen.service.replica_client import ReplicaClient
 from datagen.service.server import Limits, Replica
 from protos import datagen_pb2 as pb
-from trainer.client import ReplicaClient
-from trainer.remote import RemoteSource
 
 
 class PrecomputedBatches:
@@ -43,9 +43,15 @@ class PrecomputedBatches:
         self._boxes = torch.rand(batch_size, trajectories, frames, 4, generator=g) * size
         self._visible = torch.rand(batch_size, trajectories, frames, generator=g) > 0.2
 
-    def generate(self, keys) -> Batch:
+    def decode_batch(self, keys):
+        return keys
+
+    def render_batch(self, keys) -> Batch:
         n = len(keys)
         return Batch(self._clips[:n], self._boxes[:n], self._visible[:n], torch.tensor([tuple(k) for k in keys]))
+
+    def replaced(self, keys) -> list:
+        return []
 
     def mark_bad(self, path: str, reason: str = "") -> bool:
         return False

@@ -61,7 +61,8 @@ class ColourConfig:
     brightness: float = 30.0
     contrast_prob: float = 0.5
     contrast_log: float = 0.12
-    inner_keyframe_probs: tuple[float, ...] = (0.7, 0.3)
+    inner_keyframe_probs: tuple[float, ...] = (0.7, 0.3)  # of the brightness and contrast curves
+    interpolation_probs: tuple[float, float, float] = (0.7, 0.15, 0.15)  # their easing, as trajectories' (official)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,14 +73,24 @@ class GenerationConfig:
     trajectory: TrajectoryConfig = TrajectoryConfig()
     patch: PatchConfig = PatchConfig()
     colour: ColourConfig = ColourConfig()
-    version: int = (
-        2  # bumped whenever the same key would give a different sample (2: official key frames, jitter, contrast)
-    )
+    # Bumped whenever the same key would give a different sample (2: official key frames, jitter, contrast;
+    # 3: uint8 between render stages, rounded half up, brightness and contrast as one affine).
+    version: int = 3
 
     def digest(self) -> str:
         """A short stable hash: replicas and trainers agree on a config by comparing digests."""
         blob = json.dumps(to_dict(self), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def upgrade_generation(data: dict[str, Any]) -> dict[str, Any]:
+    """A generation config as an older release saved it (a checkpoint), in today's fields and with the same
+    samples: before `colour.interpolation_probs` existed, colour curves eased as trajectories do."""
+    colour = data.get("colour", {})
+    if "interpolation_probs" in colour:
+        return data
+    easing = data.get("trajectory", {}).get("interpolation_probs", list(TrajectoryConfig.interpolation_probs))
+    return {**data, "colour": {**colour, "interpolation_probs": easing}}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -249,5 +260,6 @@ def validate_generation(cfg: GenerationConfig, prefix: str = "") -> None:
     for key in ("hue_shift", "saturation_log", "brightness", "contrast_log"):
         need(getattr(k, key) >= 0, f"colour.{key}", getattr(k, key), "must be >= 0")
     probabilities("colour.inner_keyframe_probs", k.inner_keyframe_probs)
+    probabilities("colour.interpolation_probs", k.interpolation_probs)
     if errors:
         raise ValueError("invalid generation config: " + "; ".join(errors))

@@ -3,11 +3,19 @@
 A sample is a pure function of its key and of the set of videos known to be unreadable
 (`quarantine.py`): when a video fails to decode it is quarantined and the sample is re-planned from the
 key's next attempt, which every process that knows the same quarantine set computes identically.
+
+Generation has two stages, `decode_batch` (plan + decode) and `render_batch`, so that a replica can
+decode batch n + 1 while it renders batch n (`pipelined`); on CUDA the decode runs on a stream of its own
+and the render waits for it on the device, not on the host.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -21,6 +29,18 @@ from .quarantine import QuarantinedVideos
 from .render import render
 from .rng import SampleKey
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+@dataclasses.dataclass
+class Decoded:
+    """A batch between its two stages: the plans (replacements included) and their decoded frames."""
+
+    plans: list[SamplePlan]
+    frames: list[torch.Tensor]
+    ready: torch.cuda.Event | None = None  # on CUDA: recorded on the decode stream after the frames
+
 
 class Generator(QuarantinedVideos[SamplePlan]):
     def __init__(
@@ -32,7 +52,8 @@ class Generator(QuarantinedVideos[SamplePlan]):
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        super().__init__(videos, decoder or Decoder(self.device), self._plan)
+        super().__init__(videos, decoder or Decoder(self.device))
+        self._decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> SamplePlan:
         return plan_sample(key, position, video.num_frames, video.height, video.width, self.config, attempt)
@@ -64,11 +85,57 @@ class Generator(QuarantinedVideos[SamplePlan]):
         return len(self.videos)
 
     def generate(self, keys: Iterable[Sequence[int]] | torch.Tensor) -> Batch:
-        keys = [SampleKey(*(int(v) for v in k)) for k in keys]
-        if not keys:
+        return self.render_batch(self.decode_batch(keys))
+
+    def decode_batch(self, keys: Iterable[Sequence[int]] | torch.Tensor) -> Decoded:
+        """The first stage: plan `keys` in bulk and decode their frames, replacing unreadable videos."""
+        sample_keys = [SampleKey(*(int(v) for v in k)) for k in keys]
+        if not sample_keys:
             raise ValueError("generate() needs at least one key")
-        plans = self.plan_many(keys)
-        frames = self.decode(plans)
-        batch = render(plans, frames, self.config.clip.crop_size)
-        self.stats["samples"] += len(keys)
+        plans = self.plan_many(sample_keys)
+        if self._decode_stream is None:
+            return Decoded(plans, self.decode(plans))
+        with torch.cuda.stream(self._decode_stream):
+            frames = self.decode(plans)
+            ready = torch.cuda.Event()
+            ready.record(self._decode_stream)
+        return Decoded(plans, frames, ready)
+
+    def render_batch(self, decoded: Decoded | Exception) -> Batch:
+        """The second stage, on the calling thread's current (CUDA) stream; raises the first stage's error."""
+        if isinstance(decoded, Exception):
+            raise decoded
+        if decoded.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(decoded.ready)
+            for f in decoded.frames:
+                f.record_stream(stream)  # their memory is not reused before this stream is done with them
+        batch = render(decoded.plans, decoded.frames, self.config.clip.crop_size)
+        self.stats["samples"] += len(decoded.plans)
         return batch
+
+    def replaced(self, decoded: Decoded) -> list[tuple[SampleKey, str]]:
+        """The samples of a batch planned on a replacement attempt, each with the video its key chose first."""
+        n = len(self.videos)
+        return [(p.key, self.videos[choose_video(p.key, n, 0)].path) for p in decoded.plans if p.attempt > 0]
+
+
+def pipelined(items: Iterable[T], first: Callable[[T], U], ahead: int = 1) -> Iterator[tuple[T, U | Exception]]:
+    """(item, first(item)) in order, `first` running in a thread of its own up to `ahead` items before the
+    consumer (its exception in place of the result): the consumer's second stage overlaps the next
+    item's first. The thread ends with `items`."""
+    handoff: queue.Queue = queue.Queue(maxsize=ahead)
+    end = object()
+
+    def feed() -> None:
+        for item in items:
+            try:
+                result: U | Exception = first(item)
+            except Exception as exc:  # handed to the consumer, with its item
+                result = exc
+            handoff.put((item, result))
+        handoff.put(end)
+
+    threading.Thread(target=feed, name="decode", daemon=True).start()
+    while (entry := handoff.get()) is not end:
+        yield entry

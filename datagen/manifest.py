@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import hashlib
 import json
 import logging
 import os
@@ -111,6 +112,12 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
     return VideoInfo(str(path), count, fps, first.width, first.height, codec)
+
+
+def videos_digest(videos: Sequence[VideoInfo]) -> str:
+    """A short stable hash of a video list (paths and frame counts): a replica and a trainer check with it
+    that a sample index means the same video to both."""
+    return hashlib.sha256(json.dumps([[v.path, int(v.num_frames)] for v in videos]).encode()).hexdigest()[:16]
 
 
 def find_videos(root: str | os.PathLike[str]) -> list[Path]:

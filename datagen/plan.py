@@ -193,7 +193,7 @@ def draw_patches(d: Draws, pc: PatchConfig, inner_probs: Sequence[float], boxes:
     return dict(visible=visible, source_frame=source, shape=shape, soft_start=soft_start, opacity=opacity, order=order)
 
 
-def draw_colour(d: Draws, cfg: ColourConfig, easing_probs: Sequence[float], t: int) -> dict[str, np.ndarray]:
+def draw_colour(d: Draws, cfg: ColourConfig, t: int) -> dict[str, np.ndarray]:
     """Hue/saturation of N clips and their per-frame brightness offsets and contrast gains."""
     u = d.take(3)
     hue_sat = u[:, 0] < cfg.hue_sat_prob
@@ -205,7 +205,7 @@ def draw_colour(d: Draws, cfg: ColourConfig, easing_probs: Sequence[float], t: i
         drawn = d.take(1) < prob
         kf = draw_keyframes(d, t, cfg.inner_keyframe_probs)
         values = hold_repeats(kf, between(d.take(m, 1), low, high))
-        values = interpolate(kf, values, draw_easings(d, easing_probs, m - 1), t)[..., 0]
+        values = interpolate(kf, values, draw_easings(d, cfg.interpolation_probs, m - 1), t)[..., 0]
         return np.where(drawn, np.exp(values) if log else values, neutral)
 
     brightness = curve(cfg.brightness_prob, -cfg.brightness, cfg.brightness, 0.0, log=False)
@@ -231,7 +231,7 @@ def _plan(
     fields = draw_clip(draws[Stream.CLIP], cfg.clip, num_frames, height, width)
     boxes = draw_trajectories(draws[Stream.TRAJECTORY], cfg.trajectory, t, size, size).boxes
     fields |= draw_patches(draws[Stream.PATCH], cfg.patch, cfg.trajectory.inner_keyframe_probs, boxes)
-    fields |= draw_colour(draws[Stream.COLOUR], cfg.colour, cfg.trajectory.interpolation_probs, t)
+    fields |= draw_colour(draws[Stream.COLOUR], cfg.colour, t)
     fields["boxes"] = boxes
     return fields
 
@@ -272,9 +272,9 @@ def plan_patches(key: SampleKey, cfg: GenerationConfig, attempt: int) -> PatchPl
     return plan_sample(key, 0, cfg.clip.num_frames, cfg.clip.crop_size, cfg.clip.crop_size, cfg, attempt).patches
 
 
-def plan_colour(rng: np.random.Generator, cfg: ColourConfig, easing_probs: Sequence[float], t: int) -> ColourPlan:
+def plan_colour(rng: np.random.Generator, cfg: ColourConfig, t: int) -> ColourPlan:
     """One clip's colour curves from `rng` (fine-tuning clips use the same colour rules)."""
     counting = Draws.counting()
-    draw_colour(counting, cfg, easing_probs, t)
-    c = draw_colour(Draws(rng.random((1, counting.used))), cfg, easing_probs, t)
+    draw_colour(counting, cfg, t)
+    c = draw_colour(Draws(rng.random((1, counting.used))), cfg, t)
     return ColourPlan(float(c["hue_shift"][0]), float(c["saturation"][0]), c["brightness"][0], c["contrast"][0])

@@ -8,10 +8,11 @@ and replicas agree. Pretraining samples (`Generator`) and fine-tuning clips shar
 
 from __future__ import annotations
 
+import abc
 import collections
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
@@ -28,26 +29,34 @@ MAX_ATTEMPTS = 64
 
 
 class VideoPlan(Protocol):
-    key: SampleKey
-    video: int  # position in the video list
-    clip: ClipPlan  # its frame_indices are what gets decoded
+    """What quarantining reads of a plan (read-only, so frozen dataclasses qualify)."""
+
+    @property
+    def key(self) -> SampleKey: ...
+
+    @property
+    def video(self) -> int:
+        """Its position in the video list."""
+        ...
+
+    @property
+    def clip(self) -> ClipPlan:
+        """Its `frame_indices` are what gets decoded."""
+        ...
 
 
 P = TypeVar("P", bound=VideoPlan)
 
 
-class QuarantinedVideos(Generic[P]):
-    """Plans keys onto the readable videos of `videos` with `plan_fn(key, position, info, attempt)` and
-    decodes the planned frames, quarantining the videos that fail."""
+class QuarantinedVideos(abc.ABC, Generic[P]):
+    """Plans keys onto the readable videos of `videos` with the subclass's `_plan` and decodes the planned
+    frames, quarantining the videos that fail."""
 
-    def __init__(
-        self, videos: Sequence[VideoInfo], decoder: Decoder, plan_fn: Callable[[SampleKey, int, VideoInfo, int], P]
-    ) -> None:
+    def __init__(self, videos: Sequence[VideoInfo], decoder: Decoder) -> None:
         if not videos:
             raise ValueError("no videos to generate from: check the paths or the manifest")
         self.videos = list(videos)
         self.decoder = decoder
-        self.plan_fn = plan_fn
         self.bad_videos: dict[str, str] = {}  # path → why it was quarantined
         self.stats: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
@@ -61,13 +70,17 @@ class QuarantinedVideos(Generic[P]):
         log.warning("quarantined unreadable video %s: %s", path, reason or "unknown reason")
         return True
 
+    @abc.abstractmethod
+    def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> P:
+        """The plan of `key` on `video` (at `position` in the list), drawn from the key's `attempt`."""
+
     def plan(self, key: SampleKey) -> P:
         """The plan of `key`, skipping quarantined videos through the key's own replacement attempts."""
         for attempt in range(MAX_ATTEMPTS):
             position = choose_video(key, len(self.videos), attempt)
             info = self.videos[position]
             if info.path not in self.bad_videos:
-                return self.plan_fn(key, position, info, attempt)
+                return self._plan(key, position, info, attempt)
         raise RuntimeError(
             f"no readable video found for sample {tuple(key)} after {MAX_ATTEMPTS} attempts "
             f"({len(self.bad_videos)} of {len(self.videos)} videos are quarantined)"

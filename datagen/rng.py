@@ -37,6 +37,20 @@ class Stream(enum.IntEnum):
 
 
 _INDEX_BITS = 40  # up to ~1e12 samples per epoch and 2^24 epochs fit in one 64-bit key word
+EPOCHS = 1 << (64 - _INDEX_BITS)  # the epochs a key can name
+
+# Reserved epochs of a run seed, at the top of the key space where training never gets: their samples come
+# from the same videos and spec yet are disjoint from every training sample.
+HELD_OUT_EPOCH = EPOCHS - 1  # pretraining's held-out tracking clips
+SUBSET_EPOCH = EPOCHS - 2  # fine-tuning's label-fraction subsets, one key per class
+
+
+def key_problem(key: Sequence[int]) -> str | None:
+    """Why (seed, epoch, index) is not a sample key (a field outside its bits), or None."""
+    seed, epoch, index = (int(v) for v in key)
+    if 0 <= index < 1 << _INDEX_BITS and 0 <= epoch < EPOCHS and 0 <= seed < 1 << 64:
+        return None
+    return f"sample key out of range: {tuple(key)}"
 
 
 def key_words(keys: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
@@ -48,7 +62,7 @@ def key_words(keys: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
     except OverflowError:  # a negative Python int
         raise ValueError(f"sample key out of range: {keys}") from None
     seed, epoch, index = keys[:, 0], keys[:, 1], keys[:, 2]
-    bad = (index >= np.uint64(1 << _INDEX_BITS)) | (epoch >= np.uint64(1 << (64 - _INDEX_BITS)))
+    bad = (index >= np.uint64(1 << _INDEX_BITS)) | (epoch >= np.uint64(EPOCHS))
     if bad.any():
         raise ValueError(f"sample key out of range: {tuple(int(v) for v in keys[np.argmax(bad)])}")
     return np.stack([seed, (epoch << np.uint64(_INDEX_BITS)) | index], 1)
@@ -56,9 +70,10 @@ def key_words(keys: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:
 
 def generator(key: SampleKey, stream: Stream, attempt: int = 0) -> np.random.Generator:
     """The Philox generator for one purpose of one sample (attempt > 0: after a video was replaced)."""
+    problem = key_problem(key)
+    if problem:
+        raise ValueError(problem)
     seed, epoch, index = (int(v) for v in key)
-    if not (0 <= index < 1 << _INDEX_BITS and 0 <= epoch < 1 << (64 - _INDEX_BITS) and 0 <= seed < 1 << 64):
-        raise ValueError(f"sample key out of range: {key}")
     words = np.array([seed, (epoch << _INDEX_BITS) | index], dtype=np.uint64)
     counter = np.array([0, 0, attempt, int(stream)], dtype=np.uint64)
     return np.random.Generator(np.random.Philox(key=words, counter=counter))

@@ -12,10 +12,10 @@ from datagen.config import to_dict
 from trainer.checkpoint import FINETUNE_TASK, checkpoint_path, resolve_checkpoint, save_atomic
 from trainer.cli import main as ctp_train
 from trainer.config import load_train_config
+from trainer.ctp_model import CtPNetwork
 from trainer.downstream.config import DownstreamConfig
 from trainer.downstream.model import VideoClassifier, load_classifier, load_encoder
-from trainer.models import build_encoder
-from trainer.network import CtPNetwork
+from trainer.encoders import build_encoder
 
 
 def finetuned_run(folder):

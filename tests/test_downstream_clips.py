@@ -152,7 +152,7 @@ def juggling(shared_videos):
 
 def test_evaluation_clip_pixels(juggling):
     data = LabelledSet("two", ("a", "b"), tuple(juggling), (1, 0))
-    batch = EvalClips(data, SMALL, torch.device("cpu")).generate([SampleKey(0, 0, 1), SampleKey(0, 0, 0)])
+    batch = EvalClips(data, SMALL, torch.device("cpu")).for_videos([1, 0])
     assert batch.clips.shape == (6, 8, 64, 64, 3) and batch.clips.dtype == torch.uint8
     assert batch.videos.tolist() == [1, 1, 1, 0, 0, 0] and batch.labels.tolist() == [0, 0, 0, 1, 1, 1]
     indices = eval_clip_indices(juggling[1].num_frames, SMALL)
@@ -206,14 +206,14 @@ def test_unreadable_videos_are_replaced_in_training_and_skipped_in_testing(juggl
     assert torch.equal(other.generate(keys).clips, batch.clips)
 
     evaluation = EvalClips(data, SMALL, torch.device("cpu"))
-    out = evaluation.generate([SampleKey(0, 0, i) for i in range(3)])
+    out = evaluation.for_videos(range(3))
     assert out.videos.tolist() == [0, 0, 0, 2, 2, 2]
     assert [r.path for r in evaluation.skipped] == [str(corrupt)]
 
 
 def test_retrieval_clip_pixels_are_consecutive_frames(juggling):
     data = LabelledSet("one", ("a",), (juggling[0],), (0,))
-    batch = EvalClips(data, SMALL, torch.device("cpu"), indices=retrieval_clip_indices).generate([SampleKey(0, 0, 0)])
+    batch = EvalClips(data, SMALL, torch.device("cpu"), indices=retrieval_clip_indices).for_videos([0])
     indices = retrieval_clip_indices(juggling[0].num_frames, SMALL)
     assert (np.diff(indices, axis=1) == 1).all()
     frames = Decoder("cpu").decode(juggling[0], indices.reshape(-1)).view(3, 8, 240, 320, 3)
@@ -248,7 +248,7 @@ def test_portrait_frames_keep_their_aspect(portrait):
         assert 0 <= top <= height - 64 and 0 <= left <= width - 64
     assert clips.generate([SampleKey(1, 0, 0)]).clips.shape == (1, 8, 64, 64, 3)
 
-    batch = EvalClips(data, SMALL, torch.device("cpu")).generate([SampleKey(0, 0, 0)])
+    batch = EvalClips(data, SMALL, torch.device("cpu")).for_videos([0])
     indices = eval_clip_indices(portrait.num_frames, SMALL)
     frames = Decoder("cpu").decode(portrait, indices.reshape(-1)).view(3, 8, 320, 240, 3)
     for clip, t in ((0, 0), (2, 7)):

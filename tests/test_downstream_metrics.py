@@ -12,7 +12,8 @@ from datagen.manifest import probe
 from trainer.downstream.config import load_downstream_config
 from trainer.downstream.datasets import LabelledSet
 from trainer.downstream.evaluate import classification_results, predict
-from trainer.downstream.metrics import (
+from trainer.downstream.retrieve import retrieval_features
+from trainer.downstream.scoring import (
     aggregate_clips,
     confusion_image,
     confusion_matrix,
@@ -20,7 +21,6 @@ from trainer.downstream.metrics import (
     retrieval_hits,
     topk_accuracy,
 )
-from trainer.downstream.retrieve import retrieval_features
 from trainer.execution import Execution
 
 

@@ -8,9 +8,9 @@ from torchvision.models.video import r3d_18
 
 from datagen.config import to_dict
 from trainer.config import ModelConfig, TrainConfig
+from trainer.ctp_model import CtPNetwork
 from trainer.downstream.model import VideoClassifier, load_classifier, load_encoder
-from trainer.models import build_encoder, torchvision_model
-from trainer.network import CtPNetwork
+from trainer.encoders import build_encoder, torchvision_model
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -13,9 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.config import GenerationConfig
+from datagen.config import GenerationConfig, from_dict, to_dict, upgrade_generation
+from datagen.decode import Decoder
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
+from datagen.plan import plan_sample
+from datagen.quarantine import QuarantinedVideos
+from datagen.rng import SampleKey
 
 KEYS = [(11, 2, i) for i in range(6)]
 
@@ -144,8 +148,56 @@ def test_generation_on_the_shared_footage(shared_videos):
 def test_what_a_key_produces_is_named_by_the_config_digest():
     # Version 1 (per-trajectory key frames, closed tick jitter, contrast about the mean grey) had this digest;
     # replicas of it must never serve a trainer of today's generation, and vice versa.
+    # Version 2 (float pixels from the rescale to the end, one rounding) had the second.
     cfg = GenerationConfig()
-    assert cfg.digest() != "de2206d1701890c0"
+    assert cfg.digest() not in ("de2206d1701890c0", "ea6aa1407df6e901")
     assert dataclasses.replace(cfg, version=cfg.version + 1).digest() != cfg.digest()
     own = dataclasses.replace(cfg, trajectory=dataclasses.replace(cfg.trajectory, shared_keyframes=False))
     assert own.digest() != cfg.digest()
+
+
+def test_colour_curves_ease_by_their_own_probabilities_not_the_trajectories():
+    def plans(cfg):
+        return [plan_sample(SampleKey(3, 0, i), 0, 300, 240, 320, cfg) for i in range(48)]
+
+    def curves(ps):
+        return np.stack([np.concatenate([p.colour.brightness, p.colour.contrast]) for p in ps])
+
+    def boxes(ps):
+        return np.stack([p.patches.boxes for p in ps])
+
+    base = GenerationConfig()
+    assert base.colour.interpolation_probs == base.trajectory.interpolation_probs  # the official easing
+    easing = (0.1, 0.45, 0.45)
+    moved = dataclasses.replace(base, trajectory=dataclasses.replace(base.trajectory, interpolation_probs=easing))
+    own = dataclasses.replace(base, colour=dataclasses.replace(base.colour, interpolation_probs=easing))
+    reference, by_trajectory, by_colour = plans(base), plans(moved), plans(own)
+    assert np.array_equal(curves(by_trajectory), curves(reference))  # the trajectories' easing moved boxes only
+    assert not np.array_equal(boxes(by_trajectory), boxes(reference))
+    assert not np.array_equal(curves(by_colour), curves(reference))  # the colour's own moves its curves only
+    assert np.array_equal(boxes(by_colour), boxes(reference))
+    assert len({base.digest(), moved.digest(), own.digest()}) == 3
+
+
+def test_a_checkpoints_generation_config_from_before_colour_owned_its_easing_keeps_its_samples():
+    cfg = GenerationConfig()
+    old = to_dict(cfg)
+    del old["colour"]["interpolation_probs"]
+    assert upgrade_generation(old) == to_dict(cfg)
+    old["trajectory"]["interpolation_probs"] = [0.2, 0.4, 0.4]  # its colour curves eased like this too
+    upgraded = from_dict(GenerationConfig, upgrade_generation(old))
+    assert upgraded.colour.interpolation_probs == (0.2, 0.4, 0.4) == upgraded.trajectory.interpolation_probs
+    assert upgrade_generation(to_dict(cfg)) == to_dict(cfg)  # today's configs pass unchanged
+
+
+def test_quarantined_videos_plan_through_the_subclass_alone(demo_videos):
+    class Positions(QuarantinedVideos):  # the one extension point: `_plan`, no callback besides
+        def _plan(self, key, position, video, attempt):
+            return (position, attempt)
+
+    chooser = Positions(demo_videos, Decoder("cpu", "pyav"))
+    first = chooser.plan(SampleKey(1, 0, 0))
+    chooser.mark_bad(demo_videos[first[0]].path, "test")
+    assert chooser.plan(SampleKey(1, 0, 0))[1] > 0  # a quarantined video: the key's next attempts
+    with pytest.raises(TypeError, match="abstract"):
+        QuarantinedVideos(demo_videos, Decoder("cpu", "pyav"))

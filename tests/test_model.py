@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from trainer.head import CtPHead
-from trainer.models import (
+from trainer.ctp_model import MEAN, STD, CtPNetwork, normalise
+from trainer.encoders import (
     PRETRAIN_SPATIAL_STRIDE,
     build_encoder,
     count_parameters,
@@ -12,7 +12,7 @@ from trainer.models import (
     set_stage4_spatial_stride,
     torchvision_model,
 )
-from trainer.network import MEAN, STD, CtPNetwork, normalise
+from trainer.head import CtPHead
 
 TORCHVISION_ENCODERS = ("r3d_18", "r2plus1d_18")
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_atomic
 from trainer.cli import main
 from trainer.config import load_train_config
-from trainer.metrics import read_records
+from trainer.metrics_log import read_records
 from trainer.pretrain import pretrain
 from trainer.signals import stop_on_signals
 
@@ -98,6 +98,15 @@ def test_resume_refuses_a_different_data_or_model_config(demo_dir, tmp_path, uni
     with pytest.raises(ValueError, match="cannot resume: the checkpoint's data config differs") as info:
         pretrain(short_run(demo_dir, tmp_path, "data.seed=1", "data.batch_size=6"), resume=str(checkpoint))
     assert "(checkpoint -> this run: data.batch_size: 4 -> 6; data.seed: 0 -> 1)" in str(info.value)
+
+
+def test_resume_accepts_a_checkpoint_written_before_colour_owned_its_easing(demo_dir, tmp_path, uninterrupted):
+    reference_dir, score = uninterrupted
+    state = load_checkpoint(latest_checkpoint(reference_dir))
+    del state["config"]["data"]["generation"]["colour"]["interpolation_probs"]  # as main wrote it before
+    old = save_atomic(state, tmp_path / "old" / "ckpt-00000006.pt")
+    resumed = pretrain(short_run(demo_dir, tmp_path / "run"), resume=str(old))  # the run was complete
+    assert resumed is not None and resumed.miou == pytest.approx(score.miou)
 
 
 def test_clear_errors_for_bad_configs(tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from PIL import Image
 
 from datagen.config import GenerationConfig
 from datagen.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_patches, plan_sample
-from datagen.render import render, rescale_crop_flip, shift_hue_saturation
+from datagen.render import colour, render, rescale_crop_flip, resized_crop, shift_hue_saturation
 from datagen.rng import SampleKey
 
 T, S = 16, 112
@@ -158,3 +160,45 @@ def test_a_generated_batch_has_the_promised_layout():
     assert batch.boxes.shape == (4, 3, T, 4) and batch.boxes.dtype == torch.float32
     assert batch.visible.shape == (4, 3, T) and batch.visible.dtype == torch.bool
     assert batch.keys.tolist() == [[0, 0, i] for i in range(4)]
+
+
+@pytest.mark.parametrize(
+    "size, resized, crop",
+    [
+        ((240, 320), (128, 171), (9, 40)),
+        ((272, 640), (112, 264), (0, 152)),
+        ((144, 176), (144, 176), (20, 3)),
+        ((100, 90), (160, 144), (48, 32)),
+        ((256, 340), (144, 191), (32, 79)),
+    ],
+)
+def test_the_rescale_computes_only_the_crop_and_equals_the_whole_frame_rescaled(size, resized, crop):
+    # Downscales and upscales, crops touching each edge: the same bytes as rescaling the whole frame.
+    frames = torch.from_numpy(smooth_frames(5, *size)[:3])
+    plan = ClipPlan(np.arange(3), resized, crop, False)
+    whole = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2), size=resized, mode="bilinear", antialias=True)
+    top, left = crop
+    assert torch.equal(resized_crop(frames, plan, S), whole[:, :, top : top + S, left : left + S])
+    flipped = resized_crop(frames, dataclasses.replace(plan, flip=True), S)
+    assert torch.equal(flipped, whole[:, :, top : top + S, left : left + S].flip(-1))
+
+
+def test_brightness_and_contrast_are_one_table_per_frame_rounded_half_up():
+    # Worked by hand: x = 100, b = -30, c = 0.5 → 35; x = 20, b = -30 → 0 (clipped before the gain); x = 250,
+    # b = 30, c = 0.5 → 127.5 → 128 (clipped to 255 before the gain, then rounded half up).
+    clips = torch.tensor([100, 20, 250], dtype=torch.uint8).view(1, 1, 1, 3, 1).expand(1, 2, 1, 3, 3).contiguous()
+    brightness, contrast = np.array([[-30.0, 30.0]]), np.array([[0.5, 0.5]])
+    out = colour(clips, np.zeros(1), np.ones(1), brightness, contrast)
+    assert out.dtype == torch.uint8
+    assert out[0, 0, 0, :, 0].tolist() == [35, 0, 110] and out[0, 1, 0, :, 0].tolist() == [65, 25, 128]
+
+
+def test_hue_in_cache_sized_slices_gives_the_bytes_of_the_whole_clip():
+    # The CPU path shifts a few frames at a time; the result must be the per-pixel function of the whole.
+    clips = torch.from_numpy(np.stack([smooth_frames(6), smooth_frames(7)]))
+    hue, sat = np.array([9.0, 0.0]), np.array([0.92, 1.0])
+    whole = shift_hue_saturation(clips[:1].float(), torch.tensor([9.0]), torch.tensor([0.92]))
+    expected = clips.clone()
+    expected[0] = whole[0].clamp(0, 255).add(0.5).to(torch.uint8)
+    out = colour(clips.clone(), hue, sat, np.zeros((2, T)), np.ones((2, T)))
+    assert torch.equal(out, expected)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datagen.rng import SampleKey, Stream, generator, uniforms
+from datagen.rng import EPOCHS, HELD_OUT_EPOCH, SUBSET_EPOCH, SampleKey, Stream, generator, key_problem, uniforms
 
 
 def test_batched_streams_equal_numpys_philox_bit_for_bit():
@@ -28,3 +28,17 @@ def test_out_of_range_keys_are_refused(key):
         uniforms([key], [0], {Stream.CLIP: 1})
     with pytest.raises(ValueError, match="out of range"):
         uniforms(np.array([key]), [0], {Stream.CLIP: 1})
+
+
+def test_the_key_range_check_names_the_key_without_building_a_generator():
+    edges = [(0, 0, 0), (2**64 - 1, EPOCHS - 1, 2**40 - 1)]
+    assert [key_problem(k) for k in edges] == [None, None]
+    for key in [(0, 0, 2**40), (0, EPOCHS, 0), (-1, 0, 0), (2**64, 0, 0)]:
+        assert key_problem(key) == f"sample key out of range: {key}"
+        with pytest.raises(ValueError, match=r"sample key out of range: \("):
+            generator(SampleKey(*key), Stream.CLIP)
+
+
+def test_reserved_epochs_lie_at_the_top_of_the_key_space_and_differ():
+    assert EPOCHS == 2**24 and {HELD_OUT_EPOCH, SUBSET_EPOCH} == {EPOCHS - 1, EPOCHS - 2}
+    assert key_problem((0, HELD_OUT_EPOCH, 0)) is None and key_problem((0, SUBSET_EPOCH, 0)) is None

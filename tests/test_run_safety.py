@@ -9,7 +9,7 @@ from pathlib import Path
 
 from trainer.checkpoint import list_checkpoints
 from trainer.cli import main
-from trainer.metrics import read_records
+from trainer.metrics_log import read_records
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [

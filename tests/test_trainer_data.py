@@ -9,7 +9,7 @@ from datagen.batch import Batch
 from datagen.config import ClipConfig, GenerationConfig
 from datagen.generator import Generator
 from trainer.cursor import EpochCursor
-from trainer.data import HELD_OUT_EPOCH, InProcessSource, held_out_batches
+from trainer.data import HELD_OUT_EPOCH, InProcessSource, held_out_batches, prefetched
 
 SMALL = GenerationConfig(clip=ClipConfig(num_frames=8, short_sides=(64,), crop_size=64))
 
@@ -52,6 +52,24 @@ def test_stream_yields_each_index_once_in_batches(generator):
     direct = generator.generate([(5, 1, i) for i in indices[3:6]])
     assert torch.equal(batches[1].clips, direct.clips)  # a sample is a pure function of its key
     assert torch.equal(batches[1].boxes, direct.boxes)
+
+
+def test_in_process_source_reports_no_replicas_and_leaves_replacements_to_its_generator(generator):
+    # The run reports `generator.bad_videos` itself; a source adds only what other processes replaced.
+    source = InProcessSource(generator)
+    assert source.delivered is None and source.replaced_videos() == set()
+
+
+def test_prefetched_makes_each_run_of_items_in_order_on_another_thread():
+    made = []
+
+    def make(chunk):
+        made.append(threading.current_thread())
+        return Batch(*(torch.tensor(chunk),) * 4)
+
+    out = [b.keys.tolist() for b in prefetched(list(range(7)), 3, make, prefetch=1)]
+    assert out == [[0, 1, 2], [3, 4, 5], [6]]
+    assert threading.current_thread() not in made
 
 
 def test_closing_a_stream_early_stops_its_producer(generator):

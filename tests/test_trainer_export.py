@@ -8,8 +8,8 @@ from datagen.config import to_dict
 from trainer.checkpoint import save_atomic
 from trainer.cli import main
 from trainer.config import load_train_config
-from trainer.models import set_stage4_spatial_stride
-from trainer.network import CtPNetwork
+from trainer.ctp_model import CtPNetwork
+from trainer.encoders import set_stage4_spatial_stride
 
 
 def pretraining_checkpoint(tmp_path, encoder: str):

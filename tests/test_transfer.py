@@ -14,8 +14,8 @@ from bench import transfer
 from datagen.decode import PyAVDecoder
 from datagen.manifest import probe
 from trainer.checkpoint import latest_checkpoint, read_state
+from trainer.encoders import build_encoder
 from trainer.export import encoder_state_dict
-from trainer.models import build_encoder
 
 
 @pytest.fixture(scope="module")

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if stopped_at_once():  # a second Ctrl-C: whatever it broke, stop without a traceback
             return _interrupted(args.command)
-        from trainer.remote import NoReplicaError  # imported already by any command that can raise it
+        from datagen.service.fleet import NoReplicaError  # imported already by any command that can raise it
 
         if not isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NoReplicaError)):
             raise

@@ -1,84 +1,132 @@
 """Where training batches come from: the sample-source protocol, the in-process generator source, and the
-choice between it and the datagen replicas (`trainer.remote.RemoteSource`)."""
+choice between it and the datagen replicas (`datagen.service.fleet.RemoteSource`)."""
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import logging
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
 from datagen.batch import Batch
 from datagen.generator import Generator
-from datagen.rng import SampleKey
+from datagen.manifest import videos_digest
+from datagen.rng import HELD_OUT_EPOCH, SampleKey
+from datagen.service.fleet import RemoteSource
 from datagen.service.registry import REDIS_ENV, redact
 from datagen.service.security import TlsFiles, resolve_token
-from datagen.service.server import videos_digest
 from trainer.config import ServiceConfig, TrainConfig
-from trainer.remote import RemoteSource
 
 log = logging.getLogger(__name__)
 
 NAMESPACE_ENV = "CTP_NAMESPACE"  # the fleet's Redis key prefix, as Compose and Kubernetes set it
 
-# Held-out clips use this reserved epoch of the run seed, which training never reaches: they come from
-# the same videos and the same generation spec but are disjoint from every training sample.
-HELD_OUT_EPOCH = (1 << 24) - 1
+
+class HasTensors(Protocol):
+    """A batch: its tensors are what a CUDA consumer must wait for and record its stream on."""
+
+    def tensors(self) -> Sequence[torch.Tensor]: ...
+
+
+T = TypeVar("T")
+B = TypeVar("B", bound=HasTensors)
+B_co = TypeVar("B_co", bound=HasTensors, covariant=True)
+Closable = collections.abc.Generator[B, None, None]  # an iterator whose `close()` stops its producer
 
 
 class SampleSource(Protocol):
+    """A pretraining run's batches: generated in this process or served by datagen replicas."""
+
     def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
         """Batches of batch_size (the last may be smaller) that together hold each index exactly once."""
         ...
 
+    @property
+    def delivered(self) -> Mapping[str, int] | None:
+        """Samples kept from each datagen replica so far (the starvation advice); None: not from replicas."""
+        ...
 
-class InProcessSource:
-    """Generates batches in this process, in index order, one batch ahead on a background thread.
+    def replaced_videos(self) -> set[str]:
+        """Unreadable videos whose samples were replaced where the samples were made, beyond this process's
+        own generator (which the run reports itself)."""
+        ...
 
-    Torch ops and the decoders release the GIL, so generating the next batch overlaps the training step. On
+
+class KeyedBatches(Protocol[B_co]):
+    """What `InProcessSource` runs: sample keys in, one batch out (datagen's `Generator`, fine-tuning's
+    `TrainClips`)."""
+
+    def generate(self, keys: Sequence[SampleKey]) -> B_co: ...
+
+
+class InProcessSource(Generic[B]):
+    """Generates batches in this process, in index order, one batch ahead on a background thread (`prefetched`)."""
+
+    delivered: Mapping[str, int] | None = None  # no replicas
+
+    def __init__(self, maker: KeyedBatches[B], prefetch: int = 2, device: torch.device | str = "cpu") -> None:
+        self.maker = maker
+        self.prefetch = prefetch
+        self.device = torch.device(device)  # where `maker` puts its batches: on CUDA, generation gets a stream
+
+    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Closable[B]:
+        def make(chunk: Sequence[int]) -> B:
+            return self.maker.generate([SampleKey(seed, epoch, int(i)) for i in chunk])
+
+        return prefetched(indices, batch_size, make, self.prefetch, self.device, f"generate-epoch{epoch}")
+
+    def replaced_videos(self) -> set[str]:
+        return set()  # the maker is this process's generator: its quarantine is the run's own
+
+
+def prefetched(
+    items: Sequence[T],
+    batch_size: int,
+    make: Callable[[Sequence[T]], B],
+    prefetch: int = 2,
+    device: torch.device | str = "cpu",
+    name: str = "prefetch",
+) -> Closable[B]:
+    """`make(chunk)` for each run of `batch_size` items (the last may be shorter), in order, up to `prefetch`
+    batches ahead on a background thread.
+
+    Torch ops and the decoders release the GIL, so making the next batch overlaps the consumer's step. On
     CUDA the producer works on a stream of its own and hands each batch over with an event, so its kernels
-    and copies overlap the training step's instead of queueing behind them on one stream.
+    and copies overlap the step's instead of queueing behind them on one stream.
     """
+    ready: queue.Queue[tuple[B, Any] | BaseException | None] = queue.Queue(max(1, prefetch))
+    stop = threading.Event()
+    device = torch.device(device)
+    side = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def __init__(self, generator: Generator, prefetch: int = 2) -> None:
-        self.generator = generator
-        self.prefetch = max(1, prefetch)
-
-    def stream(self, seed: int, epoch: int, indices: Sequence[int], batch_size: int) -> Iterator[Batch]:
-        chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-        ready: queue.Queue[tuple[Batch, Any] | BaseException | None] = queue.Queue(self.prefetch)
-        stop = threading.Event()
-        device = torch.device(getattr(self.generator, "device", "cpu"))
-        side = torch.cuda.Stream(device) if device.type == "cuda" else None
-
-        def produce() -> None:
-            try:
-                with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                    for chunk in chunks:
-                        if stop.is_set():
-                            return
-                        batch = self.generator.generate([SampleKey(seed, epoch, int(i)) for i in chunk])
-                        _put(ready, (batch, _record(side)), stop)
-                _put(ready, None, stop)
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                _put(ready, exc, stop)
-
-        worker = threading.Thread(target=produce, name=f"generate-epoch{epoch}", daemon=True)
-        worker.start()
+    def produce() -> None:
         try:
-            while (item := ready.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                batch, done = item
-                yield _received(batch, done, device)
-        finally:
-            stop.set()
-            worker.join()
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                for start in range(0, len(items), batch_size):
+                    if stop.is_set():
+                        return
+                    _put(ready, (make(items[start : start + batch_size]), _record(side)), stop)
+            _put(ready, None, stop)
+        except BaseException as exc:  # handed to the consumer, which re-raises it
+            _put(ready, exc, stop)
+
+    worker = threading.Thread(target=produce, name=name, daemon=True)
+    worker.start()
+    try:
+        while (got := ready.get()) is not None:
+            if isinstance(got, BaseException):
+                raise got
+            batch, done = got
+            yield _received(batch, done, device)
+    finally:
+        stop.set()
+        worker.join()
 
 
 def _record(stream: Any) -> Any:
@@ -90,7 +138,7 @@ def _record(stream: Any) -> Any:
     return event
 
 
-def _received(batch: Batch, done: Any, device: torch.device) -> Batch:
+def _received(batch: B, done: Any, device: torch.device) -> B:
     """The consumer's stream on `device` waits for the producer's work, and the allocator learns the consumer
     uses it. (`current_stream()` alone is the current device's: cuda:0 for a run on cuda:1 outside torchrun.)"""
     if done is not None:
@@ -141,7 +189,7 @@ def open_source(cfg: TrainConfig, generator: Generator) -> Iterator[SampleSource
     Replicas must serve this run's generation config and video list (`generator.videos`); others are refused."""
     settings = replica_settings(cfg.service)
     if settings is None:
-        yield InProcessSource(generator, cfg.run.prefetch)
+        yield InProcessSource(generator, cfg.run.prefetch, generator.device)
         return
     where = [
         *settings["addresses"],
@@ -152,6 +200,6 @@ def open_source(cfg: TrainConfig, generator: Generator) -> Iterator[SampleSource
         ),
     ]
     log.info("samples from datagen replicas: %s", ", ".join(where))
-    digest = videos_digest([(v.path, v.num_frames) for v in generator.videos])
+    digest = videos_digest(generator.videos)
     with RemoteSource(**settings, config=cfg.data.generation, videos_digest=digest) as source:
         yield source

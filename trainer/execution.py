@@ -9,8 +9,17 @@ from typing import Protocol
 import torch
 
 from datagen.batch import Batch
+from trainer.ctp_model import normalise
 from trainer.distributed import Ranks
-from trainer.network import normalise
+
+# Found on torch 2.14.1 (oneDNN 3.12, AVX512-BF16 CPU): bf16 3D-convolution weight gradients are garbage whenever
+# the feature map has 2 frames (kernel 3, padding 1), e.g. R3D-18's layer4 at 16 input frames; bench/cpu_bf16_check.py
+# measures it on any machine. Forward passes are right, so only the gradients, and every step's update, are wrong.
+CPU_BF16_REFUSED = (
+    "run.precision=bf16 on CPU: this torch's oneDNN computes wrong bf16 3D-convolution weight gradients (errors "
+    "up to 1e36, sometimes NaN) for feature maps of 2 frames, as R3D-18's last stage has; CPU runs use fp32: set "
+    "run.precision=fp32 or auto (python -m bench.cpu_bf16_check shows the errors on this machine)"
+)
 
 
 class RunSettings(Protocol):
@@ -29,13 +38,15 @@ class Execution:
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Execution:
-        """`auto` means CUDA with bf16 + channels_last_3d when a GPU is present, else CPU fp32."""
+        """`auto` means CUDA with bf16 + channels_last_3d when a GPU is present, else CPU fp32 (bf16 is refused there)."""
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         dev = torch.device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"run.device={device} but no CUDA device is available; use run.device=cpu")
         on_cuda = dev.type == "cuda"
+        if dev.type == "cpu" and precision == "bf16":
+            raise ValueError(CPU_BF16_REFUSED)
         bf16 = on_cuda if precision == "auto" else precision == "bf16"
         return cls(dev, bf16, on_cuda if channels_last is None else channels_last)
 
@@ -55,9 +66,14 @@ class Execution:
         return clips, batch.boxes.to(self.device, non_blocking=True)
 
     def prepare(self, module: torch.nn.Module) -> torch.nn.Module:
-        """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes)."""
+        """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes).
+
+        `cuda:N` also becomes the current device: streams, cuDNN handles and kernels created without an explicit
+        device (torch.compile's, torchvision's ops) would otherwise start a context on GPU 0 and run there."""
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+            if self.device.index is not None:
+                torch.cuda.set_device(self.device)
         module = module.to(self.device)
         return module.to(memory_format=torch.channels_last_3d) if self.channels_last else module
 

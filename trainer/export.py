@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from trainer.checkpoint import FINETUNE_TASK, load_checkpoint, save_atomic
-from trainer.models import torchvision_model
+from trainer.encoders import torchvision_model
 
 ENCODER_PREFIX = "encoder."
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import copy
 import dataclasses
 import logging
 import math
@@ -30,7 +31,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, differences, to_dict, to_yaml
+from datagen.config import GenerationConfig, differences, to_dict, to_yaml, upgrade_generation
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import (
@@ -42,6 +43,7 @@ from trainer.checkpoint import (
     save_atomic,
 )
 from trainer.config import TrainConfig, load_train_config, presets
+from trainer.ctp_model import CtPNetwork
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source
 from trainer.distributed import (
@@ -51,16 +53,14 @@ from trainer.distributed import (
     process_group,
     sync_batchnorm_layers,
 )
+from trainer.encoders import count_parameters
 from trainer.execution import Execution
-from trainer.metrics import MetricsLog
-from trainer.models import count_parameters
-from trainer.network import CtPNetwork
+from trainer.loss import ctp_loss, encode
+from trainer.metrics_log import MetricsLog
 from trainer.progress import eta, show_bars
-from trainer.remote import RemoteSource
 from trainer.rundir import claim_run_dir
 from trainer.signals import stop_on_signals
 from trainer.starvation import RankWindow, StarvationMonitor
-from trainer.targets import ctp_loss, encode
 from trainer.track_eval import TrackingScore, evaluate
 from trainer.viz import boxes_image
 
@@ -154,10 +154,11 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        ours = to_dict(self.cfg)
-        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != ours[s]]
+        ours, saved = to_dict(self.cfg), copy.deepcopy(state["config"])
+        saved["data"]["generation"] = upgrade_generation(saved["data"]["generation"])
+        changed = [s for s in _RESUME_INVARIANTS if saved[s] != ours[s]]
         if changed:
-            differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
+            differ = [d for s in changed for d in differences(saved[s], ours[s], f"{s}.")]
             raise ValueError(
                 f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's "
                 f"(checkpoint -> this run: {'; '.join(differ)}); resume with the same model.* and data.* settings "
@@ -280,7 +281,7 @@ class Reporter:
             dynamic_ncols=True,
             disable=not (show_bars(trainer.cfg.run.progress) and main),
         )
-        self.remote = source if isinstance(source, RemoteSource) else None
+        self.source = source
         self.last_eval: tuple[int, TrackingScore] | None = None
         self.starvation = StarvationMonitor()
 
@@ -293,7 +294,8 @@ class Reporter:
         if not self.window.steps:
             return
         ranks = self.trainer.ranks
-        mine = self.window.flush(dict(self.remote.delivered) if self.remote else None)
+        by_replica = self.source.delivered
+        mine = self.window.flush(dict(by_replica) if by_replica is not None else None)
         w = mine.window
         if ranks.distributed:
             log.info(
@@ -319,7 +321,7 @@ class Reporter:
         if self.bar.disable:
             self._log_line(rows, scalars, mine.seconds)
         delivered = None
-        if self.remote is not None:  # per replica, over all ranks
+        if by_replica is not None:  # per replica, over all ranks
             delivered = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
         advice = self.starvation.update([r.window for r in reports], delivered)
         if advice:
@@ -452,9 +454,7 @@ def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Rank
                 return ranks.broadcast(reporter.evaluate())
         finally:
             reporter.close()
-            bad = set(generator.bad_videos)
-            if isinstance(source, RemoteSource):
-                bad |= {problem.video for problem in source.problems}
+            bad = set(generator.bad_videos) | source.replaced_videos()
             if bad:
                 log.warning("rank %d: %d unreadable videos were replaced: %s", ranks.rank, len(bad), sorted(bad))
 

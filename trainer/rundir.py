@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-# What a run writes into its folder besides its checkpoints (trainer.metrics.MetricsLog).
+# What a run writes into its folder besides its checkpoints (trainer.metrics_log.MetricsLog).
 _RUN_OUTPUTS = ("metrics.jsonl", "tensorboard")
 
 

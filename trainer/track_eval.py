@@ -19,10 +19,10 @@ from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import load_checkpoint, resolve_checkpoint
 from trainer.config import TrainConfig
+from trainer.ctp_model import CtPNetwork
 from trainer.data import held_out_batches
 from trainer.execution import Execution
-from trainer.network import CtPNetwork
-from trainer.targets import box_iou, decode, first_box_baseline
+from trainer.loss import box_iou, decode, first_box_baseline
 
 
 @dataclasses.dataclass(frozen=True)

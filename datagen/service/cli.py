@@ -226,7 +226,7 @@ def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from trainer.remote import NoReplicaError
+    from datagen.service.fleet import NoReplicaError
 
     try:
         return _pull(args)
@@ -235,7 +235,7 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from trainer.remote import RemoteSource
+    from datagen.service.fleet import RemoteSource
 
     if not args.addr and not args.redis:
         raise ValueError(f"pull needs replicas: --addr HOST:PORT (repeatable) or --redis URL (or ${REDIS_ENV})")

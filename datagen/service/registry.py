@@ -1,4 +1,5 @@
-"""The Redis control plane: replica registration with a TTL heartbeat, discovery, and the video quarantine.
+"""The Redis control plane: replica registration with a TTL heartbeat, discovery (polled by clients), and the
+video quarantine.
 
 Redis never carries samples. Every record expires on its own, so a replica that dies vanishes from
 discovery after its TTL, and one that outlived a Redis restart re-registers on its next heartbeat
@@ -199,3 +200,47 @@ def redact(url: str) -> str:
         return url
     netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
     return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Discovery:
+    """A client's view of the fleet: polls the registry in the background and keeps the last successful
+    listing, so a Redis outage only stops discovery (the replicas already known keep serving)."""
+
+    def __init__(self, registry: Registry, interval: float):
+        self.registry = registry
+        self.interval = interval
+        self._latest: list[ReplicaRecord] | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
+        self._ok: bool | None = None
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def latest(self) -> list[ReplicaRecord] | None:
+        with self._lock:
+            return self._latest
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                listed = self.registry.replicas()
+                with self._lock:
+                    self._latest = listed
+                if self._ok is False:
+                    log.info("redis reachable again", extra={"redis": redact(self.registry.url)})
+                self._ok = True
+            except redis.RedisError as exc:
+                if self._ok is not False:
+                    log.warning(
+                        "redis unreachable; streaming on with known replicas",
+                        extra={"redis": redact(self.registry.url), "error": str(exc)},
+                    )
+                self._ok = False
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.registry.close()

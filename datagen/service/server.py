@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import importlib.metadata
 import json
 import logging
@@ -19,7 +18,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent import futures
 
 import grpc
@@ -28,13 +27,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from datagen.config import GenerationConfig, to_dict
-from datagen.rng import SampleKey, Stream
-from datagen.rng import generator as rng_stream
+from datagen.manifest import videos_digest
+from datagen.rng import SampleKey, key_problem
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 
-from .metrics import ReplicaMetrics
 from .registry import Heartbeat, Registry, ReplicaRecord
+from .replica_metrics import ReplicaMetrics
 from .security import TlsFiles, TokenInterceptor
 from .shm_ring import AttachedRings, RingUnreachable, ShmRing
 from .wire import DEFAULT_CHUNK_BYTES, encode_batch
@@ -44,11 +43,6 @@ log = logging.getLogger(__name__)
 
 PROTOCOL = pb.DESCRIPTOR.package  # "ctp.datagen.v1"
 SERVICE = pb.DESCRIPTOR.services_by_name["DataGen"].full_name
-
-
-def videos_digest(paths_and_frames: Sequence[tuple[str, int]]) -> str:
-    """A short stable hash of a video list (path, frame count): clients check they index the same videos."""
-    return hashlib.sha256(json.dumps([[p, int(n)] for p, n in paths_and_frames]).encode()).hexdigest()[:16]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +62,7 @@ class DataGenService(pb_grpc.DataGenServicer):
         self.config = config
         self.config_digest = config.digest()
         videos = work.generator.videos
-        self.videos_digest = videos_digest([(v.path, v.num_frames) for v in videos])
+        self.videos_digest = videos_digest(videos)
         self.num_videos = len(videos)
         self.device = device
         self.limits = limits
@@ -176,11 +170,7 @@ class DataGenService(pb_grpc.DataGenServicer):
             return f"{len(r.indices)} indices: a request holds 1 to {self.limits.max_request_samples}"
         if len(set(r.indices)) != len(r.indices):
             return "indices repeat within the request"
-        try:
-            rng_stream(SampleKey(r.seed, r.epoch, max(r.indices)), Stream.CLIP)  # the key range check
-        except ValueError as exc:
-            return str(exc)
-        return None
+        return key_problem((r.seed, r.epoch, max(r.indices)))
 
     def _count_stream(self, delta: int) -> None:
         with self._streams_lock:

@@ -1,10 +1,12 @@
-"""The replica's bounded work queue in front of its one generator (one device, one thread).
+"""The replica's bounded work queue in front of its one generator (one device, two pipelined stages).
 
 Streams submit batches of keys a little ahead of what they send, so generation overlaps transport; the
 queue bound is the replica's backpressure: when it is full, streams wait before submitting more. Jobs of
-a stream that went away are skipped, not generated. A stream with a shared-memory ring has each batch's
-clips copied into a slot here, right after generation on the same thread (and CUDA stream), so the copy
-neither waits on nor blocks a gRPC thread.
+a stream that went away are skipped, not generated. Generation is pipelined: one thread plans and decodes
+the next batch while another renders the current one (`datagen.generator.pipelined`). A stream with a
+shared-memory ring has each batch's clips copied into a slot here, right after rendering on the same
+thread (and CUDA stream), so the copy neither waits on nor blocks a gRPC thread. The samples generated
+from a replacement video are the generator's own report, made when it planned them.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from datagen.batch import Batch
-from datagen.plan import choose_video
+from datagen.generator import pipelined
 from datagen.rng import SampleKey
 from protos import datagen_pb2 as pb
 
-from .metrics import ReplicaMetrics
+from .replica_metrics import ReplicaMetrics
 from .shm_ring import ShmRing
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,11 @@ class BatchGenerator(Protocol):
     bad_videos: dict[str, str]
     stats: collections.Counter
 
-    def generate(self, keys: Sequence[SampleKey]) -> Batch: ...
+    def decode_batch(self, keys: Sequence[SampleKey]) -> Any: ...  # plan + decode: the first stage
+
+    def render_batch(self, decoded: Any) -> Batch: ...
+
+    def replaced(self, decoded: Any) -> list[tuple[SampleKey, str]]: ...  # samples made from a replacement
 
     def mark_bad(self, path: str, reason: str = "") -> bool: ...
 
@@ -80,7 +86,7 @@ class WorkQueue:
         self.lookahead = lookahead
         self.on_decode_failure = on_decode_failure  # e.g. publish the quarantine at once
         self._queue: queue.Queue[_Job | None] = queue.Queue(capacity)
-        self._thread = threading.Thread(target=self._work, name="generate", daemon=True)
+        self._thread = threading.Thread(target=self._work, name="render", daemon=True)
 
     @property
     def depth(self) -> int:
@@ -139,38 +145,58 @@ class WorkQueue:
         raise StreamGone()
 
     def _work(self) -> None:
+        for job, decoded in pipelined(self._jobs(), self._decode):
+            if isinstance(decoded, Exception):
+                self._fail(job, decoded)
+                continue
+            if job.abandoned:
+                job.future.cancel()
+                continue
+            decoded, started = decoded
+            rendering = time.monotonic()
+            try:
+                batch = self.generator.render_batch(decoded)
+                generated = time.monotonic()
+                slot = job.ring.put(batch.clips, job.stream_id) if job.ring is not None else None
+            except Exception as exc:
+                self._fail(job, exc)
+                continue
+            self.metrics.stage_seconds.labels("render").observe(generated - rendering)
+            self.metrics.stage_seconds.labels("generate").observe(generated - started)
+            if job.ring is not None:
+                self.metrics.stage_seconds.labels("shm_copy").observe(time.monotonic() - generated)
+            problems = [
+                pb.SampleProblem(index=key.index, video=path, reason="unreadable video: replaced")
+                for key, path in self.generator.replaced(decoded)
+            ]
+            self.metrics.replaced.inc(len(problems))
+            job.future.set_result(Generated(batch, problems, slot))
+
+    def _jobs(self) -> Iterator[_Job]:
+        """The queued jobs whose stream is still there, until stop()."""
         while (job := self._queue.get()) is not None:
             self.metrics.queue_depth.set(self._queue.qsize())
             if job.abandoned:
                 job.future.cancel()
                 continue
-            started = time.monotonic()
-            self.metrics.stage_seconds.labels("queue_wait").observe(started - job.enqueued)
-            failures = self.generator.stats["decode_failures"]
-            try:
-                batch = self.generator.generate(job.keys)
-                generated = time.monotonic()
-                slot = job.ring.put(batch.clips, job.stream_id) if job.ring is not None else None
-            except Exception as exc:  # handed to the stream, which reports INTERNAL
-                log.exception("generation failed", extra={"keys": len(job.keys), "first_key": tuple(job.keys[0])})
-                job.future.set_exception(exc)
-                continue
-            self.metrics.stage_seconds.labels("generate").observe(generated - started)
-            if job.ring is not None:
-                self.metrics.stage_seconds.labels("shm_copy").observe(time.monotonic() - generated)
+            yield job
+
+    def _decode(self, job: _Job) -> tuple[Any, float]:
+        """The first stage of a job, on the decode thread: its plans and frames, and when it started."""
+        started = time.monotonic()
+        self.metrics.stage_seconds.labels("queue_wait").observe(started - job.enqueued)
+        failures = self.generator.stats["decode_failures"]
+        try:
+            decoded = self.generator.decode_batch(job.keys)
+        finally:
             if self.generator.stats["decode_failures"] > failures:
                 self.metrics.decode_failures.inc(self.generator.stats["decode_failures"] - failures)
                 self.on_decode_failure()
-            problems = self._problems(job.keys)
-            self.metrics.replaced.inc(len(problems))
-            job.future.set_result(Generated(batch, problems, slot))
+        self.metrics.stage_seconds.labels("decode").observe(time.monotonic() - started)
+        return decoded, started
 
-    def _problems(self, keys: list[SampleKey]) -> list[pb.SampleProblem]:
-        """The samples whose own video is quarantined, hence generated from a replacement."""
-        bad, videos = frozenset(self.generator.bad_videos), self.generator.videos
-        problems = []
-        for key in keys:
-            path = videos[choose_video(key, len(videos))].path
-            if path in bad:
-                problems.append(pb.SampleProblem(index=key.index, video=path, reason="unreadable video: replaced"))
-        return problems
+    @staticmethod
+    def _fail(job: _Job, exc: Exception) -> None:
+        """Hand a job's failure to its stream, which reports INTERNAL."""
+        log.error("generation failed", exc_info=exc, extra={"keys": len(job.keys), "first_key": tuple(job.keys[0])})
+        job.future.set_exception(exc)

@@ -32,7 +32,6 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_downstream_config(args.config, args.overrides)
     device = torch.device(args.device)
     data = open_split(SplitConfig("folder", args.videos))
-    keys = [SampleKey(0, 0, i) for i in range(len(data))]
     evaluation = EvalClips(data, cfg.clips, device)
     training = TrainClips(data, cfg.clips, device)
 
@@ -46,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     train_keys = [SampleKey(0, 0, i) for i in range(batch)]
     rows = []
     for name, fn, count, unit in [
-        ("eval clips: one decode pass per video", lambda: evaluation.generate(keys), n, "videos/s"),
+        ("eval clips: one decode pass per video", lambda: evaluation.for_videos(range(len(data))), n, "videos/s"),
         ("  baseline: one decode per clip (decode only)", eval_per_clip, n, "videos/s"),
         (f"train clips: batches of {batch}", lambda: training.generate(train_keys), batch, "clips/s"),
         ("  baseline: one clip per call", lambda: [training.generate([k]) for k in train_keys], batch, "clips/s"),

@@ -60,6 +60,9 @@ class ClipBatch:
     labels: torch.Tensor  # (N,) int64 class indices
     videos: torch.Tensor  # (N,) int64 positions in the labelled set
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.clips, self.labels, self.videos
+
 
 ClipIndices = Callable[[int, ClipsConfig], np.ndarray]  # (frames in the video, config) -> (clips, T) indices
 
@@ -167,7 +170,7 @@ class TrainClips(QuarantinedVideos[LabelledClipPlan]):
     ) -> None:
         self.data = data
         self.cfg = cfg
-        super().__init__(data.videos, decoder or Decoder(device, backend=cfg.decode_backend), self._plan)
+        super().__init__(data.videos, decoder or Decoder(device, backend=cfg.decode_backend))
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> LabelledClipPlan:
         return plan_train_clip(key, position, video.num_frames, self.cfg, attempt, is_portrait(video))
@@ -183,10 +186,17 @@ class TrainClips(QuarantinedVideos[LabelledClipPlan]):
         return ClipBatch(clips, labels, torch.tensor([p.video for p in plans], dtype=torch.int64, device=device))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Framing:
+    """What datagen's `rescale_crop_flip` reads of a plan: a test clip's is all there is to it."""
+
+    clip: ClipPlan
+
+
 class EvalClips:
     """Video positions → their `test_clips` fixed clips each, at the frames `indices` gives (the
-    classification test's by default). Keys follow the sample-source protocol; only their index (the
-    position in the labelled set) matters. Unreadable videos are left out and recorded."""
+    classification test's by default). Nothing is random, so nothing is keyed. Unreadable videos are left
+    out and recorded."""
 
     def __init__(
         self,
@@ -202,8 +212,8 @@ class EvalClips:
         self.indices = indices
         self.skipped: list[Rejected] = []
 
-    def generate(self, keys: Sequence[SampleKey]) -> ClipBatch:
-        positions = [int(k[2]) for k in keys]
+    def for_videos(self, positions: Sequence[int]) -> ClipBatch:
+        """The clips of the videos at `positions` in the labelled set, in order (`videos` names each's)."""
         videos = [self.data.videos[i] for i in positions]
         requests = [(v, self.indices(v.num_frames, self.cfg).reshape(-1)) for v in videos]
         clips, owners = [], []
@@ -212,10 +222,8 @@ class EvalClips:
                 self.skipped.append(Rejected(video.path, result.reason))
                 log.warning("skipping unreadable test video %s: %s", video.path, result.reason)
                 continue
-            plan = LabelledClipPlan(
-                SampleKey(0, 0, position), position, eval_clip_plan(self.cfg, is_portrait(video)), ClipColour()
-            )
-            frames = rescale_crop_flip(result, plan, self.cfg.crop_size)
+            framing = _Framing(eval_clip_plan(self.cfg, is_portrait(video)))
+            frames = rescale_crop_flip(result, framing, self.cfg.crop_size)
             clips.append(_to_uint8(frames).reshape(self.cfg.test_clips, self.cfg.num_frames, *frames.shape[1:]))
             owners += [position] * self.cfg.test_clips
         size = (0, self.cfg.num_frames, self.cfg.crop_size, self.cfg.crop_size, 3)

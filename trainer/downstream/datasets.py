@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from datagen.manifest import Rejected, VideoInfo, find_videos, index_videos, read_manifest
-from datagen.rng import SampleKey, Stream, generator
+from datagen.rng import SUBSET_EPOCH, SampleKey, Stream, generator
 from trainer.downstream.config import SplitConfig
 
 log = logging.getLogger(__name__)
@@ -25,8 +25,6 @@ log = logging.getLogger(__name__)
 SUBSETS = ("train", "test")
 HMDB_SUBSET_IDS = {"train": "1", "test": "2"}  # 0: unused in this split
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
-# Label-fraction subsets draw from this reserved epoch of the run seed, one key per class.
-_SUBSET_EPOCH = (1 << 24) - 2
 
 
 class SplitFileError(ValueError):
@@ -307,7 +305,7 @@ def label_subset(data: LabelledSet, fraction: float, seed: int) -> LabelledSet:
     keep: list[int] = []
     for label in np.unique(labels).tolist():
         members = np.flatnonzero(labels == label)
-        order = generator(SampleKey(seed, _SUBSET_EPOCH, label), Stream.PERMUTATION).permutation(len(members))
+        order = generator(SampleKey(seed, SUBSET_EPOCH, label), Stream.PERMUTATION).permutation(len(members))
         keep += members[order[: max(1, round(fraction * len(members)))]].tolist()
     chosen = sorted(keep)
     return dataclasses.replace(

@@ -20,22 +20,22 @@ from tqdm import tqdm
 
 from datagen.manifest import Rejected
 from trainer.checkpoint import resolve_checkpoint
-from trainer.data import InProcessSource
+from trainer.ctp_model import normalise
+from trainer.data import prefetched
 from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import ClipIndices, EvalClips, eval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
-from trainer.downstream.metrics import (
+from trainer.downstream.model import load_classifier
+from trainer.downstream.report import percent, results_path, table, write_json
+from trainer.downstream.scoring import (
     aggregate_clips,
     confusion_image,
     confusion_matrix,
     per_class_accuracy,
     topk_accuracy,
 )
-from trainer.downstream.model import load_classifier
-from trainer.downstream.report import percent, results_path, table, write_json
 from trainer.execution import Execution
-from trainer.network import normalise
 from trainer.progress import show_bars
 
 
@@ -58,7 +58,7 @@ def video_means(
     positions = list(range(ranks.rank, len(data), ranks.world_size))
     source = EvalClips(data, cfg.clips, execution.device, indices=indices)
     ids, means = [torch.zeros(0, dtype=torch.int64)], []
-    stream = InProcessSource(source).stream(0, 0, positions, cfg.clips.test_batch_videos)
+    stream = prefetched(positions, cfg.clips.test_batch_videos, source.for_videos, name="eval-clips")
     bar = tqdm(
         total=len(positions),
         unit="video",

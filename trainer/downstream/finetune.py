@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from datagen.config import differences, to_dict, to_yaml
 from trainer.checkpoint import FINETUNED_NAME, save_atomic
+from trainer.ctp_model import normalise
 from trainer.data import InProcessSource
 from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group
 from trainer.downstream.clips import ClipBatch, TrainClips
@@ -35,8 +36,7 @@ from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import FINETUNE_TASK, VideoClassifier, load_encoder, read_state
 from trainer.downstream.report import write_json
 from trainer.execution import Execution
-from trainer.metrics import MetricsLog
-from trainer.network import normalise
+from trainer.metrics_log import MetricsLog
 from trainer.progress import eta, show_bars
 from trainer.rundir import claim_run_dir
 from trainer.signals import stop_on_signals

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from trainer.checkpoint import FINETUNE_TASK, read_state, resolve_checkpoint
+from trainer.encoders import Encoder, build_encoder
 from trainer.export import ENCODER_PREFIX, encoder_state_dict
-from trainer.models import Encoder, build_encoder
 
 
 class VideoClassifier(nn.Module):

@@ -23,11 +23,11 @@ from trainer.downstream.clips import retrieval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
 from trainer.downstream.datasets import LabelledSet, open_split
 from trainer.downstream.evaluate import video_means
-from trainer.downstream.metrics import RETRIEVAL_KS, retrieval_hits
 from trainer.downstream.model import is_finetuned, load_encoder, read_state
 from trainer.downstream.report import percent, results_path, table, write_json
+from trainer.downstream.scoring import RETRIEVAL_KS, retrieval_hits
+from trainer.encoders import Encoder
 from trainer.execution import Execution
-from trainer.models import Encoder
 from trainer.progress import show_bars
 
 

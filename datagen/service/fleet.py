@@ -23,17 +23,16 @@ import time
 from collections.abc import Iterator, Sequence
 
 import grpc
-import redis
 import torch
 
 from datagen.batch import Batch
 from datagen.config import GenerationConfig, differences, from_dict, to_dict
-from datagen.service.registry import Registry, redact
-from datagen.service.security import TlsFiles
-from datagen.service.wire import Received
 from protos import datagen_pb2 as pb
 
-from .client import GenerateStream, ReplicaClient
+from .registry import Discovery, Registry, redact
+from .replica_client import GenerateStream, ReplicaClient
+from .security import TlsFiles
+from .wire import Received
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +150,7 @@ def _assemble(parts: list[tuple[Batch, int]]) -> Batch:
 
 
 class RemoteSource:
-    """A `trainer.data.SampleSource` backed by datagen replicas (explicit addresses and/or Redis discovery)."""
+    """Batches from datagen replicas (explicit addresses and/or Redis discovery): the trainer's remote sample source."""
 
     def __init__(
         self,
@@ -194,9 +193,9 @@ class RemoteSource:
             self._replicas[address] = _Replica(self._client(address), explicit=True)
         self._stream_ids = itertools.count(1)
         self._slot_bytes = 0  # per-batch clip bytes of the stream in progress: sizes the rings
-        self._discovery: _Discovery | None = None
+        self._discovery: Discovery | None = None
         if redis_url:
-            self._discovery = _Discovery(Registry(redis_url, namespace), refresh_interval)
+            self._discovery = Discovery(Registry(redis_url, namespace), refresh_interval)
             self._discovery.start()
 
     # -- public ------------------------------------------------------------------------------------
@@ -254,6 +253,10 @@ class RemoteSource:
         """The replicas this source would use now (waits for one, up to `wait_for_replicas`)."""
         self._await_replicas()
         return [r.info for r in self._replicas.values() if r.up and r.info is not None]
+
+    def replaced_videos(self) -> set[str]:
+        """The videos the replicas found unreadable and replaced in what they sent (of the latest reports)."""
+        return {problem.video for problem in self.problems}
 
     @property
     def epoch_length(self) -> int:
@@ -539,46 +542,3 @@ def _pump(flight: _Flight, events: queue.Queue) -> None:
         events.put(("end", flight, None))
     except Exception as exc:  # RpcError, WireError, a bad slot: the scheduler decides
         events.put(("error", flight, exc))
-
-
-class _Discovery:
-    """Polls Redis in the background; keeps the last successful listing (a Redis outage keeps the old one)."""
-
-    def __init__(self, registry: Registry, interval: float):
-        self.registry = registry
-        self.interval = interval
-        self._latest: list | None = None
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="discovery", daemon=True)
-        self._ok: bool | None = None
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def latest(self) -> list | None:
-        with self._lock:
-            return self._latest
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                listed = self.registry.replicas()
-                with self._lock:
-                    self._latest = listed
-                if self._ok is False:
-                    log.info("redis reachable again", extra={"redis": redact(self.registry.url)})
-                self._ok = True
-            except redis.RedisError as exc:
-                if self._ok is not False:
-                    log.warning(
-                        "redis unreachable; streaming on with known replicas",
-                        extra={"redis": redact(self.registry.url), "error": str(exc)},
-                    )
-                self._ok = False
-            self._stop.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.registry.close()

@@ -1,0 +1,135 @@
+"""End to end from the video files against an official-style pipeline (JPEG frames in zips, OpenCV decode).
+
+    python -m bench.end_to_end_bench [--videos PATH...] [--baseline-videos PATH...] [--batch-size 32]
+                                     [--batches 3] [--json FILE]
+
+Baseline, the official CtP data path: every video's frames extracted once as JPEG into one zip per video
+(outside the timing, like the official code's required preprocessing; cached in --cache), then per clip
+the 16 planned frames read from the zip, decoded with `cv2.imdecode` and rendered one sample at a time by
+`bench/reference_ctp.py` (plans drawn up front, out of its time). Ours: keys in, batches out from the video
+files through `Generator` (plan + decode + render), one stage after the other and pipelined (the next
+batch planned and decoded in a thread while one renders). Same keys; one torch, OpenCV and decoder thread.
+`--baseline-videos` (default: --videos) is what the zips are made from, e.g. the originals of a
+`ctp-datagen prepare` copy given as --videos. Prints one table with the ratios to the baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from bench.reference_ctp import reference_sample
+from datagen.config import GenerationConfig
+from datagen.decode import Decoder
+from datagen.generator import Generator, pipelined
+from datagen.manifest import VideoInfo, resolve_videos
+from datagen.rng import SampleKey
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
+
+
+def extract_zip(video: VideoInfo, decoder: Decoder, cache: Path) -> Path:
+    """All frames of `video` as JPEG (OpenCV's default quality) in one zip, made once."""
+    out = cache / f"{hashlib.sha1(video.path.encode()).hexdigest()[:12]}_{Path(video.path).stem}.zip"
+    if out.exists():
+        return out
+    frames = decoder.decode(video, np.arange(video.num_frames)).numpy()
+    partial = out.with_suffix(".part")
+    with zipfile.ZipFile(partial, "w", zipfile.ZIP_STORED) as z:
+        for i, frame in enumerate(frames):
+            z.writestr(f"img_{i:05d}.jpg", cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))[1].tobytes())
+    partial.rename(out)
+    return out
+
+
+def read_clip(archive: zipfile.ZipFile, indices: np.ndarray) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB: the clip's frames read from the zip and decoded with OpenCV."""
+    frames = []
+    for i in indices:
+        bgr = cv2.imdecode(np.frombuffer(archive.read(f"img_{i:05d}.jpg"), np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise RuntimeError(f"{archive.filename}: frame {i} is not a readable JPEG; delete the zip to remake it")
+        frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    return np.stack(frames)
+
+
+def rate(fn, clips: int, repeats: int) -> float:
+    """Clips/s of `fn` (which makes `clips` clips), best of `repeats` after a warm-up."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return clips / best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", nargs="+", default=[str(SHARED / "ucf101"), str(SHARED / "hmdb51")])
+    parser.add_argument("--baseline-videos", nargs="+", help="the videos the JPEG zips are made from")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batches", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cache", default="/tmp/ctp-jpeg-zips", help="where the JPEG zips are kept")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    config = GenerationConfig()
+    ours = Generator(resolve_videos(args.videos), config, "cpu", Decoder("cpu", num_threads=1))
+    base = Generator(resolve_videos(args.baseline_videos or args.videos), config, "cpu", Decoder("cpu", num_threads=1))
+    if len(base.videos) != len(ours.videos):
+        raise SystemExit(
+            "--baseline-videos must hold the same videos as --videos (e.g. the originals of a prepare copy)"
+        )
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    archives = [zipfile.ZipFile(extract_zip(v, base.decoder, cache)) for v in base.videos]
+
+    batches = [[SampleKey(0, 0, b * args.batch_size + i) for i in range(args.batch_size)] for b in range(args.batches)]
+    plans = [p for keys in batches for p in base.plan_many(keys)]
+    crop = config.clip.crop_size
+    clips = len(plans)
+
+    def baseline() -> None:
+        for p in plans:
+            reference_sample(read_clip(archives[p.video], p.clip.frame_indices), p, crop)
+
+    def sequential() -> None:
+        for keys in batches:
+            ours.generate(keys)
+
+    def pipelined_run() -> None:
+        for _, decoded in pipelined(batches, ours.decode_batch):
+            ours.render_batch(decoded)
+
+    rows = [
+        ("official-style: JPEG zips + OpenCV + reference", rate(baseline, clips, args.repeats)),
+        ("ours: video files, stage after stage", rate(sequential, clips, args.repeats)),
+        ("ours: video files, pipelined", rate(pipelined_run, clips, args.repeats)),
+    ]
+    names = ", ".join(sorted({Path(v.path).parent.name for v in ours.videos}))
+    print(
+        f"end to end, {clips} clips of {config.clip.num_frames}x{crop}x{crop} from {len(ours.videos)} videos ({names})"
+    )
+    print(f"{'pipeline':<50}{'clips/s':>10}{'ratio':>8}")
+    for name, value in rows:
+        print(f"{name:<50}{value:>10.1f}{value / rows[0][1]:>7.2f}x")
+    if args.json:
+        result = {"videos": args.videos, "clips": clips, "cpu_threads": 1, "clips_per_s": dict(rows)}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
