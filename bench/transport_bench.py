@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, apply_overrides, from_dict, to_dict
+from datagen.config import GenerationConfig
+from datagen.configfile import apply_overrides, from_dict, to_dict
 from datagen.manifest import VideoInfo
 from datagen.service.fleet import RemoteSource
 from datagen.service.replica_client import ReplicaClient

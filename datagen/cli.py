@@ -1,9 +1,11 @@
-"""`ctp-datagen`: index videos, preview and export generated samples, benchmark, and serve them."""
+"""`ctp-datagen`: index videos, preview and export generated samples, benchmark, and serve them (the service's
+commands: datagen/service/cli.py). Argument parsing lives in these two modules only."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import numpy as np
 import torch
 
 from . import manifest, prepare
+from .configfile import parse_command_line
 from .options import add_generation_args, make_generator
 from .service import cli as service_cli
 from .service import jsonlog
@@ -82,14 +85,82 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return cmd_preview(args)
 
 
+def cmd_index(args: argparse.Namespace) -> int:
+    videos, rejected = manifest.index_videos(
+        args.roots, min_frames=args.min_frames, progress=True, workers=args.workers
+    )
+    manifest.write_manifest(args.out, videos, rejected)
+    if rejected:
+        print(manifest.rejected_list(rejected, args.out))
+    print(manifest.summary(videos, rejected))
+    print(f"manifest: {args.out}")
+    return 0 if videos else 1
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.short_side < 2 or args.gop < 1:
+        raise ValueError("--short-side must be >= 2 and --gop >= 1")
+    report = prepare.prepare(
+        args.sources,
+        args.out,
+        prepare.Settings(args.short_side, args.gop, args.crf),
+        args.workers,
+        progress=sys.stderr.isatty(),
+        log_file=args.log,
+    )
+    print(manifest.summary(report["videos"], report["rejected"]))
+    for r in report["rejected"]:
+        print(f"rejected {r.path}: {r.reason}")
+    c = report["counts"]
+    mb = 1 / 2**20
+    print(
+        f"{c['done']} encoded, {c['skipped']} already done, {c['rejected']} rejected in {report['seconds']:.1f} s; "
+        f"size {report['bytes_before'] * mb:.1f} MiB -> {report['bytes_after'] * mb:.1f} MiB"
+    )
+    print(f"manifest: {report['manifest']}")
+    return 0 if report["videos"] else 1
+
+
+def _index_parser(sub: argparse._SubParsersAction) -> None:
+    """The `index` subcommand: probe a dataset once and write its manifest."""
+    parser = sub.add_parser("index", help="probe videos and write a manifest (frame counts, fps, size, codec)")
+    parser.add_argument("roots", nargs="+", metavar="ROOT", help="video files or folders (searched recursively)")
+    parser.add_argument("--out", required=True, metavar="MANIFEST", help="manifest JSON file to write")
+    parser.add_argument("--min-frames", type=int, default=16, help="reject videos shorter than this (default 16)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel probes")
+    parser.set_defaults(func=cmd_index)
+
+
+def _prepare_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "prepare",
+        help="re-encode videos for fast random access (H.264, short GOP) and write a manifest",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("sources", nargs="+", metavar="SRC", help="video files or folders (the tree is mirrored)")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="output folder (with manifest.json and prepare.log)"
+    )
+    parser.add_argument(
+        "--short-side", type=int, default=prepare.SHORT_SIDE, help="downscale so the short side is at most this"
+    )
+    parser.add_argument("--gop", type=int, default=prepare.GOP, help="key-frame interval in frames")
+    parser.add_argument(
+        "--crf", type=int, default=prepare.CRF, help="x264 constant rate factor (lower: larger, better)"
+    )
+    parser.add_argument("--workers", type=int, default=0, help="parallel encodes (0: one per CPU core)")
+    parser.add_argument("--log", default=None, metavar="FILE", help="plain log of every file (default DIR/prepare.log)")
+    parser.set_defaults(func=cmd_prepare)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctp-datagen", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    manifest.add_parser(sub)
-    prepare.add_parser(sub)
+    _index_parser(sub)
+    _prepare_parser(sub)
 
     def keyed(p: argparse.ArgumentParser, num: int) -> None:
         p.add_argument("--num", type=int, default=num, help="number of samples")
@@ -150,7 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    if "--set" in argv:
+        parser.error("--set is gone: give overrides as KEY=VALUE operands, e.g. clip.num_frames=8 (as ctp-train)")
+    args = parse_command_line(parser, argv)
     jsonlog.setup_plain(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return int(args.func(args) or 0)

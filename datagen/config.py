@@ -1,7 +1,8 @@
-"""Typed configuration: the CtP generation spec (docs/spec.md) and the YAML/override plumbing.
+"""Typed configuration: the CtP generation spec (docs/spec.md), its checks and where it is read from.
 
 Both sides of the service import this module: the replica generates from a `GenerationConfig` and the
-trainer sends its digest, so a replica never serves samples of a config it was not given.
+trainer sends its digest, so a replica never serves samples of a config it was not given. The file and
+override plumbing is generic: `datagen.configfile`.
 """
 
 from __future__ import annotations
@@ -9,14 +10,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import types
-import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-import yaml
-
-T = TypeVar("T")
+from .configfile import apply_overrides, from_dict, read_yaml, resolve_preset, to_dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,113 +90,6 @@ def upgrade_generation(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "colour": {**colour, "interpolation_probs": easing}}
 
 
-def to_dict(cfg: Any) -> dict[str, Any]:
-    """Nested dataclass → plain dict (tuples become lists), ready for YAML or JSON."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
-def to_yaml(cfg: Any) -> str:
-    """A config as YAML that loads back as the same config (`--print-config`)."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
-
-
-def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
-    """Plain dict → dataclass `cls`, converting nested dataclasses and tuples; unknown keys are errors."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{cls.__name__}: unknown option(s) {unknown}; known: {sorted(names)}")
-    kwargs = {name: _convert(hints[name], value, f"{cls.__name__}.{name}") for name, value in data.items()}
-    return cls(**kwargs)
-
-
-def _convert(hint: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        if not isinstance(value, dict):
-            raise ValueError(f"{where}: expected a mapping, got {value!r}")
-        return from_dict(hint, value)
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            value = [value]  # a single value where a list is expected: data.videos=m.json
-        args = typing.get_args(hint)
-        item = args[0] if args else Any
-        return tuple(_convert(item, v, where) for v in value)
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return _convert(args[0], value, where)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint in (int, float, bool, str) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
-        raise ValueError(f"{where}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply `a.b.c=value` overrides (values parsed as YAML) to a nested dict, returning a new dict."""
-    data = json.loads(json.dumps(data))
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not of the form key.path=value")
-        path, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = path.strip().split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {item!r}: {p!r} is not a section")
-        node[leaf] = yaml.safe_load(raw)
-    return data
-
-
-def preset_names(folder: Path) -> list[str]:
-    """The presets in a folder of YAML configs, by name."""
-    return sorted(p.stem for p in folder.glob("*.yaml"))
-
-
-def resolve_preset(name_or_path: str, folder: Path) -> Path:
-    """A YAML path, or the name of a preset in `folder` (`r3d18_ucf101`) → the file."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    preset = folder / f"{name_or_path}.yaml"
-    if preset.is_file():
-        return preset
-    raise ValueError(
-        f"config {name_or_path!r} is neither a file nor a preset; presets: {', '.join(preset_names(folder))}"
-    )
-
-
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults ← YAML file ← command-line overrides, validated into `cls`."""
-    data = read_yaml(path) if path is not None else {}
-    return from_dict(cls, apply_overrides(data, overrides or []))
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML config file's mapping (empty file: {})."""
-    loaded = yaml.safe_load(Path(path).read_text()) or {}
-    if not isinstance(loaded, dict):
-        raise ValueError(f"{path}: the top level must be a mapping")
-    return loaded
-
-
-def differences(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """The settings two config dicts disagree on, as `key: old -> new` (nested keys dotted)."""
-    out = []
-    for key in sorted(set(old) | set(new), key=str):
-        a, b = old.get(key, "(unset)"), new.get(key, "(unset)")
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            out.append(f"{prefix}{key}: {json.dumps(a)} -> {json.dumps(b)}")
-    return out
-
-
 def validate_generation(cfg: GenerationConfig, prefix: str = "") -> None:
     """Refuse impossible generation settings at load time, naming the key, its value and the allowed range
     (instead of a numpy or torch error from deep inside the first sample)."""
@@ -263,3 +153,19 @@ def validate_generation(cfg: GenerationConfig, prefix: str = "") -> None:
     probabilities("colour.interpolation_probs", k.interpolation_probs)
     if errors:
         raise ValueError("invalid generation config: " + "; ".join(errors))
+
+
+def load_generation(config: str | Path | None = None, overrides: list[str] | None = None) -> GenerationConfig:
+    """The generation spec of a generation YAML, or of a training preset or YAML (its `data.generation`, so
+    replicas serve what the trainer asks for), with `clip.num_frames=8`-style overrides (a training config's
+    `data.generation.clip.num_frames=8` is taken as well); validated."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        data = read_yaml(resolve_preset(str(config)))
+        if "data" in data or "model" in data:  # a training config: only its generation section matters here
+            data = (data.get("data") or {}).get("generation") or {}
+    prefix = "data.generation."
+    relative = [item.removeprefix(prefix) for item in overrides or []]
+    cfg = from_dict(GenerationConfig, apply_overrides(data, relative))
+    validate_generation(cfg)
+    return cfg

@@ -7,7 +7,6 @@ headers), so frame counts come from demuxing, which is cheap, counting only pack
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime
 import hashlib
@@ -224,27 +223,6 @@ def resolve_videos(paths: Sequence[str | os.PathLike[str]], min_frames: int = 16
     if not found:
         raise ValueError(f"no usable videos in {[str(p) for p in paths]} ({len(rejected)} rejected)")
     return [found[p] for p in sorted(found)]
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """The `index` subcommand: probe a dataset once and write its manifest."""
-    parser = subparsers.add_parser("index", help="probe videos and write a manifest (frame counts, fps, size, codec)")
-    parser.add_argument("roots", nargs="+", metavar="ROOT", help="video files or folders (searched recursively)")
-    parser.add_argument("--out", required=True, metavar="MANIFEST", help="manifest JSON file to write")
-    parser.add_argument("--min-frames", type=int, default=16, help="reject videos shorter than this (default 16)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel probes")
-    parser.set_defaults(func=run_index)
-    return parser
-
-
-def run_index(args: argparse.Namespace) -> int:
-    videos, rejected = index_videos(args.roots, min_frames=args.min_frames, progress=True, workers=args.workers)
-    write_manifest(args.out, videos, rejected)
-    if rejected:
-        print(rejected_list(rejected, args.out))
-    print(summary(videos, rejected))
-    print(f"manifest: {args.out}")
-    return 0 if videos else 1
 
 
 def rejected_list(rejected: Sequence[Rejected], manifest: str, limit: int = 20) -> str:

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from . import manifest
-from .config import GenerationConfig, apply_overrides, from_dict, read_yaml, resolve_preset, validate_generation
-
-# The trainer's presets, by path (datagen never imports the trainer): `--config r3d18_ucf101` on a replica.
-TRAINING_PRESETS = Path(__file__).resolve().parents[1] / "trainer" / "configs"
+from .config import load_generation
+from .configfile import preset_names
 
 VIDEOS_HELP = "video files, folders (searched recursively) or manifest JSON files"
 
@@ -32,16 +29,11 @@ def add_generation_args(
         "--config",
         metavar="YAML|PRESET",
         help="generation config YAML, or a training preset or YAML (its data.generation section is "
-        "used, so replicas serve what the trainer asks for); default: the paper's settings",
+        f"used, so replicas serve what the trainer asks for; presets: {', '.join(preset_names())}); "
+        "default: the paper's settings. KEY=VALUE operands anywhere on the line override its values, "
+        "e.g. trajectory.num_trajectories=1 (or data.generation.trajectory.num_trajectories=1)",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set trajectory.num_trajectories=1 (repeatable)",
-    )
+    parser.set_defaults(overrides=[])  # KEY=VALUE operands (datagen.configfile.parse_command_line)
     parser.add_argument(
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
@@ -73,28 +65,13 @@ def default_torch_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
-def generation_config(config: str | None, overrides: list[str]) -> GenerationConfig:
-    """`--config` and `--set`: a generation YAML, or a training preset name or YAML (its `data.generation`),
-    with the overrides applied to the generation settings; validated."""
-    data: dict = {}
-    if config is not None:
-        path = Path(config) if Path(config).is_file() else resolve_preset(config, TRAINING_PRESETS)
-        loaded = read_yaml(path)
-        if "data" in loaded or "model" in loaded:  # a training config: only its generation section matters here
-            loaded = (loaded.get("data") or {}).get("generation") or {}
-        data = loaded
-    cfg = from_dict(GenerationConfig, apply_overrides(data, overrides))
-    validate_generation(cfg)
-    return cfg
-
-
 def make_generator(args: argparse.Namespace):
     """The generator of the options added by `add_generation_args`."""
     from .decode import Decoder
     from .generator import Generator
 
     torch.set_num_threads(args.threads or default_torch_threads())
-    config = generation_config(args.config, args.overrides)
+    config = load_generation(args.config, args.overrides)
     videos = manifest.resolve_videos(args.videos, min_frames=1)
     return Generator(
         videos, config, args.device, Decoder(args.device, args.backend, num_threads=args.decode_threads or None)

@@ -9,12 +9,10 @@ copy is frame i of the source (datagen/manifest.py's definition). Audio is dropp
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,7 +29,6 @@ from .manifest import (
     open_video,
     picture_packets,
     probe,
-    summary,
     write_manifest,
 )
 
@@ -223,48 +220,3 @@ def prepare(
         "seconds": time.perf_counter() - started,
         "manifest": str(out / MANIFEST_FILE),
     }
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    parser = subparsers.add_parser(
-        "prepare",
-        help="re-encode videos for fast random access (H.264, short GOP) and write a manifest",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("sources", nargs="+", metavar="SRC", help="video files or folders (the tree is mirrored)")
-    parser.add_argument(
-        "--out", required=True, metavar="DIR", help="output folder (with manifest.json and prepare.log)"
-    )
-    parser.add_argument(
-        "--short-side", type=int, default=SHORT_SIDE, help="downscale so the short side is at most this"
-    )
-    parser.add_argument("--gop", type=int, default=GOP, help="key-frame interval in frames")
-    parser.add_argument("--crf", type=int, default=CRF, help="x264 constant rate factor (lower: larger, better)")
-    parser.add_argument("--workers", type=int, default=0, help="parallel encodes (0: one per CPU core)")
-    parser.add_argument("--log", default=None, metavar="FILE", help="plain log of every file (default DIR/prepare.log)")
-    parser.set_defaults(func=run_prepare)
-    return parser
-
-
-def run_prepare(args: argparse.Namespace) -> int:
-    if args.short_side < 2 or args.gop < 1:
-        raise ValueError("--short-side must be >= 2 and --gop >= 1")
-    report = prepare(
-        args.sources,
-        args.out,
-        Settings(args.short_side, args.gop, args.crf),
-        args.workers,
-        progress=sys.stderr.isatty(),
-        log_file=args.log,
-    )
-    print(summary(report["videos"], report["rejected"]))
-    for r in report["rejected"]:
-        print(f"rejected {r.path}: {r.reason}")
-    c = report["counts"]
-    mb = 1 / 2**20
-    print(
-        f"{c['done']} encoded, {c['skipped']} already done, {c['rejected']} rejected in {report['seconds']:.1f} s; "
-        f"size {report['bytes_before'] * mb:.1f} MiB -> {report['bytes_after'] * mb:.1f} MiB"
-    )
-    print(f"manifest: {report['manifest']}")
-    return 0 if report["videos"] else 1

@@ -155,8 +155,7 @@ class ReplicaProcess:
             "--drain-timeout",
             "60",
         ]
-        for item in overrides:
-            args += ["--set", item]
+        args += list(overrides)
         if redis_url:
             args += ["--redis", redis_url, "--namespace", namespace]
         args += list(extra)
@@ -227,6 +226,7 @@ def make_videos(folder: Path, count: int = 4) -> list[Path]:
 
 
 def tiny_config():
-    from datagen.config import GenerationConfig, load_config
+    from datagen.config import GenerationConfig
+    from datagen.configfile import load_config
 
     return load_config(GenerationConfig, None, TINY)

@@ -8,7 +8,7 @@ import torch
 from torchvision.models import video as tv_video
 
 from datagen.cli import main as ctp_datagen
-from datagen.config import to_dict
+from datagen.configfile import to_dict
 from trainer.checkpoint import FINETUNE_TASK, checkpoint_path, resolve_checkpoint, save_atomic
 from trainer.cli import main as ctp_train
 from trainer.config import load_train_config

@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from datagen.cli import main
-from datagen.config import GenerationConfig, load_config
+from datagen.config import GenerationConfig
+from datagen.configfile import load_config
 
 
 def test_sample_exports_the_documented_arrays(demo_dir, tmp_path):
@@ -28,7 +29,6 @@ def test_sample_exports_the_documented_arrays(demo_dir, tmp_path):
                 "1",
                 "--start",
                 "10",
-                "--set",
                 "trajectory.num_trajectories=2",
                 "--out",
                 str(out),

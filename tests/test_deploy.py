@@ -548,6 +548,10 @@ def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas(monkeypatch):
     pretrain = train_parser().parse_args(torchrun.training_script_args)
     cfg = load_train_config(pretrain.config, pretrain.overrides)
     assert list(cfg.data.videos) == serve_args.videos, "trainer and replicas must index the same videos (same digest)"
+    from datagen.config import load_generation
+
+    served = load_generation(serve_args.config, serve_args.overrides)
+    assert served == cfg.data.generation, "the replicas must serve the trainer's generation settings (one config)"
     assert cfg.run.out_dir == f"/runs/{env['CTP_RUN_NAME']}" and torchrun.log_dir.startswith(cfg.run.out_dir + "/")
     assert pretrain.resume == "auto"
     from trainer.data import replica_settings
@@ -849,6 +853,11 @@ def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
     serve = expand(datagen["command"], container_env(datagen))
     assert fleet is not None and fleet["redis_url"] == container_env(datagen)["CTP_REDIS_URL"]
     assert fleet["namespace"] == serve[serve.index("--namespace") + 1]
+    from datagen.cli import build_parser as datagen_parser
+    from datagen.config import load_generation
+
+    served = load_generation(datagen_parser().parse_args(serve[1:]).config)
+    assert served == load_train_config(pretrain.config).data.generation, "replicas serve the trainer's generation"
     wait = container(job, "wait-for-replicas")["command"]
     assert wait[:2] == ["ctp-ready", "fleet"], "the trainer starts once a replica serves"
 

@@ -95,3 +95,28 @@ def test_conversion_keeps_the_weights_and_picks_torchs_module_off_cpu():
         reference = network().state_dict()
         assert converted.state_dict().keys() == reference.keys()
         assert all(torch.equal(t, reference[k]) for k, t in converted.state_dict().items())
+
+
+def _distribute_rank(rank: int, init_method: str) -> None:
+    from trainer.distributed import Ranks, distribute
+    from trainer.downstream.model import VideoClassifier
+    from trainer.encoders import build_encoder
+    from trainer.execution import Execution
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
+    try:
+        execution = Execution.resolve("cpu")
+        for sync, expected in ((True, 12), (False, 0)):  # the tiny classifier's 12 BatchNorms
+            classifier = VideoClassifier(build_encoder("tiny", pretraining=False), 3)
+            network, model = distribute(classifier, execution, Ranks(rank, 2), sync_batchnorm=sync)
+            assert isinstance(model, nn.parallel.DistributedDataParallel) and model.module is network
+            assert sync_batchnorm_layers(network) == expected
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fine_tuning_and_pretraining_sync_batchnorm_under_torchrun_on_cpu_too(tmp_path):
+    """One rule (trainer.distributed.distribute): fine-tuning on gloo synchronised no BatchNorm before."""
+    mp.spawn(_distribute_rank, args=(f"file://{tmp_path / 'store'}",), nprocs=2, join=True)

@@ -19,7 +19,7 @@ import torch
 import yaml
 from torch import nn
 
-from datagen.config import to_dict
+from datagen.configfile import to_dict
 from tests.service_helpers import REPO, RedisServer, ReplicaProcess, make_videos, metric_value, redis_binary
 from trainer.checkpoint import checkpoint_path, load_checkpoint
 from trainer.config import load_train_config

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from trainer.pretrain import RankReport, merge_reports
+from trainer.reporting import RankReport, merge_reports
 from trainer.starvation import RankWindow, StarvationMonitor, consumption_rate, replicas_needed, starvation_advice
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.cli import build_parser, parse_args
+from datagen.configfile import parse_command_line
+from trainer.cli import build_parser
 from trainer.downstream.config import SplitConfig
 from trainer.downstream.datasets import label_subset, open_split
 
@@ -24,7 +25,7 @@ CLASS_VIDEOS = {"hmdb51": 4, "kinetics": 3, "misc": 3, "ucf101": 2}
 
 
 def ctp_train(*argv: str) -> None:
-    args = parse_args(build_parser(), [str(a) for a in argv])
+    args = parse_command_line(build_parser(), [str(a) for a in argv])
     args.func(args)
 
 

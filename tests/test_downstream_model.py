@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision.models.video import r3d_18
 
-from datagen.config import to_dict
+from datagen.configfile import to_dict
 from trainer.config import ModelConfig, TrainConfig
 from trainer.ctp_model import CtPNetwork
 from trainer.downstream.model import VideoClassifier, load_classifier, load_encoder

@@ -4,8 +4,8 @@ the generating commands take a training preset's generation section."""
 import pytest
 
 from datagen.cli import main
-from datagen.config import GenerationConfig, differences, to_dict, validate_generation
-from datagen.options import generation_config
+from datagen.config import GenerationConfig, load_generation, validate_generation
+from datagen.configfile import differences, to_dict
 from trainer.config import PRESETS_DIR, load_train_config
 
 
@@ -49,13 +49,13 @@ def test_the_defaults_and_every_preset_are_valid():
 def test_generating_commands_take_a_training_preset_or_yaml():
     trained = load_train_config("tiny_cpu").data.generation
     assert trained != GenerationConfig()  # the preset changes generation settings: the test can tell them apart
-    assert generation_config("tiny_cpu", []) == trained
-    assert generation_config(str(PRESETS_DIR / "tiny_cpu.yaml"), []) == trained
-    assert generation_config("tiny_cpu", ["clip.num_frames=4"]).clip.num_frames == 4
+    assert load_generation("tiny_cpu", []) == trained
+    assert load_generation(str(PRESETS_DIR / "tiny_cpu.yaml"), []) == trained
+    assert load_generation("tiny_cpu", ["clip.num_frames=4"]).clip.num_frames == 4
 
 
 def test_a_bad_setting_on_the_command_line_is_a_clear_error(demo_dir, capsys):
-    assert main(["preview", "--videos", str(demo_dir), "--set", "clip.crop_size=200", "--out", "unused"]) == 2
+    assert main(["preview", "--videos", str(demo_dir), "clip.crop_size=200", "--out", "unused"]) == 2
     assert (
         "clip.short_sides=[112, 128, 144]: must be a non-empty list, each >= clip.crop_size=200"
         in capsys.readouterr().err
@@ -99,3 +99,42 @@ def test_print_config_shows_the_resolved_config_that_loads_back(tmp_path, capsys
     printed.write_text(capsys.readouterr().out)
     assert load_downstream_config(str(printed)).optim.epochs == 3
     assert load_downstream_config(str(printed)).model.init == "w.pth"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.encoder=resnet50", "model.encoder must be one of r3d_18, r2plus1d_18, tiny; got 'resnet50'"),
+        ("optim.name=adam", "optim.name must be one of sgd, adamw; got 'adam'"),
+        ("run.precision=fp16", "run.precision must be one of auto, fp32, bf16; got 'fp16'"),
+    ],
+)
+def test_a_choice_outside_its_literal_names_the_key_and_the_allowed_values(override, message):
+    with pytest.raises(ValueError) as info:
+        load_train_config(None, [override])
+    assert message in str(info.value)
+
+
+def test_fine_tuning_choices_are_checked_by_the_same_loader():
+    from trainer.downstream.config import load_downstream_config
+
+    with pytest.raises(ValueError, match="clips.decode_backend must be one of auto, dali, pyav; got 'ffmpeg'"):
+        load_downstream_config(None, ["clips.decode_backend=ffmpeg"])
+    with pytest.raises(ValueError, match="data.train.subset must be one of train, test; got 'val'"):
+        load_downstream_config(None, ["data.train.subset=val"])
+
+
+def test_one_override_syntax_for_both_clis(demo_dir, tmp_path, capsys):
+    """KEY=VALUE operands anywhere, in ctp-datagen as in ctp-train; a training key is taken by a replica as is."""
+    assert (
+        load_generation("tiny_cpu", ["data.generation.clip.num_frames=4"])
+        == load_train_config("tiny_cpu", ["data.generation.clip.num_frames=4"]).data.generation
+    )
+    assert main(["preview", "clip.crop_size=200", "--videos", str(demo_dir), "--out", "unused"]) == 2
+    assert "clip.crop_size=200 (the crop is cut" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["preview", "--videos", str(demo_dir), "--set", "clip.crop_size=64", "--out", "unused"])
+    assert "--set is gone: give overrides as KEY=VALUE operands" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["index", str(demo_dir), "--out", str(tmp_path / "m.json"), "clip.crop_size=64"])
+    assert "index takes no KEY=VALUE overrides" in capsys.readouterr().err

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.config import GenerationConfig, from_dict, to_dict, upgrade_generation
+from datagen.config import GenerationConfig, upgrade_generation
+from datagen.configfile import from_dict, to_dict
 from datagen.decode import Decoder
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos

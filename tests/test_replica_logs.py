@@ -49,7 +49,7 @@ def test_serve_on_free_ports_prints_where_it_listens(demo_dir):
         "0",
         "--metrics-port",
         "0",
-        *[a for item in TINY for a in ("--set", item)],
+        *TINY,
     ]
     process = subprocess.Popen(
         args,

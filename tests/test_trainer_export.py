@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.models import video as tv_video
 
-from datagen.config import to_dict
+from datagen.configfile import to_dict
 from trainer.checkpoint import save_atomic
 from trainer.cli import main
 from trainer.config import load_train_config

@@ -1,7 +1,12 @@
-"""Checkpoints written atomically (temp file, fsync, rename), so a crash never leaves a torn file behind."""
+"""Checkpoints: written atomically (temp file, fsync, rename), so a crash never leaves a torn file behind;
+marked with what they hold; found in run folders; checked before a run resumes from one.
+
+Pretraining and fine-tuning share all of it: the `task` marker, what `--resume auto` picks, and the resume check.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -9,9 +14,60 @@ from typing import Any
 
 import torch
 
+from datagen.configfile import differences
+from trainer.rundir import claim_run_dir
+
+log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 FINETUNED_NAME = "finetuned.pt"  # a fine-tuning run's one checkpoint (trainer.downstream.finetune)
-FINETUNE_TASK = "finetune"  # the `task` entry of a fine-tuned checkpoint
+CHECKPOINT_FORMAT = 1  # the layout of a checkpoint's entries
+PRETRAIN_TASK = "pretrain"
+FINETUNE_TASK = "finetune"
+
+
+def marked(task: str, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` with the entries saying what it holds: `task` (pretrain | finetune) and `format`."""
+    return {"task": task, "format": CHECKPOINT_FORMAT, **state}
+
+
+def checkpoint_task(state: dict[str, Any]) -> str:
+    """What a checkpoint holds. Checkpoints from before the marker was shared: a fine-tuned one says
+    `task: finetune`, a pretraining one only `format: 1` (or, written by hand or in tests, nothing)."""
+    return state.get("task", PRETRAIN_TASK)
+
+
+def check_resumable(
+    state: dict[str, Any], task: str, config: dict[str, Any], invariants: tuple[str, ...], source: Path | str
+) -> None:
+    """Refuse to resume from a checkpoint of another task, or whose `invariants` (sections of the config dict that
+    decide the samples and the network) differ from this run's, naming each differing key old -> new."""
+    found = checkpoint_task(state)
+    if found != task:
+        raise ValueError(f"cannot resume from {source}: it holds a {found} run, not a {task} run")
+    saved = state["config"]
+    changed = [s for s in invariants if saved.get(s) != config.get(s)]
+    if changed:
+        differ = differences({s: saved.get(s) for s in changed}, {s: config.get(s) for s in changed})
+        raise ValueError(
+            f"cannot resume: the checkpoint's {' and '.join(changed)} config differs from this run's "
+            f"(checkpoint -> this run: {'; '.join(differ)}); resume from {source} with the same "
+            f"{', '.join(s + '.*' for s in invariants)} settings"
+        )
+
+
+def resume_point(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
+    """The checkpoint a run continues from (None: a new run), once its folder is this run's (trainer.rundir).
+
+    `--resume auto`: the folder's newest checkpoint, or a new run when it has none yet (what lies there then is
+    an unfinished run's outputs, redone from the start); `--resume PATH`: that checkpoint, or a run folder's."""
+    if resume == "auto":
+        checkpoint = newest_checkpoint(run_dir)
+        if checkpoint is None:
+            log.info("--resume auto: no checkpoint in %s yet, starting fresh", run_dir)
+    else:
+        checkpoint = resolve_checkpoint(resume) if resume is not None else None
+    claim_run_dir(run_dir, run_outputs(run_dir), checkpoint is not None, overwrite or resume == "auto")
+    return checkpoint
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:
@@ -52,6 +108,18 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[-1] if found else None
 
 
+def newest_checkpoint(run_dir: str | Path) -> Path | None:
+    """A run folder's checkpoint: a pretraining run's newest ckpt-*.pt, or a fine-tuning run's finetuned.pt."""
+    finetuned = Path(run_dir) / FINETUNED_NAME
+    return latest_checkpoint(run_dir) or (finetuned if finetuned.is_file() else None)
+
+
+def run_outputs(run_dir: str | Path) -> list[Path]:
+    """The checkpoints in a run folder and the files beside a fine-tuned one (its results and evaluations)."""
+    run_dir = Path(run_dir)
+    return [*list_checkpoints(run_dir), *sorted(run_dir.glob(f"{Path(FINETUNED_NAME).stem}.*"))]
+
+
 def prune_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the newest `keep` checkpoints."""
     for old in list_checkpoints(run_dir)[: -max(keep, 1)]:
@@ -64,7 +132,7 @@ def resolve_checkpoint(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_dir():
         return path
-    found = latest_checkpoint(path) or (path / FINETUNED_NAME if (path / FINETUNED_NAME).is_file() else None)
+    found = newest_checkpoint(path)
     if found is None:
         raise FileNotFoundError(f"no checkpoint (ckpt-*.pt or {FINETUNED_NAME}) in the folder {path}")
     return found

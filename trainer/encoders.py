@@ -9,13 +9,16 @@ tensors serve both.
 
 from __future__ import annotations
 
+import typing
 from collections import OrderedDict
 
 from torch import nn
 from torchvision.models import video as tv_video
 from torchvision.models.video.resnet import BasicBlock, Conv3DSimple
 
-ENCODERS = ("r3d_18", "r2plus1d_18", "tiny")
+from trainer.config import EncoderName
+
+ENCODERS: tuple[str, ...] = typing.get_args(EncoderName)  # the choices of model.encoder
 
 # Pixels per feature cell in the pretraining variant (stage 4 spatial stride 1).
 PRETRAIN_SPATIAL_STRIDE = 8

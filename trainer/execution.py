@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Protocol
 
 import torch
 
 from datagen.batch import Batch
+from trainer.config import RunConfig
 from trainer.ctp_model import normalise
 from trainer.distributed import Ranks
 
@@ -20,14 +20,6 @@ CPU_BF16_REFUSED = (
     "up to 1e36, sometimes NaN) for feature maps of 2 frames, as R3D-18's last stage has; CPU runs use fp32: set "
     "run.precision=fp32 or auto (python -m bench.cpu_bf16_check shows the errors on this machine)"
 )
-
-
-class RunSettings(Protocol):
-    """The `run` section of a pretraining or downstream config, as far as execution is concerned."""
-
-    device: str
-    precision: str
-    channels_last: bool | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +43,7 @@ class Execution:
         return cls(dev, bf16, on_cuda if channels_last is None else channels_last)
 
     @classmethod
-    def for_rank(cls, ranks: Ranks, run: RunSettings) -> Execution:
+    def for_rank(cls, ranks: Ranks, run: RunConfig) -> Execution:
         """A config's `run` settings on this rank's device (under torchrun, its local GPU)."""
         return cls.resolve(ranks.device(run.device), run.precision, run.channels_last)
 

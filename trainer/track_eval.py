@@ -6,15 +6,13 @@ baseline predicts the query box for every frame; a network that tracks nothing s
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 from pathlib import Path
 
 import torch
 
 from datagen.batch import Batch
-from datagen.config import from_dict
+from datagen.configfile import from_dict
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from trainer.checkpoint import load_checkpoint, resolve_checkpoint
@@ -66,37 +64,20 @@ def network_from_checkpoint(state: dict, execution: Execution) -> tuple[CtPNetwo
     return execution.prepare(network), cfg
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "track-eval",
-        help="tracking mIoU of a pretrained checkpoint on generated clips",
-        description="Generate held-out CtP clips from VIDEOS (with the checkpoint's generation config) and "
-        "report the mean IoU of the predicted trajectories beside the first-box baseline.",
-    )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        help="a pretraining checkpoint (ckpt-*.pt) or a run folder (its newest checkpoint)",
-    )
-    p.add_argument("--videos", nargs="+", required=True, help="video files, folders or manifests")
-    p.add_argument("--clips", type=int, default=256, help="number of generated clips (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
-    p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--json", type=Path, help="also write the result as JSON (keys miou, baseline_miou, clips)")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    execution = Execution.resolve(args.device)
-    checkpoint = resolve_checkpoint(args.checkpoint)  # a run folder → the file it stands for
-    state = load_checkpoint(checkpoint)
+def score_checkpoint(
+    checkpoint: str | Path,
+    videos: list[str],
+    clips: int = 256,
+    seed: int = 0,
+    batch_size: int = 16,
+    device: str = "auto",
+) -> tuple[TrackingScore, Path, int]:
+    """(the score, the checkpoint file, its step) of a checkpoint or run folder on `clips` clips generated from
+    `videos` with the checkpoint's own generation config."""
+    execution = Execution.resolve(device)
+    path = resolve_checkpoint(checkpoint)  # a run folder → the file it stands for
+    state = load_checkpoint(path)
     network, cfg = network_from_checkpoint(state, execution)
-    generator = Generator(resolve_videos(args.videos), cfg.data.generation, device=execution.device)
-    batches = held_out_batches(generator, args.seed, args.clips, args.batch_size)
-    score, _ = evaluate(network, batches, execution)
-    print(f"tracking mIoU {score.miou:.4f}  first-box baseline {score.baseline_miou:.4f}  ({score.clips} clips)")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        result = dataclasses.asdict(score) | {"checkpoint": str(checkpoint), "step": state["step"]}
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    generator = Generator(resolve_videos(videos), cfg.data.generation, device=execution.device)
+    score, _ = evaluate(network, held_out_batches(generator, seed, clips, batch_size), execution)
+    return score, path, state["step"]

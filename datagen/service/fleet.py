@@ -26,7 +26,8 @@ import grpc
 import torch
 
 from datagen.batch import Batch
-from datagen.config import GenerationConfig, differences, from_dict, to_dict
+from datagen.config import GenerationConfig
+from datagen.configfile import differences, from_dict, to_dict
 from protos import datagen_pb2 as pb
 
 from .registry import Discovery, Registry, redact

@@ -26,7 +26,8 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from datagen.config import GenerationConfig, to_dict
+from datagen.config import GenerationConfig
+from datagen.configfile import to_dict
 from datagen.manifest import videos_digest
 from datagen.rng import SampleKey, key_problem
 from protos import datagen_pb2 as pb

@@ -8,22 +8,23 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from datagen.config import apply_overrides, from_dict, load_config, preset_names, resolve_preset
+from datagen.configfile import load_config, preset_names
+from trainer.config import EncoderName, OptimConfig, Recipe, RunConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
-FORMATS = ("ucf101", "hmdb51", "kinetics", "folder")
+Format = Literal["ucf101", "hmdb51", "kinetics", "folder", ""]  # "": in data.test, data.train's
 
 
 @dataclasses.dataclass(frozen=True)
 class SplitConfig:
     """One labelled split of one dataset. In `data.test`, empty fields are taken from `data.train`."""
 
-    format: str = ""  # ucf101 | hmdb51 | kinetics | folder
+    format: Format = ""
     videos: str = ""  # the folder holding the videos
     annotations: str = ""  # ucf101: ucfTrainTestlist folder; hmdb51: split-file folder; kinetics: the CSV file
-    subset: str = "train"  # ucf101 / hmdb51: train | test (kinetics and folder: the file or folder decides)
+    subset: Literal["train", "test"] = "train"  # ucf101 / hmdb51 (kinetics and folder: the file or folder decides)
     split: int = 1  # official split number, 1-3
     manifest: str = ""  # optional `ctp-datagen index` manifest of these videos: skips probing them
 
@@ -65,53 +66,38 @@ class ClipsConfig:
     test_clips: int = 10  # per test video, one centred in each of 10 equal segments of the start range
     retrieval_stride: int = 1  # VCOP's retrieval clips: num_frames consecutive frames, test_clips per video
     test_batch_videos: int = 4  # videos (of test_clips clips each) per forward pass at test time
-    decode_backend: str = "auto"  # auto | dali | pyav
+    decode_backend: Literal["auto", "dali", "pyav"] = "auto"
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    encoder: str = "r3d_18"  # r3d_18 | r2plus1d_18 | tiny
+    encoder: EncoderName = "r3d_18"
     init: str = ""  # exported encoder or pretraining checkpoint; empty: random initialisation (the baseline)
     dropout: float = 0.5
 
 
 @dataclasses.dataclass(frozen=True)
-class OptimConfig:
-    lr: float = 0.01  # for `base_batch_size` clips; scaled linearly with data.batch_size
-    base_batch_size: int = 32
-    momentum: float = 0.9
+class FinetuneOptimConfig(OptimConfig):
+    """The paper's fine-tuning schedule: SGD as in pretraining, more weight decay, 150 epochs."""
+
     weight_decay: float = 5e-4
     epochs: int = 150
     milestones: tuple[int, ...] = (60, 120)
-    gamma: float = 0.1
-    grad_clip: float = 40.0
 
 
 @dataclasses.dataclass(frozen=True)
-class RunConfig:
+class FinetuneRunConfig(RunConfig):
     out_dir: str = "runs/finetune"
-    device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's cuda:LOCAL_RANK)
-    # auto: bf16 autocast on CUDA (for speed), else fp32. The paper and the official code train in fp32:
-    # set fp32 to reproduce them exactly.
-    precision: str = "auto"  # auto | fp32 | bf16
-    channels_last: bool | None = None  # None: on CUDA only
-    sync_batchnorm: bool = True  # across ranks, when distributed on CUDA
     val_every: int = 10  # epochs between validations on data.test (0: never); also after the last epoch
-    log_every: int = 10  # steps
-    progress: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
-class DownstreamConfig:
+class DownstreamConfig(Recipe):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     clips: ClipsConfig = ClipsConfig()
-    optim: OptimConfig = OptimConfig()
-    run: RunConfig = RunConfig()
-
-    @property
-    def lr(self) -> float:
-        return self.optim.lr * self.data.batch_size / self.optim.base_batch_size
+    optim: FinetuneOptimConfig = FinetuneOptimConfig()
+    run: FinetuneRunConfig = FinetuneRunConfig()
 
     @property
     def test_split(self) -> SplitConfig:
@@ -131,12 +117,7 @@ def load_downstream_config(
     name_or_path: str | None = None, overrides: list[str] | None = None, base: dict[str, Any] | None = None
 ) -> DownstreamConfig:
     """Defaults (or `base`, e.g. a checkpoint's config) ← preset or YAML file ← overrides, validated."""
-    if base is not None and name_or_path is None:
-        cfg = from_dict(DownstreamConfig, apply_overrides(base, overrides or []))
-    else:
-        cfg = load_config(
-            DownstreamConfig, resolve_preset(name_or_path, PRESETS_DIR) if name_or_path else None, overrides
-        )
+    cfg = load_config(DownstreamConfig, name_or_path or None, overrides, PRESETS_DIR, base)
     validate(cfg)
     return cfg
 
@@ -144,11 +125,7 @@ def load_downstream_config(
 def validate(cfg: DownstreamConfig) -> None:
     c, d = cfg.clips, cfg.data
     checks = [
-        (
-            cfg.data.train.format in FORMATS,
-            f"data.train.format must be one of {FORMATS}, got {cfg.data.train.format!r}",
-        ),
-        (cfg.test_split.format in FORMATS, f"data.test.format must be one of {FORMATS}, got {cfg.data.test.format!r}"),
+        (bool(d.train.format), "data.train.format must be one of ucf101, hmdb51, kinetics, folder; got ''"),
         (0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}"),
         (d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}"),
         (
@@ -162,10 +139,6 @@ def validate(cfg: DownstreamConfig) -> None:
         (len(c.train_sizes) >= 1, "clips.train_sizes needs at least one (width, height)"),
         (c.test_clips >= 1 and c.test_batch_videos >= 1, "clips.test_clips and clips.test_batch_videos must be >= 1"),
         (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
-        (
-            cfg.run.precision in ("auto", "fp32", "bf16"),
-            f"run.precision must be auto, fp32 or bf16, got {cfg.run.precision!r}",
-        ),
     ]
     errors = [message for ok, message in checks if not ok]
     if errors:

@@ -8,7 +8,6 @@ picture). Under torchrun the videos are sharded over the ranks and gathered on r
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from trainer.ctp_model import normalise
 from trainer.data import prefetched
 from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import ClipIndices, EvalClips, eval_clip_indices
-from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
+from trainer.downstream.config import DownstreamConfig, load_downstream_config
 from trainer.downstream.datasets import LabelledSet, open_split
 from trainer.downstream.model import load_classifier
 from trainer.downstream.report import percent, results_path, table, write_json
@@ -155,30 +154,14 @@ def summary_table(title: str, results: dict[str, Any], per_class: bool = True) -
     return text
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "eval",
-        help="10-clip video-level top-1/top-5 of a fine-tuned checkpoint, per-class accuracy, confusion matrix",
-        description="Evaluate a `ctp-train finetune` checkpoint on its data.test split (or another one given by "
-        "overrides, e.g. data.test.split=2). Results are printed and written as JSON (and the confusion matrix as "
-        "PNG) next to the checkpoint.",
-        epilog=f"presets: {', '.join(presets())}",
-    )
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        type=resolve_checkpoint,
-        help="a fine-tuned checkpoint (finetuned.pt) or its run folder",
-    )
-    p.add_argument("--config", default=None, help="preset or YAML file (default: the checkpoint's own config)")
-    p.add_argument("--out", type=Path, default=None, help="results JSON (default: next to the checkpoint)")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.test.split=2")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    model, classes, saved = load_classifier(args.checkpoint)
-    cfg = load_downstream_config(args.config, args.overrides, base=saved)
+def evaluate_checkpoint(
+    checkpoint: str | Path, config: str | None = None, overrides: list[str] | None = None, out: Path | None = None
+) -> None:
+    """`ctp-train eval`: score a fine-tuned checkpoint (or its run folder) on its data.test split, or the one
+    `config` and `overrides` name; print the results and write them (JSON, confusion matrix PNG) beside it."""
+    checkpoint = resolve_checkpoint(checkpoint)
+    model, classes, saved = load_classifier(checkpoint)
+    cfg = load_downstream_config(config, overrides, base=saved)
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
         model = execution.prepare(model)
@@ -188,9 +171,9 @@ def run(args: argparse.Namespace) -> None:
         results = evaluate(model, test.relabel(classes), cfg, execution, ranks)
     if not ranks.is_main:
         return
-    out = args.out or results_path(args.checkpoint, "eval", test.name)
+    out = out or results_path(checkpoint, "eval", test.name)
     picture = out.with_suffix(".confusion.png")
     confusion_image(torch.tensor(results["confusion"]), classes).save(picture)
-    write_json(out, {"task": "eval", "checkpoint": str(args.checkpoint), "confusion_image": picture.name, **results})
-    print(summary_table(f"eval: {args.checkpoint} on {test.name} ({cfg.clips.test_clips} clips per video)", results))
+    write_json(out, {"task": "eval", "checkpoint": str(checkpoint), "confusion_image": picture.name, **results})
+    print(summary_table(f"eval: {checkpoint} on {test.name} ({cfg.clips.test_clips} clips per video)", results))
     print(f"results: {out}\nconfusion matrix: {picture}")

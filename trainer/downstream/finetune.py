@@ -10,10 +10,8 @@ and the validation results are written next to it as JSON.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
-import json
 import logging
 import time
 from pathlib import Path
@@ -24,28 +22,28 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from datagen.config import differences, to_dict, to_yaml
-from trainer.checkpoint import FINETUNED_NAME, save_atomic
+from datagen.configfile import to_dict
+from trainer.checkpoint import FINETUNE_TASK, FINETUNED_NAME, check_resumable, marked, resume_point, save_atomic
 from trainer.ctp_model import normalise
 from trainer.data import InProcessSource
-from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel, process_group
+from trainer.distributed import Ranks, distribute, process_group
 from trainer.downstream.clips import ClipBatch, TrainClips
-from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
+from trainer.downstream.config import DownstreamConfig
 from trainer.downstream.datasets import LabelledSet, label_subset, open_split
 from trainer.downstream.evaluate import evaluate, summary_table
-from trainer.downstream.model import FINETUNE_TASK, VideoClassifier, load_encoder, read_state
+from trainer.downstream.model import VideoClassifier, load_encoder, read_state
 from trainer.downstream.report import write_json
 from trainer.execution import Execution
 from trainer.metrics_log import MetricsLog
+from trainer.optimizer import build_optimizer, build_scheduler
 from trainer.progress import eta, show_bars
-from trainer.rundir import claim_run_dir
 from trainer.signals import stop_on_signals
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_NAME = FINETUNED_NAME
-# Sections that decide the clips and the network: a resumed run must not change them.
-_RESUME_INVARIANTS = ("model", "data", "clips")
+# Sections that decide the clips and the network (and the classes it tells apart): a resumed run must not change them.
+_RESUME_INVARIANTS = ("model", "data", "clips", "classes")
 
 
 class FineTuner:
@@ -56,19 +54,12 @@ class FineTuner:
         encoder = load_encoder(cfg.model.encoder, cfg.model.init or None)
         if encoder.name != cfg.model.encoder:
             log.info("%s holds a %s encoder: model.encoder=%s", cfg.model.init, encoder.name, encoder.name)
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.name))
-        model: nn.Module = VideoClassifier(encoder, len(classes), cfg.model.dropout)
-        if ranks.distributed and execution.device.type == "cuda" and cfg.run.sync_batchnorm:
-            model = convert_sync_batchnorm(model, execution.device)
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.name))  # type: ignore[arg-type]
+        classifier = VideoClassifier(encoder, len(classes), cfg.model.dropout)
         self.cfg, self.classes, self.execution = cfg, classes, execution
-        self.model = execution.prepare(model)
-        self.network = distributed_data_parallel(self.model, execution.device) if ranks.distributed else self.model
-        self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=cfg.lr, momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay
-        )
-        self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
-            self.optimizer, milestones=list(cfg.optim.milestones), gamma=cfg.optim.gamma
-        )
+        self.model, self.network = distribute(classifier, execution, ranks, cfg.run.sync_batchnorm)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim, cfg.lr)
+        self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.epoch = 0  # epochs completed
         self.step = 0
 
@@ -94,31 +85,23 @@ class FineTuner:
         return self.optimizer.param_groups[0]["lr"]
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "task": FINETUNE_TASK,
-            "config": to_dict(self.cfg),
-            "classes": list(self.classes),
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "epoch": self.epoch,
-            "step": self.step,
-        }
+        return marked(
+            FINETUNE_TASK,
+            {
+                "config": to_dict(self.cfg),
+                "classes": list(self.classes),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "epoch": self.epoch,
+                "step": self.step,
+            },
+        )
 
     def load_state_dict(self, state: dict[str, Any], source: Path) -> None:
-        if state.get("task") != FINETUNE_TASK:
-            raise ValueError(f"cannot resume from {source}: not a fine-tuning checkpoint")
-        ours = to_dict(self.cfg)
-        changed = [s for s in _RESUME_INVARIANTS if state["config"][s] != ours[s]]
-        if changed or tuple(state["classes"]) != self.classes:
-            differ = [d for s in changed for d in differences(state["config"][s], ours[s], f"{s}.")]
-            if tuple(state["classes"]) != self.classes:
-                differ.append(f"classes: {list(state['classes'])} -> {list(self.classes)}")
-            raise ValueError(
-                f"cannot resume from {source}: its {', '.join(changed) or 'class'} config differs from this "
-                f"run's (checkpoint -> this run: {'; '.join(differ)}); resume with the same config "
-                "(only optim.* and run.* may change)"
-            )
+        saved = {**state, "config": {**state["config"], "classes": state.get("classes")}}
+        ours = {**to_dict(self.cfg), "classes": list(self.classes)}
+        check_resumable(saved, FINETUNE_TASK, ours, _RESUME_INVARIANTS, source)  # optim.* and run.* may change
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -137,14 +120,10 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
     execution = Execution.for_rank(ranks, cfg.run)
     if cfg.data.batch_size % ranks.world_size:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {ranks.world_size} ranks")
-    resume_file = checkpoint if resume == "auto" else Path(resume) if resume else None
-    resuming = resume_file is not None and (resume_file.is_file() or resume != "auto")
-    if ranks.is_main:
-        outputs = sorted(checkpoint.parent.glob(f"{checkpoint.stem}.*"))  # the checkpoint, its results, its evaluations
-        claim_run_dir(checkpoint.parent, outputs, resuming, overwrite or resume == "auto")
+    resume_file = ranks.broadcast(resume_point(checkpoint.parent, resume, overwrite) if ranks.is_main else None)
     train, val = ranks.broadcast(_open_data(cfg) if ranks.is_main else None)
     tuner = FineTuner(cfg, train.classes, execution, ranks)
-    if resuming:
+    if resume_file is not None:
         tuner.load_state_dict(read_state(resume_file), resume_file)
         log.info("resumed from %s after epoch %d", resume_file, tuner.epoch)
 
@@ -310,57 +289,3 @@ def _report(
             )
         )
     print(f"checkpoint: {checkpoint}\nresults: {out}")
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "finetune",
-        help="fine-tune an encoder for action recognition (UCF-101, HMDB-51, Kinetics, class folders)",
-        description="Fine-tune a classifier on data.train from an exported encoder or a pretraining checkpoint "
-        "(--init; without it: random initialisation, the baseline), validating on data.test every run.val_every "
-        "epochs. The defaults are the paper's recipe. Run under torchrun for DDP. Example: `ctp-train finetune "
-        "--config ucf101 --init r3d18_ctp.pth data.train.videos=/data/UCF-101 data.train.annotations=/data/ucfTrainTestlist`.",
-        epilog=f"presets: {', '.join(presets())}",
-    )
-    p.add_argument("--config", default=None, help="preset or YAML file (default: the paper's recipe)")
-    p.add_argument(
-        "--init",
-        default=None,
-        metavar="WEIGHTS",
-        help="exported encoder, pretraining checkpoint or run folder (its newest checkpoint; sets model.init; "
-        "default: random initialisation)",
-    )
-    p.add_argument(
-        "--label-fraction",
-        type=float,
-        default=None,
-        metavar="F",
-        help="train on this share of each class's labelled videos, e.g. 0.1 (sets data.label_fraction)",
-    )
-    p.add_argument(
-        "--resume",
-        default=None,
-        metavar="auto|CKPT",
-        help="continue a run; `auto`: its own checkpoint, if any (default: a new run)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="delete a fine-tuning run already in run.out_dir first (default: refuse)",
-    )
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.epochs=50")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    overrides = list(args.overrides)
-    if args.init is not None:
-        overrides.append(f"model.init={json.dumps(args.init)}")  # a quoted YAML string
-    if args.label_fraction is not None:
-        overrides.append(f"data.label_fraction={args.label_fraction}")
-    cfg = load_downstream_config(args.config, overrides)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return
-    finetune(cfg, resume=args.resume, overwrite=args.overwrite)

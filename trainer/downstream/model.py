@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.checkpoint import FINETUNE_TASK, read_state, resolve_checkpoint
+from trainer.checkpoint import FINETUNE_TASK, checkpoint_task, read_state, resolve_checkpoint
 from trainer.encoders import Encoder, build_encoder
 from trainer.export import ENCODER_PREFIX, encoder_state_dict
 
@@ -30,7 +30,7 @@ class VideoClassifier(nn.Module):
 
 
 def is_finetuned(state: dict[str, Any]) -> bool:
-    return state.get("task") == FINETUNE_TASK
+    return checkpoint_task(state) == FINETUNE_TASK
 
 
 def encoder_weights(path: str | Path) -> tuple[str | None, dict[str, torch.Tensor]]:

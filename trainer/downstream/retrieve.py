@@ -10,7 +10,6 @@ different datasets). When the splits overlap, a video never retrieves itself.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 
 from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import retrieval_clip_indices
-from trainer.downstream.config import DownstreamConfig, load_downstream_config, presets
+from trainer.downstream.config import DownstreamConfig, load_downstream_config
 from trainer.downstream.datasets import LabelledSet, open_split
 from trainer.downstream.evaluate import video_means
 from trainer.downstream.model import is_finetuned, load_encoder, read_state
@@ -87,30 +86,16 @@ def retrieve(
     }
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "retrieve",
-        help="VCOP video retrieval: top-k (k = 1, 5, 10, 20, 50) of data.test queries against the data.train gallery",
-        description="Retrieval with an encoder's pooled final feature map (exported encoder, pretraining or "
-        "fine-tuned checkpoint; without --weights: random initialisation of model.encoder). Gallery = data.train, "
-        "queries = data.test; set both to any two splits, e.g. data.test.format=hmdb51 data.test.videos=... .",
-        epilog=f"presets: {', '.join(presets())}",
-    )
-    p.add_argument("--weights", type=Path, default=None, help="exported encoder or checkpoint (default: random init)")
-    p.add_argument("--config", default=None, help="preset or YAML file (default: a fine-tuned checkpoint's own config)")
-    p.add_argument(
-        "--out", type=Path, default=None, help="results JSON (default: next to the weights, or in run.out_dir)"
-    )
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. data.train.split=2")
-    p.set_defaults(func=run)
-
-
-def run(args: argparse.Namespace) -> None:
-    saved = _saved_config(args.weights)
-    cfg = load_downstream_config(args.config, args.overrides, base=saved)
+def retrieve_with(
+    weights: Path | None, config: str | None = None, overrides: list[str] | None = None, out: Path | None = None
+) -> None:
+    """`ctp-train retrieve`: top-k retrieval of data.test queries against the data.train gallery with an encoder's
+    features (`weights`; None: random initialisation); print the results and write them as JSON."""
+    saved = _saved_config(weights)
+    cfg = load_downstream_config(config, overrides, base=saved)
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
-        encoder = execution.prepare(load_encoder(cfg.model.encoder, args.weights))
+        encoder = execution.prepare(load_encoder(cfg.model.encoder, weights))
         gallery, queries = ranks.broadcast(
             (
                 open_split(cfg.data.train, progress=show_bars(cfg.run.progress)),
@@ -122,16 +107,14 @@ def run(args: argparse.Namespace) -> None:
         results = retrieve(encoder, gallery, queries, cfg, execution, ranks)
     if not ranks.is_main:
         return
-    anchor = args.weights or Path(cfg.run.out_dir) / f"random-{encoder.name}.pt"
-    out = args.out or results_path(anchor, "retrieval", gallery.name, queries.name)
-    write_json(
-        out, {"task": "retrieve", "weights": str(args.weights) if args.weights else f"random {encoder.name}", **results}
-    )
+    anchor = weights or Path(cfg.run.out_dir) / f"random-{encoder.name}.pt"
+    out = out or results_path(anchor, "retrieval", gallery.name, queries.name)
+    write_json(out, {"task": "retrieve", "weights": str(weights) if weights else f"random {encoder.name}", **results})
     rows = [(f"top-{k} (%)", percent(v)) for k, v in results["top_k"].items()]
     print(
         table(
             f"retrieve: {results['query_videos']} queries of {queries.name} against {results['gallery_videos']} videos "
-            f"of {gallery.name} ({args.weights or 'random init'})",
+            f"of {gallery.name} ({weights or 'random init'})",
             rows,
             header=("metric", "value"),
         )
