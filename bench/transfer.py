@@ -2,17 +2,19 @@
 
     python -m bench.transfer [--quick] [--split test|val] [--out docs/results/transfer.json] [--work out/transfer]
 
-A labelled video set that needs no download: real encoded videos (datagen.demo's panning textured
-backgrounds with 2-4 bouncing textured distractors) in which one more textured object, the actor, moves in
-one of five ways (orbit, horizontal, vertical or diagonal swing, pulsing size): the class. Four splits of
+A labelled video set that needs no download: real encoded videos (a slowly panning textured background,
+1-2 small textured distractors gliding in straight lines) in which one more textured object, the actor,
+moves in one of five ways (orbit, horizontal, vertical or diagonal swing, pulsing size): the class. Four splits of
 disjoint source material (each video's pixels come from its own seed, and the splits' seeds never meet):
 an unlabelled pretraining pool, labelled training videos, a validation set for any choice, and the test set.
 
 Arms, all the same tiny encoder and the same fine-tuning recipe and step budget: `scratch` (random init);
 `ctp_full`: CtP pretraining on the pool with the full generation spec (the paper's, with the clip geometry
 of the tiny_cpu preset: 64 px crops and patch sizes scaled to them); `ctp_simple`: the tiny_cpu preset's
-simplified game. Pretraining and fine-tuning are the project's own `pretrain()` and `finetune()`; the score
-is `finetune()`'s own end-of-run video-level top-1 (10 clips per video) on the evaluated split.
+simplified game. Pretraining and fine-tuning are the project's own
+`pretrain()` and `finetune()`, in single-threaded worker processes; the score is `finetune()`'s own
+end-of-run video-level top-1 (10 clips per video) on the evaluated split. The report records wall time,
+CPU time (the budget: 45 minutes of 2 cores) and load average, since the machine may be shared.
 Seeds are fixed here, before any run: pretraining seed 0, fine-tuning seeds 0, 1, 2 (which also choose the
 label subsets).
 """
@@ -26,10 +28,13 @@ import logging
 import math
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
+from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +43,7 @@ import numpy as np
 import torch
 
 from datagen.config import GenerationConfig
-from datagen.demo import ENCODERS, encode, render_scene, texture
+from datagen.demo import ENCODERS, encode, texture
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import load_train_config
 from trainer.downstream.config import load_downstream_config
@@ -54,6 +59,17 @@ FRACTIONS = (0.05, 0.2, 1.0)
 SEEDS = (0, 1, 2)
 PRETRAIN_SEED = 0
 DATA_SEED = 15  # the first entry of every video's seed
+BUDGET_CPU_SECONDS = 2 * 45 * 60  # the issue's 45 minutes on 2 cores
+
+
+@dataclasses.dataclass(frozen=True)
+class Scene:
+    """How cluttered the labelled videos are (the choices of docs/transfer.md)."""
+
+    background: str = "texture"  # texture | flat (one random grey)
+    pan: float = 0.5  # max background speed, px per frame
+    distractors: tuple[int, int] = (1, 2)  # fewest and most distractors
+    distractor_size: tuple[int, int] = (14, 26)  # px, at 128 x 96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,12 +80,13 @@ class Plan:
     pool: int  # unlabelled pretraining videos
     frames: int
     size: tuple[int, int]  # (width, height)
-    pretrain_steps: int
+    pretrain_steps: dict[str, int]  # per pretrained arm
     finetune_steps: int  # per run, whatever the label fraction
     finetune_lr: float  # SGD, for batch 32 (the config's convention), scaled to batch 8
     fractions: tuple[float, ...]
     seeds: tuple[int, ...]
     arms: tuple[str, ...] = ARMS
+    scene: Scene = Scene()
 
 
 FULL = Plan(
@@ -77,18 +94,20 @@ FULL = Plan(
     pool=240,
     frames=50,
     size=(128, 96),
-    pretrain_steps=800,
-    finetune_steps=250,
-    finetune_lr=0.1,
+    pretrain_steps={"ctp_full": 1500, "ctp_simple": 750},  # the simple game is learnt in fewer
+    finetune_steps=600,
+    finetune_lr=0.01,
     fractions=FRACTIONS,
     seeds=SEEDS,
+    arms=ARMS,
 )
+
 QUICK = Plan(
     per_class={"train": 2, "val": 1, "test": 1},
     pool=4,
     frames=20,
     size=(96, 64),
-    pretrain_steps=2,
+    pretrain_steps={"ctp_full": 2, "ctp_simple": 2},
     finetune_steps=2,
     finetune_lr=0.1,
     fractions=(0.5, 1.0),
@@ -126,15 +145,45 @@ def actor_path(
     return centre + offset, scale
 
 
-def render_video(rng: np.random.Generator, kind: str, frames: int, width: int, height: int) -> np.ndarray:
-    """A demo scene (panning textured background, bouncing textured distractors) with the actor on top."""
-    video = render_scene(rng, frames, width, height)
-    h, w = (int(v) for v in rng.integers(26, 40, 2))
-    tex = texture(rng, h, w)
+def render_video(
+    rng: np.random.Generator, kind: str, frames: int, width: int, height: int, scene: Scene = Scene()
+) -> np.ndarray:
+    """A slowly panning background, a few small textured distractors gliding in straight lines, and the
+    actor on top, whose motion is the class (the only thing that separates the classes)."""
+    pan = rng.uniform(-scene.pan, scene.pan, 2)  # background (x, y) px per frame
+    margin = np.ceil(np.abs(pan) * frames).astype(int) + 1
+    origin = np.where(pan < 0, margin - 1, 0)  # the window stays inside the background
+    size = (height + margin[1], width + margin[0])
+    if scene.background == "texture":
+        background = texture(rng, *size)
+    else:
+        background = np.full((*size, 3), int(rng.integers(40, 216)), np.uint8)
+    video = np.empty((frames, height, width, 3), np.uint8)
+    for t in range(frames):
+        ox, oy = np.round(origin + pan * t).astype(int)
+        video[t] = background[oy : oy + height, ox : ox + width]
+    for _ in range(int(rng.integers(scene.distractors[0], scene.distractors[1] + 1))):
+        h, w = (int(v) for v in rng.integers(scene.distractor_size[0], scene.distractor_size[1] + 1, 2))
+        start, end = (rng.uniform(np.array([h, w]) / 2, np.array([height, width]) - np.array([h, w]) / 2) for _ in "se")
+        line = start + np.linspace(0, 1, frames)[:, None] * (end - start)
+        _paste(video, texture(rng, h, w), _mask(rng, h, w), line, np.ones(frames))
+    h, w = (int(v) for v in rng.integers(30, 43, 2))
+    tex, mask = texture(rng, h, w), _mask(rng, h, w)
+    _paste(video, tex, mask, *actor_path(rng, kind, frames, width, height, (h, w)))
+    return video
+
+
+def _mask(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """An ellipse or a rectangle, even odds."""
     yy, xx = np.mgrid[:h, :w]
     ellipse = ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 1.0
-    mask = ellipse if rng.random() < 0.5 else np.ones((h, w), bool)
-    centres, scales = actor_path(rng, kind, frames, width, height, (h, w))
+    return ellipse if rng.random() < 0.5 else np.ones((h, w), bool)
+
+
+def _paste(video: np.ndarray, tex: np.ndarray, mask: np.ndarray, centres: np.ndarray, scales: np.ndarray) -> None:
+    """Draw the object `tex` (shape `mask`) into every frame at its (y, x) centre and scale, clipped to the frame."""
+    height, width = video.shape[1:3]
+    h, w = mask.shape
     for frame, (cy, cx), s in zip(video, centres, scales):
         sh, sw = max(2, round(h * s)), max(2, round(w * s))
         t = cv2.resize(tex, (sw, sh), interpolation=cv2.INTER_LINEAR)
@@ -143,7 +192,6 @@ def render_video(rng: np.random.Generator, kind: str, frames: int, width: int, h
         ys, xs = slice(max(y0, 0), min(y0 + sh, height)), slice(max(x0, 0), min(x0 + sw, width))
         sub = (slice(ys.start - y0, ys.stop - y0), slice(xs.start - x0, xs.stop - x0))
         frame[ys, xs][m[sub]] = t[sub][m[sub]]
-    return video
 
 
 def video_seed(split: str, index: int) -> list[int]:
@@ -161,7 +209,9 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
         "size": list(plan.size),
         "classes": list(CLASSES),
         "data_seed": DATA_SEED,
+        "scene": dataclasses.asdict(plan.scene),
     }
+    spec = json.loads(json.dumps(spec))  # as read back (tuples become lists), or the cache never matches
     if index_file.is_file() and json.loads(index_file.read_text())["spec"] == spec:
         return json.loads(index_file.read_text())
     width, height = plan.size
@@ -176,7 +226,12 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
             folder = root / "pool" if split == "pool" else root / split / kind
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{split}_{i:04d}_{codec}{ENCODERS[codec][1]}"
-            encode(path, render_video(np.random.default_rng(seed), kind, plan.frames, width, height), codec, fps=25)
+            encode(
+                path,
+                render_video(np.random.default_rng(seed), kind, plan.frames, width, height, plan.scene),
+                codec,
+                fps=25,
+            )
             sources.append(
                 {
                     "path": str(path.relative_to(root)),
@@ -203,8 +258,18 @@ def full_spec(simple: GenerationConfig) -> GenerationConfig:
     return dataclasses.replace(full, clip=simple.clip, trajectory=trajectory)
 
 
-def pretrain_arm(arm: str, pool: Path, out: Path, steps: int) -> Path:
-    """CtP pretraining of the tiny encoder on the pool for `steps` steps; returns its final checkpoint."""
+def pretrain_arm(arm: str, pool: Path, out: Path, steps: int, spec: dict[str, Any]) -> tuple[Path, dict[str, Any]]:
+    """CtP pretraining of the tiny encoder on the pool for `steps` steps; returns its final checkpoint and its
+    record (time, CPU time, load, mIoU along the run). A finished pretraining of the same arm, steps and
+    video spec in `out` is reused with the record it wrote, so a long pretraining runs once."""
+    record_file = out / "transfer_pretrain.json"
+    wanted = {"arm": arm, "steps": steps, "videos": spec}
+    found = latest_checkpoint(out)
+    if record_file.is_file() and found is not None:
+        record = json.loads(record_file.read_text())
+        if {k: record.get(k) for k in wanted} == wanted:
+            log.info("%s: reusing the pretraining in %s (finished %s)", arm, out, record["finished"])
+            return found, {**record, "reused": True}
     cfg = load_train_config(
         "tiny_cpu",
         [
@@ -215,7 +280,7 @@ def pretrain_arm(arm: str, pool: Path, out: Path, steps: int) -> Path:
             "run.progress=false",
             "run.log_every=20",
             f"run.checkpoint_every={10 * steps}",
-            f"eval.every_steps={10 * steps}",
+            f"eval.every_steps={max(1, steps // 4)}",  # the mIoU along the run, against the first-box baseline
         ],
     )
     per_epoch = math.ceil(len(list(pool.iterdir())) / cfg.data.batch_size)
@@ -223,17 +288,45 @@ def pretrain_arm(arm: str, pool: Path, out: Path, steps: int) -> Path:
     optim = dataclasses.replace(cfg.optim, epochs=epochs, milestones=(max(1, round(0.8 * epochs)),))
     generation = full_spec(cfg.data.generation) if arm == "ctp_full" else cfg.data.generation
     cfg = dataclasses.replace(cfg, optim=optim, data=dataclasses.replace(cfg.data, generation=generation))
+    wall, cpu = time.perf_counter(), cpu_seconds()
     score = pretrain(cfg)
+    if score is None:  # stopped by a signal: no finished pretraining to record or reuse
+        raise SystemExit(f"{arm}: pretraining stopped before its end; delete {out} and rerun")
     log.info("%s: tracking mIoU %.3f, first-box baseline %.3f", arm, score.miou, score.baseline_miou)
+    evals = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "miou" in r]
+    record = {
+        **wanted,
+        "miou": [[r["step"], r["miou"]] for r in evals],
+        "miou_end": score.miou,
+        "baseline_miou": score.baseline_miou,
+        "seconds": time.perf_counter() - wall,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "load_average_end": os.getloadavg(),
+        "finished": now(),
+    }
+    record_file.write_text(json.dumps(record, indent=1) + "\n")
     found = latest_checkpoint(out)
     assert found is not None
-    return found
+    return found, {**record, "reused": False}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and its finished children: the budget's measure, since
+    wall time on a shared machine says more about the other users than about the experiment."""
+    used = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    return sum(u.ru_utime + u.ru_stime for u in used)
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def finetune_run(
     train: Path, evaluated: Path, init: Path | None, fraction: float, seed: int, steps: int, lr: float, out: Path
-) -> float:
-    """`finetune()` with the tiny_cpu downstream recipe for about `steps` steps; its end-of-run top-1 on `evaluated`."""
+) -> dict[str, Any]:
+    """`finetune()` with the tiny_cpu downstream recipe for about `steps` steps: its end-of-run top-1 on
+    `evaluated`, with the run's time, CPU time and the load average at its end."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
     cfg = load_downstream_config(
         "tiny_cpu",
         [
@@ -261,7 +354,12 @@ def finetune_run(
     checkpoint = finetune(cfg)
     summary = json.loads(checkpoint.with_suffix(".json").read_text())
     assert summary["train_videos"] == videos, (summary["train_videos"], videos)
-    return summary["validation"]["top1"]
+    return {
+        "top1": summary["validation"]["top1"],
+        "seconds": time.perf_counter() - wall,
+        "cpu_seconds": cpu_seconds() - cpu,
+        "load_average_end": os.getloadavg(),
+    }
 
 
 def _class_sizes(folder: Path) -> list[int]:
@@ -393,54 +491,67 @@ def commit() -> str:
 # --- the experiment ----------------------------------------------------------------------------------------
 
 
-def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, command: str) -> dict[str, Any]:
-    started = time.perf_counter()
+def _worker() -> None:
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    for noisy in ("trainer", "datagen"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run(
+    plan: Plan, work: Path, split: str, out: Path, image: Path | None, command: str, workers: int = 2
+) -> dict[str, Any]:
+    started, cpu_started, started_at, load_start = time.perf_counter(), cpu_seconds(), now(), os.getloadavg()
     data = work / "videos"
     index = build_dataset(data, plan)
     timings = {"videos_s": time.perf_counter() - started}
-    inits: dict[str, Path | None] = {"scratch": None}
     pretraining: dict[str, Any] = {}
-    for arm in plan.arms:
-        if arm == "scratch":
-            continue
-        t = time.perf_counter()
-        inits[arm] = pretrain_arm(arm, data / "pool", work / "pretrain" / arm, plan.pretrain_steps)
-        records = [json.loads(line) for line in (work / "pretrain" / arm / "metrics.jsonl").read_text().splitlines()]
-        evals = [r for r in records if "miou" in r]
-        pretraining[arm] = {
-            "steps": records[-1]["step"] if evals else 0,
-            "miou_start": evals[0]["miou"],
-            "miou_end": evals[-1]["miou"],
-            "baseline_miou": evals[-1]["baseline_miou"],
-            "seconds": time.perf_counter() - t,
-        }
-    timings["pretrain_s"] = time.perf_counter() - started - timings["videos_s"]
     results: dict[str, dict[str, dict[str, float]]] = {}
-    t = time.perf_counter()
-    for arm in plan.arms:
-        for fraction in plan.fractions:
-            for seed in plan.seeds:
-                run_dir = work / "finetune" / arm / f"{fraction:g}" / f"seed{seed}"
-                top1 = finetune_run(
-                    data / "train",
-                    data / split,
-                    inits[arm],
-                    fraction,
-                    seed,
-                    plan.finetune_steps,
-                    plan.finetune_lr,
-                    run_dir,
-                )
-                results.setdefault(arm, {}).setdefault(f"{fraction:g}", {})[str(seed)] = top1
-                log.info("%s %g seed %d: %s top-1 %.3f", arm, fraction, seed, split, top1)
-    timings["finetune_s"] = time.perf_counter() - t
+    runs = []
+    # One single-threaded process per core: a tiny model uses two threads poorly, and scratch's runs need
+    # no pretraining, so they fill the cores while the pretrainings run.
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_worker) as pool:
+        pretrainings = {
+            arm: pool.submit(
+                pretrain_arm, arm, data / "pool", work / "pretrain" / arm, plan.pretrain_steps[arm], index["spec"]
+            )
+            for arm in plan.arms
+            if arm != "scratch"
+        }
+        jobs = {}
+        for arm in plan.arms:  # scratch first: its jobs are queued before waiting for any pretraining
+            init = None
+            if arm in pretrainings:
+                init, pretraining[arm] = pretrainings[arm].result()
+                timings[f"pretrain_{arm}_done_s"] = time.perf_counter() - started
+            for fraction in plan.fractions:
+                for seed in plan.seeds:
+                    run_dir = work / "finetune" / arm / f"{fraction:g}" / f"seed{seed}"
+                    args = (data / "train", data / split, init, fraction, seed, plan.finetune_steps, plan.finetune_lr)
+                    jobs[arm, fraction, seed] = pool.submit(finetune_run, *args, run_dir)
+        for (arm, fraction, seed), job in jobs.items():
+            done = job.result()
+            results.setdefault(arm, {}).setdefault(f"{fraction:g}", {})[str(seed)] = done["top1"]
+            runs.append({"arm": arm, "fraction": fraction, "seed": seed, **done})
+            log.info("%s %g seed %d: %s top-1 %.3f", arm, fraction, seed, split, done["top1"])
     timings["total_s"] = time.perf_counter() - started
+    cpu = cpu_seconds() - cpu_started
+    reused = sum(r["cpu_seconds"] for r in pretraining.values() if r["reused"])
+    budget = {
+        "started": started_at,
+        "load_average_start": load_start,
+        "load_average_end": os.getloadavg(),
+        "cpu_seconds_this_process": cpu,
+        "cpu_seconds_reused_pretraining": reused,  # spent by an earlier run of the same pretraining
+        "cpu_seconds_total": cpu + reused,
+        "cpu_seconds_budget": BUDGET_CPU_SECONDS,
+    }
     summary = summarise(results)
     lowest = f"{min(plan.fractions):g}"
     report = {
         "command": command,
         "machine": machine(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": now(),
         "commit": commit(),
         "evaluated_split": split,
         "plan": dataclasses.asdict(plan),
@@ -448,7 +559,10 @@ def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, comma
         "videos": {s: sum(1 for v in index["videos"] if v["split"] == s) for s in SPLITS},
         "pretraining": pretraining,
         "seconds": timings,
+        "budget": budget,
+        "workers": workers,
         "top1": results,
+        "runs": runs,
         "summary": summary,
         "verdict_at_lowest_fraction": {"fraction": lowest, **verdict(summary, lowest)},
     }
@@ -458,7 +572,10 @@ def run(plan: Plan, work: Path, split: str, out: Path, image: Path | None, comma
         plot(summary, image, f"tiny encoder, {split} top-1 (mean ± sd over {len(plan.seeds)} seeds), 5 motion classes")
     print(table(summary, results))
     print(json.dumps(report["verdict_at_lowest_fraction"], indent=1))
-    print(f"took {timings['total_s'] / 60:.1f} min; results: {out}")
+    print(
+        f"took {timings['total_s'] / 60:.1f} min wall, {budget['cpu_seconds_total']:.0f} CPU-s "
+        f"(budget {BUDGET_CPU_SECONDS}); results: {out}"
+    )
     return report
 
 
@@ -480,6 +597,12 @@ def main(argv: list[str] | None = None) -> None:
         "--arms", nargs="+", choices=ARMS, default=None, help="a subset of the arms (scratch is the reference)"
     )
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="override the plan's label fractions")
+    p.add_argument("--finetune-lr", type=float, default=None, help="override the plan's fine-tuning lr (per 32 clips)")
+    p.add_argument("--scene", default=None, help="override the scene, as JSON fields of Scene (choices on val only)")
+    p.add_argument(
+        "--workers", type=int, default=2, help="single-threaded processes running the pretrainings and fine-tunings"
+    )
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the plan's fine-tuning seeds")
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -488,13 +611,16 @@ def main(argv: list[str] | None = None) -> None:
     if args.arms and "scratch" not in args.arms:
         p.error("--arms must include scratch: every arm is judged against it")
     plan = QUICK if args.quick else FULL
-    overrides = {
+    overrides: dict[str, Any] = {
         k: v
         for k, v in (
-            ("pretrain_steps", args.pretrain_steps),
+            ("pretrain_steps", args.pretrain_steps and dict.fromkeys(ARMS[1:], args.pretrain_steps)),
             ("finetune_steps", args.finetune_steps),
             ("arms", tuple(args.arms or ())),
             ("fractions", tuple(args.fractions or ())),
+            ("seeds", tuple(args.seeds or ())),
+            ("finetune_lr", args.finetune_lr),
+            ("scene", args.scene and dataclasses.replace(plan.scene, **json.loads(args.scene))),
         )
         if v
     }
@@ -505,6 +631,7 @@ def main(argv: list[str] | None = None) -> None:
         args.out,
         args.image,
         " ".join(["python -m bench.transfer", *argv]),
+        args.workers,
     )
 
 

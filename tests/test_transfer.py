@@ -105,6 +105,27 @@ def test_report_lists_every_arm_fraction_and_seed(quick):
     assert report["commit"] and report["machine"] and report["date"] and "--quick" in report["command"]
     assert report["videos"] == {"pool": 4, "train": 10, "val": 5, "test": 5}
     assert (work / "t.png").stat().st_size > 0
+    budget = report["budget"]
+    assert budget["cpu_seconds_total"] == budget["cpu_seconds_this_process"] > 0  # nothing reused in a fresh folder
+    assert budget["cpu_seconds_budget"] == 5400 and len(budget["load_average_end"]) == 3
+    assert [(r["arm"], r["fraction"], r["seed"]) for r in report["runs"]] == [
+        (arm, f, 0) for arm in transfer.ARMS for f in (0.5, 1.0)
+    ]
+    for arm in ("ctp_full", "ctp_simple"):
+        p = report["pretraining"][arm]
+        assert not p["reused"] and p["cpu_seconds"] > 0 and p["miou"][-1] == [2, p["miou_end"]]
+
+
+def test_a_finished_pretraining_is_reused_not_rerun(quick):
+    work, report = quick
+    spec = json.loads((work / "videos" / "sources.json").read_text())["spec"]
+    before = (work / "pretrain" / "ctp_full" / "metrics.jsonl").read_text()
+    checkpoint, record = transfer.pretrain_arm(
+        "ctp_full", work / "videos" / "pool", work / "pretrain" / "ctp_full", 2, spec
+    )
+    assert checkpoint == latest_checkpoint(work / "pretrain" / "ctp_full") and record["reused"]
+    assert record["cpu_seconds"] == report["pretraining"]["ctp_full"]["cpu_seconds"]
+    assert (work / "pretrain" / "ctp_full" / "metrics.jsonl").read_text() == before  # nothing ran
 
 
 def test_summary_and_verdict_are_hand_checkable():
@@ -117,3 +138,27 @@ def test_summary_and_verdict_are_hand_checkable():
     assert summary["scratch"]["0.05"]["sd"] == pytest.approx(0.1)  # sample sd
     v = transfer.verdict(summary, "0.05")["ctp_full"]
     assert v["gap"] == pytest.approx(0.3) and v["pooled_sd"] == pytest.approx(0.1 / 2**0.5) and v["above_two_sd"]
+
+
+def test_the_class_is_the_actors_motion():
+    """On a flat background without distractors, the actor's pixels trace the class's motion: a horizontal swing
+    moves only the column of its centre, a vertical one only the row, a pulse neither but the area."""
+    scene = transfer.Scene(background="flat", pan=0.0, distractors=(0, 0))
+    tracks = {}
+    for kind in transfer.CLASSES:
+        video = transfer.render_video(np.random.default_rng([15, 9, 0]), kind, 30, 128, 96, scene).astype(np.int16)
+        actor = np.abs(video - video[:, :1, :1]).sum(-1) > 0  # the corners are background in every frame
+        assert actor.any(axis=(1, 2)).all()
+        ys, xs = (np.array([np.nonzero(m)[k].mean() for m in actor]) for k in (0, 1))
+        tracks[kind] = (np.ptp(ys), np.ptp(xs), np.ptp(actor.sum((1, 2))) / actor.sum((1, 2)).mean())
+    assert tracks["swing_horizontal"][0] < 2 < 20 < tracks["swing_horizontal"][1]
+    assert tracks["swing_vertical"][1] < 2 < 20 < tracks["swing_vertical"][0]
+    assert min(tracks["swing_diagonal"][:2]) > 15 and min(tracks["orbit"][:2]) > 15
+    assert max(tracks["pulse"][:2]) < 3 and tracks["pulse"][2] > 0.5
+
+
+def test_videos_of_the_same_plan_are_rendered_once(quick):
+    work, _ = quick
+    before = {p: p.stat().st_mtime_ns for p in (work / "videos").rglob("*") if p.is_file()}
+    transfer.build_dataset(work / "videos", transfer.QUICK)
+    assert {p: p.stat().st_mtime_ns for p in (work / "videos").rglob("*") if p.is_file()} == before
