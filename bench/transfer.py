@@ -42,6 +42,7 @@ import cv2
 import numpy as np
 import torch
 
+from datagen.atomic import write_json
 from datagen.config import GenerationConfig
 from datagen.demo import ENCODERS, encode, texture
 from trainer.checkpoint import latest_checkpoint
@@ -241,7 +242,7 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
                 }
             )
     index = {"spec": spec, "videos": sources}
-    index_file.write_text(json.dumps(index, indent=1) + "\n")
+    write_json(index_file, index)
     return index
 
 
@@ -304,7 +305,7 @@ def pretrain_arm(arm: str, pool: Path, out: Path, steps: int, spec: dict[str, An
         "load_average_end": os.getloadavg(),
         "finished": now(),
     }
-    record_file.write_text(json.dumps(record, indent=1) + "\n")
+    write_json(record_file, record)  # whole or absent: a killed run is redone, never half-reused
     found = latest_checkpoint(out)
     assert found is not None
     return found, {**record, "reused": False}
@@ -566,8 +567,7 @@ def run(
         "summary": summary,
         "verdict_at_lowest_fraction": {"fraction": lowest, **verdict(summary, lowest)},
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out, report)
     if image is not None:
         plot(summary, image, f"tiny encoder, {split} top-1 (mean ± sd over {len(plan.seeds)} seeds), 5 motion classes")
     print(table(summary, results))
