@@ -42,7 +42,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, prefix: str = "") -> T:
     type and choices outside a `Literal` are errors naming the dotted key (`prefix` + field)."""
     data = dict(data or {})
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]  # T is any dataclass: unbound
     unknown = sorted(set(data) - set(names))
     if unknown:
         where = f"{prefix.rstrip('.')}: " if prefix else f"{cls.__name__}: "
@@ -56,7 +56,7 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ValueError(f"{key}: expected a mapping, got {value!r}")
-        return from_dict(hint, value, f"{key}.")  # type: ignore[arg-type]
+        return from_dict(hint, value, f"{key}.")  # type: ignore[arg-type]  # a type hint: the class, not an instance
     if origin is typing.Literal:
         allowed = typing.get_args(hint)
         if value not in allowed or isinstance(value, bool) != isinstance(allowed[0], bool):

@@ -72,7 +72,7 @@ class Ranks:
         """Every rank's `value`, in rank order, on every rank (picklable objects)."""
         if not self.distributed:
             return [value]
-        out: list[T] = [None] * self.world_size  # type: ignore[list-item]
+        out: list[T] = [None] * self.world_size  # type: ignore[list-item]  # placeholders all_gather_object fills
         dist.all_gather_object(out, value)
         return out
 

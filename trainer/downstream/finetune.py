@@ -54,7 +54,7 @@ class FineTuner:
         encoder = load_encoder(cfg.model.encoder, cfg.model.init or None)
         if encoder.name != cfg.model.encoder:
             log.info("%s holds a %s encoder: model.encoder=%s", cfg.model.init, encoder.name, encoder.name)
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.name))  # type: ignore[arg-type]
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.name))  # type: ignore[arg-type]  # a built encoder's name is an EncoderName
         classifier = VideoClassifier(encoder, len(classes), cfg.model.dropout)
         self.cfg, self.classes, self.execution = cfg, classes, execution
         self.model, self.network = distribute(classifier, execution, ranks, cfg.run.sync_batchnorm)
