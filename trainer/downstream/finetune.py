@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from tqdm import tqdm
 from datagen.atomic import write_json
 from datagen.configfile import to_dict
 from trainer.checkpoint import FINETUNE_TASK, FINETUNED_NAME, check_resumable, marked, resume_point, save_atomic
+from trainer.config import EncoderName
 from trainer.ctp_model import normalise
 from trainer.data import InProcessSource
 from trainer.distributed import Ranks, distribute, process_group
@@ -54,7 +55,8 @@ class FineTuner:
         encoder = load_encoder(cfg.model.encoder, cfg.model.init or None)
         if encoder.name != cfg.model.encoder:
             log.info("%s holds a %s encoder: model.encoder=%s", cfg.model.init, encoder.name, encoder.name)
-            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=encoder.name))  # type: ignore[arg-type]  # a built encoder's name is an EncoderName
+            name = cast(EncoderName, encoder.name)  # a built encoder's name is one of them
+            cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=name))
         classifier = VideoClassifier(encoder, len(classes), cfg.model.dropout)
         self.cfg, self.classes, self.execution = cfg, classes, execution
         self.model, self.network = distribute(classifier, execution, ranks, cfg.run.sync_batchnorm)
