@@ -67,24 +67,8 @@ def test_bench_writes_the_json_fields_and_fits_threads_to_the_machine(demo_dir, 
     from datagen.options import default_torch_threads
 
     out = tmp_path / "bench.json"
-    assert (
-        main(
-            [
-                "bench",
-                "--videos",
-                str(demo_dir),
-                "--device",
-                "cpu",
-                "--batch-size",
-                "2",
-                "--repeats",
-                "1",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    bench = ["bench", "--videos", str(demo_dir), "--device", "cpu", "--batch-size", "2", "--repeats", "1"]
+    assert main([*bench, "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert set(result) >= {"decode", "generate", "end_to_end", "host_ms_per_sample", "device", "threads", "backend"}
     assert set(result["decode"]) >= {"clips_per_s", "frames_decoded_per_clip"}
@@ -93,26 +77,7 @@ def test_bench_writes_the_json_fields_and_fits_threads_to_the_machine(demo_dir, 
     assert (result["device"], result["backend"]) == ("cpu", "auto")
     cores = len(os.sched_getaffinity(0))
     assert result["threads"] == default_torch_threads() == max(1, cores // 2) < max(cores, 2)  # not torch's every core
-    assert (
-        main(
-            [
-                "bench",
-                "--videos",
-                str(demo_dir),
-                "--device",
-                "cpu",
-                "--batch-size",
-                "2",
-                "--repeats",
-                "1",
-                "--threads",
-                "1",
-                "--json",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert main([*bench, "--threads", "1", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["threads"] == 1
 
 
