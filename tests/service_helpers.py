@@ -116,6 +116,23 @@ class RedisServer:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
 
+def serve_command(videos: list[Path]) -> list[str]:
+    """`ctp-datagen serve VIDEOS` on loopback, gRPC and metrics on free ports."""
+    return [
+        sys.executable,
+        "-m",
+        "datagen.cli",
+        "serve",
+        *map(str, videos),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+    ]
+
+
 class ReplicaProcess:
     """`python -m datagen.cli serve` (`ctp-datagen serve`) on a free loopback port, its JSON log in a file."""
 
@@ -137,17 +154,7 @@ class ReplicaProcess:
         videos = [videos] if isinstance(videos, Path) else videos
         args = [
             *wrap,
-            sys.executable,
-            "-m",
-            "datagen.cli",
-            "serve",
-            *map(str, videos),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--metrics-port",
-            "0",
+            *serve_command(videos),
             "--heartbeat",
             "0.3",
             "--ttl",

@@ -33,24 +33,10 @@ def test_serve_on_free_ports_prints_where_it_listens(demo_dir):
     import re
     import signal
     import subprocess
-    import sys
 
-    from service_helpers import REPO, TINY
+    from service_helpers import REPO, TINY, serve_command
 
-    args = [
-        sys.executable,
-        "-m",
-        "datagen.cli",
-        "serve",
-        str(demo_dir),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        *TINY,
-    ]
+    args = [*serve_command([demo_dir]), *TINY]
     process = subprocess.Popen(
         args,
         cwd=REPO,
