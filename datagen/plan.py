@@ -271,11 +271,3 @@ def plan_sample(
 def plan_patches(key: SampleKey, cfg: GenerationConfig, attempt: int) -> PatchPlan:
     """The trajectories and patches of `key` (they do not depend on the video)."""
     return plan_sample(key, 0, cfg.clip.num_frames, cfg.clip.crop_size, cfg.clip.crop_size, cfg, attempt).patches
-
-
-def plan_colour(rng: np.random.Generator, cfg: ColourConfig, t: int) -> ColourPlan:
-    """One clip's colour curves from `rng` (fine-tuning clips use the same colour rules)."""
-    counting = Draws.counting()
-    draw_colour(counting, cfg, t)
-    c = draw_colour(Draws(rng.random((1, counting.used))), cfg, t)
-    return ColourPlan(float(c["hue_shift"][0]), float(c["saturation"][0]), c["brightness"][0], c["contrast"][0])
