@@ -27,7 +27,7 @@ TINY = np.float32(1e-12)
 
 
 @numba.njit(inline="always")
-def _lerp(a, b, w):  # type: ignore[no-untyped-def]
+def _lerp(a, b, w):
     """torch.lerp's formula (exact at both ends)."""
     return a + w * (b - a) if w < HALF else b - (b - a) * (ONE - w)
 
