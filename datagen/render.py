@@ -67,13 +67,16 @@ def render_clips_cpu(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size
     n, t, s = len(plans), plans.frame_indices.shape[1], crop_size
     pixels = t * s * s
     clips = np.empty((n, t, s, s, 3), np.uint8)
-    clean = np.zeros((pixels + s + 1, 3), np.uint8)  # one clip, and spare pixels for the bilinear taps
+    # One clip's patch source frames (the others are not read), and spare pixels for the bilinear taps.
+    clean = np.zeros((pixels + s + 1, 3), np.uint8)
     steps = [_by_clip(_paste_step_boxes(plans, k, t, s, s), n, pixels) for k in range(plans.boxes.shape[1])]
     tables = brightness_contrast_tables(plans.brightness, plans.contrast)
     for i, (f, plan) in enumerate(zip(frames, plans.samples())):
         out = clips[i]
-        clean[:pixels].reshape(out.shape)[:] = resized_crop(f, plan.clip, s).permute(0, 2, 3, 1).numpy()
-        out[:] = clean[:pixels].reshape(out.shape)
+        crop = _resized_crop_unflipped(f, plan.clip, s).permute(0, 2, 3, 1).numpy()
+        out[:] = crop[:, :, ::-1] if plan.clip.flip else crop  # NumPy flips as it copies
+        sources = np.unique(plans.source_frame[i])  # the only frames the patches are sampled from
+        clean[:pixels].reshape(out.shape)[sources] = out[sources]
         for ints, floats, shape_ends, bounds in steps:
             if bounds[i + 1] > bounds[i]:
                 mine = slice(bounds[i], bounds[i + 1])
@@ -103,6 +106,11 @@ def resized_crop(frames: torch.Tensor, clip: ClipPlan, crop_size: int) -> torch.
     the antialiased bilinear rescale to `clip.resized`, flipped if planned. Only the resized rows and columns
     up to the crop's far edges are computed, from the source pixels they read: the same values as
     rescaling the whole frame and cropping."""
+    x = _resized_crop_unflipped(frames, clip, crop_size)
+    return x.flip(-1) if clip.flip else x
+
+
+def _resized_crop_unflipped(frames: torch.Tensor, clip: ClipPlan, crop_size: int) -> torch.Tensor:
     x = frames.permute(0, 3, 1, 2)  # channels-last view: the fast uint8 path on CPU
     if x.device.type != "cpu":
         x = x.float()
@@ -110,8 +118,7 @@ def resized_crop(frames: torch.Tensor, clip: ClipPlan, crop_size: int) -> torch.
     rows, cols = top + crop_size, left + crop_size
     source = x[:, :, : _source_extent(rows, x.shape[2], height), : _source_extent(cols, x.shape[3], width)]
     x = torch.ops.aten._upsample_bilinear2d_aa(source, [rows, cols], False, height / x.shape[2], width / x.shape[3])
-    x = x[:, :, top:, left:]
-    return x.flip(-1) if clip.flip else x
+    return x[:, :, top:, left:]
 
 
 def _source_extent(outputs: int, size: int, resized: int) -> int:
