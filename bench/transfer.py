@@ -605,7 +605,12 @@ def main(argv: list[str] | None = None) -> None:
         "--arms", nargs="+", choices=ARMS, default=None, help="a subset of the arms (scratch is the reference)"
     )
     p.add_argument("--fractions", nargs="+", type=float, default=None, help="override the plan's label fractions")
-    p.add_argument("--finetune-lr", type=float, default=None, help="one fine-tuning lr (per 32 clips) for every arm, instead of the plan's per-arm lr")
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=None,
+        help="one fine-tuning lr (per 32 clips) for every arm, instead of the plan's per-arm lr",
+    )
     p.add_argument("--scene", default=None, help="override the scene, as JSON fields of Scene (choices on val only)")
     p.add_argument(
         "--workers", type=int, default=2, help="single-threaded processes running the pretrainings and fine-tunings"
