@@ -19,6 +19,7 @@ import argparse
 import hashlib
 import time
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -62,15 +63,18 @@ def read_clip(archive: zipfile.ZipFile, indices: np.ndarray) -> np.ndarray:
     return np.stack(frames)
 
 
-def rate(fn, clips: int, repeats: int) -> float:
-    """Clips/s of `fn` (which makes `clips` clips), best of `repeats` after a warm-up."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def rates(pipelines: dict[str, Callable[[], None]], clips: int, repeats: int) -> dict[str, float]:
+    """Clips/s of each pipeline (each makes `clips` clips), best of `repeats` after a warm-up, the pipelines
+    interleaved: a change of the machine's load during the run slows all of them alike."""
+    for fn in pipelines.values():
         fn()
-        best = min(best, time.perf_counter() - start)
-    return clips / best
+    best = dict.fromkeys(pipelines, float("inf"))
+    for _ in range(repeats):
+        for name, fn in pipelines.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: clips / seconds for name, seconds in best.items()}
 
 
 def main() -> None:
@@ -114,11 +118,12 @@ def main() -> None:
         for _, decoded in pipelined(batches, ours.decode_batch):
             ours.render_batch(decoded)
 
-    rows = [
-        ("official-style: JPEG zips + OpenCV + reference", rate(baseline, clips, args.repeats)),
-        ("ours: video files, stage after stage", rate(sequential, clips, args.repeats)),
-        ("ours: video files, pipelined", rate(pipelined_run, clips, args.repeats)),
-    ]
+    pipelines = {
+        "official-style: JPEG zips + OpenCV + reference": baseline,
+        "ours: video files, stage after stage": sequential,
+        "ours: video files, pipelined": pipelined_run,
+    }
+    rows = list(rates(pipelines, clips, args.repeats).items())
     names = ", ".join(sorted({Path(v.path).parent.name for v in ours.videos}))
     print(
         f"end to end, {clips} clips of {config.clip.num_frames}x{crop}x{crop} from {len(ours.videos)} videos ({names})"
