@@ -58,6 +58,13 @@ def test_splits_share_no_source_material(quick):
     assert all(v["class"] is None for v in index["videos"] if v["split"] == "pool")
 
 
+def _tuned_encoder(work: Path, arm: str) -> dict[str, torch.Tensor]:
+    """The conv weights of `arm`'s fine-tuned encoder at fraction 1, seed 0 (its run folder holds the split and lr)."""
+    (checkpoint,) = (work / "finetune").glob(f"*/{arm}/lr*/1/seed0/finetuned.pt")
+    state = read_state(checkpoint)["model"]
+    return _conv_weights({k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")})
+
+
 def test_finetuning_starts_from_the_pretrained_encoder(quick):
     """After a few small SGD steps the fine-tuned encoder lies near its init: the pretrained weights for the CtP
     arms (not the fresh init fine-tuning would otherwise have), the seed's fresh init for scratch."""
@@ -66,21 +73,9 @@ def test_finetuning_starts_from_the_pretrained_encoder(quick):
     fresh = _conv_weights(build_encoder("tiny", pretraining=False).state_dict())
     for arm in ("ctp_full", "ctp_simple"):
         pretrained = _conv_weights(encoder_state_dict(read_state(latest_checkpoint(work / "pretrain" / arm))))
-        tuned = _conv_weights(
-            {
-                k[len("encoder.") :]: v
-                for k, v in read_state(work / "finetune" / arm / "1" / "seed0" / "finetuned.pt")["model"].items()
-                if k.startswith("encoder.")
-            }
-        )
+        tuned = _tuned_encoder(work, arm)
         assert _distance(tuned, pretrained) < 0.05 * _distance(tuned, fresh), arm
-    tuned = _conv_weights(
-        {
-            k[len("encoder.") :]: v
-            for k, v in read_state(work / "finetune" / "scratch" / "1" / "seed0" / "finetuned.pt")["model"].items()
-            if k.startswith("encoder.")
-        }
-    )
+    tuned = _tuned_encoder(work, "scratch")
     assert _distance(tuned, fresh) < 0.05 * _distance(tuned, pretrained)
 
 
