@@ -284,6 +284,8 @@ def yuv_to_rgb(
     height, width = y.shape
     if out is None:
         out = np.empty((height, width, 3), np.uint8)
+    elif out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous ({height}, {width}, 3) uint8 array, not {out.dtype} {out.shape}")
     gain = 1.0
     if not all(size in (half, 2 * half) for size, half in zip(y.shape, cb.shape)):
         cb, cr = (
