@@ -139,7 +139,7 @@ def test_conversion_writes_into_the_frame_it_is_given():
     assert np.shares_memory(frame, clip) and np.array_equal(clip[1], opencv_yuv_to_rgb(y, cb, cr))
     assert not clip[[0, 2]].any()
     with pytest.raises(ValueError, match="C-contiguous"):
-        yuv_to_rgb(y, cb, cr, out=np.zeros((24, 64, 3), np.uint8)[:, ::2])  # cv2 would write elsewhere
+        yuv_to_rgb(y, cb, cr, out=np.zeros((24, 64, 3), np.uint8)[:, ::2])  # cv2.merge: an obscure error
 
 
 def test_pyav_decodes_the_same_clips_from_several_threads_at_once(shared):
