@@ -4,13 +4,14 @@
 #
 # Here, once per commit to be checked (builds the git-ignored .devpack/, ~190 MiB in parts of < 64 MiB):
 #   bash bench/gpu_pack.sh
-# Then four device `run` calls, BACK TO BACK (a machine goes back after 30 s idle, and the parts with it;
+# Then five device `run` calls, BACK TO BACK (a machine goes back after 30 s idle, and the parts with it;
 # prepare the next call before the previous one returns):
 #   1. carry [".devpack/dali.txz.00"]                                   command: true        timeout_s: 60
 #      (starts the machine: 1-2 min)
 #   2. carry [".devpack/dali.txz.01"]                                   command: true        timeout_s: 60
 #   3. carry [".devpack/dali.txz.02", ".devpack/videos", ".devpack/commit"]  command: true   timeout_s: 60
-#   4. carry [".devpack/wheels", ".devpack/install.sh"]                 timeout_s: 420
+#   4. carry [".devpack/wheels-numba"]                                  command: true        timeout_s: 60
+#   5. carry [".devpack/wheels", ".devpack/install.sh"]                 timeout_s: 420
 #      command: source .devpack/install.sh && bash bench/gpu_check.sh
 #      (install ~30 s, then the check; $OUT/gpu_check.json and $OUT/gpu_check.log come back)
 # More parts if `ls .devpack/dali.txz.*` shows more (one call each). If minutes are left and the machine is

@@ -5,9 +5,9 @@ as few passes as it can: the rescale computes only the part of the resized frame
 compositing touches only the pixels inside the boxes: every (sample, frame) box of one paste step is
 enumerated into one flat list of pixels, which is sampled from the patch's source frame (pixels gathered
 as one int32 each), shaped by its alpha and blended in place; brightness and contrast are one lookup table
-per frame, after hue/saturation on the clips that drew it. The same code runs on CUDA and on CPU, but for
-two kernels that have a faster CPU form with the same bytes: the uint8 rescale and the table lookup
-(OpenCV's).
+per frame, after hue/saturation on the clips that drew it. This tensor code is what a GPU runs (one launch
+per operation for the whole batch); on the CPU the same stages run as compiled loops (`cpu_kernels.py`)
+on the same host-side parameters, one clip at a time while it is in cache.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ import torch
 from .batch import Batch
 from .plan import ELLIPSE, RECTANGLE, RHOMBUS, ClipPlan, PlanBatch, SamplePlan
 
-# On a CPU core the per-pixel work is bound by memory traffic: a few clips at a time stay in cache and
-# render faster than a whole batch. A GPU takes the whole batch at once.
-CPU_CHUNK = 4
-CPU_HUE_PIXELS = 50_000  # pixels per slice of the hue/saturation kernel on a CPU core (L2-sized planes)
 HARD_EDGE_GAIN = 1e30  # alpha = clamp((0.5 - d) * gain, 0, 1): with this gain exactly (d < 0.5) in float32
 
 
@@ -41,17 +37,14 @@ def render(plans: Sequence[SamplePlan] | PlanBatch, frames: Sequence[torch.Tenso
     """Turn plans and their decoded frames ((T, H, W, 3) uint8, one tensor per plan) into a Batch."""
     device = frames[0].device
     batch = plans if isinstance(plans, PlanBatch) else PlanBatch.stack(plans)  # host arrays, once per batch
-    step = CPU_CHUNK if device.type == "cpu" else len(batch)
-    clips = torch.cat(
-        [render_clips(batch[i : i + step], frames[i : i + step], crop_size) for i in range(0, len(batch), step)]
-    )
+    clips = (render_clips_cpu if device.type == "cpu" else render_clips)(batch, frames, crop_size)
     boxes = to_device(batch.boxes.astype(np.float32), device)
     keys = torch.from_numpy(batch.keys)  # on the host, where they are read
     return Batch(clips, boxes, to_device(batch.visible, device), keys)
 
 
 def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: int) -> torch.Tensor:
-    """(B, T, S, S, 3) uint8 clips: rescale/crop/flip, paste the patches, apply colour."""
+    """(B, T, S, S, 3) uint8 clips: rescale/crop/flip, paste the patches, apply colour; tensor code."""
     t, s = plans.frame_indices.shape[1], crop_size
     # Pixels are 4 bytes (RGB and a spare byte) while compositing, so that each is one int32 to gather and
     # scatter. One spare row of pixels follows the clean clips: the bilinear taps never index past the end.
@@ -63,6 +56,37 @@ def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: in
     clips = clean.clone()
     composite_patches(clips.view(torch.int32).view(-1), buffer.view(torch.int32).view(-1), plans, t, s)
     return colour(clips, plans.hue_shift, plans.saturation, plans.brightness, plans.contrast)
+
+
+def render_clips_cpu(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: int) -> torch.Tensor:
+    """`render_clips` on the CPU: compositing and hue/saturation as compiled loops (`cpu_kernels.py`), one clip
+    at a time (its 0.6 MB stay in cache through the stages), on the same box lists and colour tables: the
+    same bytes."""
+    from . import cpu_kernels  # here: numba is a CPU-path dependency, which a CUDA-only host may lack
+
+    n, t, s = len(plans), plans.frame_indices.shape[1], crop_size
+    pixels = t * s * s
+    clips = np.empty((n, t, s, s, 3), np.uint8)
+    # One clip's patch source frames (the others are not read), and spare pixels for the bilinear taps.
+    clean = np.zeros((pixels + s + 1, 3), np.uint8)
+    steps = [_by_clip(_paste_step_boxes(plans, k, t, s, s), n, pixels) for k in range(plans.boxes.shape[1])]
+    tables = brightness_contrast_tables(plans.brightness, plans.contrast)
+    for i, (f, plan) in enumerate(zip(frames, plans.samples())):
+        out = clips[i]
+        crop = _resized_crop_unflipped(f, plan.clip, s).permute(0, 2, 3, 1).numpy()
+        out[:] = crop[:, :, ::-1] if plan.clip.flip else crop  # NumPy flips as it copies
+        sources = np.unique(plans.source_frame[i])  # the only frames the patches are sampled from
+        clean[:pixels].reshape(out.shape)[sources] = out[sources]
+        for ints, floats, shape_ends, bounds in steps:
+            if bounds[i + 1] > bounds[i]:
+                mine = slice(bounds[i], bounds[i + 1])
+                cpu_kernels.composite(
+                    out.reshape(-1, 3), clean, ints[:, mine], floats[:, mine], shape_ends, s, i * pixels
+                )
+        if plans.hue_shift[i] != 0 or plans.saturation[i] != 1:
+            cpu_kernels.hue_saturation(out.reshape(-1, 3), float(plans.hue_shift[i]), float(plans.saturation[i]))
+        apply_tables(torch.from_numpy(out)[None], tables[i : i + 1])
+    return torch.from_numpy(clips)
 
 
 class Framed(Protocol):
@@ -82,6 +106,11 @@ def resized_crop(frames: torch.Tensor, clip: ClipPlan, crop_size: int) -> torch.
     the antialiased bilinear rescale to `clip.resized`, flipped if planned. Only the resized rows and columns
     up to the crop's far edges are computed, from the source pixels they read: the same values as
     rescaling the whole frame and cropping."""
+    x = _resized_crop_unflipped(frames, clip, crop_size)
+    return x.flip(-1) if clip.flip else x
+
+
+def _resized_crop_unflipped(frames: torch.Tensor, clip: ClipPlan, crop_size: int) -> torch.Tensor:
     x = frames.permute(0, 3, 1, 2)  # channels-last view: the fast uint8 path on CPU
     if x.device.type != "cpu":
         x = x.float()
@@ -89,8 +118,7 @@ def resized_crop(frames: torch.Tensor, clip: ClipPlan, crop_size: int) -> torch.
     rows, cols = top + crop_size, left + crop_size
     source = x[:, :, : _source_extent(rows, x.shape[2], height), : _source_extent(cols, x.shape[3], width)]
     x = torch.ops.aten._upsample_bilinear2d_aa(source, [rows, cols], False, height / x.shape[2], width / x.shape[3])
-    x = x[:, :, top:, left:]
-    return x.flip(-1) if clip.flip else x
+    return x[:, :, top:, left:]
 
 
 def _source_extent(outputs: int, size: int, resized: int) -> int:
@@ -214,6 +242,18 @@ def _paste_step_boxes(plans: PlanBatch, step: int, t: int, h: int, w: int) -> tu
     return ints, floats, shape_ends
 
 
+def _by_clip(
+    step: tuple[np.ndarray, np.ndarray, np.ndarray], clips: int, pixels: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A paste step's box list (`_paste_step_boxes`) ordered by clip (`pixels` per clip), with each clip's
+    range of boxes: `bounds[i]` … `bounds[i + 1]`."""
+    ints, floats, shape_ends = step
+    clip = ints[2] // pixels
+    order = np.argsort(clip, kind="stable")
+    bounds = np.searchsorted(clip[order], np.arange(clips + 1))
+    return np.ascontiguousarray(ints[:, order]), np.ascontiguousarray(floats[:, order]), shape_ends, bounds
+
+
 def colour(
     clips: torch.Tensor, hue: np.ndarray, sat: np.ndarray, brightness: np.ndarray, contrast: np.ndarray
 ) -> torch.Tensor:
@@ -223,15 +263,7 @@ def colour(
     clipped to [0, 255] after each step and rounded half up. On uint8 pixels brightness and contrast are
     one 256-entry lookup table per frame (`brightness_contrast_tables`)."""
     drawn = np.nonzero((hue != 0) | (sat != 1))[0]
-    if len(drawn) and clips.device.type == "cpu":
-        # A few frames at a time: the ~35 passes of the HSV round trip then stay in cache (2x faster).
-        step = max(1, CPU_HUE_PIXELS // (clips.shape[2] * clips.shape[3]))
-        for i in drawn:
-            params = torch.tensor([[hue[i]], [sat[i]]], dtype=torch.float32)
-            for f in range(0, clips.shape[1], step):
-                frames = clips[i, f : f + step, ..., :3]
-                frames.copy_(_to_uint8(shift_hue_saturation(frames.float()[None], params[0], params[1])[0]))
-    elif len(drawn):
+    if len(drawn):
         idx = to_device(drawn, clips.device)
         params = to_device(np.stack([hue[drawn], sat[drawn]]).astype(np.float32), clips.device)
         shifted = shift_hue_saturation(clips[idx][..., :3].float(), params[0], params[1])
