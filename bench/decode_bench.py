@@ -5,12 +5,15 @@
 
 Prints two tables. First PyAV's YCbCr->RGB conversion per frame: the OpenCV chain it replaced (kept here as
 the baseline and the tests' oracle) against `yuv_to_rgb` writing into a preallocated frame, on random
-planes of the footage's sizes, the bytes checked equal. `--against` a decode.py of another checkout (e.g.
-`git worktree add /tmp/old COMMIT`) prints instead PyAV's ms per clip of that module and of this one on the
-shared footage, in one process, rounds interleaved, the clips checked byte-equal. Otherwise clips/s, frames/s and pictures decoded per clip of PyAV and of DALI's CPU decoder on
-synthetic 10-second VP9 files (written to a temporary folder), and of PyAV on the shared MPEG-4 AVIs and
-H.264 MP4s. Ratios are against PyAV on the same VP9 files, measured in the same run. The clips are the same
-for every backend; "from 0" is what decoding each clip from the first frame would cost (DALI fed a whole file).
+planes of the footage's sizes, the bytes checked equal (`--conversion-only` stops there). Then clips/s,
+frames/s and pictures decoded per clip of PyAV and of DALI's CPU decoder on synthetic 10-second VP9 files
+(written to a temporary folder), and of PyAV on the shared MPEG-4 AVIs and H.264 MP4s. Ratios are against
+PyAV on the same VP9 files, measured in the same run. The clips are the same for every backend; "from 0"
+is what decoding each clip from the first frame would cost (DALI fed a whole file).
+
+`--against` a decode.py of another checkout (e.g. `git worktree add /tmp/old COMMIT`) prints instead one
+table: PyAV's ms per clip of that module and of this one on the shared footage, in one process, rounds
+interleaved, the clips checked byte-equal.
 """
 
 from __future__ import annotations
