@@ -1,29 +1,87 @@
 """Decode throughput for CtP clips (16 frames, stride 1-5 with jitter), per backend and codec.
 
-    python -m bench.decode_bench [--clips 48] [--batch-size 8] [--seconds 10]
+    python -m bench.decode_bench [--clips 48] [--batch-size 8] [--seconds 10] [--conversion-only]
+                                 [--against OLD/datagen/decode.py]
 
-Prints one table: clips/s, frames/s and pictures decoded per clip of PyAV and of DALI's CPU decoder on
-synthetic 10-second VP9 files (written to a temporary folder), and of PyAV on the shared MPEG-4 AVIs and
-H.264 MP4s. Ratios are against PyAV on the same VP9 files, measured in the same run. The clips are the same
-for every backend; "from 0" is what decoding each clip from the first frame would cost (DALI fed a whole file).
+Prints two tables. First PyAV's YCbCr->RGB conversion per frame: the OpenCV chain it replaced (kept here as
+the baseline and the tests' oracle) against `yuv_to_rgb` writing into a preallocated frame, on random
+planes of the footage's sizes, the bytes checked equal (`--conversion-only` stops there). Then clips/s,
+frames/s and pictures decoded per clip of PyAV and of DALI's CPU decoder on synthetic 10-second VP9 files
+(written to a temporary folder), and of PyAV on the shared MPEG-4 AVIs and H.264 MP4s. Ratios are against
+PyAV on the same VP9 files, measured in the same run. The clips are the same for every backend; "from 0"
+is what decoding each clip from the first frame would cost (DALI fed a whole file).
+
+`--against` a decode.py of another checkout (e.g. `git worktree add /tmp/old COMMIT`) prints instead one
+table: PyAV's ms per clip of that module and of this one on the shared footage, in one process, rounds
+interleaved, the clips checked byte-equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import sys
 import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from datagen.decode import Decoder
+from datagen.decode import _BT601_X16, Decoder, PyAVDecoder, yuv_to_rgb
 from datagen.demo import synthesize_demo
 from datagen.manifest import VideoInfo, resolve_videos
 from datagen.tables import format_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 FRAMES = 16
+# (label, luma height, width, chroma subsampling down, across) of the conversion table
+PICTURES = [
+    ("UCF-101 / HMDB-51, 4:2:0", 240, 320, 2, 2),
+    ("prepared Kinetics, 4:2:0", 144, 256, 2, 2),
+    ("Kinetics original, 4:2:0", 360, 640, 2, 2),
+    ("4:2:2", 240, 320, 1, 2),
+    ("4:4:4", 240, 320, 1, 1),
+]
+
+
+def opencv_yuv_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool = False) -> np.ndarray:
+    """The conversion before the compiled pass: planes ×16 into uint16, chroma `cv2.resize`d, merged,
+    `cv2.transform`ed and saturated to uint8, a fresh array at each step."""
+    height, width = y.shape
+    planes = [np.left_shift(y, 4, dtype=np.uint16)]
+    planes += [
+        cv2.resize(np.left_shift(c, 4, dtype=np.uint16), (width, height), interpolation=cv2.INTER_LINEAR)
+        for c in (cb, cr)
+    ]
+    return cv2.convertScaleAbs(cv2.transform(cv2.merge(planes), _BT601_X16[full_range]))
+
+
+def per_frame_ms(repeats: int, convert, *args, **kwargs) -> float:
+    """Best of 5 rounds of `repeats` calls of convert(*args, **kwargs), in ms per call."""
+    convert(*args, **kwargs)
+    rounds = []
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            convert(*args, **kwargs)
+        rounds.append((time.perf_counter() - start) / repeats * 1e3)
+    return min(rounds)
+
+
+def conversion_table(repeats: int = 200) -> str:
+    rng = np.random.default_rng(0)
+    cells = []
+    for label, height, width, down, across in PICTURES:
+        y = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        cb, cr = (rng.integers(0, 256, (height // down, width // across), dtype=np.uint8) for _ in range(2))
+        frame = np.empty((height, width, 3), np.uint8)
+        assert np.array_equal(yuv_to_rgb(y, cb, cr, out=frame), opencv_yuv_to_rgb(y, cb, cr))
+        before = per_frame_ms(repeats, opencv_yuv_to_rgb, y, cb, cr)
+        after = per_frame_ms(repeats, yuv_to_rgb, y, cb, cr, out=frame)
+        cells.append((label, f"{width}×{height}", f"{before:.3f}", f"{after:.3f}", f"{before / after:.2f}x"))
+    header = ("picture", "size", "OpenCV chain ms", "yuv_to_rgb ms", "speed-up")
+    return format_table(cells, header, align="<<>>>")
 
 
 def clips(videos: list[VideoInfo], count: int, seed: int = 0) -> list[tuple[VideoInfo, np.ndarray]]:
@@ -35,6 +93,37 @@ def clips(videos: list[VideoInfo], count: int, seed: int = 0) -> list[tuple[Vide
         start = int(rng.integers(0, max(video.num_frames - FRAMES * stride, 0) + 1))
         requests.append((video, start + np.arange(FRAMES) * stride + rng.integers(0, stride, FRAMES)))
     return requests
+
+
+def against_table(old_module: str, count: int) -> str:
+    """PyAV ms per clip of the decode module at `old_module` and of this one: best of interleaved rounds."""
+    spec = importlib.util.spec_from_file_location("old_decode", old_module)
+    assert spec is not None and spec.loader is not None, old_module
+    old = importlib.util.module_from_spec(spec)
+    sys.modules["old_decode"] = old  # its dataclasses look their module up
+    spec.loader.exec_module(old)
+    shared = resolve_videos([str(SHARED)], min_frames=1)
+    cells = []
+    for codec, label, rounds in (("mpeg4", "MPEG-4 AVI (UCF/HMDB)", 5), ("h264", "H.264 MP4 (Kinetics, misc)", 3)):
+        requests = clips([v for v in shared if v.codec == codec], count)
+        decoders = {"old": old.PyAVDecoder(), "this": PyAVDecoder()}
+        for request in requests[: min(count, 24)]:  # warm-up (files, compiled kernels) and the bytes
+            assert np.array_equal(decoders["old"].decode(*request), decoders["this"].decode(*request)), request
+        best = dict.fromkeys(decoders, float("inf"))
+        decoded = decoders["this"].frames_decoded
+        for _ in range(rounds):
+            for name, decoder in decoders.items():
+                start = time.perf_counter()
+                for request in requests:
+                    decoder.decode(*request)
+                best[name] = min(best[name], (time.perf_counter() - start) / len(requests) * 1e3)
+        per_clip = (decoders["this"].frames_decoded - decoded) / rounds / len(requests)
+        before, after = best["old"], best["this"]
+        cells.append(
+            (label, len(requests), f"{per_clip:.1f}", f"{before:.2f}", f"{after:.2f}", f"{before / after:.2f}x")
+        )
+    header = ("videos", "clips", "decoded/clip", "old ms/clip", "this ms/clip", "speed-up")
+    return format_table(cells, header, align="<>>>>>")
 
 
 def measure(decoder: Decoder, requests: list[tuple[VideoInfo, np.ndarray]], batch_size: int) -> tuple[float, float]:
@@ -55,7 +144,19 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=48, help="clips per row")
     parser.add_argument("--batch-size", type=int, default=8, help="clips per decode_many call (and DALI batch)")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the synthetic VP9 videos")
+    parser.add_argument("--conversion-only", action="store_true", help="print the conversion table only")
+    parser.add_argument("--against", metavar="DECODE_PY", help="PyAV per clip: that decode module against this")
     args = parser.parse_args()
+
+    if args.against:
+        print(f"PyAV, {FRAMES}-frame clips, ms per clip (best of interleaved rounds), same bytes")
+        print(against_table(args.against, args.clips))
+        return
+
+    print("YCbCr->RGB per frame, BT.601 limited range, same bytes, best of 5 rounds")
+    print(conversion_table())
+    if args.conversion_only:
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         vp9 = resolve_videos(

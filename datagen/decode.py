@@ -21,8 +21,10 @@ from typing import cast
 
 import av
 import cv2
+import numba
 import numpy as np
 import torch
+from numba.extending import intrinsic
 
 from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
 
@@ -72,29 +74,40 @@ class PyAVDecoder:
         self._count_lock = threading.Lock()  # decode() runs in several threads at once
 
     def decode(self, video: VideoInfo, indices: np.ndarray) -> np.ndarray:
-        """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame."""
+        """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame.
+
+        Each distinct frame is converted straight into its first slot of the one output array, and repeats
+        are copied after: no per-frame arrays to stack."""
         wanted = clamp_indices(video, indices)
+        clip = np.empty((wanted.size, video.height, video.width, 3), np.uint8)
         if wanted.size == 0:
-            return np.zeros((0, video.height, video.width, 3), np.uint8)
-        needed = np.unique(wanted)
+            return clip
+        needed, first, inverse = np.unique(wanted, return_index=True, return_inverse=True)
+        slots = [clip[i] for i in first.tolist()]  # views into `clip`, one per needed frame
         try:
-            frames = self._read(video, needed, self._seek_point(video.path, int(needed[0])))
-            if frames is None:  # the seek landed elsewhere: from now on this video is decoded from its start
+            filled = self._read(video, needed, self._seek_point(video.path, int(needed[0])), slots)
+            if filled is None:  # the seek landed elsewhere: from now on this video is decoded from its start
                 self._no_seek.add(video.path)
-                frames = self._read(video, needed, None)
+                filled = self._read(video, needed, None, slots)
         except VideoError as exc:
             raise VideoDecodeError(exc.path, exc.reason) from None
         except av.error.FFmpegError as exc:
             raise VideoDecodeError(video.path, f"corrupt {video.codec} stream ({exc.strerror or exc})") from exc
-        if not frames:
+        if not filled:
             raise VideoDecodeError(video.path, f"no decodable frame at or after index {needed[0]}")
-        last = max(frames)
-        return np.stack([frames[min(int(i), last)] for i in wanted])
+        source = first[np.minimum(inverse.reshape(-1), filled - 1)]  # past the last decoded: its frame
+        repeats = np.flatnonzero(source != np.arange(wanted.size))
+        if repeats.size:
+            clip[repeats] = clip[source[repeats]]
+        return clip
 
-    def _read(self, video: VideoInfo, needed: np.ndarray, seek: tuple[int, int] | None) -> dict[int, np.ndarray] | None:
-        """Frames at the `needed` (sorted, unique) indices, plus the last one decoded if the video ends early;
+    def _read(
+        self, video: VideoInfo, needed: np.ndarray, seek: tuple[int, int] | None, slots: list[np.ndarray]
+    ) -> int | None:
+        """Convert the frames at the `needed` (sorted, unique) indices into `slots`, in order; returns how many
+        slots it filled, the last one with the video's last frame if the video ends before `needed` does.
         None if seeking to `seek` = (key frame timestamp, its frame index) did not land on that key frame."""
-        frames: dict[int, np.ndarray] = {}
+        filled = 0
         last: tuple[int, av.VideoFrame] | None = None
         decoded = 0
         targets = iter(needed.tolist())
@@ -116,20 +129,22 @@ class PyAVDecoder:
                             continue
                         leading = False
                         if position == want:
-                            frames[position] = frame_to_rgb(frame, video)
+                            frame_to_rgb(frame, video, slots[filled])
+                            filled += 1
                             want = next(targets, None)
                         last = (position, frame)
                         position += 1
                     if want is None:
-                        return frames
+                        return filled
         finally:
             with self._count_lock:
                 self.frames_decoded += decoded
         if leading:
             return None
-        if last is not None and last[0] not in frames:  # the video ended early: keep its last frame for clamping
-            frames[last[0]] = frame_to_rgb(last[1], video)
-        return frames
+        if last is not None and (filled == 0 or needed[filled - 1] != last[0]):  # the video ended early: its
+            frame_to_rgb(last[1], video, slots[filled])  # last frame stands for the needed ones past it
+            filled += 1
+        return filled
 
     def _seek_point(self, path: str, first: int) -> tuple[int, int] | None:
         """The last key frame at or before frame `first` as (timestamp, frame index); None: from the start."""
@@ -239,35 +254,48 @@ def _timestamp(packet: av.Packet) -> int | None:
     return packet.pts if packet.pts is not None else packet.dts
 
 
-def frame_to_rgb(frame: av.VideoFrame, video: VideoInfo) -> np.ndarray:
-    """(H, W, 3) uint8 RGB at the probed size. Pixel formats other than 8-bit planar YCbCr, and a stream
-    that changes resolution mid-way, go through FFmpeg's scaler to 4:2:0 at that size first."""
+def frame_to_rgb(frame: av.VideoFrame, video: VideoInfo, out: np.ndarray | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 RGB at the probed size, written into `out` if given. Pixel formats other than 8-bit
+    planar YCbCr, and a stream that changes resolution mid-way, go through FFmpeg's scaler to 4:2:0 at that
+    size first."""
     if frame.format.name not in _YUV_8BIT or (frame.width, frame.height) != (video.width, video.height):
         layout = frame.format.name if frame.format.name in _YUV_8BIT else "yuv420p"
         frame = frame.reformat(width=video.width, height=video.height, format=layout)
     y, cb, cr = (
         np.frombuffer(memoryview(p), np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes
     )
-    return yuv_to_rgb(y, cb, cr, full_range=int(frame.color_range) == 2)
+    return yuv_to_rgb(y, cb, cr, full_range=int(frame.color_range) == 2, out=out)
 
 
 _YUV_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
 
 
-def yuv_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool = False) -> np.ndarray:
-    """8-bit planar YCbCr (chroma at any subsampling) → (H, W, 3) uint8 RGB, the way DALI's decoder converts:
-    chroma upsampled bilinearly (pixel centres aligned), BT.601, rounded to nearest.
+def yuv_to_rgb(
+    y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool = False, out: np.ndarray | None = None
+) -> np.ndarray:
+    """8-bit planar YCbCr (chroma at any subsampling) → (H, W, 3) uint8 RGB (into `out` if given), the way
+    DALI's decoder converts: chroma upsampled bilinearly (pixel centres aligned), BT.601, rounded to nearest.
 
-    The planes are scaled by 16 into uint16 first: 2× bilinear weights are multiples of 1/16, so the
-    upsampled chroma stays exact without a float copy of the picture (3× faster than float32)."""
+    The bytes are those of the OpenCV chain this replaced (planes ×16 into uint16, `cv2.resize` of the
+    chroma, `cv2.transform`, saturation), so what a key produces did not change: one compiled pass computes
+    its arithmetic (`_ycbcr_to_planes`), and `cv2.merge` interleaves the planes, which compiled loops do not
+    vectorise. Chroma that is not exactly half (or all) of the picture in each direction, as at odd sizes, is
+    upsampled by `cv2.resize` first, as before, since its weights are then not multiples of 1/4."""
     height, width = y.shape
-    planes = [np.left_shift(y, 4, dtype=np.uint16)]
-    planes += [
-        cv2.resize(np.left_shift(c, 4, dtype=np.uint16), (width, height), interpolation=cv2.INTER_LINEAR)
-        for c in (cb, cr)
-    ]
-    rgb = cv2.transform(cv2.merge(planes), _BT601_X16[full_range])  # uint16: negatives saturate to 0
-    return cv2.convertScaleAbs(rgb)  # saturates at 255
+    if out is None:
+        out = np.empty((height, width, 3), np.uint8)
+    elif out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous ({height}, {width}, 3) uint8 array, not {out.dtype} {out.shape}")
+    gain = 1.0
+    if not all(size in (half, 2 * half) for size, half in zip(y.shape, cb.shape)):
+        cb, cr = (
+            cv2.resize(np.left_shift(c, 4, dtype=np.uint16), (width, height), interpolation=cv2.INTER_LINEAR)
+            for c in (cb, cr)
+        )
+        gain = 1 / 16
+    planes = np.empty((3, height, width), np.uint8)
+    _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), planes)
+    return cv2.merge(tuple(planes), dst=out)
 
 
 def _bt601_x16(full_range: bool) -> np.ndarray:
@@ -283,7 +311,76 @@ def _bt601_x16(full_range: bool) -> np.ndarray:
     return np.concatenate([m / 16, -(m @ np.array(offsets))[:, None]], axis=1)
 
 
+def _int16_lanes(affine: np.ndarray) -> np.ndarray:
+    """The affine map as `cv2.transform` applies it to uint16 pixels: in float32, with −32768 added to the
+    offsets so that results fit int16 lanes (which sets where its rounding falls)."""
+    lanes = affine.astype(np.float32)
+    lanes[:, 3] -= np.float32(32768)
+    return lanes
+
+
 _BT601_X16 = {False: _bt601_x16(False), True: _bt601_x16(True)}
+_LANES = {full: _int16_lanes(affine) for full, affine in _BT601_X16.items()}
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """a·b + c rounded once, in float32: what `cv2.transform`'s vector loop computes (`v_muladd`)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.fma(*args)
+
+    return numba.types.float32(numba.types.float32, numba.types.float32, numba.types.float32), codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _to_byte(luma, cb, cr, m0, m1, m2, m3):
+    """One channel: OpenCV's int16-lane arithmetic (round to nearest even, +32768), saturated to 0…255."""
+    value = np.rint(_fma(luma, m0, _fma(cb, m1, _fma(cr, m2, m3)))) + np.float32(32768)
+    return np.uint8(min(max(value, np.float32(0)), np.float32(255)))
+
+
+@numba.njit(cache=True, nogil=True)
+def _upsample_row(chroma, near, far, weight, gain, vertical, row):
+    """16·(chroma bilinearly upsampled) for one picture row: rows `near` and `far` of `chroma` weighted
+    `weight` : 4 − `weight`, then columns doubled (¾ near, ¼ far, edges repeated) when chroma is half as wide."""
+    columns = chroma.shape[1]
+    for k in range(columns):
+        vertical[k] = gain * (weight * np.float32(chroma[near, k]) + (4 - weight) * np.float32(chroma[far, k]))
+    if columns == row.shape[0]:
+        for k in range(columns):
+            row[k] = 4 * vertical[k]
+        return
+    last = columns - 1
+    row[0] = 4 * vertical[0]
+    row[2 * last + 1] = 4 * vertical[last]
+    for k in range(1, columns):
+        row[2 * k] = 3 * vertical[k] + vertical[k - 1]
+        row[2 * k - 1] = 3 * vertical[k - 1] + vertical[k]
+
+
+@numba.njit(cache=True, nogil=True)
+def _ycbcr_to_planes(y, cb, cr, m, gain, planes):
+    """RGB planes (3, H, W) of 8-bit Y and Cb, Cr at full, half width or half size (scaled by `gain`)."""
+    height, width = y.shape
+    half_height = cb.shape[0] < height
+    weight = np.float32(3 if half_height else 4)
+    r0, r1, r2, r3 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
+    g0, g1, g2, g3 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
+    b0, b1, b2, b3 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
+    vertical = np.empty(cb.shape[1], np.float32)
+    blue, red = np.empty(width, np.float32), np.empty(width, np.float32)
+    for i in range(height):
+        near = i // 2 if half_height else i
+        far = min(max(near + (1 if i % 2 else -1), 0), cb.shape[0] - 1) if half_height else i
+        _upsample_row(cb, near, far, weight, gain, vertical, blue)
+        _upsample_row(cr, near, far, weight, gain, vertical, red)
+        luma, r, g, b = y[i], planes[0, i], planes[1, i], planes[2, i]
+        for j in range(width):
+            value = np.float32(16 * luma[j])
+            r[j] = _to_byte(value, blue[j], red[j], r0, r1, r2, r3)
+            g[j] = _to_byte(value, blue[j], red[j], g0, g1, g2, g3)
+            b[j] = _to_byte(value, blue[j], red[j], b0, b1, b2, b3)
 
 
 class DaliDecoder:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import av
 import numpy as np
 import pytest
 import torch
 
+from bench.decode_bench import opencv_yuv_to_rgb
 from datagen.decode import Decoder, PyAVDecoder, VideoDecodeError, auto_backend, frame_to_rgb, yuv_to_rgb
 from datagen.generator import Generator
 from datagen.manifest import VideoInfo, probe, resolve_videos
@@ -90,6 +92,67 @@ def test_colour_conversion_is_bt601_with_bilinear_chroma():
             expected = np.clip(np.rint(ycc @ np.array(matrix).T), 0, 255)
             difference = np.abs(yuv_to_rgb(y, cb, cr, full_range=full).astype(int) - expected)
             assert difference.max() <= 1 and (difference > 0).mean() < 0.01  # rounding exact halves may differ
+
+
+def padded_planes(rng: np.random.Generator, height: int, width: int, down: int, across: int, pad: int):
+    """Random Y, Cb, Cr as PyAV hands them over: views into rows `pad` bytes longer (its line_size)."""
+
+    def plane(rows: int, columns: int) -> np.ndarray:
+        return rng.integers(0, 256, (rows, columns + pad), dtype=np.uint8)[:, :columns]
+
+    chroma = (-(-height // down), -(-width // across))
+    return plane(height, width), plane(*chroma), plane(*chroma)
+
+
+def test_colour_conversion_gives_the_bytes_of_the_opencv_chain_it_replaced():
+    """4:2:0, 4:2:2, 4:4:0 and 4:4:4, even and odd sizes, both ranges, padded rows, byte for byte: what a key
+    produces does not change. (Pixel counts here are multiples of 32: all in OpenCV's vector loop.)"""
+    rng = np.random.default_rng(4)
+    for height, width in [(240, 320), (144, 256), (33, 32), (32, 33), (31, 64), (2, 16)]:
+        for down, across in [(2, 2), (1, 2), (2, 1), (1, 1)]:
+            for pad in (0, 13):
+                y, cb, cr = padded_planes(rng, height, width, down, across, pad)
+                for full in (False, True):
+                    expected = opencv_yuv_to_rgb(y, cb, cr, full_range=full)
+                    assert np.array_equal(yuv_to_rgb(y, cb, cr, full_range=full), expected), (height, width, down)
+
+
+def test_colour_conversion_where_opencv_ends_in_scalar_code():
+    """OpenCV converts a picture's last H·W mod 16 (AVX2) or 32 (AVX-512) pixels in scalar code that rounds
+    differently, so its bytes there depend on the machine; ours round them as its vector loop does."""
+    rng = np.random.default_rng(5)
+    for height, width in [(101, 99), (15, 17), (7, 9), (3, 5), (1, 1)]:
+        for down, across in [(2, 2), (1, 2), (1, 1)]:
+            y, cb, cr = padded_planes(rng, height, width, down, across, 3)
+            for full in (False, True):
+                ours = yuv_to_rgb(y, cb, cr, full_range=full).reshape(-1, 3).astype(int)
+                expected = opencv_yuv_to_rgb(y, cb, cr, full_range=full).reshape(-1, 3)
+                vector = height * width - height * width % 32
+                assert np.array_equal(ours[:vector], expected[:vector]) and np.abs(ours - expected).max() <= 1
+
+
+def test_conversion_writes_into_the_frame_it_is_given():
+    """PyAV's frames go straight into their slot of the clip: no per-frame array, no stacking."""
+    y, cb, cr = padded_planes(np.random.default_rng(6), 24, 32, 2, 2, 8)
+    clip = np.zeros((3, 24, 32, 3), np.uint8)
+    frame = yuv_to_rgb(y, cb, cr, out=clip[1])
+    assert np.shares_memory(frame, clip) and np.array_equal(clip[1], opencv_yuv_to_rgb(y, cb, cr))
+    assert not clip[[0, 2]].any()
+    with pytest.raises(ValueError, match="C-contiguous"):
+        yuv_to_rgb(y, cb, cr, out=np.zeros((24, 64, 3), np.uint8)[:, ::2])  # cv2.merge: an obscure error
+
+
+def test_pyav_decodes_the_same_clips_from_several_threads_at_once(shared):
+    """decode() runs in the decoder's threads: same pixels as one at a time, every decoded picture counted."""
+    rng = np.random.default_rng(7)
+    requests = [(video, clip_indices(rng, video.num_frames)) for video in shared[:6]]
+    pyav = PyAVDecoder()
+    serial = [pyav.decode(*request) for request in requests]
+    decoded = pyav.frames_decoded
+    with ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(lambda request: pyav.decode(*request), requests * 2))
+    assert all(np.array_equal(a, b) for a, b in zip(parallel, serial * 2))
+    assert pyav.frames_decoded == 3 * decoded
 
 
 def test_dali_cpu_returns_the_frames_pyav_returns_on_vp9(demo_videos):
@@ -209,6 +272,8 @@ def test_a_truncated_video_clamps_to_its_last_decodable_frame(shared, tmp_path):
     truth = full_decode(probe(cut))
     clip = Decoder(backend="pyav").decode(stale, np.array([0, len(truth) - 1, len(truth) + 5, 239]))
     assert np.array_equal(clip.numpy(), truth[[0, -1, -1, -1]])
+    past = Decoder(backend="pyav").decode(stale, np.array([len(truth) + 5, 239, len(truth) + 5]))  # none decodes
+    assert np.array_equal(past.numpy(), truth[[-1, -1, -1]])
 
 
 def test_dali_decodes_only_the_segment_a_clip_needs(tmp_path):
