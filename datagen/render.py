@@ -74,7 +74,11 @@ def render_clips_cpu(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size
     for i, (f, plan) in enumerate(zip(frames, plans.samples())):
         out = clips[i]
         crop = _resized_crop_unflipped(f, plan.clip, s).permute(0, 2, 3, 1).numpy()
-        out[:] = crop[:, :, ::-1] if plan.clip.flip else crop  # NumPy flips as it copies
+        if plan.clip.flip:
+            for frame, flipped in zip(crop, out):
+                cv2.flip(frame, 1, dst=flipped)  # as it copies (NumPy's strided copy is 10x slower)
+        else:
+            out[:] = crop
         sources = np.unique(plans.source_frame[i])  # the only frames the patches are sampled from
         clean[:pixels].reshape(out.shape)[sources] = out[sources]
         for ints, floats, shape_ends, bounds in steps:
