@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torchvision.models.video import r3d_18
@@ -9,8 +11,13 @@ from torchvision.models.video import r3d_18
 from datagen.configfile import to_dict
 from trainer.config import ModelConfig, TrainConfig
 from trainer.ctp_model import CtPNetwork
+from trainer.distributed import Ranks
+from trainer.downstream.clips import ClipBatch
+from trainer.downstream.config import load_downstream_config
+from trainer.downstream.finetune import FineTuner
 from trainer.downstream.model import VideoClassifier, load_classifier, load_encoder
 from trainer.encoders import build_encoder, torchvision_model
+from trainer.execution import Execution
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -64,3 +71,28 @@ def test_weight_files_that_do_not_fit_are_explained(tmp_path):
         load_encoder("tiny", tmp_path / "absent.pth")
     with pytest.raises(ValueError, match="not a fine-tuned checkpoint"):
         load_classifier(tmp_path / "tiny.pth")
+
+
+def test_linear_evaluation_trains_only_the_classifier():
+    # model.freeze_encoder: after SGD steps in train mode the encoder's weights and BatchNorm statistics are
+    # exactly those loaded, and the classifier has learnt; without it the encoder changes too.
+    cfg = load_downstream_config("tiny_cpu", ["model.encoder=tiny", "model.freeze_encoder=true", "optim.lr=0.5"])
+    batch = ClipBatch(
+        torch.randint(0, 256, (4, 8, 64, 64, 3), dtype=torch.uint8), torch.tensor([0, 1, 0, 1]), torch.arange(4)
+    )
+    for frozen in (True, False):
+        tuner = FineTuner(
+            dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_encoder=frozen)),
+            ("a", "b"),
+            Execution.resolve("cpu"),
+            Ranks(0, 1),
+        )
+        before = {k: v.clone() for k, v in tuner.model.state_dict().items()}
+        tuner.model.train()
+        for _ in range(3):
+            tuner.train_step(batch)
+        after = tuner.model.state_dict()
+        encoder_kept = all(torch.equal(after[k], v) for k, v in before.items() if k.startswith("encoder."))
+        assert encoder_kept == frozen
+        assert not torch.equal(after["fc.weight"], before["fc.weight"])
+        assert any(k.endswith("running_mean") for k in before)

@@ -74,6 +74,8 @@ class ModelConfig:
     encoder: EncoderName = "r3d_18"
     init: str = ""  # exported encoder or pretraining checkpoint; empty: random initialisation (the baseline)
     dropout: float = 0.5
+    # Linear evaluation: the encoder's weights and BatchNorm statistics stay as loaded; only the classifier trains.
+    freeze_encoder: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -57,10 +57,11 @@ class FineTuner:
             log.info("%s holds a %s encoder: model.encoder=%s", cfg.model.init, encoder.name, encoder.name)
             name = cast(EncoderName, encoder.name)  # a built encoder's name is one of them
             cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, encoder=name))
-        classifier = VideoClassifier(encoder, len(classes), cfg.model.dropout)
+        classifier = VideoClassifier(encoder, len(classes), cfg.model.dropout, cfg.model.freeze_encoder)
         self.cfg, self.classes, self.execution = cfg, classes, execution
         self.model, self.network = distribute(classifier, execution, ranks, cfg.run.sync_batchnorm)
-        self.optimizer = build_optimizer(self.model.parameters(), cfg.optim, cfg.lr)
+        trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = build_optimizer(trained, cfg.optim, cfg.lr)
         self.scheduler = build_scheduler(self.optimizer, cfg.optim)
         self.epoch = 0  # epochs completed
         self.step = 0

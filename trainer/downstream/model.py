@@ -15,7 +15,7 @@ from trainer.export import ENCODER_PREFIX, encoder_state_dict
 
 
 class VideoClassifier(nn.Module):
-    def __init__(self, encoder: Encoder, num_classes: int, dropout: float = 0.5) -> None:
+    def __init__(self, encoder: Encoder, num_classes: int, dropout: float = 0.5, freeze_encoder: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.pool = nn.AdaptiveAvgPool3d(1)
@@ -23,10 +23,20 @@ class VideoClassifier(nn.Module):
         self.fc = nn.Linear(self.encoder.out_channels, num_classes)
         nn.init.normal_(self.fc.weight, 0.0, 0.001)
         nn.init.zeros_(self.fc.bias)
+        self.frozen = freeze_encoder  # linear evaluation: the encoder neither learns nor updates its statistics
+        self.encoder.requires_grad_(not freeze_encoder)
+
+    def train(self, mode: bool = True) -> VideoClassifier:
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
 
     def forward(self, clips: torch.Tensor) -> torch.Tensor:
         """(B, 3, T, H, W) normalised clips → (B, classes) logits."""
-        return self.fc(self.dropout(self.pool(self.encoder(clips)).flatten(1)))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            features = self.pool(self.encoder(clips)).flatten(1)
+        return self.fc(self.dropout(features))
 
 
 def is_finetuned(state: dict[str, Any]) -> bool:
