@@ -88,6 +88,7 @@ class Plan:
     seeds: tuple[int, ...]
     arms: tuple[str, ...] = ARMS
     scene: Scene = Scene()
+    linear_probe: bool = False  # a diagnostic: the encoders frozen, only the classifier trained
 
 
 FULL = Plan(
@@ -324,7 +325,15 @@ def now() -> str:
 
 
 def finetune_run(
-    train: Path, evaluated: Path, init: Path | None, fraction: float, seed: int, steps: int, lr: float, out: Path
+    train: Path,
+    evaluated: Path,
+    init: Path | None,
+    fraction: float,
+    seed: int,
+    steps: int,
+    lr: float,
+    out: Path,
+    frozen: bool = False,
 ) -> dict[str, Any]:
     """`finetune()` with the tiny_cpu downstream recipe for about `steps` steps: its end-of-run top-1 on
     `evaluated`, with the run's time, CPU time and the load average at its end. A finished run in `out` is
@@ -347,6 +356,7 @@ def finetune_run(
             "run.progress=false",
             "run.log_every=50",
             f"model.init={json.dumps(str(init) if init else '')}",
+            f"model.freeze_encoder={str(frozen).lower()}",
         ],
     )
     labelled = sum(1 for p in train.rglob("*") if p.is_file())
@@ -535,9 +545,10 @@ def run(
             for fraction in plan.fractions:
                 for seed in plan.seeds:
                     lr = plan.finetune_lr[arm]
-                    run_dir = work / "finetune" / split / arm / f"lr{lr:g}" / f"{fraction:g}" / f"seed{seed}"
+                    kind = "probe" if plan.linear_probe else "finetune"
+                    run_dir = work / kind / split / arm / f"lr{lr:g}" / f"{fraction:g}" / f"seed{seed}"
                     args = (data / "train", data / split, init, fraction, seed, plan.finetune_steps, lr)
-                    jobs[arm, fraction, seed] = pool.submit(finetune_run, *args, run_dir)
+                    jobs[arm, fraction, seed] = pool.submit(finetune_run, *args, run_dir, plan.linear_probe)
         for (arm, fraction, seed), job in jobs.items():
             done = job.result()
             results.setdefault(arm, {}).setdefault(f"{fraction:g}", {})[str(seed)] = done["top1"]
@@ -616,6 +627,11 @@ def main(argv: list[str] | None = None) -> None:
         "--workers", type=int, default=2, help="single-threaded processes running the pretrainings and fine-tunings"
     )
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="override the plan's fine-tuning seeds")
+    p.add_argument(
+        "--linear-probe",
+        action="store_true",
+        help="a diagnostic: train only the classifier on each arm's frozen encoder (model.freeze_encoder)",
+    )
     argv = sys.argv[1:] if argv is None else argv
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -634,6 +650,7 @@ def main(argv: list[str] | None = None) -> None:
             ("seeds", tuple(args.seeds or ())),
             ("finetune_lr", args.finetune_lr and dict.fromkeys(ARMS, args.finetune_lr)),
             ("scene", args.scene and dataclasses.replace(plan.scene, **json.loads(args.scene))),
+            ("linear_probe", args.linear_probe),
         )
         if v
     }
