@@ -13,7 +13,7 @@ import pytest
 
 from datagen import cli
 from datagen.manifest import open_video, probe, read_manifest
-from datagen.prepare import Settings, prepare
+from datagen.prepare import Settings, check_settings, prepare
 from trainer.downstream.config import SplitConfig
 from trainer.downstream.datasets import read_split
 
@@ -92,6 +92,23 @@ def test_same_frames_timestamps_short_side_and_gop(dataset: Path, prepared, name
         assert stream.codec_context.pix_fmt == "yuv420p" and not container.streams.audio
     keys = [i for i, p in enumerate(packets) if p.is_keyframe]
     assert keys == list(range(0, len(packets), GOP))
+
+
+def test_copies_are_tuned_for_fast_decoding(prepared) -> None:
+    # x264 records its options in the stream: no CABAC and no deblocking filter (tune=fastdecode).
+    out, _, _ = prepared
+    for copy in out.rglob("*.mp4"):
+        options = copy.read_bytes().split(b"options: ", 1)[1][:2000]
+        assert b"cabac=0" in options and b"deblock=0" in options, copy
+
+
+def test_a_folder_prepared_before_the_tune_existed_is_not_resumed_with_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "prepare.json").write_text('{"short_side": 144, "gop": 16, "crf": 18}\n')  # an older prepare.json
+    with pytest.raises(ValueError, match="tune=''"):
+        check_settings(out, Settings())
+    check_settings(out, Settings(tune=""))  # the same encoding: resumable
 
 
 def test_resume_skips_finished_and_redoes_half_written(dataset: Path, tmp_path: Path) -> None:
