@@ -8,13 +8,15 @@ moves in one of five ways (orbit, horizontal, vertical or diagonal swing, pulsin
 disjoint source material (each video's pixels come from its own seed, and the splits' seeds never meet):
 an unlabelled pretraining pool, labelled training videos, a validation set for any choice, and the test set.
 
-Arms, all the same tiny encoder and the same fine-tuning recipe and step budget: `scratch` (random init);
+Arms, all the same tiny encoder and the same fine-tuning recipe and step budget, each with its own
+fine-tuning lr chosen on val: `scratch` (random init);
 `ctp_full`: CtP pretraining on the pool with the full generation spec (the paper's, with the clip geometry
 of the tiny_cpu preset: 64 px crops and patch sizes scaled to them); `ctp_simple`: the tiny_cpu preset's
 simplified game. Pretraining and fine-tuning are the project's own
 `pretrain()` and `finetune()`, in single-threaded worker processes; the score is `finetune()`'s own
 end-of-run video-level top-1 (10 clips per video) on the evaluated split. The report records wall time,
 CPU time (the budget: 45 minutes of 2 cores) and load average, since the machine may be shared.
+`--linear-probe` is a diagnostic: the same runs with the encoders frozen (linear evaluation).
 Seeds are fixed here, before any run: pretraining seed 0, fine-tuning seeds 0, 1, 2 (which also choose the
 label subsets).
 """
