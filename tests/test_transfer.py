@@ -58,9 +58,9 @@ def test_splits_share_no_source_material(quick):
     assert all(v["class"] is None for v in index["videos"] if v["split"] == "pool")
 
 
-def _tuned_encoder(work: Path, arm: str) -> dict[str, torch.Tensor]:
+def _tuned_encoder(work: Path, arm: str, kind: str = "finetune") -> dict[str, torch.Tensor]:
     """The conv weights of `arm`'s fine-tuned encoder at fraction 1, seed 0 (its run folder holds the split and lr)."""
-    (checkpoint,) = (work / "finetune").glob(f"*/{arm}/lr*/1/seed0/finetuned.pt")
+    (checkpoint,) = (work / kind).glob(f"*/{arm}/lr*/1/seed0/finetuned.pt")
     state = read_state(checkpoint)["model"]
     return _conv_weights({k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")})
 
@@ -77,6 +77,18 @@ def test_finetuning_starts_from_the_pretrained_encoder(quick):
         assert _distance(tuned, pretrained) < 0.05 * _distance(tuned, fresh), arm
     tuned = _tuned_encoder(work, "scratch")
     assert _distance(tuned, fresh) < 0.05 * _distance(tuned, pretrained)
+
+
+def test_the_linear_probe_keeps_each_arms_encoder_as_it_was(quick):
+    # --linear-probe trains only the classifier: the pretrained encoder comes out exactly as it went in (the
+    # pretrainings of the fixture's run are reused).
+    work, _ = quick
+    out = ["--out", str(work / "probe.json"), "--image", str(work / "probe.png")]
+    transfer.main(["--quick", "--linear-probe", "--arms", "scratch", "ctp_simple", "--work", str(work), *out])
+    pretrained = _conv_weights(encoder_state_dict(read_state(latest_checkpoint(work / "pretrain" / "ctp_simple"))))
+    probed = _tuned_encoder(work, "ctp_simple", kind="probe")
+    assert all(torch.equal(probed[k], pretrained[k]) for k in pretrained)
+    assert not all(torch.equal(v, _tuned_encoder(work, "ctp_simple")[k]) for k, v in probed.items())
 
 
 def test_the_two_pretraining_arms_play_different_games(quick):
