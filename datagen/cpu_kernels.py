@@ -28,8 +28,11 @@ TINY = np.float32(1e-12)
 
 @numba.njit(inline="always")
 def _lerp(a, b, w):
-    """torch.lerp's formula (exact at both ends)."""
-    return a + w * (b - a) if w < HALF else b - (b - a) * (ONE - w)
+    """torch.lerp's formula (exact at both ends); both sides computed, then one chosen, so that it compiles
+    to a select rather than a branch that a pixel's random weight would mispredict half the time."""
+    d = b - a
+    low, high = a + w * d, b - d * (ONE - w)
+    return low if w < HALF else high
 
 
 @numba.njit(cache=True, nogil=True, fastmath={"contract"})
