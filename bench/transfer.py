@@ -50,7 +50,7 @@ from datagen.demo import ENCODERS, encode, texture
 from trainer.checkpoint import latest_checkpoint
 from trainer.config import load_train_config
 from trainer.downstream.config import load_downstream_config
-from trainer.downstream.finetune import CHECKPOINT_NAME, finetune
+from trainer.downstream.finetune import finetune
 from trainer.pretrain import pretrain
 
 log = logging.getLogger("bench.transfer")
@@ -335,15 +335,20 @@ def finetune_run(
     steps: int,
     lr: float,
     out: Path,
+    spec: dict[str, Any],
     frozen: bool = False,
 ) -> dict[str, Any]:
     """`finetune()` with the tiny_cpu downstream recipe for about `steps` steps: its end-of-run top-1 on
-    `evaluated`, with the run's time, CPU time and the load average at its end. A finished run in `out` is
-    reused (no time spent), so that a grid of choices on val can grow one arm at a time."""
-    finished = (out / CHECKPOINT_NAME).with_suffix(".json")
-    if finished.is_file():
-        top1 = json.loads(finished.read_text())["validation"]["top1"]
-        return {"top1": top1, "seconds": 0.0, "cpu_seconds": 0.0, "load_average_end": os.getloadavg(), "reused": True}
+    `evaluated`, with the run's time, CPU time and the load average at its end. A finished run in `out` of
+    the same recipe on the same videos (`spec`) is reused with the record it wrote, so that a grid of choices
+    on val can grow one arm at a time; a different one there is refused by `finetune()`."""
+    record_file = out / "transfer_finetune.json"
+    wanted = {"init": str(init), "fraction": fraction, "seed": seed, "steps": steps, "lr": lr, "frozen": frozen}
+    wanted["videos"] = spec
+    if record_file.is_file():
+        record = json.loads(record_file.read_text())
+        if {k: record.get(k) for k in wanted} == wanted:
+            return {**record["result"], "reused": True}  # its time counts in the budget as a reused pretraining's
     wall, cpu = time.perf_counter(), cpu_seconds()
     cfg = load_downstream_config(
         "tiny_cpu",
@@ -373,13 +378,14 @@ def finetune_run(
     checkpoint = finetune(cfg)
     summary = json.loads(checkpoint.with_suffix(".json").read_text())
     assert summary["train_videos"] == videos, (summary["train_videos"], videos)
-    return {
+    result = {
         "top1": summary["validation"]["top1"],
         "seconds": time.perf_counter() - wall,
         "cpu_seconds": cpu_seconds() - cpu,
         "load_average_end": os.getloadavg(),
-        "reused": False,
     }
+    write_json(record_file, {**wanted, "result": result})  # whole or absent, as the pretraining's record
+    return {**result, "reused": False}
 
 
 def _class_sizes(folder: Path) -> list[int]:
@@ -550,7 +556,8 @@ def run(
                     kind = "probe" if plan.linear_probe else "finetune"
                     run_dir = work / kind / split / arm / f"lr{lr:g}" / f"{fraction:g}" / f"seed{seed}"
                     args = (data / "train", data / split, init, fraction, seed, plan.finetune_steps, lr)
-                    jobs[arm, fraction, seed] = pool.submit(finetune_run, *args, run_dir, plan.linear_probe)
+                    run_args = (run_dir, index["spec"], plan.linear_probe)
+                    jobs[arm, fraction, seed] = pool.submit(finetune_run, *args, *run_args)
         for (arm, fraction, seed), job in jobs.items():
             done = job.result()
             results.setdefault(arm, {}).setdefault(f"{fraction:g}", {})[str(seed)] = done["top1"]
@@ -559,13 +566,15 @@ def run(
     timings["total_s"] = time.perf_counter() - started
     cpu = cpu_seconds() - cpu_started
     reused = sum(r["cpu_seconds"] for r in pretraining.values() if r["reused"])
+    reused_finetuning = sum(r["cpu_seconds"] for r in runs if r["reused"])
     budget = {
         "started": started_at,
         "load_average_start": load_start,
         "load_average_end": os.getloadavg(),
         "cpu_seconds_this_process": cpu,
         "cpu_seconds_reused_pretraining": reused,  # spent by an earlier run of the same pretraining
-        "cpu_seconds_total": cpu + reused,
+        "cpu_seconds_reused_finetuning": reused_finetuning,  # likewise, by earlier runs of the same fine-tunings
+        "cpu_seconds_total": cpu + reused + reused_finetuning,
         "cpu_seconds_budget": BUDGET_CPU_SECONDS,
     }
     summary = summarise(results)

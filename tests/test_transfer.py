@@ -91,6 +91,17 @@ def test_the_linear_probe_keeps_each_arms_encoder_as_it_was(quick):
     assert not all(torch.equal(v, _tuned_encoder(work, "ctp_simple")[k]) for k, v in probed.items())
 
 
+def test_a_finished_fine_tuning_is_reused_only_for_the_same_recipe(quick):
+    work, first = quick
+    out = ["--work", str(work), "--out", str(work / "again.json"), "--image", str(work / "again.png")]
+    transfer.main(["--quick", *out])
+    again = json.loads((work / "again.json").read_text())
+    assert all(r["reused"] for r in again["runs"]) and again["top1"] == first["top1"]
+    assert again["budget"]["cpu_seconds_reused_finetuning"] == sum(r["cpu_seconds"] for r in first["runs"])
+    with pytest.raises(FileExistsError, match="already holds a run"):  # other steps, the same folders
+        transfer.main(["--quick", "--arms", "scratch", "--finetune-steps", "3", *out])
+
+
 def test_the_two_pretraining_arms_play_different_games(quick):
     work, _ = quick
     full, simple = (
