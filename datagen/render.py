@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import torch
 
+from . import cpu_kernels
 from .batch import Batch
 from .plan import ELLIPSE, RECTANGLE, RHOMBUS, ClipPlan, PlanBatch, SamplePlan
 
@@ -62,8 +63,6 @@ def render_clips_cpu(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size
     """`render_clips` on the CPU: compositing and hue/saturation as compiled loops (`cpu_kernels.py`), one clip
     at a time (its 0.6 MB stay in cache through the stages), on the same box lists and colour tables: the
     same bytes."""
-    from . import cpu_kernels  # here: numba is a CPU-path dependency, which a CUDA-only host may lack
-
     n, t, s = len(plans), plans.frame_indices.shape[1], crop_size
     pixels = t * s * s
     clips = np.empty((n, t, s, s, 3), np.uint8)
