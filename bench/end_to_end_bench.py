@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import time
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from bench.reference_ctp import reference_sample
+from bench.timing import interleaved_best
 from datagen.atomic import write_json
 from datagen.config import GenerationConfig
 from datagen.decode import Decoder
@@ -61,20 +60,6 @@ def read_clip(archive: zipfile.ZipFile, indices: np.ndarray) -> np.ndarray:
             raise RuntimeError(f"{archive.filename}: frame {i} is not a readable JPEG; delete the zip to remake it")
         frames.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
     return np.stack(frames)
-
-
-def rates(pipelines: dict[str, Callable[[], None]], clips: int, repeats: int) -> dict[str, float]:
-    """Clips/s of each pipeline (each makes `clips` clips), best of `repeats` after a warm-up, the pipelines
-    interleaved: a change of the machine's load during the run slows all of them alike."""
-    for fn in pipelines.values():
-        fn()
-    best = dict.fromkeys(pipelines, float("inf"))
-    for _ in range(repeats):
-        for name, fn in pipelines.items():
-            start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: clips / seconds for name, seconds in best.items()}
 
 
 def main() -> None:
@@ -123,7 +108,8 @@ def main() -> None:
         "ours: video files, stage after stage": sequential,
         "ours: video files, pipelined": pipelined_run,
     }
-    rows = list(rates(pipelines, clips, args.repeats).items())
+    seconds, _ = interleaved_best(pipelines, args.repeats)
+    rows = [(name, clips / best) for name, best in seconds.items()]
     names = ", ".join(sorted({Path(v.path).parent.name for v in ours.videos}))
     print(
         f"end to end, {clips} clips of {config.clip.num_frames}x{crop}x{crop} from {len(ours.videos)} videos ({names})"

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from bench.reference_ctp import reference_sample
+from bench.timing import interleaved_best
 from datagen.atomic import write_json
 from datagen.config import GenerationConfig
 from datagen.decode import Decoder
@@ -71,15 +72,7 @@ def main() -> None:
     runs = [("baseline (NumPy+OpenCV, per sample)", baseline), ("batched generator", batched)]
     if device.type == "cpu":
         runs.append(("batched generator, tensor code (the GPU path)", tensor_code))
-    # Interleaved, best of the repeats: a machine whose load changes during the run slows every
-    # implementation alike instead of whichever ran at the busy moment.
-    outputs = {name: fn() for name, fn in runs}  # warm-up (and numba's compilation or cache load)
-    best = dict.fromkeys(outputs, float("inf"))
-    for _ in range(args.repeats):
-        for name, fn in runs:
-            start = time.perf_counter()
-            outputs[name] = fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best, outputs = interleaved_best(dict(runs), args.repeats)
     # name -> (clips/s, the last output: clips or a Batch)
     results: dict[str, tuple[float, Any]] = {name: (args.batch_size / best[name], outputs[name]) for name in outputs}
 
