@@ -36,7 +36,7 @@ def test_cpu_render_gives_the_bytes_of_the_tensor_code():
     assert torch.equal(ours, tensor), (ours.int() - tensor.int()).abs().max()
 
 
-def test_render_on_the_cpu_uses_the_kernels_and_keeps_the_batch_layout():
+def test_render_on_the_cpu_returns_the_kernels_clips_in_a_batch():
     plans = planned(3, 144, 176)
     frames = random_frames(1, 3, 144, 176)
     batch = render(plans, frames, S)
