@@ -70,6 +70,7 @@ class PyAVDecoder:
     def __init__(self, index: PacketIndexCache | None = None):
         self.index = index or PacketIndexCache()
         self._no_seek: set[str] = set()  # videos whose seeks land elsewhere: decoded from their start
+        self._no_skip: set[str] = set()  # videos whose pictures came out other than their index said
         self.frames_decoded = 0  # pictures FFmpeg decoded, needed or not: the cost of seeking imprecisely
         self._count_lock = threading.Lock()  # decode() runs in several threads at once
 
@@ -85,10 +86,20 @@ class PyAVDecoder:
         needed, first, inverse = np.unique(wanted, return_index=True, return_inverse=True)
         slots = [clip[i] for i in first.tolist()]  # views into `clip`, one per needed frame
         try:
-            filled = self._read(video, needed, self._seek_point(video.path, int(needed[0])), slots)
-            if filled is None:  # the seek landed elsewhere: from now on this video is decoded from its start
-                self._no_seek.add(video.path)
-                filled = self._read(video, needed, None, slots)
+            index = self.index.get(video.path)
+            skip = bool(index.droppable) and video.path not in self._no_skip
+            try:
+                filled = self._read(video, needed, self._seek_point(video.path, int(needed[0])), slots, index, skip)
+                if filled is None:  # the seek landed elsewhere: from now on this video is decoded from its start
+                    self._no_seek.add(video.path)
+                    filled = self._read(video, needed, None, slots, index, skip)
+            except _Misplaced as exc:  # from now on this video's B-frames are all decoded
+                log.warning("%s: %s; decoding its every picture from now on", video.path, exc)
+                self._no_skip.add(video.path)
+                filled = self._read(video, needed, self._seek_point(video.path, int(needed[0])), slots, index, False)
+                if filled is None:
+                    self._no_seek.add(video.path)
+                    filled = self._read(video, needed, None, slots, index, False)
         except VideoError as exc:
             raise VideoDecodeError(exc.path, exc.reason) from None
         except av.error.FFmpegError as exc:
@@ -102,32 +113,56 @@ class PyAVDecoder:
         return clip
 
     def _read(
-        self, video: VideoInfo, needed: np.ndarray, seek: tuple[int, int] | None, slots: list[np.ndarray]
+        self,
+        video: VideoInfo,
+        needed: np.ndarray,
+        seek: tuple[int, int] | None,
+        slots: list[np.ndarray],
+        index: PacketIndex,
+        skip: bool,
     ) -> int | None:
         """Convert the frames at the `needed` (sorted, unique) indices into `slots`, in order; returns how many
         slots it filled, the last one with the video's last frame if the video ends before `needed` does.
-        None if seeking to `seek` = (key frame timestamp, its frame index) did not land on that key frame."""
+        None if seeking to `seek` = (key frame timestamp, its frame index) did not land on that key frame.
+
+        With `skip`, the B-frames the clip does not show are not decoded (FFmpeg's `skip_frame`: nothing
+        refers to them), and every picture is checked to come out where the index puts it (else `_Misplaced`)."""
         filled = 0
         last: tuple[int, av.VideoFrame] | None = None
         decoded = 0
         targets = iter(needed.tolist())
         want = next(targets)
+        wanted = set(needed.tolist()) if skip else set()
+        dropped: list[int] = []  # frame indices not decoded, in order (pictures come out in frame order)
         try:
             with open_video(video.path) as container:
                 stream = container.streams.video[0]
+                context = stream.codec_context
                 position = 0
                 if seek is not None:
                     container.seek(seek[0], backward=True, any_frame=False, stream=stream)
                     position = seek[1]
+                start, skipping = position, False
                 leading = seek is not None  # an open GOP's leading pictures precede its key frame; skip them
                 for count, packet in enumerate(container.demux(stream)):
                     if seek is not None and count == 0 and _timestamp(packet) != seek[0]:
                         return None
+                    if skip:
+                        shows = index.droppable.get(cast(int, _timestamp(packet)), -1)
+                        drop = shows > start and shows not in wanted
+                        if drop:
+                            dropped.append(shows)
+                        if drop != skipping:
+                            context.skip_frame, skipping = ("NONREF" if drop else "DEFAULT"), drop
                     for frame in packet.decode():
                         decoded += 1
                         if leading and not frame.key_frame:
                             continue
                         leading = False
+                        while dropped and dropped[0] <= position:
+                            position += dropped.pop(0) == position
+                        if skip and (position >= len(index.stamps) or frame.pts != index.stamps[position]):
+                            raise _Misplaced(f"a picture stamped {frame.pts} came out as frame {position}")
                         if position == want:
                             frame_to_rgb(frame, video, slots[filled])
                             filled += 1
@@ -158,29 +193,53 @@ class PyAVDecoder:
         return timestamp, int(index.shown[position])
 
 
+class _Misplaced(Exception):
+    """Decoding with B-frames skipped put a picture where the packet index does not: skip nothing."""
+
+
 @dataclasses.dataclass(frozen=True)
 class PacketIndex:
     """A video's picture packets in decode order, from one demux pass (no decoding).
 
     `shown[p]` is the frame index packet p decodes to: the number of pictures shown before it, those with a
     smaller presentation timestamp (an open GOP shows some pictures decoded after its key frame before it).
+
+    `droppable` maps the timestamp of each packet whose decoding gives a B-frame (a picture no other refers
+    to) to that frame's index, so that a clip which does not show it can skip decoding it; `stamps[i]` is
+    the timestamp FFmpeg gives frame i, by which the decoder's output is checked. Both are empty where the
+    bitstream is not parsed here (only MPEG-4 Part 2 is: packed B-frames make up half of HMDB-51's pictures)
+    or does not follow the expected pattern: then nothing is skipped.
     """
 
     timestamps: list[int | None]  # what FFmpeg seeks by
     shown: np.ndarray  # int64
     key: np.ndarray  # bool
+    droppable: dict[int, int] = dataclasses.field(default_factory=dict)
+    stamps: list[int | None] = dataclasses.field(default_factory=list)
 
     @classmethod
     def of(cls, path: str) -> PacketIndex:
         with open_video(path) as container:
-            packets = [(p.pts, _timestamp(p), p.is_keyframe) for p in picture_packets(container)]
+            mpeg4 = container.streams.video[0].codec_context.name == "mpeg4"
+            packets = [
+                (p.pts, _timestamp(p), p.is_keyframe, (_vop_types(bytes(p)), p.size) if mpeg4 else ("", 0))
+                for p in picture_packets(container)
+            ]
         if not packets:
             raise VideoError(path, "no picture packets")
-        pts = [p for p, _, _ in packets]
+        pts = [p[0] for p in packets]
         # No presentation order to go by: assume display order is decode order.
         order = cast(list[int], pts) if None not in pts else list(range(len(packets)))
         shown = np.searchsorted(np.sort(order), order).astype(np.int64)
-        return cls([ts for _, ts, _ in packets], shown, np.array([k for _, _, k in packets], bool))
+        timestamps = [p[1] for p in packets]
+        index = cls(timestamps, shown, np.array([p[2] for p in packets], bool))
+        pictures = _mpeg4_pictures([p[3] for p in packets]) if mpeg4 else None
+        if pictures is None or None in timestamps or len(set(timestamps)) < len(timestamps):
+            return index
+        shows = _display_order(pictures)
+        stamps = [timestamps[packet] for _, packet in shows]
+        droppable = {cast(int, stamps[i]): i for i, (kind, _) in enumerate(shows) if kind == "B"}
+        return dataclasses.replace(index, droppable=droppable, stamps=stamps)
 
     def key_packet(self, first: int) -> int:
         """Decode position of the last key frame shown at or before frame `first` (0: the stream's start)."""
@@ -247,6 +306,57 @@ def remux(path: str, index: PacketIndex, positions: np.ndarray) -> np.ndarray:
         if position is None or position <= last:
             raise VideoError(path, f"packets {first}..{last} not found where the index put them")
     return np.frombuffer(out.getbuffer(), np.uint8)
+
+
+_VOP_START = b"\x00\x00\x01\xb6"
+_MAX_NVOP_SIZE = 19  # FFmpeg's bound on a placeholder (not-coded VOP) packet
+
+
+def _vop_types(data: bytes) -> str:
+    """The coding types of the MPEG-4 Part 2 VOPs in a packet ("I", "P", "B" or "S", in bitstream order)."""
+    types, at = [], data.find(_VOP_START)
+    while 0 <= at < len(data) - 4:
+        types.append("IPBS"[data[at + 4] >> 6])
+        at = data.find(_VOP_START, at + 4)
+    return "".join(types)
+
+
+def _mpeg4_pictures(packets: list[tuple[str, int]]) -> list[tuple[str, int]] | None:
+    """The pictures FFmpeg decodes, in decode order, as (coding type, position of the packet whose decoding
+    gives it), from each packet's VOP types and size; None for a pattern not recognised here.
+
+    DivX/Xvid in AVI "pack" a B-frame behind the reference VOP decoded before it, followed by a placeholder
+    packet (a not-coded VOP) in whose place FFmpeg decodes the packed B-frame."""
+    pictures: list[tuple[str, int]] = []
+    packed = False
+    for position, (types, size) in enumerate(packets):
+        if packed:  # this packet should be the placeholder: the packed B-frame is decoded in its place
+            if len(types) != 1 or size > _MAX_NVOP_SIZE:
+                return None
+            pictures.append(("B", position))
+            packed = False
+        elif len(types) == 2 and types[0] != "B" and types[1] == "B":
+            pictures.append((types[0], position))
+            packed = True
+        elif len(types) == 1:
+            pictures.append((types, position))
+        else:
+            return None
+    return pictures
+
+
+def _display_order(pictures: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """Pictures in the order they are shown: a B-frame at once, a reference when the next one is decoded."""
+    shown: list[tuple[str, int]] = []
+    pending: tuple[str, int] | None = None
+    for picture in pictures:
+        if picture[0] == "B":
+            shown.append(picture)
+        else:
+            if pending is not None:
+                shown.append(pending)
+            pending = picture
+    return shown + ([pending] if pending is not None else [])
 
 
 def _timestamp(packet: av.Packet) -> int | None:

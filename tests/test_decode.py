@@ -72,6 +72,46 @@ def test_synthetic_open_gop_b_frames_decode_exactly(demo_videos):
             assert np.array_equal(pyav.decode(video, indices), frames[np.minimum(indices, video.num_frames - 1)])
 
 
+def b_frames(video: VideoInfo) -> np.ndarray:
+    """Which frames are B-frames, by FFmpeg's own account of a full decode."""
+    with av.open(video.path, metadata_errors="ignore") as container:
+        return np.array([f.pict_type == av.video.frame.PictureType.B for f in container.decode(video=0)])
+
+
+def test_b_frames_a_clip_does_not_show_are_not_decoded(shared):
+    """HMDB-51's packed B-frames: of the pictures from the key frame to the clip's last, exactly the B-frames
+    outside the clip are left undecoded, and the clip is still exact (the first test)."""
+    pyav = PyAVDecoder()
+    video = next(v for v in shared if v.path.endswith("SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi"))
+    bidir = b_frames(video)
+    assert 0.3 < bidir.mean() < 0.5
+    for indices in (np.arange(10, 70, 4), np.arange(3, 19), np.array([5, 5, 6])):
+        pyav.frames_decoded = 0
+        pyav.decode(video, indices)
+        span = np.arange(indices.max() + 1)  # this file's only key frame is its first
+        shown = np.isin(span, indices)
+        assert pyav.frames_decoded == np.count_nonzero(shown | ~bidir[span]), indices
+
+
+def test_a_wrong_packet_index_costs_speed_not_frames(shared, caplog):
+    """If the decoder's pictures come out other than where the index says (here: an index that takes P-frames
+    for B-frames), the clip is decoded again with every picture, and so is that video from then on."""
+    pyav = PyAVDecoder()
+    video = next(v for v in shared if v.path.endswith("SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi"))
+    index = pyav.index.get(video.path)
+    references = [t for i, t in enumerate(index.stamps) if not b_frames(video)[i]]
+    wrong = dataclasses.replace(index, droppable={t: index.stamps.index(t) for t in references[1:]})
+    pyav.index._indexes[video.path] = wrong
+    indices = np.arange(20, 36)
+    with caplog.at_level(logging.WARNING):
+        clip = pyav.decode(video, indices)
+    assert np.array_equal(clip, full_decode(video)[indices])
+    assert "decoding its every picture from now on" in caplog.text
+    pyav.frames_decoded = 0
+    pyav.decode(video, indices)
+    assert pyav.frames_decoded == indices.max() + 1
+
+
 def test_colour_conversion_is_bt601_with_bilinear_chroma():
     """Against a plain float implementation of the formula, on random planes of every 8-bit layout."""
     rng = np.random.default_rng(2)
