@@ -31,6 +31,7 @@ from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "dali", "pyav")
+Window = tuple[int, int, int, int]  # rows top..bottom, columns left..right (ends excluded) of a frame
 # What DALI 2.4's decoder accepts per device (its docs; `mixed` is NVDEC): a forced "dali" backend tries these.
 DALI_CODECS = {
     "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
@@ -74,8 +75,9 @@ class PyAVDecoder:
         self.frames_decoded = 0  # pictures FFmpeg decoded, needed or not: the cost of seeking imprecisely
         self._count_lock = threading.Lock()  # decode() runs in several threads at once
 
-    def decode(self, video: VideoInfo, indices: np.ndarray) -> np.ndarray:
-        """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame.
+    def decode(self, video: VideoInfo, indices: np.ndarray, window: Window | None = None) -> np.ndarray:
+        """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame. With a
+        `window`, only its pixels are converted to RGB: the others are left unset.
 
         Each distinct frame is converted straight into its first slot of the one output array, and repeats
         are copied after: no per-frame arrays to stack."""
@@ -89,17 +91,11 @@ class PyAVDecoder:
             index = self.index.get(video.path)
             skip = bool(index.droppable) and video.path not in self._no_skip
             try:
-                filled = self._read(video, needed, self._seek_point(video.path, int(needed[0])), slots, index, skip)
-                if filled is None:  # the seek landed elsewhere: from now on this video is decoded from its start
-                    self._no_seek.add(video.path)
-                    filled = self._read(video, needed, None, slots, index, skip)
+                filled = self._read_any(video, needed, slots, window, index, skip)
             except _Misplaced as exc:  # from now on this video's B-frames are all decoded
                 log.warning("%s: %s; decoding its every picture from now on", video.path, exc)
                 self._no_skip.add(video.path)
-                filled = self._read(video, needed, self._seek_point(video.path, int(needed[0])), slots, index, False)
-                if filled is None:
-                    self._no_seek.add(video.path)
-                    filled = self._read(video, needed, None, slots, index, False)
+                filled = self._read_any(video, needed, slots, window, index, False)
         except VideoError as exc:
             raise VideoDecodeError(exc.path, exc.reason) from None
         except av.error.FFmpegError as exc:
@@ -112,12 +108,30 @@ class PyAVDecoder:
             clip[repeats] = clip[source[repeats]]
         return clip
 
+    def _read_any(
+        self,
+        video: VideoInfo,
+        needed: np.ndarray,
+        slots: list[np.ndarray],
+        window: Window | None,
+        index: PacketIndex,
+        skip: bool,
+    ) -> int:
+        """`_read` from the key frame before the clip or, if the seek lands elsewhere, from the video's start
+        (and from its start from now on)."""
+        filled = self._read(video, needed, self._seek_point(video.path, int(needed[0])), slots, window, index, skip)
+        if filled is None:
+            self._no_seek.add(video.path)
+            filled = cast(int, self._read(video, needed, None, slots, window, index, skip))
+        return filled
+
     def _read(
         self,
         video: VideoInfo,
         needed: np.ndarray,
         seek: tuple[int, int] | None,
         slots: list[np.ndarray],
+        window: Window | None,
         index: PacketIndex,
         skip: bool,
     ) -> int | None:
@@ -164,7 +178,7 @@ class PyAVDecoder:
                         if skip and (position >= len(index.stamps) or frame.pts != index.stamps[position]):
                             raise _Misplaced(f"a picture stamped {frame.pts} came out as frame {position}")
                         if position == want:
-                            frame_to_rgb(frame, video, slots[filled])
+                            frame_to_rgb(frame, video, slots[filled], window)
                             filled += 1
                             want = next(targets, None)
                         last = (position, frame)
@@ -177,7 +191,7 @@ class PyAVDecoder:
         if leading:
             return None
         if last is not None and (filled == 0 or needed[filled - 1] != last[0]):  # the video ended early: its
-            frame_to_rgb(last[1], video, slots[filled])  # last frame stands for the needed ones past it
+            frame_to_rgb(last[1], video, slots[filled], window)  # last frame stands for the needed ones past it
             filled += 1
         return filled
 
@@ -364,27 +378,36 @@ def _timestamp(packet: av.Packet) -> int | None:
     return packet.pts if packet.pts is not None else packet.dts
 
 
-def frame_to_rgb(frame: av.VideoFrame, video: VideoInfo, out: np.ndarray | None = None) -> np.ndarray:
-    """(H, W, 3) uint8 RGB at the probed size, written into `out` if given. Pixel formats other than 8-bit
-    planar YCbCr, and a stream that changes resolution mid-way, go through FFmpeg's scaler to 4:2:0 at that
-    size first."""
+def frame_to_rgb(
+    frame: av.VideoFrame, video: VideoInfo, out: np.ndarray | None = None, window: Window | None = None
+) -> np.ndarray:
+    """(H, W, 3) uint8 RGB at the probed size, written into `out` if given (only its `window`, if given).
+    Pixel formats other than 8-bit planar YCbCr, and a stream that changes resolution mid-way, go through
+    FFmpeg's scaler to 4:2:0 at that size first."""
     if frame.format.name not in _YUV_8BIT or (frame.width, frame.height) != (video.width, video.height):
         layout = frame.format.name if frame.format.name in _YUV_8BIT else "yuv420p"
         frame = frame.reformat(width=video.width, height=video.height, format=layout)
     y, cb, cr = (
         np.frombuffer(memoryview(p), np.uint8).reshape(p.height, p.line_size)[:, : p.width] for p in frame.planes
     )
-    return yuv_to_rgb(y, cb, cr, full_range=int(frame.color_range) == 2, out=out)
+    return yuv_to_rgb(y, cb, cr, full_range=int(frame.color_range) == 2, out=out, window=window)
 
 
 _YUV_8BIT = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p"})
 
 
 def yuv_to_rgb(
-    y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool = False, out: np.ndarray | None = None
+    y: np.ndarray,
+    cb: np.ndarray,
+    cr: np.ndarray,
+    full_range: bool = False,
+    out: np.ndarray | None = None,
+    window: Window | None = None,
 ) -> np.ndarray:
     """8-bit planar YCbCr (chroma at any subsampling) → (H, W, 3) uint8 RGB (into `out` if given), the way
     DALI's decoder converts: chroma upsampled bilinearly (pixel centres aligned), BT.601, rounded to nearest.
+    With a `window` only its pixels are converted (the same values as in the whole frame); the others of
+    `out` are left as they were: a clip's crop often reads half of the frame or less.
 
     The bytes are those of the OpenCV chain this replaced (planes ×16 into uint16, `cv2.resize` of the
     chroma, `cv2.transform`, saturation), so what a key produces did not change: one compiled pass computes
@@ -396,6 +419,9 @@ def yuv_to_rgb(
         out = np.empty((height, width, 3), np.uint8)
     elif out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous ({height}, {width}, 3) uint8 array, not {out.dtype} {out.shape}")
+    top, bottom, left, right = window or (0, height, 0, width)
+    if not (0 <= top < bottom <= height and 0 <= left < right <= width):
+        raise ValueError(f"window {window} is not a non-empty part of a {height}x{width} frame")
     gain = 1.0
     if not all(size in (half, 2 * half) for size, half in zip(y.shape, cb.shape)):
         cb, cr = (
@@ -403,9 +429,10 @@ def yuv_to_rgb(
             for c in (cb, cr)
         )
         gain = 1 / 16
-    planes = np.empty((3, height, width), np.uint8)
-    _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), planes)
-    return cv2.merge(tuple(planes), dst=out)
+    planes = np.empty((3, bottom - top, right - left), np.uint8)
+    _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, planes)
+    cv2.merge(tuple(planes), dst=out[top:bottom, left:right])
+    return out
 
 
 def _bt601_x16(full_range: bool) -> np.ndarray:
@@ -470,27 +497,42 @@ def _upsample_row(chroma, near, far, weight, gain, vertical, row):
 
 
 @numba.njit(cache=True, nogil=True)
-def _ycbcr_to_planes(y, cb, cr, m, gain, planes):
-    """RGB planes (3, H, W) of 8-bit Y and Cb, Cr at full, half width or half size (scaled by `gain`)."""
+def _ycbcr_to_planes(y, cb, cr, m, gain, top, left, planes):
+    """RGB planes (3, h, w) of the h×w window at (`top`, `left`) of 8-bit Y and Cb, Cr at full, half width or
+    half size (scaled by `gain`).
+
+    Chroma is upsampled over the window's chroma columns and one more on each side: the upsampled columns
+    at the ends, computed as if at the frame's edges, fall outside the window unless they are at them."""
     height, width = y.shape
-    half_height = cb.shape[0] < height
+    rows, columns = planes.shape[1], planes.shape[2]
+    half_height, half_width = cb.shape[0] < height, cb.shape[1] < width
     weight = np.float32(3 if half_height else 4)
     r0, r1, r2, r3 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
     g0, g1, g2, g3 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
     b0, b1, b2, b3 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
-    vertical = np.empty(cb.shape[1], np.float32)
-    blue, red = np.empty(width, np.float32), np.empty(width, np.float32)
-    for i in range(height):
+    if half_width:
+        first, stop = max(left // 2 - 1, 0), min((left + columns) // 2 + 2, cb.shape[1])
+        start = 2 * first
+    else:
+        first, stop = left, left + columns
+        start = left
+    cb, cr = cb[:, first:stop], cr[:, first:stop]
+    vertical = np.empty(stop - first, np.float32)
+    span = 2 * (stop - first) if half_width else stop - first
+    blue, red = np.empty(span, np.float32), np.empty(span, np.float32)
+    offset = left - start  # of the window's first column in `blue` and `red`
+    for i in range(top, top + rows):
         near = i // 2 if half_height else i
         far = min(max(near + (1 if i % 2 else -1), 0), cb.shape[0] - 1) if half_height else i
         _upsample_row(cb, near, far, weight, gain, vertical, blue)
         _upsample_row(cr, near, far, weight, gain, vertical, red)
-        luma, r, g, b = y[i], planes[0, i], planes[1, i], planes[2, i]
-        for j in range(width):
+        luma, u, v = y[i, left : left + columns], blue[offset : offset + columns], red[offset : offset + columns]
+        r, g, b = planes[0, i - top], planes[1, i - top], planes[2, i - top]
+        for j in range(columns):
             value = np.float32(16 * luma[j])
-            r[j] = _to_byte(value, blue[j], red[j], r0, r1, r2, r3)
-            g[j] = _to_byte(value, blue[j], red[j], g0, g1, g2, g3)
-            b[j] = _to_byte(value, blue[j], red[j], b0, b1, b2, b3)
+            r[j] = _to_byte(value, u[j], v[j], r0, r1, r2, r3)
+            g[j] = _to_byte(value, u[j], v[j], g0, g1, g2, g3)
+            b[j] = _to_byte(value, u[j], v[j], b0, b1, b2, b3)
 
 
 class DaliDecoder:
@@ -652,11 +694,12 @@ class Decoder:
             )
         return "dali"
 
-    def decode(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
+    def decode(self, video: VideoInfo, indices: np.ndarray, window: Window | None = None) -> torch.Tensor:
         """(len(indices), H, W, 3) uint8 RGB on the decoder's device; raises VideoDecodeError.
 
-        Indices may repeat and come in any order; those past the last decodable frame get that frame."""
-        (result,) = self.decode_many([(video, indices)])
+        Indices may repeat and come in any order; those past the last decodable frame get that frame. A
+        `window` is the part of the frames the caller reads (see `decode_many`)."""
+        (result,) = self.decode_many([(video, indices)], [window])
         if isinstance(result, VideoDecodeError):
             raise result
         return result
@@ -666,9 +709,14 @@ class Decoder:
         """Pictures decoded so far by both backends, the frames each clip needed and those on the way to them."""
         return self.pyav.frames_decoded + self.dali.frames_decoded
 
-    def decode_many(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor | VideoDecodeError]:
+    def decode_many(
+        self, requests: Sequence[tuple[VideoInfo, np.ndarray]], windows: Sequence[Window | None] | None = None
+    ) -> list[torch.Tensor | VideoDecodeError]:
         """Decode several clips (DALI ones batched; PyAV ones in `num_threads` threads, FFmpeg releasing the GIL);
-        a bad video yields its VideoDecodeError, never raises."""
+        a bad video yields its VideoDecodeError, never raises.
+
+        `windows` (one per request, None for whole frames) are the parts of the frames the caller will read:
+        PyAV converts only those to RGB, leaving the other pixels unset; DALI converts whole frames."""
         results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(requests)
         batched: list[int] = []
         on_cpu: list[int] = []
@@ -678,7 +726,10 @@ class Decoder:
             except VideoDecodeError as exc:
                 results[i] = exc
         mapper = self._pool.map if self._pool is not None and len(on_cpu) > 1 else map
-        for i, result in zip(on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu])):
+        parts = windows or [None] * len(requests)
+        for i, result in zip(
+            on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu], [parts[i] for i in on_cpu])
+        ):
             results[i] = result
         for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
             results[i] = (
@@ -689,12 +740,14 @@ class Decoder:
         self.stats["frames_decoded"] = self.frames_decoded
         return cast(list[torch.Tensor | VideoDecodeError], results)  # every slot filled above
 
-    def _pyav(self, video: VideoInfo, indices: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.pyav.decode(video, indices)).to(self.device)
+    def _pyav(self, video: VideoInfo, indices: np.ndarray, window: Window | None = None) -> torch.Tensor:
+        return torch.from_numpy(self.pyav.decode(video, indices, window)).to(self.device)
 
-    def _pyav_or_error(self, request: tuple[VideoInfo, np.ndarray]) -> torch.Tensor | VideoDecodeError:
+    def _pyav_or_error(
+        self, request: tuple[VideoInfo, np.ndarray], window: Window | None
+    ) -> torch.Tensor | VideoDecodeError:
         try:
-            return self._pyav(*request)
+            return self._pyav(*request, window)
         except VideoDecodeError as exc:
             return exc
 

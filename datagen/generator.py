@@ -22,11 +22,11 @@ import torch
 
 from .batch import Batch
 from .config import GenerationConfig
-from .decode import Decoder
+from .decode import Decoder, Window
 from .manifest import VideoInfo
 from .plan import SamplePlan, choose_video, plan_batch, plan_sample
 from .quarantine import QuarantinedVideos
-from .render import render
+from .render import render, source_window
 from .rng import SampleKey
 
 T = TypeVar("T")
@@ -57,6 +57,9 @@ class Generator(QuarantinedVideos[SamplePlan]):
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> SamplePlan:
         return plan_sample(key, position, video.num_frames, video.height, video.width, self.config, attempt)
+
+    def _window(self, plan: SamplePlan, video: VideoInfo) -> Window:
+        return source_window(plan.clip, video.height, video.width, self.config.clip.crop_size)
 
     def plan_many(self, keys: Sequence[SampleKey]) -> list[SamplePlan]:
         """The plans of `keys`, planned in bulk; keys whose first-choice video is quarantined go through

@@ -18,7 +18,7 @@ from typing import Generic, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
-from .decode import Decoder, VideoDecodeError
+from .decode import Decoder, VideoDecodeError, Window
 from .manifest import VideoInfo
 from .plan import ClipPlan, choose_video
 from .rng import SampleKey
@@ -74,6 +74,10 @@ class QuarantinedVideos(abc.ABC, Generic[P]):
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> P:
         """The plan of `key` on `video` (at `position` in the list), drawn from the key's `attempt`."""
 
+    def _window(self, plan: P, video: VideoInfo) -> Window | None:
+        """The part of the frames that rendering `plan` reads (only it is converted); None: whole frames."""
+        return None
+
     def plan(self, key: SampleKey) -> P:
         """The plan of `key`, skipping quarantined videos through the key's own replacement attempts."""
         for attempt in range(MAX_ATTEMPTS):
@@ -92,8 +96,9 @@ class QuarantinedVideos(abc.ABC, Generic[P]):
         pending = list(range(len(plans)))
         while pending:
             requests = [(self.videos[plans[i].video], np.asarray(plans[i].clip.frame_indices)) for i in pending]
+            windows = [self._window(plans[i], self.videos[plans[i].video]) for i in pending]
             retry = []
-            for i, result in zip(pending, self.decoder.decode_many(requests)):
+            for i, result in zip(pending, self.decoder.decode_many(requests, windows)):
                 if isinstance(result, VideoDecodeError):
                     self.stats["decode_failures"] += 1
                     self.mark_bad(result.path, result.reason)

@@ -124,6 +124,26 @@ def _resized_crop_unflipped(frames: torch.Tensor, clip: ClipPlan, crop_size: int
     return x[:, :, top:, left:]
 
 
+def source_window(clip: ClipPlan, height: int, width: int, crop_size: int) -> tuple[int, int, int, int]:
+    """The pixels of a height×width frame that `resized_crop` reads for the crop's own pixels, as rows
+    top..bottom and columns left..right (ends excluded): the decoder need convert no others. The rescaled
+    rows and columns before the crop, which are computed and dropped, may read anything."""
+    (resized_height, resized_width), (top, left) = clip.resized, clip.crop
+    return (
+        _source_start(top, height, resized_height),
+        _source_extent(top + crop_size, height, resized_height),
+        _source_start(left, width, resized_width),
+        _source_extent(left + crop_size, width, resized_width),
+    )
+
+
+def _source_start(output: int, size: int, resized: int) -> int:
+    """The first source pixel that antialiased-bilinear output `output` of `resized` reads (its support, as
+    torch computes it, less one spare pixel against rounding)."""
+    scale = size / resized
+    return max(int((output + 0.5) * scale - max(scale, 1.0) + 0.5) - 1, 0)
+
+
 def _source_extent(outputs: int, size: int, resized: int) -> int:
     """Source pixels that the first `outputs` of `resized` antialiased-bilinear outputs read (support clipped
     at the far edge as in the whole frame; one spare pixel against rounding)."""

@@ -171,6 +171,24 @@ def test_colour_conversion_where_opencv_ends_in_scalar_code():
                 assert np.array_equal(ours[:vector], expected[:vector]) and np.abs(ours - expected).max() <= 1
 
 
+def test_a_window_is_converted_to_the_pixels_of_the_whole_frame():
+    """Windows anywhere (edges, single pixels) at every chroma layout and odd sizes; nothing else is written."""
+    rng = np.random.default_rng(4)
+    for height, width in [(240, 320), (25, 37), (24, 36)]:
+        y = rng.integers(0, 256, (height, width), dtype=np.uint8)
+        for chroma in [((height + 1) // 2, (width + 1) // 2), (height, (width + 1) // 2), (height, width), (9, 13)]:
+            cb, cr = (rng.integers(0, 256, chroma, dtype=np.uint8) for _ in range(2))
+            whole = yuv_to_rgb(y, cb, cr)
+            for _ in range(40):
+                top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
+                bottom, right = int(rng.integers(top + 1, height + 1)), int(rng.integers(left + 1, width + 1))
+                out = np.zeros_like(whole)
+                yuv_to_rgb(y, cb, cr, out=out, window=(top, bottom, left, right))
+                assert np.array_equal(out[top:bottom, left:right], whole[top:bottom, left:right])
+                out[top:bottom, left:right] = 0
+                assert not out.any()
+
+
 def test_conversion_writes_into_the_frame_it_is_given():
     """PyAV's frames go straight into their slot of the clip: no per-frame array, no stacking."""
     y, cb, cr = padded_planes(np.random.default_rng(6), 24, 32, 2, 2, 8)

@@ -146,6 +146,17 @@ def test_generation_on_the_shared_footage(shared_videos):
     assert (batch.clips.float().std(dim=(1, 2, 3, 4)) > 10).all()
 
 
+def test_converting_only_the_crops_source_window_changes_no_byte(shared_videos):
+    """The decoder converts only the part of each frame the crop reads (the rest is left unset): batches from
+    the real footage are the bytes of whole-frame decoding, over every short side, crop and flip drawn."""
+    videos = resolve_videos([shared_videos])
+    windowed, whole = Generator(videos), Generator(videos)
+    whole._window = lambda plan, video: None  # type: ignore[method-assign]
+    keys = [(3, 0, i) for i in range(4 * len(videos))]
+    a, b = windowed.generate(keys), whole.generate(keys)
+    assert torch.equal(a.clips, b.clips) and torch.equal(a.boxes, b.boxes)
+
+
 def test_what_a_key_produces_is_named_by_the_config_digest():
     # Version 1 (per-trajectory key frames, closed tick jitter, contrast about the mean grey) had this digest;
     # replicas of it must never serve a trainer of today's generation, and vice versa.

@@ -12,7 +12,7 @@ from PIL import Image
 
 from datagen.config import GenerationConfig
 from datagen.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_patches, plan_sample
-from datagen.render import colour, render, rescale_crop_flip, resized_crop, shift_hue_saturation
+from datagen.render import colour, render, rescale_crop_flip, resized_crop, shift_hue_saturation, source_window
 from datagen.rng import SampleKey
 
 T, S = 16, 112
@@ -191,3 +191,36 @@ def test_brightness_and_contrast_are_one_table_per_frame_rounded_half_up():
     out = colour(clips, np.zeros(1), np.ones(1), brightness, contrast)
     assert out.dtype == torch.uint8
     assert out[0, 0, 0, :, 0].tolist() == [35, 0, 110] and out[0, 1, 0, :, 0].tolist() == [65, 25, 128]
+
+
+def test_the_source_window_holds_every_pixel_the_crop_reads():
+    """Pixels outside `source_window` (which the decoder leaves unconverted) do not reach the crop, set to 0 or
+    255, in the uint8 rescale the CPU runs and in float as on a GPU; and the window is well short of the frame."""
+    rng = np.random.default_rng(11)
+    areas = []
+    for height, width in [(240, 320), (240, 560), (240, 432), (257, 341), (100, 90), (144, 176)]:
+        frames = torch.from_numpy(smooth_frames(7, height, width)[:2])
+        for _ in range(12):
+            short = int(rng.choice([112, 128, 144, 200]))
+            scale = short / min(height, width)
+            resized = (max(short, round(height * scale)), max(short, round(width * scale)))
+            top, left = (int(rng.integers(0, r - S + 1)) for r in resized)
+            crop = (int(rng.choice([0, resized[0] - S, top])), int(rng.choice([0, resized[1] - S, left])))
+            plan = ClipPlan(np.arange(2), resized, crop, bool(rng.integers(2)))
+            r0, r1, c0, c1 = source_window(plan, height, width, S)
+            assert 0 <= r0 < r1 <= height and 0 <= c0 < c1 <= width
+            areas.append((r1 - r0) * (c1 - c0) / (height * width))
+            inside = torch.zeros(height, width, 1, dtype=torch.bool)
+            inside[r0:r1, c0:c1] = True
+            expected = resized_crop(frames, plan, S)
+            whole = torch.nn.functional.interpolate(
+                frames.permute(0, 3, 1, 2).float(), size=resized, mode="bilinear", antialias=True
+            )[:, :, crop[0] : crop[0] + S, crop[1] : crop[1] + S]
+            for fill in (0, 255):
+                masked = torch.where(inside, frames, fill).to(torch.uint8)
+                assert torch.equal(resized_crop(masked, plan, S), expected), (height, width, plan)
+                floats = torch.nn.functional.interpolate(
+                    masked.permute(0, 3, 1, 2).float(), size=resized, mode="bilinear", antialias=True
+                )[:, :, crop[0] : crop[0] + S, crop[1] : crop[1] + S]
+                assert torch.equal(floats, whole), (height, width, plan)
+    assert np.mean(areas) < 0.7
