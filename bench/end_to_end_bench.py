@@ -7,10 +7,11 @@ Baseline, the official CtP data path: every video's frames extracted once as JPE
 (outside the timing, like the official code's required preprocessing; cached in --cache), then per clip
 the 16 planned frames read from the zip, decoded with `cv2.imdecode` and rendered one sample at a time by
 `bench/reference_ctp.py` (plans drawn up front, out of its time). Ours: keys in, batches out from the video
-files through `Generator` (plan + decode + render), one stage after the other and pipelined (the next
-batch planned and decoded in a thread while one renders). Same keys; one torch, OpenCV and decoder thread.
-`--baseline-videos` (default: --videos) is what the zips are made from, e.g. the originals of a
-`ctp-datagen prepare` copy given as --videos. Prints one table with the ratios to the baseline.
+files through `Generator` (plan + decode + render), one stage after the other (as a replica runs on one
+core: `Generator.ahead`) and pipelined (the next batch planned and decoded in a thread while one
+renders). Same keys; one torch, OpenCV and decoder thread. `--baseline-videos` (default: --videos) is
+what the zips are made from, e.g. the originals of a `ctp-datagen prepare` copy given as --videos.
+Prints one table with the ratios to the baseline.
 """
 
 from __future__ import annotations
@@ -105,8 +106,8 @@ def main() -> None:
 
     pipelines = {
         "official-style: JPEG zips + OpenCV + reference": baseline,
-        "ours: video files, stage after stage": sequential,
-        "ours: video files, pipelined": pipelined_run,
+        "ours: video files, stage after stage (a one-core replica)": sequential,
+        "ours: video files, pipelined (decode thread)": pipelined_run,
     }
     seconds, _ = interleaved_best(pipelines, args.repeats)
     rows = [(name, clips / best) for name, best in seconds.items()]

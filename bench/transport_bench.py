@@ -41,6 +41,7 @@ class PrecomputedBatches:
         ]
         self.bad_videos: dict[str, str] = {}
         self.stats: collections.Counter[str] = collections.Counter()
+        self.ahead = 0  # nothing to overlap: generation costs nothing
         self._clips = torch.randint(0, 256, (batch_size, frames, size, size, 3), dtype=torch.uint8, generator=g)
         self._boxes = torch.rand(batch_size, trajectories, frames, 4, generator=g) * size
         self._visible = torch.rand(batch_size, trajectories, frames, generator=g) > 0.2

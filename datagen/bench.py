@@ -31,9 +31,9 @@ def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float
 
 
 def run_bench(generator: Generator, batch_size: int = 32, repeats: int = 3, seed: int = 0) -> dict:
-    """Clips/s of decode, generation (plan + render) and end to end (pipelined: decode of the next batch
-    overlapping the render); pictures decoded per clip; host milliseconds per sample (planning: the host
-    work that does not shrink with a faster device)."""
+    """Clips/s of decode, generation (plan + render) and end to end (as the replica runs: decode of the next
+    batch overlapping the render where it can, `Generator.ahead`); pictures decoded per clip; host
+    milliseconds per sample (planning: the host work that does not shrink with a faster device)."""
     keys = [SampleKey(seed, 0, i) for i in range(batch_size)]
     plans = generator.plan_many(keys)
     frames = generator.decode(plans)
@@ -43,8 +43,8 @@ def run_bench(generator: Generator, batch_size: int = 32, repeats: int = 3, seed
     frames_per_clip = (generator.decoder.frames_decoded - decoded) / ((repeats + 1) * batch_size)
     generate_s = timed(lambda: render(generator.plan_many(keys), frames, crop), generator.device, repeats)
 
-    def end_to_end() -> None:  # as a replica does it: the next batch decodes while one renders
-        for _, decoded in pipelined([keys] * repeats, generator.decode_batch):
+    def end_to_end() -> None:  # as a replica does it: the next batch decodes while one renders (not on one core)
+        for _, decoded in pipelined([keys] * repeats, generator.decode_batch, generator.ahead):
             generator.render_batch(decoded)
 
     end_to_end_s = timed(end_to_end, generator.device, 1) / repeats

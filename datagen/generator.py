@@ -12,6 +12,7 @@ and the render waits for it on the device, not on the host.
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -83,6 +84,12 @@ class Generator(QuarantinedVideos[SamplePlan]):
         return [p if p is not None else self.plan(keys[i]) for i, p in enumerate(plans)]
 
     @property
+    def ahead(self) -> int:
+        """Batches to decode ahead of the render (`pipelined`): one where decode and render can overlap (a GPU
+        renders, or there is a second core), none on a single core, where two threads only contend."""
+        return 1 if self.device.type == "cuda" or len(os.sched_getaffinity(0)) > 1 else 0
+
+    @property
     def epoch_length(self) -> int:
         """Sample indices per epoch: each video once."""
         return len(self.videos)
@@ -126,17 +133,26 @@ class Generator(QuarantinedVideos[SamplePlan]):
 def pipelined(items: Iterable[T], first: Callable[[T], U], ahead: int = 1) -> Iterator[tuple[T, U | Exception]]:
     """(item, first(item)) in order, `first` running in a thread of its own up to `ahead` items before the
     consumer (its exception in place of the result): the consumer's second stage overlaps the next
-    item's first. The thread ends with `items`."""
+    item's first. The thread ends with `items`. `ahead=0`: in the consumer's thread, one stage after the
+    other (where nothing can overlap, as on one core, a second thread only costs)."""
+    if ahead == 0:
+        for item in items:
+            try:
+                result: U | Exception = first(item)
+            except Exception as exc:
+                result = exc
+            yield item, result
+        return
     handoff: queue.Queue = queue.Queue(maxsize=ahead)
     end = object()
 
     def feed() -> None:
         for item in items:
             try:
-                result: U | Exception = first(item)
+                outcome: U | Exception = first(item)
             except Exception as exc:  # handed to the consumer, with its item
-                result = exc
-            handoff.put((item, result))
+                outcome = exc
+            handoff.put((item, outcome))
         handoff.put(end)
 
     threading.Thread(target=feed, name="decode", daemon=True).start()

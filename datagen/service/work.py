@@ -38,6 +38,7 @@ class BatchGenerator(Protocol):
     videos: Sequence  # of VideoInfo
     bad_videos: dict[str, str]
     stats: collections.Counter
+    ahead: int  # batches decoded ahead of the render (0: one stage after the other)
 
     def decode_batch(self, keys: Sequence[SampleKey]) -> Any: ...  # plan + decode: the first stage
 
@@ -145,7 +146,7 @@ class WorkQueue:
         raise StreamGone()
 
     def _work(self) -> None:
-        for job, decoded in pipelined(self._jobs(), self._decode):
+        for job, decoded in pipelined(self._jobs(), self._decode, self.generator.ahead):
             if isinstance(decoded, Exception):
                 self._fail(job, decoded)
                 continue
