@@ -52,7 +52,7 @@ def main() -> None:
     generator = Generator(resolve_videos(args.videos), GenerationConfig(), "cpu", Decoder("cpu"))
     keys = [SampleKey(0, 0, i) for i in range(args.batch_size)]
     plans = [generator.plan(k) for k in keys]
-    frames = generator.decode(plans)
+    frames = generator.decode(plans, whole_frames=True)  # the baseline rescales whole frames
     frames_np = [f.numpy() for f in frames]
     frames_dev = [f.to(device) for f in frames]
     crop = generator.config.clip.crop_size

@@ -90,13 +90,14 @@ class QuarantinedVideos(abc.ABC, Generic[P]):
             f"({len(self.bad_videos)} of {len(self.videos)} videos are quarantined)"
         )
 
-    def decode(self, plans: list[P]) -> list[torch.Tensor]:
-        """Decode each plan's frames, re-planning (in place) the samples whose video turns out unreadable."""
+    def decode(self, plans: list[P], whole_frames: bool = False) -> list[torch.Tensor]:
+        """Decode each plan's frames, re-planning (in place) the samples whose video turns out unreadable.
+        Only the part of the frames that rendering reads is converted (`_window`) unless `whole_frames`."""
         frames: list[torch.Tensor | None] = [None] * len(plans)
         pending = list(range(len(plans)))
         while pending:
             requests = [(self.videos[plans[i].video], np.asarray(plans[i].clip.frame_indices)) for i in pending]
-            windows = [self._window(plans[i], self.videos[plans[i].video]) for i in pending]
+            windows = [None if whole_frames else self._window(plans[i], self.videos[plans[i].video]) for i in pending]
             retry = []
             for i, result in zip(pending, self.decoder.decode_many(requests, windows)):
                 if isinstance(result, VideoDecodeError):
