@@ -106,12 +106,29 @@ def test_pipelined_hands_each_result_or_exception_over_in_order(ahead):
     assert (threads == {threading.current_thread()}) == (ahead == 0)
 
 
-def test_a_replica_on_one_core_runs_its_stages_one_after_the_other(demo_videos):
-    """Two threads on one core only contend (13 % slower end to end here); with a second core they overlap."""
+def test_a_replica_on_one_core_runs_its_stages_in_line_and_batches_are_unchanged(demo_videos):
+    """Two threads on one core only contend (13 % slower end to end here): there the replica decodes and
+    renders in its one thread and still serves the same batches and reports the same replaced samples; with
+    a second core the stages overlap."""
+    bad = demo_videos[1].path
+    batches = [[SampleKey(0, 0, b * 20 + i) for i in range(20)] for b in range(2)]
     cores = os.sched_getaffinity(0)
     try:
-        os.sched_setaffinity(0, {min(cores)})
-        assert Generator(demo_videos).ahead == 0
+        os.sched_setaffinity(0, {min(cores)})  # this thread's, inherited by the queue's
+        inline = Generator(demo_videos)
+        inline.mark_bad(bad, "test")
+        assert inline.ahead == 0
+        results = run_queue(inline, batches)
     finally:
         os.sched_setaffinity(0, cores)
-    assert Generator(demo_videos).ahead == (1 if len(cores) > 1 else 0)
+    reference = Generator(demo_videos)
+    reference.mark_bad(bad, "test")
+    assert reference.ahead == (1 if len(cores) > 1 else 0)
+    for keys, result in zip(batches, results):
+        decoded = reference.decode_batch(keys)
+        expected = reference.render_batch(decoded)
+        assert torch.equal(result.batch.clips, expected.clips) and torch.equal(result.batch.boxes, expected.boxes)
+        assert torch.equal(result.batch.keys, expected.keys)
+        replaced = [(p.index, p.video) for p in result.problems]
+        assert replaced == [(k.index, path) for k, path in reference.replaced(decoded)] and replaced
+    assert inline.stats["samples"] == 40
