@@ -218,11 +218,12 @@ class PacketIndex:
     `shown[p]` is the frame index packet p decodes to: the number of pictures shown before it, those with a
     smaller presentation timestamp (an open GOP shows some pictures decoded after its key frame before it).
 
-    `droppable` maps the timestamp of each packet whose decoding gives a B-frame (a picture no other refers
-    to) to that frame's index, so that a clip which does not show it can skip decoding it; `stamps[i]` is
-    the timestamp FFmpeg gives frame i, by which the decoder's output is checked. Both are empty where the
-    bitstream is not parsed here (only MPEG-4 Part 2 is: packed B-frames make up half of HMDB-51's pictures)
-    or does not follow the expected pattern: then nothing is skipped.
+    `droppable` maps the timestamp of each packet whose decoding gives a picture no other refers to (a
+    B-frame) to that frame's index, so that a clip which does not show it can skip decoding it; `stamps[i]`
+    is the timestamp FFmpeg gives frame i, by which the decoder's output is checked. Both are empty where
+    the bitstream is not parsed here or does not follow the expected pattern: then nothing is skipped.
+    Parsed: MPEG-4 Part 2 (VOP types; packed B-frames make up half of HMDB-51's pictures) and H.264 stored
+    as in MP4 (NAL reference flags; 40 % of the Kinetics pictures).
     """
 
     timestamps: list[int | None]  # what FFmpeg seeks by
@@ -234,9 +235,16 @@ class PacketIndex:
     @classmethod
     def of(cls, path: str) -> PacketIndex:
         with open_video(path) as container:
-            mpeg4 = container.streams.video[0].codec_context.name == "mpeg4"
+            context = container.streams.video[0].codec_context
+            mpeg4, nal_length = context.name == "mpeg4", _avcc_length_size(context)
             packets = [
-                (p.pts, _timestamp(p), p.is_keyframe, (_vop_types(bytes(p)), p.size) if mpeg4 else ("", 0))
+                (
+                    p.pts,
+                    _timestamp(p),
+                    p.is_keyframe,
+                    (_vop_types(bytes(p)), p.size) if mpeg4 else ("", 0),
+                    nal_length is not None and _h264_unreferenced(bytes(p), nal_length),
+                )
                 for p in picture_packets(container)
             ]
         if not packets:
@@ -247,10 +255,15 @@ class PacketIndex:
         shown = np.searchsorted(np.sort(order), order).astype(np.int64)
         timestamps = [p[1] for p in packets]
         index = cls(timestamps, shown, np.array([p[2] for p in packets], bool))
-        pictures = _mpeg4_pictures([p[3] for p in packets]) if mpeg4 else None
-        if pictures is None or None in timestamps or len(set(timestamps)) < len(timestamps):
+        if None in timestamps or len(set(timestamps)) < len(timestamps):
             return index
-        shows = _display_order(pictures)
+        shows: list[tuple[str, int]] | None = None  # (kind, packet) of each frame; kind "B": unreferenced
+        if mpeg4 and (pictures := _mpeg4_pictures([p[3] for p in packets])) is not None:
+            shows = _display_order(pictures)
+        elif nal_length is not None and None not in pts:  # H.264 in MP4/MKV: shown in presentation order
+            shows = [("B" if packets[p][4] else "P", int(p)) for p in np.argsort(shown)]
+        if shows is None:
+            return index
         stamps = [timestamps[packet] for _, packet in shows]
         droppable = {cast(int, stamps[i]): i for i, (kind, _) in enumerate(shows) if kind == "B"}
         return dataclasses.replace(index, droppable=droppable, stamps=stamps)
@@ -333,6 +346,30 @@ def _vop_types(data: bytes) -> str:
         types.append("IPBS"[data[at + 4] >> 6])
         at = data.find(_VOP_START, at + 4)
     return "".join(types)
+
+
+def _avcc_length_size(context: av.codec.context.CodecContext) -> int | None:
+    """The NAL length field's size of H.264 stored as in MP4 (`avcC` extradata); None for other codecs and
+    for Annex B streams, which are not parsed here."""
+    extradata = bytes(context.extradata or b"")
+    if context.name != "h264" or len(extradata) < 7 or extradata[0] != 1:
+        return None
+    return (extradata[4] & 3) + 1
+
+
+def _h264_unreferenced(data: bytes, length_size: int) -> bool:
+    """Whether an H.264 packet (length-prefixed NAL units) holds slices and all have nal_ref_idc 0: no
+    picture refers to it (FFmpeg's `skip_frame=NONREF` skips exactly those)."""
+    at, slices = 0, 0
+    while at + length_size < len(data):
+        size = int.from_bytes(data[at : at + length_size], "big")
+        header = data[at + length_size]
+        if header & 0x1F in (1, 5):  # coded slice (non-IDR, IDR)
+            if header & 0x60:
+                return False
+            slices += 1
+        at += length_size + size
+    return slices > 0
 
 
 def _mpeg4_pictures(packets: list[tuple[str, int]]) -> list[tuple[str, int]] | None:

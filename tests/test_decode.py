@@ -93,6 +93,37 @@ def test_b_frames_a_clip_does_not_show_are_not_decoded(shared):
         assert pyav.frames_decoded == np.count_nonzero(shown | ~bidir[span]), indices
 
 
+def unreferenced(video: VideoInfo) -> np.ndarray:
+    """Which frames FFmpeg itself leaves out when told to skip the pictures no other refers to."""
+    stamps = {}
+    for skip in ("DEFAULT", "NONREF"):
+        with av.open(video.path, metadata_errors="ignore") as container:
+            container.streams.video[0].codec_context.skip_frame = skip
+            stamps[skip] = [f.pts for f in container.decode(video=0)]
+    kept = set(stamps["NONREF"])
+    return np.array([pts not in kept for pts in stamps["DEFAULT"]])
+
+
+def test_unreferenced_h264_pictures_a_clip_does_not_show_are_not_decoded(shared):
+    """H.264 in MP4 (Kinetics, misc): from the key frame at 0 to the clip's last frame, exactly the pictures
+    FFmpeg's own NONREF skipping leaves out, less those the clip shows, go undecoded; the frames are exact."""
+    for name in ("bikes.mp4", "R6llTwEh07w.mp4"):
+        video = next(v for v in shared if v.path.endswith(name))
+        dropped = unreferenced(video)
+        assert 0.3 < dropped.mean() < 0.6, name
+        indices = np.arange(0, 61, 3)
+        counts = []
+        for skip in (True, False):
+            pyav = PyAVDecoder()
+            if not skip:
+                pyav._no_skip.add(video.path)
+            clip = pyav.decode(video, indices)
+            assert np.array_equal(clip, full_decode(video)[indices]), name
+            counts.append(pyav.frames_decoded)
+        span = np.arange(1, 61)
+        assert counts[1] - counts[0] == np.count_nonzero(dropped[span] & ~np.isin(span, indices)), name
+
+
 def test_a_wrong_packet_index_costs_speed_not_frames(shared, caplog):
     """If the decoder's pictures come out other than where the index says (here: an index that takes P-frames
     for B-frames), the clip is decoded again with every picture, and so is that video from then on."""
