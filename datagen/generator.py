@@ -130,11 +130,15 @@ class Generator(QuarantinedVideos[SamplePlan]):
         return [(p.key, self.videos[choose_video(p.key, n, 0)].path) for p in decoded.plans if p.attempt > 0]
 
 
-def pipelined(items: Iterable[T], first: Callable[[T], U], ahead: int = 1) -> Iterator[tuple[T, U | Exception]]:
+def pipelined(
+    items: Iterable[T], first: Callable[[T], U], ahead: int = 1, name: str = "decode"
+) -> Iterator[tuple[T, U | Exception]]:
     """(item, first(item)) in order, `first` running in a thread of its own up to `ahead` items before the
     consumer (its exception in place of the result): the consumer's second stage overlaps the next
-    item's first. The thread ends with `items`. `ahead=0`: in the consumer's thread, one stage after the
-    other (where nothing can overlap, as on one core, a second thread only costs)."""
+    item's first. The thread ends with `items`, or when the consumer closes this iterator (checked twice a
+    second); an error that is not an `Exception` (KeyboardInterrupt in the thread) ends it and is raised in
+    the consumer. `ahead=0`: in the consumer's thread, one stage after the other (where nothing can
+    overlap, as on one core, a second thread only costs)."""
     if ahead == 0:
         for item in items:
             try:
@@ -144,17 +148,38 @@ def pipelined(items: Iterable[T], first: Callable[[T], U], ahead: int = 1) -> It
             yield item, result
         return
     handoff: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
     end = object()
 
-    def feed() -> None:
-        for item in items:
+    def put(entry: object) -> None:
+        while not stop.is_set():
             try:
-                outcome: U | Exception = first(item)
-            except Exception as exc:  # handed to the consumer, with its item
-                outcome = exc
-            handoff.put((item, outcome))
-        handoff.put(end)
+                handoff.put(entry, timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
-    threading.Thread(target=feed, name="decode", daemon=True).start()
-    while (entry := handoff.get()) is not end:
-        yield entry
+    def feed() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                try:
+                    outcome: U | Exception = first(item)
+                except Exception as exc:  # handed to the consumer, with its item
+                    outcome = exc
+                put((item, outcome))
+            put(end)
+        except BaseException as exc:  # the thread's end, re-raised by the consumer
+            put(exc)
+
+    worker = threading.Thread(target=feed, name=name, daemon=True)
+    worker.start()
+    try:
+        while (entry := handoff.get()) is not end:
+            if isinstance(entry, BaseException):
+                raise entry
+            yield entry
+    finally:
+        stop.set()
+        worker.join()

@@ -3,6 +3,7 @@ sequential generator's, and replaced samples are the ones the generator replaced
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 
@@ -104,6 +105,27 @@ def test_pipelined_hands_each_result_or_exception_over_in_order(ahead):
     with pytest.raises(ValueError, match="two"):
         raise out[2][1]
     assert (threads == {threading.current_thread()}) == (ahead == 0)
+
+
+def test_pipelined_stops_its_thread_when_the_consumer_closes_it_and_raises_what_ended_it():
+    before = set(threading.enumerate())
+    stream = pipelined(itertools.count(), lambda x: x, ahead=2, name="endless")
+    assert [next(stream)[1] for _ in range(3)] == [0, 1, 2]
+    stream.close()
+    assert set(threading.enumerate()) - before == set()
+
+    class Interrupted(BaseException):
+        pass
+
+    def first(x: int) -> int:
+        if x == 1:
+            raise Interrupted()
+        return x
+
+    stream = pipelined(range(5), first, ahead=1)
+    assert next(stream) == (0, 0)
+    with pytest.raises(Interrupted):
+        next(stream)
 
 
 def test_a_replica_on_one_core_runs_its_stages_in_line_and_batches_are_unchanged(demo_videos):

@@ -7,15 +7,13 @@ import collections.abc
 import contextlib
 import logging
 import os
-import queue
-import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
 from datagen.batch import Batch
-from datagen.generator import Generator
+from datagen.generator import Generator, pipelined
 from datagen.manifest import videos_digest
 from datagen.rng import HELD_OUT_EPOCH, SampleKey
 from datagen.service.fleet import RemoteSource
@@ -95,39 +93,24 @@ def prefetched(
     name: str = "prefetch",
 ) -> Closable[B]:
     """`make(chunk)` for each run of `batch_size` items (the last may be shorter), in order, up to `prefetch`
-    batches ahead on a background thread.
+    batches ahead on a background thread (`datagen.generator.pipelined`); `make`'s error is raised here.
 
     Torch ops and the decoders release the GIL, so making the next batch overlaps the consumer's step. On
     CUDA the producer works on a stream of its own and hands each batch over with an event, so its kernels
     and copies overlap the step's instead of queueing behind them on one stream.
     """
-    ready: queue.Queue[tuple[B, Any] | BaseException | None] = queue.Queue(max(1, prefetch))
-    stop = threading.Event()
     device = torch.device(device)
     side = torch.cuda.Stream(device) if device.type == "cuda" else None
 
-    def produce() -> None:
-        try:
-            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-                for start in range(0, len(items), batch_size):
-                    if stop.is_set():
-                        return
-                    _put(ready, (make(items[start : start + batch_size]), _record(side)), stop)
-            _put(ready, None, stop)
-        except BaseException as exc:  # handed to the consumer, which re-raises it
-            _put(ready, exc, stop)
+    def produce(chunk: Sequence[T]) -> tuple[B, Any]:
+        with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+            return make(chunk), _record(side)
 
-    worker = threading.Thread(target=produce, name=name, daemon=True)
-    worker.start()
-    try:
-        while (got := ready.get()) is not None:
-            if isinstance(got, BaseException):
-                raise got
-            batch, done = got
-            yield _received(batch, done, device)
-    finally:
-        stop.set()
-        worker.join()
+    chunks = [items[start : start + batch_size] for start in range(0, len(items), batch_size)]
+    for _, made in pipelined(chunks, produce, max(1, prefetch), name):
+        if isinstance(made, Exception):
+            raise made
+        yield _received(*made, device)
 
 
 def _record(stream: Any) -> Any:
@@ -149,16 +132,6 @@ def _received(batch: B, done: Any, device: torch.device) -> B:
             if tensor.is_cuda:
                 tensor.record_stream(consumer)
     return batch
-
-
-def _put(q: queue.Queue, item: object, stop: threading.Event) -> None:
-    """Put unless the consumer has gone away (checked twice a second, so the producer never hangs)."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.5)
-            return
-        except queue.Full:
-            continue
 
 
 def held_out_batches(generator: Generator, seed: int, clips: int, batch_size: int) -> list[Batch]:
