@@ -75,14 +75,16 @@ class PyAVDecoder:
         self.frames_decoded = 0  # pictures FFmpeg decoded, needed or not: the cost of seeking imprecisely
         self._count_lock = threading.Lock()  # decode() runs in several threads at once
 
-    def decode(self, video: VideoInfo, indices: np.ndarray, window: Window | None = None) -> np.ndarray:
-        """(len(indices), H, W, 3) uint8 RGB; indices past the last decodable frame get that frame. With a
-        `window`, only its pixels are converted to RGB: the others are left unset.
+    def decode(
+        self, video: VideoInfo, indices: np.ndarray, window: Window | None = None, channels: int = 3
+    ) -> np.ndarray:
+        """(len(indices), H, W, 3) uint8 RGB (`channels=4`: RGBX); indices past the last decodable frame get
+        that frame. With a `window`, only its pixels are converted to RGB: the others are left unset.
 
         Each distinct frame is converted straight into its first slot of the one output array, and repeats
         are copied after: no per-frame arrays to stack."""
         wanted = clamp_indices(video, indices)
-        clip = np.empty((wanted.size, video.height, video.width, 3), np.uint8)
+        clip = np.empty((wanted.size, video.height, video.width, channels), np.uint8)
         if wanted.size == 0:
             return clip
         needed, first, inverse = np.unique(wanted, return_index=True, return_inverse=True)
@@ -444,7 +446,8 @@ def yuv_to_rgb(
     """8-bit planar YCbCr (chroma at any subsampling) → (H, W, 3) uint8 RGB (into `out` if given), the way
     DALI's decoder converts: chroma upsampled bilinearly (pixel centres aligned), BT.601, rounded to nearest.
     With a `window` only its pixels are converted (the same values as in the whole frame); the others of
-    `out` are left as they were: a clip's crop often reads half of the frame or less.
+    `out` are left as they were: a clip's crop often reads half of the frame or less. An `out` of 4
+    channels gets RGBX pixels (X = 255), the layout torch's CPU rescale works in.
 
     The bytes are those of the OpenCV chain this replaced (planes ×16 into uint16, `cv2.resize` of the
     chroma, `cv2.transform`, saturation), so what a key produces did not change: one compiled pass computes
@@ -454,8 +457,12 @@ def yuv_to_rgb(
     height, width = y.shape
     if out is None:
         out = np.empty((height, width, 3), np.uint8)
-    elif out.shape != (height, width, 3) or out.dtype != np.uint8 or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-contiguous ({height}, {width}, 3) uint8 array, not {out.dtype} {out.shape}")
+    elif (
+        out.shape not in ((height, width, 3), (height, width, 4)) or out.dtype != np.uint8 or not out.flags.c_contiguous
+    ):
+        raise ValueError(
+            f"out must be a C-contiguous ({height}, {width}, 3 or 4) uint8 array, not {out.dtype} {out.shape}"
+        )
     top, bottom, left, right = window or (0, height, 0, width)
     if not (0 <= top < bottom <= height and 0 <= left < right <= width):
         raise ValueError(f"window {window} is not a non-empty part of a {height}x{width} frame")
@@ -466,10 +473,18 @@ def yuv_to_rgb(
             for c in (cb, cr)
         )
         gain = 1 / 16
-    planes = np.empty((3, bottom - top, right - left), np.uint8)
-    _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, planes)
+    size = (bottom - top, right - left)
+    if out.shape[2] == 4:
+        words = out.view(np.uint32).reshape(height, width)
+        _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, *size, _NO_PLANES, words)
+        return out
+    planes = np.empty((3, *size), np.uint8)
+    _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, *size, planes, _NO_WORDS)
     cv2.merge(tuple(planes), dst=out[top:bottom, left:right])
     return out
+
+
+_NO_PLANES, _NO_WORDS = np.empty((3, 0, 0), np.uint8), np.empty((0, 0), np.uint32)
 
 
 def _bt601_x16(full_range: bool) -> np.ndarray:
@@ -507,6 +522,9 @@ def _fma(typingctx, a, b, c):
     return numba.types.float32(numba.types.float32, numba.types.float32, numba.types.float32), codegen
 
 
+_OPAQUE = np.uint32(255 << 24)  # the spare byte of an RGBX word (little-endian: R is the first byte)
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _to_byte(luma, cb, cr, m0, m1, m2, m3):
     """One channel: OpenCV's int16-lane arithmetic (round to nearest even, +32768), saturated to 0…255."""
@@ -534,14 +552,14 @@ def _upsample_row(chroma, near, far, weight, gain, vertical, row):
 
 
 @numba.njit(cache=True, nogil=True)
-def _ycbcr_to_planes(y, cb, cr, m, gain, top, left, planes):
-    """RGB planes (3, h, w) of the h×w window at (`top`, `left`) of 8-bit Y and Cb, Cr at full, half width or
-    half size (scaled by `gain`).
+def _ycbcr_to_planes(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
+    """RGB planes (3, `rows`, `columns`) of that window at (`top`, `left`) of 8-bit Y and Cb, Cr at full, half
+    width or half size (scaled by `gain`); or, where `words` is a whole frame's (H, W) uint32 array, the
+    window's pixels as RGBX words in it (X = 255), which vectorise as planes do.
 
     Chroma is upsampled over the window's chroma columns and one more on each side: the upsampled columns
     at the ends, computed as if at the frame's edges, fall outside the window unless they are at them."""
     height, width = y.shape
-    rows, columns = planes.shape[1], planes.shape[2]
     half_height, half_width = cb.shape[0] < height, cb.shape[1] < width
     weight = np.float32(3 if half_height else 4)
     r0, r1, r2, r3 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
@@ -564,6 +582,15 @@ def _ycbcr_to_planes(y, cb, cr, m, gain, top, left, planes):
         _upsample_row(cb, near, far, weight, gain, vertical, blue)
         _upsample_row(cr, near, far, weight, gain, vertical, red)
         luma, u, v = y[i, left : left + columns], blue[offset : offset + columns], red[offset : offset + columns]
+        if words.size:
+            word = words[i, left : left + columns]
+            for j in range(columns):
+                value = np.float32(16 * luma[j])
+                red_byte = np.uint32(_to_byte(value, u[j], v[j], r0, r1, r2, r3))
+                green_byte = np.uint32(_to_byte(value, u[j], v[j], g0, g1, g2, g3))
+                blue_byte = np.uint32(_to_byte(value, u[j], v[j], b0, b1, b2, b3))
+                word[j] = red_byte | (green_byte << np.uint32(8)) | (blue_byte << np.uint32(16)) | _OPAQUE
+            continue
         r, g, b = planes[0, i - top], planes[1, i - top], planes[2, i - top]
         for j in range(columns):
             value = np.float32(16 * luma[j])
@@ -747,13 +774,18 @@ class Decoder:
         return self.pyav.frames_decoded + self.dali.frames_decoded
 
     def decode_many(
-        self, requests: Sequence[tuple[VideoInfo, np.ndarray]], windows: Sequence[Window | None] | None = None
+        self,
+        requests: Sequence[tuple[VideoInfo, np.ndarray]],
+        windows: Sequence[Window | None] | None = None,
+        rgbx: bool = False,
     ) -> list[torch.Tensor | VideoDecodeError]:
         """Decode several clips (DALI ones batched; PyAV ones in `num_threads` threads, FFmpeg releasing the GIL);
         a bad video yields its VideoDecodeError, never raises.
 
         `windows` (one per request, None for whole frames) are the parts of the frames the caller will read:
-        PyAV converts only those to RGB, leaving the other pixels unset; DALI converts whole frames."""
+        PyAV converts only those to RGB, leaving the other pixels unset; DALI converts whole frames. `rgbx`:
+        PyAV's clips come as RGBX (4 channels), which torch's CPU rescale reads without repacking; DALI's
+        stay RGB."""
         results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(requests)
         batched: list[int] = []
         on_cpu: list[int] = []
@@ -764,8 +796,9 @@ class Decoder:
                 results[i] = exc
         mapper = self._pool.map if self._pool is not None and len(on_cpu) > 1 else map
         parts = windows or [None] * len(requests)
+        channels = [4 if rgbx else 3] * len(on_cpu)
         for i, result in zip(
-            on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu], [parts[i] for i in on_cpu])
+            on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu], [parts[i] for i in on_cpu], channels)
         ):
             results[i] = result
         for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
@@ -777,14 +810,16 @@ class Decoder:
         self.stats["frames_decoded"] = self.frames_decoded
         return cast(list[torch.Tensor | VideoDecodeError], results)  # every slot filled above
 
-    def _pyav(self, video: VideoInfo, indices: np.ndarray, window: Window | None = None) -> torch.Tensor:
-        return torch.from_numpy(self.pyav.decode(video, indices, window)).to(self.device)
+    def _pyav(
+        self, video: VideoInfo, indices: np.ndarray, window: Window | None = None, channels: int = 3
+    ) -> torch.Tensor:
+        return torch.from_numpy(self.pyav.decode(video, indices, window, channels)).to(self.device)
 
     def _pyav_or_error(
-        self, request: tuple[VideoInfo, np.ndarray], window: Window | None
+        self, request: tuple[VideoInfo, np.ndarray], window: Window | None, channels: int
     ) -> torch.Tensor | VideoDecodeError:
         try:
-            return self._pyav(*request, window)
+            return self._pyav(*request, window, channels)
         except VideoDecodeError as exc:
             return exc
 

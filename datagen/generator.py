@@ -59,6 +59,11 @@ class Generator(QuarantinedVideos[SamplePlan]):
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> SamplePlan:
         return plan_sample(key, position, video.num_frames, video.height, video.width, self.config, attempt)
 
+    @property
+    def renders_rgbx(self) -> bool:  # type: ignore[override]
+        """On the CPU: torch's rescale there works on 4-byte pixels, so RGBX frames spare it a repacking."""
+        return self.device.type == "cpu"
+
     def _window(self, plan: SamplePlan, video: VideoInfo) -> Window:
         return source_window(plan.clip, video.height, video.width, self.config.clip.crop_size)
 

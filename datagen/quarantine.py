@@ -74,6 +74,8 @@ class QuarantinedVideos(abc.ABC, Generic[P]):
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> P:
         """The plan of `key` on `video` (at `position` in the list), drawn from the key's `attempt`."""
 
+    renders_rgbx = False  # whether rendering takes RGBX frames (4 channels) as well as RGB
+
     def _window(self, plan: P, video: VideoInfo) -> Window | None:
         """The part of the frames that rendering `plan` reads (only it is converted); None: whole frames."""
         return None
@@ -92,14 +94,16 @@ class QuarantinedVideos(abc.ABC, Generic[P]):
 
     def decode(self, plans: list[P], whole_frames: bool = False) -> list[torch.Tensor]:
         """Decode each plan's frames, re-planning (in place) the samples whose video turns out unreadable.
-        Only the part of the frames that rendering reads is converted (`_window`) unless `whole_frames`."""
+        Only the part of the frames that rendering reads is converted (`_window`), in the layout it takes
+        (`renders_rgbx`), unless `whole_frames` (RGB)."""
         frames: list[torch.Tensor | None] = [None] * len(plans)
         pending = list(range(len(plans)))
         while pending:
             requests = [(self.videos[plans[i].video], np.asarray(plans[i].clip.frame_indices)) for i in pending]
             windows = [None if whole_frames else self._window(plans[i], self.videos[plans[i].video]) for i in pending]
+            rgbx = self.renders_rgbx and not whole_frames
             retry = []
-            for i, result in zip(pending, self.decoder.decode_many(requests, windows)):
+            for i, result in zip(pending, self.decoder.decode_many(requests, windows, rgbx)):
                 if isinstance(result, VideoDecodeError):
                     self.stats["decode_failures"] += 1
                     self.mark_bad(result.path, result.reason)

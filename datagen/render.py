@@ -35,7 +35,8 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 def render(plans: Sequence[SamplePlan] | PlanBatch, frames: Sequence[torch.Tensor], crop_size: int) -> Batch:
-    """Turn plans and their decoded frames ((T, H, W, 3) uint8, one tensor per plan) into a Batch."""
+    """Turn plans and their decoded frames ((T, H, W, 3) uint8 RGB, or RGBX with a 4th channel, one tensor per
+    plan) into a Batch."""
     device = frames[0].device
     batch = plans if isinstance(plans, PlanBatch) else PlanBatch.stack(plans)  # host arrays, once per batch
     clips = (render_clips_cpu if device.type == "cpu" else render_clips)(batch, frames, crop_size)
@@ -53,7 +54,7 @@ def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: in
     buffer = torch.zeros((pixels + s + 1, 4), dtype=torch.uint8, device=frames[0].device)
     clean = buffer[:pixels].view(len(plans), t, s, s, 4)
     for i, (f, plan) in enumerate(zip(frames, plans.samples())):
-        clean[i, ..., :3] = _to_uint8(resized_crop(f, plan.clip, s)).permute(0, 2, 3, 1)
+        clean[i, ..., :3] = _to_uint8(resized_crop(f, plan.clip, s)[:, :3]).permute(0, 2, 3, 1)
     clips = clean.clone()
     composite_patches(clips.view(torch.int32).view(-1), buffer.view(torch.int32).view(-1), plans, t, s)
     return colour(clips, plans.hue_shift, plans.saturation, plans.brightness, plans.contrast)
@@ -73,7 +74,12 @@ def render_clips_cpu(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size
     for i, (f, plan) in enumerate(zip(frames, plans.samples())):
         out = clips[i]
         crop = _resized_crop_unflipped(f, plan.clip, s).permute(0, 2, 3, 1).numpy()
-        if plan.clip.flip:
+        if crop.shape[-1] == 4:  # RGBX frames (`Decoder.decode_many(rgbx=True)`): the spare byte dropped
+            for frame, rgb in zip(crop, out):
+                cv2.cvtColor(frame, cv2.COLOR_RGBA2RGB, dst=rgb)
+                if plan.clip.flip:
+                    cv2.flip(rgb, 1, dst=rgb)
+        elif plan.clip.flip:
             for frame, flipped in zip(crop, out):
                 cv2.flip(frame, 1, dst=flipped)  # as it copies (NumPy's strided copy is 10x slower)
         else:

@@ -203,7 +203,8 @@ def test_colour_conversion_where_opencv_ends_in_scalar_code():
 
 
 def test_a_window_is_converted_to_the_pixels_of_the_whole_frame():
-    """Windows anywhere (edges, single pixels) at every chroma layout and odd sizes; nothing else is written."""
+    """Windows anywhere (edges, single pixels) at every chroma layout and odd sizes, into RGB and RGBX frames;
+    nothing else is written."""
     rng = np.random.default_rng(4)
     for height, width in [(240, 320), (25, 37), (24, 36)]:
         y = rng.integers(0, 256, (height, width), dtype=np.uint8)
@@ -213,11 +214,13 @@ def test_a_window_is_converted_to_the_pixels_of_the_whole_frame():
             for _ in range(40):
                 top, left = int(rng.integers(0, height)), int(rng.integers(0, width))
                 bottom, right = int(rng.integers(top + 1, height + 1)), int(rng.integers(left + 1, width + 1))
-                out = np.zeros_like(whole)
-                yuv_to_rgb(y, cb, cr, out=out, window=(top, bottom, left, right))
-                assert np.array_equal(out[top:bottom, left:right], whole[top:bottom, left:right])
-                out[top:bottom, left:right] = 0
-                assert not out.any()
+                for channels in (3, 4):  # RGB, RGBX
+                    out = np.zeros((height, width, channels), np.uint8)
+                    yuv_to_rgb(y, cb, cr, out=out, window=(top, bottom, left, right))
+                    assert np.array_equal(out[top:bottom, left:right, :3], whole[top:bottom, left:right])
+                    assert (out[top:bottom, left:right, 3:] == 255).all()
+                    out[top:bottom, left:right] = 0
+                    assert not out.any()
 
 
 def test_conversion_writes_into_the_frame_it_is_given():

@@ -146,12 +146,22 @@ def test_generation_on_the_shared_footage(shared_videos):
     assert (batch.clips.float().std(dim=(1, 2, 3, 4)) > 10).all()
 
 
-def test_converting_only_the_crops_source_window_changes_no_byte(shared_videos):
-    """The decoder converts only the part of each frame the crop reads (the rest is left unset): batches from
-    the real footage are the bytes of whole-frame decoding, over every short side, crop and flip drawn."""
+class WholeRGBFrames(Generator):
+    """Decodes whole RGB frames, as before the decoder converted only the crop's window, as RGBX."""
+
+    renders_rgbx = False
+
+    def _window(self, plan, video):
+        return None
+
+
+def test_converting_only_the_crops_source_window_as_rgbx_changes_no_byte(shared_videos):
+    """On the CPU the decoder converts only the part of each frame the crop reads (the rest is left unset),
+    into RGBX pixels: batches from the real footage are the bytes of whole RGB frames, over every short side,
+    crop and flip drawn."""
     videos = resolve_videos([shared_videos])
-    windowed, whole = Generator(videos), Generator(videos)
-    whole._window = lambda plan, video: None  # type: ignore[method-assign]
+    windowed, whole = Generator(videos), WholeRGBFrames(videos)
+    assert windowed.renders_rgbx
     keys = [(3, 0, i) for i in range(4 * len(videos))]
     a, b = windowed.generate(keys), whole.generate(keys)
     assert torch.equal(a.clips, b.clips) and torch.equal(a.boxes, b.boxes)
