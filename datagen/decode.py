@@ -451,8 +451,8 @@ def yuv_to_rgb(
 
     The bytes are those of the OpenCV chain this replaced (planes ×16 into uint16, `cv2.resize` of the
     chroma, `cv2.transform`, saturation), so what a key produces did not change: one compiled pass computes
-    its arithmetic (`_ycbcr_to_planes`), and `cv2.merge` interleaves the planes, which compiled loops do not
-    vectorise. Chroma that is not exactly half (or all) of the picture in each direction, as at odd sizes, is
+    its arithmetic (`_ycbcr_to_rgb`), and `cv2.merge` interleaves the planes, which compiled loops do not
+    vectorise (RGBX words they do). Chroma that is not exactly half (or all) of the picture in each direction, as at odd sizes, is
     upsampled by `cv2.resize` first, as before, since its weights are then not multiples of 1/4."""
     height, width = y.shape
     if out is None:
@@ -473,13 +473,13 @@ def yuv_to_rgb(
             for c in (cb, cr)
         )
         gain = 1 / 16
-    size = (bottom - top, right - left)
-    if out.shape[2] == 4:
+    shape = (bottom - top, right - left)
+    if out.shape[2] == 4:  # RGBX: one little-endian word per pixel, written by the compiled pass itself
         words = out.view(np.uint32).reshape(height, width)
-        _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, *size, _NO_PLANES, words)
+        _ycbcr_to_rgb(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, *shape, _NO_PLANES, words)
         return out
-    planes = np.empty((3, *size), np.uint8)
-    _ycbcr_to_planes(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, *size, planes, _NO_WORDS)
+    planes = np.empty((3, *shape), np.uint8)
+    _ycbcr_to_rgb(y, cb, cr, _LANES[full_range], np.float32(gain), top, left, *shape, planes, _NO_WORDS)
     cv2.merge(tuple(planes), dst=out[top:bottom, left:right])
     return out
 
@@ -552,7 +552,7 @@ def _upsample_row(chroma, near, far, weight, gain, vertical, row):
 
 
 @numba.njit(cache=True, nogil=True)
-def _ycbcr_to_planes(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
+def _ycbcr_to_rgb(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
     """RGB planes (3, `rows`, `columns`) of that window at (`top`, `left`) of 8-bit Y and Cb, Cr at full, half
     width or half size (scaled by `gain`); or, where `words` is a whole frame's (H, W) uint32 array, the
     window's pixels as RGBX words in it (X = 255), which vectorise as planes do.

@@ -146,11 +146,7 @@ def pipelined(
     overlap, as on one core, a second thread only costs)."""
     if ahead == 0:
         for item in items:
-            try:
-                result: U | Exception = first(item)
-            except Exception as exc:
-                result = exc
-            yield item, result
+            yield item, _outcome(first, item)
         return
     handoff: queue.Queue = queue.Queue(maxsize=ahead)
     stop = threading.Event()
@@ -169,11 +165,7 @@ def pipelined(
             for item in items:
                 if stop.is_set():
                     return
-                try:
-                    outcome: U | Exception = first(item)
-                except Exception as exc:  # handed to the consumer, with its item
-                    outcome = exc
-                put((item, outcome))
+                put((item, _outcome(first, item)))
             put(end)
         except BaseException as exc:  # the thread's end, re-raised by the consumer
             put(exc)
@@ -188,3 +180,11 @@ def pipelined(
     finally:
         stop.set()
         worker.join()
+
+
+def _outcome(first: Callable[[T], U], item: T) -> U | Exception:
+    """`first(item)`, or its exception: handed to the consumer with its item."""
+    try:
+        return first(item)
+    except Exception as exc:
+        return exc

@@ -98,10 +98,10 @@ class QuarantinedVideos(abc.ABC, Generic[P]):
         (`renders_rgbx`), unless `whole_frames` (RGB)."""
         frames: list[torch.Tensor | None] = [None] * len(plans)
         pending = list(range(len(plans)))
+        rgbx = self.renders_rgbx and not whole_frames
         while pending:
             requests = [(self.videos[plans[i].video], np.asarray(plans[i].clip.frame_indices)) for i in pending]
             windows = [None if whole_frames else self._window(plans[i], self.videos[plans[i].video]) for i in pending]
-            rgbx = self.renders_rgbx and not whole_frames
             retry = []
             for i, result in zip(pending, self.decoder.decode_many(requests, windows, rgbx)):
                 if isinstance(result, VideoDecodeError):
