@@ -533,22 +533,24 @@ def _to_byte(luma, cb, cr, m0, m1, m2, m3):
 
 
 @numba.njit(cache=True, nogil=True)
-def _upsample_row(chroma, near, far, weight, gain, vertical, row):
-    """16·(chroma bilinearly upsampled) for one picture row: rows `near` and `far` of `chroma` weighted
-    `weight` : 4 − `weight`, then columns doubled (¾ near, ¼ far, edges repeated) when chroma is half as wide."""
+def _double_columns(chroma, out):
+    """4·(each chroma row's columns doubled: ¾ near, ¼ far, edges repeated), or 4·chroma where `out` is as wide.
+    Done once per chroma row, not once per picture row that blends it: all values are small integers, exact
+    in float32, so doing this before the vertical blend gives the same sums as after it."""
     columns = chroma.shape[1]
-    for k in range(columns):
-        vertical[k] = gain * (weight * np.float32(chroma[near, k]) + (4 - weight) * np.float32(chroma[far, k]))
-    if columns == row.shape[0]:
-        for k in range(columns):
-            row[k] = 4 * vertical[k]
-        return
-    last = columns - 1
-    row[0] = 4 * vertical[0]
-    row[2 * last + 1] = 4 * vertical[last]
-    for k in range(1, columns):
-        row[2 * k] = 3 * vertical[k] + vertical[k - 1]
-        row[2 * k - 1] = 3 * vertical[k - 1] + vertical[k]
+    for m in range(chroma.shape[0]):
+        c, row = chroma[m], out[m]
+        if columns == row.shape[0]:
+            for k in range(columns):
+                row[k] = 4 * np.float32(c[k])
+            continue
+        last = columns - 1
+        row[0] = 4 * np.float32(c[0])
+        row[2 * last + 1] = 4 * np.float32(c[last])
+        for k in range(1, columns):
+            near, before = np.float32(c[k]), np.float32(c[k - 1])
+            row[2 * k] = 3 * near + before
+            row[2 * k - 1] = 3 * before + near
 
 
 @numba.njit(cache=True, nogil=True)
@@ -557,11 +559,13 @@ def _ycbcr_to_rgb(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
     width or half size (scaled by `gain`); or, where `words` is a whole frame's (H, W) uint32 array, the
     window's pixels as RGBX words in it (X = 255), which vectorise as planes do.
 
-    Chroma is upsampled over the window's chroma columns and one more on each side: the upsampled columns
-    at the ends, computed as if at the frame's edges, fall outside the window unless they are at them."""
+    Chroma rows are widened once (`_double_columns`) and blended vertically (`weight` : 4 − `weight`) in the
+    pixel loop, over the window's chroma columns and one more on each side: the upsampled columns at the
+    ends, computed as if at the frame's edges, fall outside the window unless they are at them."""
     height, width = y.shape
     half_height, half_width = cb.shape[0] < height, cb.shape[1] < width
     weight = np.float32(3 if half_height else 4)
+    rest = np.float32(4) - weight
     r0, r1, r2, r3 = m[0, 0], m[0, 1], m[0, 2], m[0, 3]
     g0, g1, g2, g3 = m[1, 0], m[1, 1], m[1, 2], m[1, 3]
     b0, b1, b2, b3 = m[2, 0], m[2, 1], m[2, 2], m[2, 3]
@@ -571,32 +575,40 @@ def _ycbcr_to_rgb(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
     else:
         first, stop = left, left + columns
         start = left
-    cb, cr = cb[:, first:stop], cr[:, first:stop]
-    vertical = np.empty(stop - first, np.float32)
+    if half_height:
+        low, high = max(top // 2 - 1, 0), min((top + rows - 1) // 2 + 2, cb.shape[0])
+    else:
+        low, high = top, top + rows
     span = 2 * (stop - first) if half_width else stop - first
-    blue, red = np.empty(span, np.float32), np.empty(span, np.float32)
+    blue, red = np.empty((high - low, span), np.float32), np.empty((high - low, span), np.float32)
+    _double_columns(cb[low:high, first:stop], blue)
+    _double_columns(cr[low:high, first:stop], red)
     offset = left - start  # of the window's first column in `blue` and `red`
     for i in range(top, top + rows):
         near = i // 2 if half_height else i
         far = min(max(near + (1 if i % 2 else -1), 0), cb.shape[0] - 1) if half_height else i
-        _upsample_row(cb, near, far, weight, gain, vertical, blue)
-        _upsample_row(cr, near, far, weight, gain, vertical, red)
-        luma, u, v = y[i, left : left + columns], blue[offset : offset + columns], red[offset : offset + columns]
+        luma = y[i, left : left + columns]
+        u_near, u_far = blue[near - low, offset : offset + columns], blue[far - low, offset : offset + columns]
+        v_near, v_far = red[near - low, offset : offset + columns], red[far - low, offset : offset + columns]
         if words.size:
             word = words[i, left : left + columns]
             for j in range(columns):
                 value = np.float32(16 * luma[j])
-                red_byte = np.uint32(_to_byte(value, u[j], v[j], r0, r1, r2, r3))
-                green_byte = np.uint32(_to_byte(value, u[j], v[j], g0, g1, g2, g3))
-                blue_byte = np.uint32(_to_byte(value, u[j], v[j], b0, b1, b2, b3))
+                u = gain * (weight * u_near[j] + rest * u_far[j])
+                v = gain * (weight * v_near[j] + rest * v_far[j])
+                red_byte = np.uint32(_to_byte(value, u, v, r0, r1, r2, r3))
+                green_byte = np.uint32(_to_byte(value, u, v, g0, g1, g2, g3))
+                blue_byte = np.uint32(_to_byte(value, u, v, b0, b1, b2, b3))
                 word[j] = red_byte | (green_byte << np.uint32(8)) | (blue_byte << np.uint32(16)) | _OPAQUE
             continue
         r, g, b = planes[0, i - top], planes[1, i - top], planes[2, i - top]
         for j in range(columns):
             value = np.float32(16 * luma[j])
-            r[j] = _to_byte(value, u[j], v[j], r0, r1, r2, r3)
-            g[j] = _to_byte(value, u[j], v[j], g0, g1, g2, g3)
-            b[j] = _to_byte(value, u[j], v[j], b0, b1, b2, b3)
+            u = gain * (weight * u_near[j] + rest * u_far[j])
+            v = gain * (weight * v_near[j] + rest * v_far[j])
+            r[j] = _to_byte(value, u, v, r0, r1, r2, r3)
+            g[j] = _to_byte(value, u, v, g0, g1, g2, g3)
+            b[j] = _to_byte(value, u, v, b0, b1, b2, b3)
 
 
 class DaliDecoder:
