@@ -532,6 +532,12 @@ def _to_byte(luma, cb, cr, m0, m1, m2, m3):
     return np.uint8(min(max(value, np.float32(0)), np.float32(255)))
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _blend(near, far, weight, rest, gain):
+    """16·(upsampled chroma) of one pixel: its widened chroma rows `near` and `far` weighted `weight` : `rest`."""
+    return gain * (weight * near + rest * far)
+
+
 @numba.njit(cache=True, nogil=True)
 def _double_columns(chroma, out):
     """4·(each chroma row's columns doubled: ¾ near, ¼ far, edges repeated), or 4·chroma where `out` is as wide.
@@ -594,8 +600,8 @@ def _ycbcr_to_rgb(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
             word = words[i, left : left + columns]
             for j in range(columns):
                 value = np.float32(16 * luma[j])
-                u = gain * (weight * u_near[j] + rest * u_far[j])
-                v = gain * (weight * v_near[j] + rest * v_far[j])
+                u = _blend(u_near[j], u_far[j], weight, rest, gain)
+                v = _blend(v_near[j], v_far[j], weight, rest, gain)
                 red_byte = np.uint32(_to_byte(value, u, v, r0, r1, r2, r3))
                 green_byte = np.uint32(_to_byte(value, u, v, g0, g1, g2, g3))
                 blue_byte = np.uint32(_to_byte(value, u, v, b0, b1, b2, b3))
@@ -604,8 +610,8 @@ def _ycbcr_to_rgb(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
         r, g, b = planes[0, i - top], planes[1, i - top], planes[2, i - top]
         for j in range(columns):
             value = np.float32(16 * luma[j])
-            u = gain * (weight * u_near[j] + rest * u_far[j])
-            v = gain * (weight * v_near[j] + rest * v_far[j])
+            u = _blend(u_near[j], u_far[j], weight, rest, gain)
+            v = _blend(v_near[j], v_far[j], weight, rest, gain)
             r[j] = _to_byte(value, u, v, r0, r1, r2, r3)
             g[j] = _to_byte(value, u, v, g0, g1, g2, g3)
             b[j] = _to_byte(value, u, v, b0, b1, b2, b3)
