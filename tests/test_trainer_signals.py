@@ -1,12 +1,17 @@
 """A run never clobbers another, and Ctrl-C saves: refused folders, --overwrite, SIGINT in a real process."""
 
+import logging
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
+
+from trainer import signals
 from trainer.checkpoint import list_checkpoints
 from trainer.cli import main
 from trainer.metrics_log import read_records
@@ -91,18 +96,60 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(demo_dir, tmp_path):
     assert _logged_step(out) == stopped  # nothing trained past the checkpoint
 
 
-def assert_second_ctrl_c_stops_at_once(process: subprocess.Popen, gap: float) -> None:
-    """Two Ctrl-Cs `gap` seconds apart: the process exits 130 at once, saying so, without a traceback."""
+def assert_second_ctrl_c_stops_at_once(process: subprocess.Popen, acknowledged: str = "Ctrl-C: saving") -> None:
+    """A Ctrl-C, and once the process has said it will stop (`acknowledged` on stderr), a second one: the
+    process exits 130 at once, saying so, without a traceback.
+
+    The second waits for the first's acknowledgement because CPython runs a signal's Python handler only
+    between bytecodes: two SIGINTs that both arrive during one long C call (a backward pass) are one."""
+    said = threading.Event()
+    err: list[str] = []
+
+    def read_stderr() -> None:
+        for line in process.stderr:
+            err.append(line)
+            if acknowledged in line:
+                said.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    drain = threading.Thread(target=process.stdout.read, daemon=True)
+    drain.start()
     process.send_signal(signal.SIGINT)
-    time.sleep(gap)
+    assert said.wait(60), "".join(err)
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 130, err
-    assert "Traceback" not in err and "interrupted" in err
+    process.wait(timeout=60)
+    reader.join(10)
+    text = "".join(err)
+    assert process.returncode == 130, text
+    assert "Traceback" not in text and "interrupted" in text
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(demo_dir, tmp_path):
     out = tmp_path / "run"
     process = _start(pretrain_args(demo_dir, out, "optim.epochs=50", "run.log_every=1000"), tmp_path)
     _wait_for(lambda: bool(list_checkpoints(out)), process)  # past start-up: in the loop
-    assert_second_ctrl_c_stops_at_once(process, gap=0.5)
+    assert_second_ctrl_c_stops_at_once(process)
+
+
+def test_a_ctrl_c_during_the_first_ones_warning_stops_at_once(monkeypatch):
+    """The second Ctrl-C lands while the first's handler is still writing its warning (CPython runs the handler
+    again, nested): it must find the first counted and stop at once, not be taken for the first."""
+    monkeypatch.setattr(signals, "_stopped_at_once", threading.Event())
+
+    class SecondCtrlC(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # bytecodes, between which the nested handler runs
+                time.sleep(0)
+
+    handler = SecondCtrlC()
+    signals.log.addHandler(handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), signals.stop_on_signals() as requested:
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                time.sleep(0)
+    finally:
+        signals.log.removeHandler(handler)
+    assert requested.is_set() and signals.stopped_at_once()

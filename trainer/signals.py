@@ -28,15 +28,18 @@ def stop_on_signals(safe_point: str = "the next step") -> Iterator[threading.Eve
         if signum == signal.SIGINT and requested.is_set():
             _stopped_at_once.set()
             raise KeyboardInterrupt
-        if not requested.is_set():
-            name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-            log.warning(
-                "%s: saving a checkpoint at %s, then stopping (Ctrl-C again stops at once, losing the steps "
-                "since the last checkpoint)",
-                name,
-                safe_point,
-            )
+        if requested.is_set():
+            return
+        # Set before logging: a second Ctrl-C during the warning runs this handler again, inside it, and
+        # must find the first one counted.
         requested.set()
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        log.warning(
+            "%s: saving a checkpoint at %s, then stopping (Ctrl-C again stops at once, losing the steps "
+            "since the last checkpoint)",
+            name,
+            safe_point,
+        )
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
