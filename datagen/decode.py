@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import io
 import logging
 import os
@@ -91,10 +92,10 @@ class PyAVDecoder:
         slots = [clip[i] for i in first.tolist()]  # views into `clip`, one per needed frame
         try:
             index = self.index.get(video.path)
-            skip = bool(index.droppable) and video.path not in self._no_skip
+            skip = bool(index.stamps) and video.path not in self._no_skip
             try:
                 filled = self._read_any(video, needed, slots, window, index, skip)
-            except _Misplaced as exc:  # from now on this video's B-frames are all decoded
+            except _Misplaced as exc:  # from now on this video's every picture is decoded
                 log.warning("%s: %s; decoding its every picture from now on", video.path, exc)
                 self._no_skip.add(video.path)
                 filled = self._read_any(video, needed, slots, window, index, False)
@@ -141,15 +142,16 @@ class PyAVDecoder:
         slots it filled, the last one with the video's last frame if the video ends before `needed` does.
         None if seeking to `seek` = (key frame timestamp, its frame index) did not land on that key frame.
 
-        With `skip`, the B-frames the clip does not show are not decoded (FFmpeg's `skip_frame`: nothing
-        refers to them), and every picture is checked to come out where the index puts it (else `_Misplaced`)."""
-        filled = 0
+        With `skip`, only what the clip needs is decoded (`PacketIndex.feed`): GOP tails after its frames are
+        not fed, the B-frames it does not show are not decoded (FFmpeg's `skip_frame`: nothing refers to them),
+        and after the last packet it needs the decoder is drained instead of fed one more to push its last
+        picture out; every picture is checked to come out where the index puts it (else `_Misplaced`)."""
+        feed = index.feed(needed, 0 if seek is None else index.key_packet(int(needed[0]))) if skip else None
+        absent = feed.absent if feed is not None else []
+        filled = decoded = gap = 0  # gap: the next of the `absent` frames
         last: tuple[int, av.VideoFrame] | None = None
-        decoded = 0
         targets = iter(needed.tolist())
         want = next(targets)
-        wanted = set(needed.tolist()) if skip else set()
-        dropped: list[int] = []  # frame indices not decoded, in order (pictures come out in frame order)
         try:
             with open_video(video.path) as container:
                 stream = container.streams.video[0]
@@ -158,35 +160,43 @@ class PyAVDecoder:
                 if seek is not None:
                     container.seek(seek[0], backward=True, any_frame=False, stream=stream)
                     position = seek[1]
-                start, skipping = position, False
+                skipping = False
                 leading = seek is not None  # an open GOP's leading pictures precede its key frame; skip them
                 for count, packet in enumerate(container.demux(stream)):
-                    if seek is not None and count == 0 and _timestamp(packet) != seek[0]:
+                    stamp = packet.pts if packet.pts is not None else packet.dts
+                    if seek is not None and count == 0 and stamp != seek[0]:
                         return None
-                    if skip:
-                        shows = index.droppable.get(cast(int, _timestamp(packet)), -1)
-                        drop = shows > start and shows not in wanted
-                        if drop:
-                            dropped.append(shows)
-                        if drop != skipping:
-                            context.skip_frame, skipping = ("NONREF" if drop else "DEFAULT"), drop
-                    for frame in packet.decode():
-                        decoded += 1
+                    if feed is None:
+                        frames = packet.decode()
+                    elif stamp in feed.unfed:
+                        continue
+                    else:
+                        if (stamp in feed.skipped) != skipping:
+                            skipping = not skipping
+                            context.skip_frame = "NONREF" if skipping else "DEFAULT"
+                        frames = packet.decode()
+                        if stamp == feed.last:
+                            frames += context.decode(None)  # drained: what it holds back comes out
+                    decoded += len(frames)
+                    for frame in frames:
                         if leading and not frame.key_frame:
                             continue
                         leading = False
-                        while dropped and dropped[0] <= position:
-                            position += dropped.pop(0) == position
-                        if skip and (position >= len(index.stamps) or frame.pts != index.stamps[position]):
+                        while gap < len(absent) and absent[gap] <= position:
+                            position += absent[gap] == position
+                            gap += 1
+                        if feed is not None and (position >= len(index.stamps) or frame.pts != index.stamps[position]):
                             raise _Misplaced(f"a picture stamped {frame.pts} came out as frame {position}")
                         if position == want:
                             frame_to_rgb(frame, video, slots[filled], window)
                             filled += 1
                             want = next(targets, None)
+                            if want is None:
+                                return filled
                         last = (position, frame)
                         position += 1
-                    if want is None:
-                        return filled
+                    if feed is not None and stamp == feed.last:
+                        raise _Misplaced(f"frame {want} did not come out by the last packet the index gives it")
         finally:
             with self._count_lock:
                 self.frames_decoded += decoded
@@ -210,7 +220,7 @@ class PyAVDecoder:
 
 
 class _Misplaced(Exception):
-    """Decoding with B-frames skipped put a picture where the packet index does not: skip nothing."""
+    """Decoding only what a clip needs put a picture where the packet index does not: skip nothing."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,10 +232,13 @@ class PacketIndex:
 
     `droppable` maps the timestamp of each packet whose decoding gives a picture no other refers to (a
     B-frame) to that frame's index, so that a clip which does not show it can skip decoding it; `stamps[i]`
-    is the timestamp FFmpeg gives frame i, by which the decoder's output is checked. Both are empty where
-    the bitstream is not parsed here or does not follow the expected pattern: then nothing is skipped.
-    Parsed: MPEG-4 Part 2 (VOP types; packed B-frames make up half of HMDB-51's pictures) and H.264 stored
-    as in MP4 (NAL reference flags; 40 % of the Kinetics pictures).
+    is the timestamp FFmpeg gives frame i, by which the decoder's output is checked, and `frame_packet[i]`
+    the decode position of the packet whose decoding gives frame i. `closed`: every GOP is closed (nothing
+    decoded after a key frame refers to a picture before it), so the packets of a GOP after the last one a
+    clip needs can go unfed (`feed`). All are empty (or False) where the bitstream is not parsed here or does
+    not follow the expected pattern: then nothing is skipped. Parsed: MPEG-4 Part 2 (VOP types; packed
+    B-frames make up half of HMDB-51's pictures) and H.264 stored as in MP4 (NAL reference flags and IDR
+    pictures; 40 % of the Kinetics pictures are unreferenced).
     """
 
     timestamps: list[int | None]  # what FFmpeg seeks by
@@ -233,6 +246,8 @@ class PacketIndex:
     key: np.ndarray  # bool
     droppable: dict[int, int] = dataclasses.field(default_factory=dict)
     stamps: list[int | None] = dataclasses.field(default_factory=list)
+    frame_packet: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))
+    closed: bool = False
 
     @classmethod
     def of(cls, path: str) -> PacketIndex:
@@ -245,7 +260,7 @@ class PacketIndex:
                     _timestamp(p),
                     p.is_keyframe,
                     (_vop_types(bytes(p)), p.size) if mpeg4 else ("", 0),
-                    nal_length is not None and _h264_unreferenced(bytes(p), nal_length),
+                    _h264_slices(bytes(p), nal_length) if nal_length is not None else (False, False),
                 )
                 for p in picture_packets(container)
             ]
@@ -256,19 +271,84 @@ class PacketIndex:
         order = cast(list[int], pts) if None not in pts else list(range(len(packets)))
         shown = np.searchsorted(np.sort(order), order).astype(np.int64)
         timestamps = [p[1] for p in packets]
-        index = cls(timestamps, shown, np.array([p[2] for p in packets], bool))
+        key = np.array([p[2] for p in packets], bool)
+        index = cls(timestamps, shown, key)
         if None in timestamps or len(set(timestamps)) < len(timestamps):
             return index
         shows: list[tuple[str, int]] | None = None  # (kind, packet) of each frame; kind "B": unreferenced
+        random_access = True  # every key frame a point where references start afresh (H.264: an IDR picture)
         if mpeg4 and (pictures := _mpeg4_pictures([p[3] for p in packets])) is not None:
             shows = _display_order(pictures)
+            # Packed B-frames: what FFmpeg outputs (and stamps) after a gap in the packets is not what the
+            # index expects, so GOP tails are fed there.
+            random_access = all(kind != "B" for kind, _ in pictures)
         elif nal_length is not None and None not in pts:  # H.264 in MP4/MKV: shown in presentation order
-            shows = [("B" if packets[p][4] else "P", int(p)) for p in np.argsort(shown)]
+            shows = [("B" if packets[p][4][0] else "P", int(p)) for p in np.argsort(shown)]
+            random_access = all(p[4][1] for p in packets if p[2])
         if shows is None:
             return index
         stamps = [timestamps[packet] for _, packet in shows]
         droppable = {cast(int, stamps[i]): i for i, (kind, _) in enumerate(shows) if kind == "B"}
-        return dataclasses.replace(index, droppable=droppable, stamps=stamps)
+        frame_packet = np.array([packet for _, packet in shows], np.int64)
+        # Closed: each frame is decoded in the GOP it is shown in (no leading pictures of an open GOP).
+        closed = random_access and bool(key[0]) and np.array_equal(_gops(key)[frame_packet], _gops(key[frame_packet]))
+        return dataclasses.replace(index, droppable=droppable, stamps=stamps, frame_packet=frame_packet, closed=closed)
+
+    def feed(self, needed: np.ndarray, first: int) -> Feed | None:
+        """What to give the decoder for the frames `needed` (sorted, unique) when it starts at the key packet at
+        decode position `first`; None where the index cannot say (display order not parsed, or frames past
+        it), and then every packet is decoded.
+
+        Fed: the packets from `first` to the last that gives a needed frame, less, in a closed GOP, those after
+        the last packet of that GOP a needed frame depends on (references come before what refers to them in
+        decode order, and nothing after the next key frame refers back); decoded without their picture: the
+        unreferenced pictures (B-frames) not needed. `absent` lists the frames after `first`'s that do not
+        come out, so that the others can be counted off as they do."""
+        if not self.stamps or needed[-1] >= len(self.frame_packet):
+            return None
+        start = int(self.shown[first])
+        needed_packets = np.sort(self.frame_packet[needed])
+        last = int(needed_packets[-1])
+        positions = np.arange(first, last + 1)
+        fed = np.ones(len(positions), bool)
+        if self.closed:  # fed up to the last needed packet of the same GOP (GOPs ascend with the positions)
+            gops, needed_gops = self._packet_gop[positions], self._packet_gop[needed_packets]
+            j = np.maximum(np.searchsorted(needed_gops, gops, side="right") - 1, 0)
+            fed = (needed_gops[j] == gops) & (positions <= needed_packets[j])
+        given = positions[fed]
+        frames = self._packet_frame[given]
+        wanted = np.zeros(len(self.frame_packet), bool)
+        wanted[needed] = True
+        skip = self._packet_unreferenced[given] & (frames > start) & ~wanted[frames]
+        out = np.zeros(len(self.frame_packet), bool)
+        out[frames[~skip]] = True
+        return Feed(
+            unfed=set(self._packet_stamp[positions[~fed]].tolist()),
+            skipped=set(self._packet_stamp[given[skip]].tolist()),
+            absent=(np.flatnonzero(~out[start + 1 : needed[-1]]) + start + 1).tolist(),
+            last=int(self._packet_stamp[last]),
+        )
+
+    @functools.cached_property
+    def _packet_frame(self) -> np.ndarray:
+        """The frame each packet's decoding gives (the inverse of `frame_packet`)."""
+        frames = np.empty(len(self.frame_packet), np.int64)
+        frames[self.frame_packet] = np.arange(len(self.frame_packet))
+        return frames
+
+    @functools.cached_property
+    def _packet_unreferenced(self) -> np.ndarray:
+        unreferenced = np.zeros(len(self.frame_packet), bool)
+        unreferenced[self.frame_packet[list(self.droppable.values())]] = True
+        return unreferenced
+
+    @functools.cached_property
+    def _packet_gop(self) -> np.ndarray:
+        return _gops(self.key)
+
+    @functools.cached_property
+    def _packet_stamp(self) -> np.ndarray:
+        return np.array(self.timestamps, np.int64)
 
     def key_packet(self, first: int) -> int:
         """Decode position of the last key frame shown at or before frame `first` (0: the stream's start)."""
@@ -285,6 +365,21 @@ class PacketIndex:
         stop = min(max(int(before[-1]) if before.size else start, start) + 1, len(self.shown) - 1)
         positions = np.arange(start, stop + 1)
         return positions[self.shown[positions] >= self.shown[start]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Feed:
+    """How to decode one clip's frames (`PacketIndex.feed`): packets by timestamp."""
+
+    unfed: set[int]  # not given to the decoder: GOP tails no needed frame depends on
+    skipped: set[int]  # given with `skip_frame=NONREF`: their unreferenced picture is not needed
+    absent: list[int]  # frames, ascending, that these leave out of the decoder's output
+    last: int  # the last packet to give; then the decoder is drained
+
+
+def _gops(key: np.ndarray) -> np.ndarray:
+    """The GOP of each of a sequence of pictures: the number of key pictures up to it, less one."""
+    return np.cumsum(key) - 1
 
 
 class PacketIndexCache:
@@ -359,19 +454,20 @@ def _avcc_length_size(context: av.codec.context.CodecContext) -> int | None:
     return (extradata[4] & 3) + 1
 
 
-def _h264_unreferenced(data: bytes, length_size: int) -> bool:
-    """Whether an H.264 packet (length-prefixed NAL units) holds slices and all have nal_ref_idc 0: no
-    picture refers to it (FFmpeg's `skip_frame=NONREF` skips exactly those)."""
-    at, slices = 0, 0
+def _h264_slices(data: bytes, length_size: int) -> tuple[bool, bool]:
+    """Of an H.264 packet (length-prefixed NAL units): whether it holds slices and all have nal_ref_idc 0 (no
+    picture refers to it; FFmpeg's `skip_frame=NONREF` skips exactly those), and whether it holds an IDR
+    slice (nothing after it refers to a picture before it)."""
+    at, slices, referenced, idr = 0, 0, False, False
     while at + length_size < len(data):
         size = int.from_bytes(data[at : at + length_size], "big")
         header = data[at + length_size]
         if header & 0x1F in (1, 5):  # coded slice (non-IDR, IDR)
-            if header & 0x60:
-                return False
+            referenced |= bool(header & 0x60)
+            idr |= header & 0x1F == 5
             slices += 1
         at += length_size + size
-    return slices > 0
+    return slices > 0 and not referenced, idr
 
 
 def _mpeg4_pictures(packets: list[tuple[str, int]]) -> list[tuple[str, int]] | None:

@@ -12,7 +12,15 @@ import pytest
 import torch
 
 from bench.decode_bench import opencv_yuv_to_rgb
-from datagen.decode import Decoder, PyAVDecoder, VideoDecodeError, auto_backend, frame_to_rgb, yuv_to_rgb
+from datagen.decode import (
+    Decoder,
+    PacketIndex,
+    PyAVDecoder,
+    VideoDecodeError,
+    auto_backend,
+    frame_to_rgb,
+    yuv_to_rgb,
+)
 from datagen.generator import Generator
 from datagen.manifest import VideoInfo, probe, resolve_videos
 
@@ -36,8 +44,10 @@ def shared(shared_videos) -> list[VideoInfo]:
     return resolve_videos([shared_videos], min_frames=1)
 
 
-def test_every_shared_video_decodes_exactly_the_requested_frames(shared):
-    """MPEG-4 AVIs (UCF-101, HMDB-51 with broken metadata and packed B-frames), H.264 MP4s, the 48-frame clip."""
+def test_every_shared_video_decodes_exactly_the_requested_frames(shared, caplog):
+    """MPEG-4 AVIs (UCF-101, HMDB-51 with broken metadata and packed B-frames), H.264 MP4s, the 48-frame clip;
+    every picture where the packet index puts it (none decoded again with every picture)."""
+    caplog.set_level(logging.WARNING)
     decoder = Decoder(backend="pyav")
     rng = np.random.default_rng(0)
     assert len(shared) == 12
@@ -50,6 +60,7 @@ def test_every_shared_video_decodes_exactly_the_requested_frames(shared):
             assert clip.shape == (len(indices), video.height, video.width, 3) and clip.dtype == torch.uint8
             expected = frames[np.minimum(indices, video.num_frames - 1)]
             assert np.array_equal(clip.numpy(), expected), f"{video.path} {indices}"
+    assert not caplog.records, caplog.text
 
 
 def test_seeking_starts_at_the_nearest_key_frame(shared):
@@ -80,17 +91,63 @@ def b_frames(video: VideoInfo) -> np.ndarray:
 
 def test_b_frames_a_clip_does_not_show_are_not_decoded(shared):
     """HMDB-51's packed B-frames: of the pictures from the key frame to the clip's last, exactly the B-frames
-    outside the clip are left undecoded, and the clip is still exact (the first test)."""
+    outside the clip are left undecoded, and the clip is still exact (the first test). Counted: every picture
+    FFmpeg decoded, so a last frame that is a B-frame adds the reference after it, which it is decoded from;
+    a last frame that is a reference adds nothing (the decoder is drained rather than fed one more)."""
     pyav = PyAVDecoder()
     video = next(v for v in shared if v.path.endswith("SchoolRulesHowTheyHelpUs_wave_f_nm_np1_ba_med_0.avi"))
     bidir = b_frames(video)
     assert 0.3 < bidir.mean() < 0.5
-    for indices in (np.arange(10, 70, 4), np.arange(3, 19), np.array([5, 5, 6])):
+    assert bidir[18] and not bidir[17]
+    for indices in (np.arange(10, 70, 4), np.arange(3, 19), np.arange(3, 18), np.array([5, 5, 6])):
         pyav.frames_decoded = 0
         pyav.decode(video, indices)
         span = np.arange(indices.max() + 1)  # this file's only key frame is its first
         shown = np.isin(span, indices)
-        assert pyav.frames_decoded == np.count_nonzero(shown | ~bidir[span]), indices
+        assert pyav.frames_decoded == np.count_nonzero(shown | ~bidir[span]) + bidir[span[-1]], indices
+
+
+def test_gop_tails_a_clip_does_not_need_are_not_fed(shared):
+    """Closed GOPs: in each GOP a clip shows frames of, the pictures from its key frame to the clip's last frame
+    there are decoded and none after; GOPs it shows nothing of are not decoded at all. UCF-101 (GOPs of 12,
+    no B-frames) counted exactly; H.264 with B-frames and IDR key frames (bikes.mp4) exact and cheaper."""
+    video = next(v for v in shared if v.path.endswith("v_SoccerJuggling_g23_c01.avi"))
+    index = PacketIndex.of(video.path)
+    assert index.closed and not index.droppable
+    keys = np.flatnonzero(index.key)  # display order is decode order here
+    assert np.all(np.diff(keys) == 12)
+    frames = full_decode(video)
+    for indices in (np.arange(30, 110, 5), np.arange(100, 116), np.array([13, 40, 41, 90, 90])):
+        pyav = PyAVDecoder()
+        assert np.array_equal(pyav.decode(video, indices), frames[indices]), indices
+        gop_start = keys[np.searchsorted(keys, indices, side="right") - 1]
+        expected = sum(indices[gop_start == g].max() - g + 1 for g in np.unique(gop_start))
+        assert pyav.frames_decoded == expected, indices
+
+    video = next(v for v in shared if v.path.endswith("bikes.mp4"))
+    assert PacketIndex.of(video.path).closed
+    frames, indices = full_decode(video), np.arange(20, 100, 5)
+    counts = []
+    for cut in (True, False):
+        pyav = PyAVDecoder()
+        if not cut:
+            pyav._no_skip.add(video.path)
+        assert np.array_equal(pyav.decode(video, indices), frames[indices])
+        counts.append(pyav.frames_decoded)
+    assert counts[0] < counts[1]
+
+
+def test_gop_tails_are_fed_where_gops_are_open_or_b_frames_packed(demo_videos, shared, caplog):
+    """The demo MPEG-4 files show B-frames decoded after a key frame before it (open GOPs); after a gap in the
+    packets FFmpeg outputs packed B-frame AVIs' pictures other than the index expects (HMDB-51's TrumanShow,
+    two GOPs): their GOP tails are fed, and a clip across the GOP boundary comes out exact, on the first try."""
+    truman = next(v for v in shared if v.path.endswith("TrumanShow_wave_f_nm_np1_fr_med_26.avi"))
+    for video in [v for v in demo_videos if v.codec == "mpeg4"] + [truman]:
+        assert not PacketIndex.of(video.path).closed, video.path
+    caplog.set_level(logging.WARNING)
+    indices = np.array([3, 9, 14, 20, 26, 31])
+    assert np.array_equal(PyAVDecoder().decode(truman, indices), full_decode(truman)[indices])
+    assert not caplog.records, caplog.text
 
 
 def unreferenced(video: VideoInfo) -> np.ndarray:
