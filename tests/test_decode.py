@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from bench.decode_bench import opencv_yuv_to_rgb
+from datagen import decode as decode_module
 from datagen.decode import (
     Decoder,
     PacketIndex,
@@ -148,6 +149,26 @@ def test_gop_tails_are_fed_where_gops_are_open_or_b_frames_packed(demo_videos, s
     indices = np.array([3, 9, 14, 20, 26, 31])
     assert np.array_equal(PyAVDecoder().decode(truman, indices), full_decode(truman)[indices])
     assert not caplog.records, caplog.text
+
+
+def test_clips_are_read_from_the_file_with_no_container_opened(shared, monkeypatch):
+    """Indexed MPEG-4 AVIs and H.264 MP4s: a clip's packets come from one read of the file, given to a decoder
+    of their own (no container opened, probed or seeked), and the frames are those of a full decode."""
+    videos = [v for v in shared if v.codec in ("mpeg4", "h264")]
+    expected = {v.path: full_decode(v) for v in videos}
+    pyav = PyAVDecoder()
+    for video in videos:
+        assert pyav.index.get(video.path).stored is not None, video.path
+
+    def no_container(path, *args):
+        raise AssertionError(f"{path} was opened as a container")
+
+    monkeypatch.setattr(decode_module, "open_video", no_container)
+    rng = np.random.default_rng(3)
+    for video in videos:
+        indices = clip_indices(rng, video.num_frames)
+        clip = pyav.decode(video, indices)
+        assert np.array_equal(clip, expected[video.path][np.minimum(indices, video.num_frames - 1)]), video.path
 
 
 def unreferenced(video: VideoInfo) -> np.ndarray:
