@@ -48,11 +48,18 @@ def composite(
     """Paste one paste step's boxes into `out` (P, 3) uint8 pixels, sampling the patches bilinearly from
     `clean` (the same layout, followed by at least width + 1 spare pixels): `render.composite_patches`'s
     arithmetic per pixel, with its box list (`render._paste_step_boxes`: ints (3, M), floats (15, M), the
-    end of each shape's pixels), whose pixel offsets are `offset` more than in `out` and `clean`."""
+    end of each shape's pixels), whose pixel offsets are `offset` more than in `out` and `clean`.
+
+    A box row's patch pixels lerp between two source rows, each first interpolated across (`_across`): a
+    source row is interpolated once, not once for each box row that reads it (patches are resized by a few
+    per cent, so consecutive box rows mostly read consecutive source rows). Alpha is computed a row at a
+    time, one loop per shape, and every pixel is blended (alpha 0 leaves it as it is), without branches."""
     rect_end, ellipse_end = shape_ends[0], shape_ends[1]
     x0 = np.empty(width, np.int64)  # per column of a box: its source tap, tap weight and distance
     fx = np.empty(width, np.float32)
     dx = np.empty(width, np.float32)
+    alpha = np.empty(width, np.float32)
+    rows = np.empty((2, 3, width), np.float32)  # source rows y0 and y0 + 1 interpolated across, as planes
     for m in range(ints.shape[1]):
         count, src_base, dst_base = ints[0, m], ints[1, m] - offset, ints[2, m] - offset
         start, bw, ibw, cx, ibh, cy = floats[0, m], floats[1, m], floats[2, m], floats[3, m], floats[4, m], floats[5, m]
@@ -73,30 +80,45 @@ def composite(
             x0[px] = int(sx)
             fx[px] = sx - np.float32(x0[px])
             dx[px] = abs(cx + fpx * ibw)
+        held, upper = -2, 0  # the source row interpolated in rows[upper]; the next one is in the other
         for py in range(count // box_w):
             fpy = np.float32(py)
             sy = min(max(by + fpy * ay, ZERO), ymax)
             y0 = int(sy)
             fy = sy - np.float32(y0)
             dy = abs(cy + fpy * ibh)
-            row = src_base + y0 * width
-            dst = dst_base + py * width
-            for px in range(box_w):
-                if shape == 0:
-                    d = max(dx[px], dy)
-                elif shape == 1:
-                    d = np.float32(math.hypot(dx[px], dy))
+            if y0 != held:
+                if y0 == held + 1:  # the lower row becomes the upper one
+                    upper = 1 - upper
                 else:
-                    d = dx[px] + dy
-                alpha = min(max(half_gain - d * gain, ZERO), ONE) * opacity
-                if alpha == ZERO:  # lerp(a, b, 0) is a
-                    continue
-                first, w = row + x0[px], fx[px]
+                    _across(rows[upper], clean, src_base + y0 * width, x0, fx, box_w)
+                _across(rows[1 - upper], clean, src_base + (y0 + 1) * width, x0, fx, box_w)
+                held = y0
+            if shape == 0:
+                for px in range(box_w):
+                    alpha[px] = min(max(half_gain - max(dx[px], dy) * gain, ZERO), ONE) * opacity
+            elif shape == 1:
+                for px in range(box_w):
+                    alpha[px] = min(max(half_gain - np.float32(math.hypot(dx[px], dy)) * gain, ZERO), ONE) * opacity
+            else:
+                for px in range(box_w):
+                    alpha[px] = min(max(half_gain - (dx[px] + dy) * gain, ZERO), ONE) * opacity
+            dst = dst_base + py * width
+            above, below = rows[upper], rows[1 - upper]
+            for px in range(box_w):
+                a = alpha[px]
                 for c in range(3):
-                    upper = _lerp(np.float32(clean[first, c]), np.float32(clean[first + 1, c]), w)
-                    lower = _lerp(np.float32(clean[first + width, c]), np.float32(clean[first + width + 1, c]), w)
-                    patch = _lerp(upper, lower, fy)
-                    out[dst + px, c] = np.uint8(_lerp(np.float32(out[dst + px, c]), patch, alpha) + HALF)
+                    patch = _lerp(above[c, px], below[c, px], fy)
+                    out[dst + px, c] = np.uint8(_lerp(np.float32(out[dst + px, c]), patch, a) + HALF)
+
+
+@numba.njit(inline="always")
+def _across(row, clean, base, x0, fx, box_w):
+    """Source row `base` of `clean` at the box's columns: each pixel lerped between its two taps (planes)."""
+    for px in range(box_w):
+        first, w = base + x0[px], fx[px]
+        for c in range(3):
+            row[c, px] = _lerp(np.float32(clean[first, c]), np.float32(clean[first + 1, c]), w)
 
 
 HUE_BLOCK = 1024  # pixels per block of the hue kernel: its planes stay in L1
