@@ -24,6 +24,7 @@ import torch
 from .batch import Batch
 from .config import GenerationConfig
 from .decode import Decoder, Window
+from .host_memory import retain_freed_memory
 from .manifest import VideoInfo
 from .plan import SamplePlan, choose_video, plan_batch, plan_sample
 from .quarantine import QuarantinedVideos
@@ -54,6 +55,7 @@ class Generator(QuarantinedVideos[SamplePlan]):
         self.config = config
         self.device = torch.device(device)
         super().__init__(videos, decoder or Decoder(self.device))
+        retain_freed_memory()  # each batch reuses the pages the last one freed
         self._decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> SamplePlan:
