@@ -30,6 +30,15 @@ def from_shared(path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def packet_index_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Packet indexes kept on disk (datagen/packet_index.py) go to a folder of the session's, not the user's
+    cache; processes the tests start inherit it."""
+    folder = tmp_path_factory.mktemp("cache")
+    os.environ["CTP_CACHE_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def shared_videos() -> Path:
     """The recorded test footage (MPEG-4 AVIs from UCF-101/HMDB-51, H.264 MP4s); never copied into the repo."""

@@ -15,7 +15,6 @@ from bench.decode_bench import opencv_yuv_to_rgb
 from datagen import decode as decode_module
 from datagen.decode import (
     Decoder,
-    PacketIndex,
     PyAVDecoder,
     VideoDecodeError,
     auto_backend,
@@ -24,6 +23,7 @@ from datagen.decode import (
 )
 from datagen.generator import Generator
 from datagen.manifest import VideoInfo, probe, resolve_videos
+from datagen.packet_index import PacketIndex
 
 
 def full_decode(video: VideoInfo) -> np.ndarray:
@@ -471,7 +471,7 @@ def test_every_shared_video_segment_holds_the_clip_frames(shared):
     every frame up to `last` in order, the same pixels as PyAV's seek."""
     import io
 
-    from datagen.decode import PacketIndex, remux
+    from datagen.decode import remux
 
     pyav = PyAVDecoder()
     for video in shared:
