@@ -173,7 +173,7 @@ class PyAVDecoder:
                     packets = container.demux(stream)
                 skipping = False
                 for packet in packets:
-                    stamp = packet.pts if packet.pts is not None else packet.dts
+                    stamp = packet_timestamp(packet)
                     if landing is not None:
                         if stamp != landing:
                             return None

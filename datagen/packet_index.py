@@ -260,17 +260,18 @@ class StoredPackets:
     def read(self, path: str, positions: list[int]) -> Iterator[av.Packet]:
         """The packets at `positions` (decode order), from the file's bytes, each in a buffer of its own (FFmpeg
         reads a little past a packet's end: its buffers are padded with zeros)."""
-        begin = int(self.offset[positions].min())
-        end = int((self.offset[positions] + self.size[positions]).max())
+        offsets, sizes = self.offset[positions], self.size[positions]
+        begin, end = int(offsets.min()), int((offsets + sizes).max())
         with open(path, "rb") as file:
             data = memoryview(os.pread(file.fileno(), end - begin, begin))
         if len(data) < end - begin:
             raise VideoError(path, f"shorter than its index: {len(data)} of bytes {begin}..{end} read")
-        for p in positions:
-            at, size = int(self.offset[p]) - begin, int(self.size[p])
+        for at, size, pts, dts in zip(
+            (offsets - begin).tolist(), sizes.tolist(), self.pts[positions].tolist(), self.dts[positions].tolist()
+        ):
             packet = av.Packet(size)
             memoryview(packet)[:] = data[at : at + size]
-            packet.pts, packet.dts = int(self.pts[p]), int(self.dts[p])
+            packet.pts, packet.dts = pts, dts
             yield packet
 
 
