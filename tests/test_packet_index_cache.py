@@ -10,9 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from datagen import packet_index
+from datagen import packet_index_cache
 from datagen.manifest import resolve_videos
-from datagen.packet_index import PacketIndex, PacketIndexCache, _from_bytes, _to_bytes
+from datagen.packet_index import PacketIndex
+from datagen.packet_index_cache import PacketIndexCache, _from_bytes, _to_bytes
 
 
 def assert_same(a: PacketIndex, b: PacketIndex) -> None:
@@ -29,15 +30,20 @@ def assert_same(a: PacketIndex, b: PacketIndex) -> None:
 
 
 def test_every_kind_of_index_reads_back_equal(shared_videos, demo_dir):
-    """MPEG-4 AVIs (packed B-frames, open GOPs), H.264 MP4s and VP9 WebMs (not parsed: no display order, no
-    stored packets, timestamps that may be missing)."""
+    """MPEG-4 AVIs (packed B-frames, open GOPs), H.264 MP4s and VP9 WebMs (not parsed: no display order,
+    timestamps that may be missing), with their stream traits."""
     videos = resolve_videos([shared_videos, demo_dir], min_frames=1)
     kinds = set()
     for video in videos:
         index = PacketIndex.of(video.path)
         assert_same(_from_bytes(_to_bytes(index)), index)
-        kinds.add((video.codec, index.stored is not None, index.closed))
-    assert {("mpeg4", True, True), ("mpeg4", True, False), ("h264", True, True), ("vp9", False, False)} <= kinds
+        kinds.add((video.codec, index.stored is not None, index.closed, index.traits.packed))
+    assert {
+        ("mpeg4", True, True, False),
+        ("mpeg4", True, False, True),
+        ("h264", True, True, False),
+        ("vp9", True, False, False),
+    } <= kinds
 
 
 def test_a_video_is_indexed_once_per_machine(shared_videos, tmp_path, monkeypatch):
@@ -55,7 +61,8 @@ def test_a_video_is_indexed_once_per_machine(shared_videos, tmp_path, monkeypatc
 
 
 def test_a_changed_or_unreadable_index_is_made_again(shared_videos, tmp_path, caplog):
-    """A video rewritten in place is another version: indexed anew. A file that is not an index is warned
+    """A video rewritten in place is another version: indexed anew. An index of another release's format is
+    made again without a word (after an upgrade every video's is); a file that is not an index is warned
     about and replaced (a killed writer leaves none: files are renamed into place when complete)."""
     video = tmp_path / "clip.avi"
     video.write_bytes((shared_videos / "ucf101" / "v_SoccerJuggling_g23_c01.avi").read_bytes())
@@ -68,12 +75,14 @@ def test_a_changed_or_unreadable_index_is_made_again(shared_videos, tmp_path, ca
 
     stored = PacketIndexCache(directory=folder)._file(str(video))
     assert stored is not None and stored.is_file()
-    stored.write_bytes(b"ctp-packet-index 1\n\x02\x00\x00\x00{}")
-    with caplog.at_level(logging.WARNING, logger="datagen.packet_index"):
-        again = PacketIndexCache(directory=folder).get(str(video))
-    assert "not a readable packet index" in caplog.text
-    assert_same(again, first)
-    assert_same(_from_bytes(stored.read_bytes()), first)
+    for damaged, warned in ((b"ctp-packet-index 1\n\x02\x00\x00\x00{}", False), (b"\x00" * 64, True)):
+        stored.write_bytes(damaged)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="datagen.packet_index_cache"):
+            again = PacketIndexCache(directory=folder).get(str(video))
+        assert ("not a readable packet index" in caplog.text) == warned, caplog.text
+        assert_same(again, first)
+        assert_same(_from_bytes(stored.read_bytes()), first)
 
 
 def test_a_folder_that_cannot_be_written_leaves_the_indexes_in_memory(shared_videos, tmp_path, caplog):
@@ -84,7 +93,7 @@ def test_a_folder_that_cannot_be_written_leaves_the_indexes_in_memory(shared_vid
         str(shared_videos / "ucf101" / name)
         for name in ("v_SoccerJuggling_g23_c01.avi", "v_SoccerJuggling_g24_c01.avi")
     ]
-    with caplog.at_level(logging.WARNING, logger="datagen.packet_index"):
+    with caplog.at_level(logging.WARNING, logger="datagen.packet_index_cache"):
         for video in videos:
             assert cache.get(video).stored is not None
     assert caplog.text.count("set CTP_CACHE_DIR to a writable folder") == 1
@@ -93,10 +102,10 @@ def test_a_folder_that_cannot_be_written_leaves_the_indexes_in_memory(shared_vid
 
 def test_the_folder_defaults_to_ctp_cache_dir_then_the_users_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("CTP_CACHE_DIR", str(tmp_path))
-    assert packet_index.default_directory() == tmp_path / "packet-indexes"
+    assert packet_index_cache.default_directory() == tmp_path / "packet-indexes"
     monkeypatch.delenv("CTP_CACHE_DIR")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert packet_index.default_directory() == tmp_path / "xdg" / "ctp-video" / "packet-indexes"
+    assert packet_index_cache.default_directory() == tmp_path / "xdg" / "ctp-video" / "packet-indexes"
     assert PacketIndexCache(persist=False).directory is None
 
 
