@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import io
 import logging
 import os
 import threading
 from collections.abc import Collection, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import cast
 
 import av
@@ -26,8 +25,18 @@ import numpy as np
 import torch
 from numba.extending import intrinsic
 
-from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
-from datagen.packet_index import PacketIndex, PacketIndexCache, packet_timestamp
+from datagen.dali import DaliDecoder
+from datagen.decode_routes import (
+    DecodeClass,
+    DecodeRoutes,
+    Route,
+    compare_frames,
+    probe_indices,
+    reference_indices,
+)
+from datagen.manifest import VideoDecodeError, VideoError, VideoInfo, clamp_indices, open_video
+from datagen.packet_index import PacketIndex, packet_timestamp
+from datagen.packet_index_cache import PacketIndexCache
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +65,6 @@ def default_decode_threads(device: torch.device) -> int:
     return NVDEC_ENGINES if device.type == "cuda" else len(os.sched_getaffinity(0))
 
 
-class VideoDecodeError(VideoError):
-    """A video (or the requested frames of it) could not be decoded; carries `path` and `reason`."""
-
-
-def clamp_indices(video: VideoInfo, indices: np.ndarray) -> np.ndarray:
-    """Frame indices limited to the video's frames: a clip that runs past the end repeats the last one."""
-    return np.clip(np.asarray(indices, dtype=np.int64), 0, max(video.num_frames - 1, 0))
-
-
 class PyAVDecoder:
     """CPU decoding through FFmpeg: seek to the last key frame at or before the clip, decode forward only as
     far as its last frame. Keeps a bounded cache of each video's key frame positions."""
@@ -77,15 +77,24 @@ class PyAVDecoder:
         self._count_lock = threading.Lock()  # decode() runs in several threads at once
 
     def decode(
-        self, video: VideoInfo, indices: np.ndarray, window: Window | None = None, channels: int = 3
+        self,
+        video: VideoInfo,
+        indices: np.ndarray,
+        window: Window | None = None,
+        channels: int = 3,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """(len(indices), H, W, 3) uint8 RGB (`channels=4`: RGBX); indices past the last decodable frame get
-        that frame. With a `window`, only its pixels are converted to RGB: the others are left unset.
+        """(len(indices), H, W, 3) uint8 RGB (`channels=4`: RGBX), into `out` if given; indices past the last
+        decodable frame get that frame. With a `window`, only its pixels are converted to RGB: the others
+        are left unset.
 
         Each distinct frame is converted straight into its first slot of the one output array, and repeats
         are copied after: no per-frame arrays to stack."""
         wanted = clamp_indices(video, indices)
-        clip = np.empty((wanted.size, video.height, video.width, channels), np.uint8)
+        shape = (wanted.size, video.height, video.width, channels)
+        clip = np.empty(shape, np.uint8) if out is None else out
+        if clip.shape != shape:
+            raise ValueError(f"a clip of shape {shape} does not fit into one of {clip.shape}")
         if wanted.size == 0:
             return clip
         needed, first, inverse = np.unique(wanted, return_index=True, return_inverse=True)
@@ -233,35 +242,6 @@ class PyAVDecoder:
 
 class _Misplaced(Exception):
     """Decoding only what a clip needs put a picture where the packet index does not: skip nothing."""
-
-
-def remux(path: str, index: PacketIndex, positions: np.ndarray) -> np.ndarray:
-    """The packets at `positions` (sorted decode positions of picture packets) copied into an in-memory
-    Matroska file, timestamps kept: the bytes of a clip's frames for DALI, with nothing decoded here."""
-    wanted = set(positions.tolist())
-    first, last = int(positions[0]), int(positions[-1])
-    out = io.BytesIO()
-    with open_video(path) as src, av.open(out, "w", format="matroska") as dst:
-        stream = src.streams.video[0]
-        target = dst.add_stream_from_template(stream)
-        position: int | None = 0
-        if first > 0 and index.timestamps[first] is not None:
-            src.seek(index.timestamps[first], backward=True, any_frame=False, stream=stream)
-            position = None  # unknown until the first key frame's packet comes by
-        for packet in picture_packets(src):
-            if position is None:
-                if not (packet.is_keyframe and packet_timestamp(packet) == index.timestamps[first]):
-                    continue
-                position = first
-            if position in wanted:
-                packet.stream = target
-                dst.mux(packet)
-            position += 1
-            if position > last:
-                break
-        if position is None or position <= last:
-            raise VideoError(path, f"packets {first}..{last} not found where the index put them")
-    return np.frombuffer(out.getbuffer(), np.uint8)
 
 
 def frame_to_rgb(
@@ -464,123 +444,17 @@ def _ycbcr_to_rgb(y, cb, cr, m, gain, top, left, rows, columns, planes, words):
             b[j] = _to_byte(value, u, v, b0, b1, b2, b3)
 
 
-class DaliDecoder:
-    """DALI's video decoder, fed each clip's packets and frame indices, a batch at a time.
-
-    DALI builds no index: given a whole file it decodes from its first frame to the clip's last. So each
-    clip is fed only its segment (`PacketIndex.segment`, remuxed in memory), with indices offset to it,
-    each distinct frame asked for once and repeats gathered after.
-
-    On CUDA the `mixed` backend decodes with NVDEC and the frames go from DALI's GPU buffers into torch
-    tensors on the same GPU (a device-to-device copy, no host round trip); on CPU its FFmpeg-based decoder
-    takes VP8/VP9/MJPEG only. The pipeline is built once and reused; after an error DALI declares it
-    invalid, so it is rebuilt.
-    """
-
-    def __init__(
-        self, device: torch.device, batch_size: int = 8, num_threads: int = 2, index: PacketIndexCache | None = None
-    ):
-        self.device = device
-        self.batch_size = batch_size
-        self.num_threads = num_threads
-        self.index = index or PacketIndexCache()
-        self.frames_decoded = 0  # pictures in the segments DALI decoded, up to each clip's last frame
-        self._pipeline = None
-
-    def decode_batch(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor | VideoDecodeError]:
-        results: list[torch.Tensor | VideoDecodeError] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            try:
-                results += self._run(chunk)
-            except VideoDecodeError:  # one bad video fails DALI's whole batch: find it by decoding one at a time
-                for request in chunk:
-                    try:
-                        results += self._run([request])
-                    except VideoDecodeError as exc:
-                        results.append(exc)
-        return results
-
-    def _run(self, requests: Sequence[tuple[VideoInfo, np.ndarray]]) -> list[torch.Tensor]:
-        encoded, frames, repeats, decoded = [], [], [], 0
-        for video, indices in requests:
-            distinct, inverse = np.unique(clamp_indices(video, indices), return_inverse=True)
-            if distinct.size == 0:
-                distinct = np.zeros(1, np.int64)  # DALI needs a frame to decode; none is kept
-            try:
-                index = self.index.get(video.path)
-                positions = index.segment(int(distinct[0]), int(distinct[-1]))
-                encoded.append(remux(video.path, index, positions))
-            except VideoError as exc:
-                raise VideoDecodeError(exc.path, exc.reason) from None
-            except av.error.FFmpegError as exc:
-                raise VideoDecodeError(video.path, f"corrupt {video.codec} stream ({exc.strerror or exc})") from exc
-            frames.append((distinct - index.shown[positions[0]]).astype(np.int32))
-            repeats.append(torch.from_numpy(inverse.reshape(-1)))
-            decoded += len(positions)
-        pipeline = self._pipeline or self._build()
-        pipeline.feed_input("encoded", encoded)
-        pipeline.feed_input("frames", frames)
-        try:
-            (output,) = pipeline.run()
-        except RuntimeError as exc:
-            self._pipeline = None
-            raise VideoDecodeError(requests[0][0].path, f"DALI could not decode it ({_dali_reason(exc)})") from None
-        self.frames_decoded += decoded
-        return [self._to_torch(output[i], repeats[i]) for i in range(len(requests))]
-
-    def _to_torch(self, tensor, repeats: torch.Tensor) -> torch.Tensor:
-        """The clip in request order from its distinct frames: a copy, since DALI reuses its output buffers."""
-        if self.device.type == "cpu":
-            return torch.from_numpy(np.asarray(tensor))[repeats]
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        distinct = torch.empty(tensor.shape(), dtype=torch.uint8, device=self.device)
-        feed_ndarray(tensor, distinct, cuda_stream=torch.cuda.current_stream(self.device))
-        return distinct[repeats.to(self.device, non_blocking=True)]
-
-    def _build(self):
-        from nvidia.dali import fn, pipeline_def, types
-
-        gpu = self.device.type == "cuda"
-
-        @pipeline_def(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            prefetch_queue_depth=1,
-            exec_dynamic=True,
-            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device())
-            if gpu
-            else None,
-        )
-        def clips():
-            encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
-            frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
-            # pad_mode="edge": an index past the frame count in the container header (which DALI goes by,
-            # and which may be lower than the manifest's) repeats the last frame instead of a black one.
-            return fn.decoders.video(encoded, frames=frames, device="mixed" if gpu else "cpu", pad_mode="edge")
-
-        self._pipeline = clips()
-        self._pipeline.build()
-        return self._pipeline
-
-
-def _dali_reason(exc: RuntimeError) -> str:
-    """The operator's own complaint, without DALI's pipeline traceback."""
-    text = str(exc)
-    detail = text.split("encountered:", 1)[-1].strip().splitlines()
-    line = detail[0] if detail else text
-    return line.split("failed: ", 1)[-1].strip()
-
-
 class Decoder:
     """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
 
     backend="auto": DALI for the codecs in `dali_codecs` (default AUTO_DALI_CODECS of the device), PyAV
-    otherwise; a video DALI fails on is decoded again by PyAV before it counts as unreadable, since a
-    video quarantined by one replica's decoder is lost to the whole fleet. backend="dali" or "pyav"
-    forces one, without that second try; a video the forced backend cannot decode fails with a
-    VideoDecodeError that says what to do.
+    otherwise, and PyAV for decode classes DALI cannot be fed or did not decode as PyAV does
+    (`decode_routes.py`). With `verify` (default: on CUDA), the first clip of each decode class DALI would
+    take is a probe: decoded by both and compared, the class routed by the verdict; a class that fails is
+    logged with its numbers and decoded by PyAV from then on. A video DALI fails on is decoded again by PyAV
+    before it counts as unreadable, since a video quarantined by one replica's decoder is lost to the whole
+    fleet. backend="dali" or "pyav" forces one, without that second try or any probe; a video the forced
+    backend cannot decode fails with a VideoDecodeError that says what to do.
     """
 
     def __init__(
@@ -590,6 +464,7 @@ class Decoder:
         batch_size: int | None = None,
         num_threads: int | None = None,
         dali_codecs: Collection[str] | None = None,
+        verify: bool | None = None,
     ):
         if backend not in BACKENDS:
             raise ValueError(f"unknown decode backend {backend!r}; choose one of {BACKENDS}")
@@ -597,31 +472,96 @@ class Decoder:
         self.backend = backend
         gpu = self.device.type == "cuda"
         self.dali_codecs = frozenset(AUTO_DALI_CODECS.get(self.device.type, ()) if dali_codecs is None else dali_codecs)
+        self.verify = (gpu if verify is None else verify) and backend == "auto"
         self.num_threads = num_threads or default_decode_threads(self.device)
         self.pyav = PyAVDecoder()
         self.dali = DaliDecoder(
             self.device, batch_size or (4 * NVDEC_ENGINES if gpu else 8), self.num_threads, self.pyav.index
         )
-        self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="pyav") if self.num_threads > 1 else None
-        self.stats: collections.Counter[str] = (
-            collections.Counter()
-        )  # dali_fallbacks: clips PyAV decoded after DALI failed
+        self.routes = DecodeRoutes()
+        self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="decode") if self.num_threads > 1 else None
+        self._probe_lock = threading.Lock()
+        # dali_fallbacks: clips PyAV decoded after DALI failed; probes: decode classes compared with PyAV
+        self.stats: collections.Counter[str] = collections.Counter()
         self._fell_back: set[str] = set()  # videos already warned about
+
+    def decode_class(self, video: VideoInfo) -> DecodeClass:
+        """The video's decode class (from its packet index); raises VideoError for a video that cannot be
+        indexed."""
+        return DecodeClass.of(video, self.pyav.index.get(video.path))
 
     def backend_for(self, video: VideoInfo) -> str:
         """The backend that decodes `video` first; raises VideoDecodeError when the forced one cannot."""
+        return self._route(video)[0]
+
+    def _route(self, video: VideoInfo) -> tuple[str, bool]:
+        """(backend, trim) for `video`: the forced backend, or `auto`'s codec rule and its decode class's route
+        (a class met for the first time is probed here when `verify` is on)."""
         if self.backend == "pyav":
-            return "pyav"
-        if self.backend == "auto":
-            return "dali" if video.codec in self.dali_codecs else "pyav"
-        codecs = DALI_CODECS.get(self.device.type, frozenset())
-        if video.codec not in codecs:
-            raise VideoDecodeError(
-                video.path,
-                f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
-                f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'",
-            )
-        return "dali"
+            return "pyav", True
+        if self.backend == "dali":
+            codecs = DALI_CODECS.get(self.device.type, frozenset())
+            if video.codec not in codecs:
+                raise VideoDecodeError(
+                    video.path,
+                    f"DALI cannot decode {video.codec} on {self.device.type} (it decodes "
+                    f"{', '.join(sorted(codecs))} there); use backend 'pyav' or 'auto'",
+                )
+            return "dali", True
+        if video.codec not in self.dali_codecs:
+            return "pyav", True
+        try:
+            index = self.pyav.index.get(video.path)
+        except VideoError:
+            return "pyav", True  # PyAV says what is wrong with it
+        cls = DecodeClass.of(video, index)
+        route = self.routes.get(cls) or self._first_route(cls, video, index)
+        return route.backend, route.trim
+
+    def _first_route(self, cls: DecodeClass, video: VideoInfo, index: PacketIndex) -> Route:
+        """The route of a class met for the first time: PyAV where DALI cannot be fed the class; else, with
+        `verify`, what a probe of this video finds; else DALI unverified."""
+        with self._probe_lock:
+            if (route := self.routes.get(cls)) is not None:  # another thread was first
+                return route
+            if index.stored is None:
+                route = Route("pyav", reason="packets not where the container says: DALI cannot be fed them")
+            elif index.traits.packed and not index.stamps:
+                route = Route("pyav", reason="packed B-frames in a pattern the index does not parse")
+            elif self.verify:
+                route = self.probe(video, cls)
+            else:
+                route = Route("dali", reason="not verified")
+            if route.backend == "pyav":
+                log.warning(
+                    "decode class %s goes to PyAV on %s: %s (%s)", cls.label, self.device, route.reason, video.path
+                )
+            self.routes.set(cls, route)
+            return route
+
+    def probe(self, video: VideoInfo, cls: DecodeClass | None = None) -> Route:
+        """Decode a probe clip of `video` with DALI (trimmed segments, then whole ones) and with PyAV, and
+        return the route the comparison gives (not recorded: `routes.set` does that)."""
+        self.stats["probes"] += 1
+        indices = probe_indices(video.num_frames)
+        around = reference_indices(indices, video.num_frames)
+        try:
+            reference = self.pyav.decode(video, around)
+        except VideoDecodeError as exc:
+            return Route("pyav", verified=True, reason=f"PyAV could not decode the probe ({exc.reason})")
+        index = self.pyav.index.get(video.path)
+        findings = []
+        for trim in (True, False) if index.stamps else (True,):
+            (result,) = self.dali.decode_batch([(video, indices)], [trim])
+            if isinstance(result, VideoDecodeError):
+                findings.append(f"DALI failed: {result.reason}")
+                continue
+            comparison = compare_frames(result.cpu().numpy(), indices, reference, around)
+            if comparison.ok:
+                return Route("dali", trim, True, comparison.summary(), video.path)
+            findings.append(("trimmed: " if trim else "whole segments: ") + comparison.summary())
+        self.stats["probe_failures"] += 1
+        return Route("pyav", verified=True, reason="; ".join(findings), video=video.path)
 
     def decode(self, video: VideoInfo, indices: np.ndarray, window: Window | None = None) -> torch.Tensor:
         """(len(indices), H, W, 3) uint8 RGB on the decoder's device; raises VideoDecodeError.
@@ -644,29 +584,34 @@ class Decoder:
         windows: Sequence[Window | None] | None = None,
         rgbx: bool = False,
     ) -> list[torch.Tensor | VideoDecodeError]:
-        """Decode several clips (DALI ones batched; PyAV ones in `num_threads` threads, FFmpeg releasing the GIL);
-        a bad video yields its VideoDecodeError, never raises.
+        """Decode several clips; a bad video yields its VideoDecodeError, never raises.
+
+        DALI's clips have their segments made in the thread pool, then run as batches while PyAV decodes its
+        clips in the pool too (FFmpeg releasing the GIL). On CUDA, PyAV decodes into pinned host memory and
+        each clip goes to the device with one copy on the caller's current stream, not blocking the host.
 
         `windows` (one per request, None for whole frames) are the parts of the frames the caller will read:
         PyAV converts only those to RGB, leaving the other pixels unset; DALI converts whole frames. `rgbx`:
         PyAV's clips come as RGBX (4 channels), which torch's CPU rescale reads without repacking; DALI's
         stay RGB."""
         results: list[torch.Tensor | VideoDecodeError | None] = [None] * len(requests)
-        batched: list[int] = []
+        parts = windows or [None] * len(requests)
+        batched: list[tuple[int, bool]] = []  # (request, trim)
         on_cpu: list[int] = []
         for i, (video, _) in enumerate(requests):
             try:
-                (batched if self.backend_for(video) == "dali" else on_cpu).append(i)
+                backend, trim = self._route(video)
             except VideoDecodeError as exc:
                 results[i] = exc
-        mapper = self._pool.map if self._pool is not None and len(on_cpu) > 1 else map
-        parts = windows or [None] * len(requests)
-        channels = [4 if rgbx else 3] * len(on_cpu)
-        for i, result in zip(
-            on_cpu, mapper(self._pyav_or_error, [requests[i] for i in on_cpu], [parts[i] for i in on_cpu], channels)
-        ):
-            results[i] = result
-        for i, result in zip(batched, self.dali.decode_batch([requests[i] for i in batched])):
+                continue
+            (batched.append((i, trim)) if backend == "dali" else on_cpu.append(i))
+        prepared = [self._submit(self.dali.prepare, *requests[i], trim) for i, trim in batched]
+        channels = 4 if rgbx else 3
+        on_host = [self._submit(self._pyav_host, requests[i], parts[i], channels) for i in on_cpu]
+        dali = self.dali.decode([p.result() for p in prepared])
+        for i, clip in zip(on_cpu, on_host):
+            results[i] = self._to_device(clip.result())
+        for (i, _), result in zip(batched, dali):
             results[i] = (
                 self._fall_back(*requests[i], result)
                 if isinstance(result, VideoDecodeError) and self.backend == "auto"
@@ -675,18 +620,34 @@ class Decoder:
         self.stats["frames_decoded"] = self.frames_decoded
         return cast(list[torch.Tensor | VideoDecodeError], results)  # every slot filled above
 
-    def _pyav(
-        self, video: VideoInfo, indices: np.ndarray, window: Window | None = None, channels: int = 3
-    ) -> torch.Tensor:
-        return torch.from_numpy(self.pyav.decode(video, indices, window, channels)).to(self.device)
+    def _submit(self, fn, *args) -> Future:
+        """`fn(*args)` in the pool, or at once where there is none."""
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        done: Future = Future()
+        done.set_result(fn(*args))
+        return done
 
-    def _pyav_or_error(
-        self, request: tuple[VideoInfo, np.ndarray], window: Window | None, channels: int
+    def _pyav_host(
+        self, request: tuple[VideoInfo, np.ndarray], window: Window | None = None, channels: int = 3
     ) -> torch.Tensor | VideoDecodeError:
+        """PyAV's clip on the host: in pinned memory where it goes on to a GPU, so that copy need not block."""
+        video, indices = request
         try:
-            return self._pyav(*request, window, channels)
+            if self.device.type != "cuda":
+                return torch.from_numpy(self.pyav.decode(video, indices, window, channels))
+            shape = (len(indices), video.height, video.width, channels)
+            pinned = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
+            self.pyav.decode(video, indices, window, channels, out=pinned.numpy())
+            return pinned
         except VideoDecodeError as exc:
             return exc
+
+    def _to_device(self, clip: torch.Tensor | VideoDecodeError) -> torch.Tensor | VideoDecodeError:
+        """A host clip on the decoder's device: one copy on the caller's current stream (pinned: asynchronous)."""
+        if isinstance(clip, VideoDecodeError) or self.device.type != "cuda":
+            return clip
+        return clip.to(self.device, non_blocking=True)
 
     def _fall_back(
         self, video: VideoInfo, indices: np.ndarray, failure: VideoDecodeError
@@ -696,7 +657,7 @@ class Decoder:
             self._fell_back.add(video.path)
             log.warning("DALI failed on %s (%s); decoding it with PyAV on the CPU", video.path, failure.reason)
         self.stats["dali_fallbacks"] += 1
-        try:
-            return self._pyav(video, indices)
-        except VideoDecodeError as exc:
-            return VideoDecodeError(video.path, f"{exc.reason}; DALI before it: {failure.reason}")
+        clip = self._to_device(self._pyav_host((video, indices)))
+        if isinstance(clip, VideoDecodeError):
+            return VideoDecodeError(video.path, f"{clip.reason}; DALI before it: {failure.reason}")
+        return clip

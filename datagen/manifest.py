@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
+import numpy as np
 from tqdm import tqdm
 
 from .atomic import write_atomic
@@ -60,6 +61,15 @@ class VideoError(Exception):
         super().__init__(f"{path}: {reason}")
         self.path = str(path)
         self.reason = reason
+
+
+class VideoDecodeError(VideoError):
+    """A video (or the requested frames of it) could not be decoded; carries `path` and `reason`."""
+
+
+def clamp_indices(video: VideoInfo, indices: np.ndarray) -> np.ndarray:
+    """Frame indices limited to the video's frames: a clip that runs past the end repeats the last one."""
+    return np.clip(np.asarray(indices, dtype=np.int64), 0, max(video.num_frames - 1, 0))
 
 
 def open_video(path: str | os.PathLike[str]) -> av.container.InputContainer:

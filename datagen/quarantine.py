@@ -18,8 +18,8 @@ from typing import Generic, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
-from .decode import Decoder, VideoDecodeError, Window
-from .manifest import VideoInfo
+from .decode import Decoder, Window
+from .manifest import VideoDecodeError, VideoInfo
 from .plan import ClipPlan, choose_video
 from .rng import SampleKey
 

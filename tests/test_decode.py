@@ -325,35 +325,10 @@ def test_pyav_decodes_the_same_clips_from_several_threads_at_once(shared):
     assert pyav.frames_decoded == 3 * decoded
 
 
-def test_dali_cpu_returns_the_frames_pyav_returns_on_vp9(demo_videos):
-    vp9 = [v for v in demo_videos if v.codec == "vp9"]
-    assert len(vp9) == 2
-    rng = np.random.default_rng(1)
-    requests = [(v, clip_indices(rng, v.num_frames)) for v in vp9 for _ in range(3)]
-    dali = Decoder(backend="dali", batch_size=4).decode_many(requests)
-    pyav = Decoder(backend="pyav").decode_many(requests)
-    for (_, indices), a, b in zip(requests, dali, pyav):
-        assert a.shape == b.shape == (len(indices), 240, 320, 3)
-        difference = (a.int() - b.int()).abs()
-        assert difference.max() <= 1 and difference.float().mean() < 0.05
-    neighbours = (pyav[0][1:].int() - pyav[0][:-1].int()).abs().float().mean()
-    assert neighbours > 2  # the tolerance above is far below what one frame of motion changes
-
-
-def test_dali_repeats_its_last_frame_past_its_own_frame_count(demo_videos):
-    """The manifest may count more frames than the container header DALI reads: those indices must repeat
-    the last real frame (as PyAV does), not come back black."""
-    vp9 = next(v for v in demo_videos if v.codec == "vp9")
-    overcounted = dataclasses.replace(vp9, num_frames=vp9.num_frames + 10)
-    last = vp9.num_frames - 1
-    clip = Decoder(backend="dali").decode(overcounted, np.array([last, last + 1, last + 6, 0]))
-    assert clip[0].float().mean() > 20
-    assert torch.equal(clip[1], clip[0]) and torch.equal(clip[2], clip[0])
-    assert not torch.equal(clip[3], clip[0])
-
-
-def test_auto_routes_each_codec_to_a_backend_that_decodes_it_on_the_device():
-    """On CUDA, AV1 (no NVDEC AV1 on Hopper) and MJPEG (rejected by DALI 2.4's mixed decoder) go to PyAV."""
+def test_auto_routes_each_codec_to_a_backend_that_decodes_it_on_the_device(demo_videos):
+    """On CUDA, AV1 (no NVDEC AV1 on Hopper) and MJPEG (rejected by DALI 2.4's mixed decoder) go to PyAV; a
+    video of a DALI codec goes to DALI unless its decode class is routed elsewhere; one that cannot even be
+    indexed goes to PyAV, which says what is wrong with it."""
     codecs = ("vp9", "vp8", "mjpeg", "h264", "mpeg4", "hevc", "av1", "mpeg2video")
     assert [auto_backend(c, "cpu") for c in codecs] == ["dali"] * 3 + ["pyav"] * 5
     assert [auto_backend(c, "cuda") for c in codecs] == ["dali", "dali", "pyav", "dali", "dali", "dali", "pyav", "pyav"]
@@ -361,9 +336,11 @@ def test_auto_routes_each_codec_to_a_backend_that_decodes_it_on_the_device():
     def video(codec: str) -> VideoInfo:
         return VideoInfo(f"clip.{codec}", 100, 25.0, 320, 240, codec)
 
-    cpu, gpu = Decoder("cpu"), Decoder("cuda")  # no GPU needed to choose
-    assert [cpu.backend_for(video(c)) for c in codecs] == [auto_backend(c, "cpu") for c in codecs]
-    assert [gpu.backend_for(video(c)) for c in codecs] == [auto_backend(c, "cuda") for c in codecs]
+    cpu, gpu = Decoder("cpu"), Decoder("cuda", verify=False)  # no GPU needed to choose
+    assert all(cpu.backend_for(video(c)) == "pyav" for c in codecs)  # no such files
+    for real in demo_videos:
+        assert cpu.backend_for(real) == auto_backend(real.codec, "cpu"), real.path
+        assert gpu.backend_for(real) == auto_backend(real.codec, "cuda"), real.path
     assert (
         Decoder("cuda", "dali").backend_for(video("av1")) == "dali"
     )  # forced: what DALI claims, e.g. to probe a new GPU
@@ -444,48 +421,6 @@ def test_a_truncated_video_clamps_to_its_last_decodable_frame(shared, tmp_path):
     assert np.array_equal(clip.numpy(), truth[[0, -1, -1, -1]])
     past = Decoder(backend="pyav").decode(stale, np.array([len(truth) + 5, 239, len(truth) + 5]))  # none decodes
     assert np.array_equal(past.numpy(), truth[[-1, -1, -1]])
-
-
-def test_dali_decodes_only_the_segment_a_clip_needs(tmp_path):
-    """Late clips in an 8-second VP9 file: DALI is fed from the key frame before each clip, so it decodes
-    about as many pictures as PyAV's seek (not every frame from the start), and the same pixels."""
-    from datagen.demo import synthesize_demo
-
-    video = resolve_videos([str(p) for p in synthesize_demo(tmp_path, num_videos=1, seconds=8, codecs=("vp9",))])[0]
-    assert video.num_frames == 200
-    rng = np.random.default_rng(3)
-    requests = [(video, clip_indices(rng, video.num_frames)) for _ in range(6)] + [
-        (video, np.array([190, 150, 150, 199]))
-    ]
-    dali, pyav = Decoder(backend="dali", batch_size=4), Decoder(backend="pyav")
-    for (_, indices), a, b in zip(requests, dali.decode_many(requests), pyav.decode_many(requests)):
-        assert a.shape == b.shape == (len(indices), 240, 320, 3)
-        assert (a.int() - b.int()).abs().max() <= 1
-    late = [int(np.clip(i, 0, 199).max()) + 1 for _, i in requests]  # what a decode from frame 0 costs
-    assert dali.dali.frames_decoded <= 1.2 * pyav.pyav.frames_decoded < 0.6 * sum(late)
-
-
-def test_every_shared_video_segment_holds_the_clip_frames(shared):
-    """What NVDEC is fed, checked by decoding it with FFmpeg: the remuxed segment of a clip of each real video
-    (B-frames in MP4, packed B-frames and placeholder chunks in HMDB-51 AVIs) shows frame `first` first and
-    every frame up to `last` in order, the same pixels as PyAV's seek."""
-    import io
-
-    from datagen.decode import remux
-
-    pyav = PyAVDecoder()
-    for video in shared:
-        index = PacketIndex.of(video.path)
-        for first in (video.num_frames // 2, video.num_frames - 20):
-            last = min(first + 30, video.num_frames - 1)
-            positions = index.segment(first, last)
-            with av.open(io.BytesIO(remux(video.path, index, positions).tobytes())) as container:
-                segment = np.stack([frame_to_rgb(f, video) for f in container.decode(video=0)])
-            offset = int(index.shown[positions[0]])
-            assert offset <= first and len(segment) > last - offset, video.path
-            assert np.array_equal(
-                segment[first - offset : last - offset + 1], pyav.decode(video, np.arange(first, last + 1))
-            ), video.path
 
 
 def test_frames_land_on_the_requested_device_with_the_requested_shape(demo_videos):

@@ -18,8 +18,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from datagen.decode import Decoder, VideoDecodeError
-from datagen.manifest import Rejected, VideoInfo
+from datagen.decode import Decoder
+from datagen.manifest import Rejected, VideoDecodeError, VideoInfo
 from datagen.plan import ClipPlan
 from datagen.quarantine import QuarantinedVideos
 from datagen.render import rescale_crop_flip, shift_hue_saturation
