@@ -23,11 +23,13 @@ import torch
 from datagen.batch import Batch
 from datagen.config import GenerationConfig
 from datagen.configfile import apply_overrides, from_dict, to_dict
+from datagen.decode_routes import DecodeRoutes
 from datagen.manifest import VideoInfo
 from datagen.service.fleet import RemoteSource
 from datagen.service.replica_client import ReplicaClient
 from datagen.service.server import Limits, Replica
 from datagen.tables import format_table
+from datagen.verify import Report
 from protos import datagen_pb2 as pb
 
 
@@ -42,6 +44,8 @@ class PrecomputedBatches:
         self.bad_videos: dict[str, str] = {}
         self.stats: collections.Counter[str] = collections.Counter()
         self.ahead = 0  # nothing to overlap: generation costs nothing
+        self.routes = DecodeRoutes()  # nothing decoded
+        self.checked: Report | None = None  # no self-check to run
         self._clips = torch.randint(0, 256, (batch_size, frames, size, size, 3), dtype=torch.uint8, generator=g)
         self._boxes = torch.rand(batch_size, trajectories, frames, 4, generator=g) * size
         self._visible = torch.rand(batch_size, trajectories, frames, generator=g) > 0.2

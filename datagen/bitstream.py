@@ -101,22 +101,24 @@ def unpack_b_frames(packets: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
     decoder that reads it does not look for a second VOP. A GPU decoder numbers pictures one per packet."""
     pending: dict[int, bytes] = {}  # position of a placeholder → the B-VOP it stands for
     for position, data in packets:
-        types = vop_types(data)
         if position in pending:
-            if len(types) != 1 or len(data) > MAX_NVOP_SIZE:
+            if len(data) > MAX_NVOP_SIZE or len(vop_types(data)) != 1:
                 raise ValueError(f"packet {position} follows a packed B-frame but is no placeholder")
             yield pending.pop(position)
-        elif is_packed(types):
-            second = data.find(VOP_START, data.find(VOP_START) + 4)
+            continue
+        first = data.find(VOP_START)
+        second = data.find(VOP_START, first + 4) if first >= 0 else -1
+        if second >= 0 and is_packed(vop_types(data)):  # the types are read only of the rare two-VOP packets
             pending[position + 1] = data[second:]
-            yield unmark_packed(data[:second])
+            yield unmark_packed(data[:second], first)
         else:
-            yield unmark_packed(data)
+            yield unmark_packed(data, first)
 
 
-def unmark_packed(data: bytes) -> bytes:
-    """`data` with a DivX user data string's trailing packed mark ('p' before its end) removed."""
-    at = data.find(USER_DATA_START)
+def unmark_packed(data: bytes, vop: int = -1) -> bytes:
+    """`data` with a DivX user data string's trailing packed mark ('p' before its end) removed. User data
+    precedes the VOP: with the position of the first one (`vop`), nothing after it is searched."""
+    at = data.find(USER_DATA_START, 0, vop if vop >= 0 else len(data))
     if at < 0:
         return data
     body = data[at + 4 : at + 4 + 256]

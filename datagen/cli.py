@@ -76,6 +76,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """The installation check: every decode class probed against PyAV, the renderer against the CPU kernels."""
+    import json
+
+    from .tables import format_table
+    from .verify import verify
+
+    generator = make_generator(args, self_check=False)
+    generator.decoder.verify = generator.decoder.backend == "auto"
+    report = verify(generator, scan=args.scan, per_class=args.per_class, samples=args.samples)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        headers = ("decode class", "videos", "backend", "frames against PyAV", "verdict", "auto decodes with")
+        print(format_table(report.rows(), headers, align="<><<<<"))
+        print(
+            f"{'all checks passed' if report.ok else 'CHECKS FAILED'} on {report.device} in {report.seconds:.1f} s "
+            f"({len(generator.videos)} videos, up to {args.scan} classified per codec and file type)"
+        )
+    return 0 if report.ok else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default: synthesise demo videos, then preview generated clips from them."""
     from .demo import synthesize_demo
@@ -205,6 +227,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="timed batches per row")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "verify",
+        help="check this machine's decoders and renderer against the CPU path (exit 1 when anything differs)",
+        description="Groups the videos into decode classes (codec, container, pixel format, packed B-frames, "
+        "reordering, timestamp order), decodes a probe clip of each class DALI would take with DALI and with "
+        "PyAV and compares the frames (within 35 dB PSNR, none nearer another frame than its own), and renders a "
+        "few planned samples with the device's tensor code and with the CPU kernels (within 8 levels). Prints "
+        "one table: class, backend, numbers, verdict, and what `auto` will decode the class with.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    add_generation_args(p)
+    p.add_argument("--scan", type=int, default=64, help="videos classified per codec and file type")
+    p.add_argument("--per-class", type=int, default=2, help="videos probed per decode class")
+    p.add_argument("--samples", type=int, default=8, help="CtP samples rendered on both sides (0: none)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
         "demo",

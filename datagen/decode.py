@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import threading
@@ -515,33 +516,37 @@ class Decoder:
         except VideoError:
             return "pyav", True  # PyAV says what is wrong with it
         cls = DecodeClass.of(video, index)
-        route = self.routes.get(cls) or self._first_route(cls, video, index)
+        route = self.routes.get(cls) or self._first_route(cls, video)
         return route.backend, route.trim
 
-    def _first_route(self, cls: DecodeClass, video: VideoInfo, index: PacketIndex) -> Route:
-        """The route of a class met for the first time: PyAV where DALI cannot be fed the class; else, with
-        `verify`, what a probe of this video finds; else DALI unverified."""
+    def _first_route(self, cls: DecodeClass, video: VideoInfo) -> Route:
+        """The route of a class met for the first time (`check_class` on this video)."""
         with self._probe_lock:
-            if (route := self.routes.get(cls)) is not None:  # another thread was first
-                return route
-            if index.stored is None:
-                route = Route("pyav", reason="packets not where the container says: DALI cannot be fed them")
-            elif index.traits.packed and not index.stamps:
-                route = Route("pyav", reason="packed B-frames in a pattern the index does not parse")
-            elif self.verify:
-                route = self.probe(video, cls)
-            else:
-                route = Route("dali", reason="not verified")
-            if route.backend == "pyav":
-                log.warning(
-                    "decode class %s goes to PyAV on %s: %s (%s)", cls.label, self.device, route.reason, video.path
-                )
-            self.routes.set(cls, route)
-            return route
+            route = self.routes.get(cls)  # another thread may have been first
+            return route if route is not None else self.check_class(cls, [video])
 
-    def probe(self, video: VideoInfo, cls: DecodeClass | None = None) -> Route:
+    def check_class(self, cls: DecodeClass, videos: Sequence[VideoInfo]) -> Route:
+        """Decide and record the route of `cls`: PyAV where DALI cannot be fed the class; else, with `verify`,
+        what probes of `videos` (all of the class) find — each must pass, else the class goes to PyAV — ;
+        else DALI unverified. A class sent to PyAV is logged with the reason and the numbers."""
+        if (unfit := cls.unfit_for_dali()) is not None:
+            route = Route("pyav", reason=unfit, video=videos[0].path)
+        elif not self.verify:
+            route = Route("dali", reason="not verified", video=videos[0].path)
+        else:
+            probes = [self.probe(video) for video in videos]
+            failed = [p for p in probes if p.backend != "dali"]
+            route = failed[0] if failed else dataclasses.replace(probes[0], trim=all(p.trim for p in probes))
+        if route.backend == "pyav":
+            log.warning(
+                "decode class %s goes to PyAV on %s: %s (%s)", cls.label, self.device, route.reason, route.video
+            )
+        self.routes.set(cls, route)
+        return route
+
+    def probe(self, video: VideoInfo) -> Route:
         """Decode a probe clip of `video` with DALI (trimmed segments, then whole ones) and with PyAV, and
-        return the route the comparison gives (not recorded: `routes.set` does that)."""
+        return the route the comparison gives (not recorded: `check_class` does that)."""
         self.stats["probes"] += 1
         indices = probe_indices(video.num_frames)
         around = reference_indices(indices, video.num_frames)

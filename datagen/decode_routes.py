@@ -42,6 +42,7 @@ class DecodeClass:
     pixel_format: str
     packing: str  # "", "packed-B", "placeholders" (not-coded MPEG-4 VOPs), "packed-B+placeholders"
     order: str  # "in order" | "reordered"; and the timestamps: "" (display order), "unordered stamps", "stamps?"
+    stored: bool = True  # its packets lie in the file as the container says (what a segment is made of)
 
     @classmethod
     def of(cls, video: VideoInfo, index: PacketIndex) -> DecodeClass:
@@ -49,12 +50,20 @@ class DecodeClass:
         packing = "+".join(p for p, on in (("packed-B", traits.packed), ("placeholders", traits.placeholders)) if on)
         stamps = {True: "", False: ", unordered stamps", None: ", stamps?"}[index.timestamps_in_display_order]
         order = ("reordered" if traits.reordered else "in order") + stamps
-        return cls(video.codec, traits.container, traits.pixel_format, packing, order)
+        return cls(video.codec, traits.container, traits.pixel_format, packing, order, index.stored is not None)
 
     @property
     def label(self) -> str:
         parts = [self.codec, self.container, self.pixel_format, self.packing, self.order]
-        return "/".join(p for p in parts if p)
+        return "/".join(p for p in parts if p) + ("" if self.stored else "/packets not in place")
+
+    def unfit_for_dali(self) -> str | None:
+        """Why DALI cannot be fed this class at all (`dali.clip_segment`), or None."""
+        if not self.stored:
+            return "its packets are not where the container says: no segment can be made for DALI"
+        if "packed-B" in self.packing and "stamps?" in self.order:
+            return "packed B-frames in a pattern the packet index does not parse: DALI would number them wrongly"
+        return None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ from .plan import SamplePlan, choose_video, plan_batch, plan_sample
 from .quarantine import QuarantinedVideos
 from .render import render, source_window
 from .rng import SampleKey
+from .verify import Report, startup_check
 
 T = TypeVar("T")
 U = TypeVar("U")
@@ -51,12 +52,24 @@ class Generator(QuarantinedVideos[SamplePlan]):
         config: GenerationConfig = GenerationConfig(),
         device: str | torch.device = "cpu",
         decoder: Decoder | None = None,
+        self_check: bool | None = None,
+        check_renderer: bool = True,
     ) -> None:
+        """`self_check` (default: on CUDA): before it generates, the generator checks its device against the CPU
+        path (`verify.startup_check`): decode classes probed against PyAV and routed, the renderer compared
+        with the CPU kernels (`check_renderer=False` serves even if it differs); `self.checked` holds the
+        report."""
         self.config = config
         self.device = torch.device(device)
         super().__init__(videos, decoder or Decoder(self.device))
         retain_freed_memory()  # each batch reuses the pages the last one freed
         self._decode_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
+        self.routes = self.decoder.routes
+        self.checked: Report | None = None
+        if self.device.type == "cuda" if self_check is None else self_check:
+            if self.decoder.backend == "auto":
+                self.decoder.verify = True
+            self.checked = startup_check(self, check_renderer)
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> SamplePlan:
         return plan_sample(key, position, video.num_frames, video.height, video.width, self.config, attempt)

@@ -57,6 +57,13 @@ def add_generation_args(
         default=0,
         help="decoder threads: DALI's and parallel PyAV clips (0: 7 NVDEC engines on CUDA, the usable cores on CPU)",
     )
+    parser.add_argument(
+        "--no-render-check",
+        dest="render_check",
+        action="store_false",
+        help="on CUDA, generate even when the device's CtP renderer fails its start-up comparison with the CPU "
+        "kernels (the samples would differ from a CPU replica's; see `ctp-datagen verify`)",
+    )
 
 
 def default_torch_threads() -> int:
@@ -65,14 +72,14 @@ def default_torch_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) // 2)
 
 
-def make_generator(args: argparse.Namespace):
-    """The generator of the options added by `add_generation_args`."""
+def make_generator(args: argparse.Namespace, self_check: bool | None = None):
+    """The generator of the options added by `add_generation_args`; on CUDA (or with `self_check`) it checks
+    itself before it returns (`datagen.verify.startup_check`)."""
     from .decode import Decoder
     from .generator import Generator
 
     torch.set_num_threads(args.threads or default_torch_threads())
     config = load_generation(args.config, args.overrides)
     videos = manifest.resolve_videos(args.videos, min_frames=1)
-    return Generator(
-        videos, config, args.device, Decoder(args.device, args.backend, num_threads=args.decode_threads or None)
-    )
+    decoder = Decoder(args.device, args.backend, num_threads=args.decode_threads or None)
+    return Generator(videos, config, args.device, decoder, self_check, args.render_check)

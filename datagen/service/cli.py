@@ -171,7 +171,8 @@ def run_status(args: argparse.Namespace) -> int:
             f"there? (--redis URL or ${REDIS_ENV})"
         ) from None
     if args.json:
-        print(json.dumps({"replicas": [dataclasses.asdict(r) for r in replicas], "quarantined": quarantined}, indent=2))
+        records = [dataclasses.asdict(r) | {"decode_routes": r.routes} for r in replicas]
+        print(json.dumps({"replicas": records, "quarantined": quarantined}, indent=2))
         return 0
     now = time.time()
     print(f"{len(replicas)} live replica(s) in {redact(args.redis)} namespace {args.namespace!r}")
@@ -192,6 +193,7 @@ def run_status(args: argparse.Namespace) -> int:
             format_table(rows, ("replica", "address", "device", "clips/s", "queue", "streams", "up"), align="<<<>>>>")
         )
         print(f"total {sum(r.clips_per_second for r in replicas):.1f} clips/s")
+        _print_routes(replicas)
     print(f"{len(quarantined)} quarantined video(s)")
     for path, info in sorted(quarantined.items()):
         print(f"  {path}: {info.get('reason', '?')} (replica {info.get('replica', '?')})")
@@ -294,6 +296,16 @@ def _pull(args: argparse.Namespace) -> int:
     ok = result["missing"] == 0 and result["yielded_twice"] == 0
     print("exactly once: " + ("yes" if ok else "NO"))
     return 0 if ok else 1
+
+
+def _print_routes(replicas: list) -> None:
+    """Which backend decodes each decode class, over the replicas that met it (datagen/decode_routes.py)."""
+    routes = collections.Counter((cls, backend) for r in replicas for cls, backend in r.routes.items())
+    if not routes:
+        return
+    print(f"decode routes ({len({cls for cls, _ in routes})} classes; a class a GPU decoder got wrong is PyAV's)")
+    rows = [(cls, backend, str(n)) for (cls, backend), n in sorted(routes.items())]
+    print(format_table(rows, ("decode class", "decoded by", "replicas"), align="<<>"))
 
 
 def _duration(seconds: float) -> str:

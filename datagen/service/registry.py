@@ -43,6 +43,11 @@ class ReplicaRecord:
     active_streams: int = 0
     started_at: float = 0.0
     version: str = ""
+    decode_routes: str = ""  # JSON: decode class → the backend that decodes it (see `routes`)
+
+    @property
+    def routes(self) -> dict[str, str]:
+        return json.loads(self.decode_routes) if self.decode_routes else {}
 
     @classmethod
     def from_redis(cls, fields: dict[str, str]) -> ReplicaRecord:

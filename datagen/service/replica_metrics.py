@@ -30,6 +30,18 @@ class ReplicaMetrics:
         self.requests = Counter("ctp_datagen_requests", "Generate requests by final status", ["code"], registry=r)
         self.queue_depth = Gauge("ctp_datagen_queue_depth", "Batches waiting in the work queue", registry=r)
         self.active_streams = Gauge("ctp_datagen_active_streams", "Generate streams in flight", registry=r)
+        self.decode_route = Gauge(
+            "ctp_datagen_decode_route",
+            "1 for the backend that decodes each decode class met so far (datagen/decode_routes.py)",
+            ["decode_class", "backend"],
+            registry=r,
+        )
+        self.self_check_failures = Counter(
+            "ctp_datagen_self_check_failures",
+            "Checks against the CPU path that differed: decode classes routed to PyAV, renderer comparisons",
+            ["check"],
+            registry=r,
+        )
         self.stage_seconds = Histogram(
             "ctp_datagen_stage_seconds",
             "Per-batch latency of each stage",
@@ -37,9 +49,21 @@ class ReplicaMetrics:
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self._routes: dict[str, str] = {}
         self._window_s = window_s
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
         self._lock = threading.Lock()
+
+    def record_route(self, decode_class: str, backend: str, failed: bool) -> None:
+        """A decode class's route (`DecodeRoutes` listener); `failed`: its probe differed from PyAV."""
+        with self._lock:
+            previous = self._routes.get(decode_class)
+            self._routes[decode_class] = backend
+        if previous is not None and previous != backend:
+            self.decode_route.labels(decode_class, previous).set(0)
+        self.decode_route.labels(decode_class, backend).set(1)
+        if failed:
+            self.self_check_failures.labels("decode").inc()
 
     def record_clips(self, count: int) -> None:
         self.clips.inc(count)

@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import reflection
 
 from datagen.config import GenerationConfig
 from datagen.configfile import to_dict
+from datagen.decode_routes import DecodeClass, Route
 from datagen.manifest import videos_digest
 from datagen.rng import SampleKey, key_problem
 from protos import datagen_pb2 as pb
@@ -151,6 +152,7 @@ class DataGenService(pb_grpc.DataGenServicer):
             active_streams=self.active_streams,
             started_at=self.started_at,
             version=PROTOCOL,
+            decode_routes=json.dumps(self.work.generator.routes.table(), sort_keys=True),
         )
 
     def _request_problem(self, r: pb.GenerateRequest) -> str | None:
@@ -211,6 +213,7 @@ class Replica:
     ):
         self.work = WorkQueue(generator, ReplicaMetrics(), capacity=queue_capacity)
         self.service = DataGenService(self.work, config, device, limits)
+        _publish_checks(generator, self.work.metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
         interceptors: list[grpc.ServerInterceptor] = [TokenInterceptor(token)] if token else []
         self.server = grpc.server(
@@ -295,6 +298,19 @@ class Replica:
         self.server.stop(grace_s).wait()
         self.work.stop()
         log.info("stopped", extra={"replica": self.replica_id})
+
+
+def _publish_checks(generator: BatchGenerator, metrics: ReplicaMetrics) -> None:
+    """The start-up self-check's routes and verdicts as metrics, and every route made later as it is made."""
+
+    def publish(cls: DecodeClass, route: Route) -> None:
+        metrics.record_route(cls.label, route.name, route.verified and route.backend == "pyav")
+
+    for cls, route in generator.routes.items():
+        publish(cls, route)
+    generator.routes.listeners.append(publish)
+    if generator.checked is not None and generator.checked.render is not None and not generator.checked.render.ok:
+        metrics.self_check_failures.labels("render").inc()
 
 
 def versions() -> dict[str, str]:

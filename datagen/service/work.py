@@ -22,8 +22,10 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from datagen.batch import Batch
+from datagen.decode_routes import DecodeRoutes
 from datagen.generator import pipelined
 from datagen.rng import SampleKey
+from datagen.verify import Report
 from protos import datagen_pb2 as pb
 
 from .replica_metrics import ReplicaMetrics
@@ -39,6 +41,8 @@ class BatchGenerator(Protocol):
     bad_videos: dict[str, str]
     stats: collections.Counter
     ahead: int  # batches decoded ahead of the render (0: one stage after the other)
+    routes: DecodeRoutes  # each decode class's backend: published in Redis and as metrics
+    checked: Report | None  # the start-up self-check against the CPU path, where one ran
 
     def decode_batch(self, keys: Sequence[SampleKey]) -> Any: ...  # plan + decode: the first stage
 
