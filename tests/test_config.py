@@ -106,7 +106,7 @@ def test_print_config_shows_the_resolved_config_that_loads_back(tmp_path, capsys
     [
         ("model.encoder=resnet50", "model.encoder must be one of r3d_18, r2plus1d_18, tiny; got 'resnet50'"),
         ("optim.name=adam", "optim.name must be one of sgd, adamw; got 'adam'"),
-        ("run.precision=fp16", "run.precision must be one of auto, fp32, bf16; got 'fp16'"),
+        ("run.precision=fp16", "run.precision must be one of auto, fp32, tf32, bf16; got 'fp16'"),
     ],
 )
 def test_a_choice_outside_its_literal_names_the_key_and_the_allowed_values(override, message):

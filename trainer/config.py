@@ -14,7 +14,9 @@ from datagen.configfile import PRESETS, load_config, preset_names
 
 PRESETS_DIR = PRESETS
 EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.encoders builds each
-Precision = Literal["auto", "fp32", "bf16"]  # auto: bf16 autocast on CUDA, else fp32
+# auto: bf16 autocast on CUDA, else fp32. fp32: IEEE fp32 math everywhere (the paper's numerics; on CUDA cuDNN
+# would otherwise run fp32 convolutions as TF32). tf32: fp32 tensors, TF32 tensor-core convolutions and matmuls.
+Precision = Literal["auto", "fp32", "tf32", "bf16"]
 Optimiser = Literal["sgd", "adamw"]
 
 
@@ -64,7 +66,7 @@ class RunConfig:
     out_dir: str = "runs/ctp"
     device: str = "auto"  # auto | cpu | cuda | cuda:N (under torchrun: each rank's cuda:LOCAL_RANK)
     # auto: bf16 autocast on CUDA (for speed), else fp32. The paper and the official code train in fp32:
-    # set fp32 to reproduce them exactly.
+    # set fp32 to reproduce them exactly (IEEE fp32, no TF32); tf32 trades that for tensor-core speed.
     precision: Precision = "auto"
     channels_last: bool | None = None  # None: on CUDA only
     # Under torchrun, BatchNorm normalises with the statistics of the global batch (on CPU and CUDA alike), so
@@ -82,6 +84,9 @@ class PretrainRunConfig(RunConfig):
     keep_checkpoints: int = 2
     stop_at_step: int | None = None  # checkpoint and exit at this step (resume later with --resume auto)
     log_indices: bool = False  # metrics.jsonl: each step's sample indices, per rank (an exactly-once audit)
+    # In-process generation on CUDA refuses to start when its CtP renderer differs from the CPU kernels
+    # (datagen/verify.py); false trains on whatever it renders.
+    render_check: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

@@ -25,11 +25,24 @@ CPU_BF16_REFUSED = (
 )
 
 
+def set_fp32_math(convolutions: str, matmuls: str) -> None:
+    """How CUDA computes fp32 convolutions and matmuls ("ieee" or "tf32"), process-wide; the API of torch >= 2.9,
+    else the one before it (a torch mixing both refuses to tell what is set)."""
+    cudnn = torch.backends.cudnn
+    if hasattr(cudnn, "conv"):
+        cudnn.conv.fp32_precision = convolutions
+        torch.backends.cuda.matmul.fp32_precision = matmuls
+    else:
+        cudnn.allow_tf32 = convolutions == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = matmuls == "tf32"
+
+
 @dataclasses.dataclass(frozen=True)
 class Execution:
     device: torch.device
     bf16: bool  # autocast the forward pass to bfloat16
     channels_last: bool  # channels_last_3d activations (cuDNN's fast path for 3D convs in bf16)
+    tf32: bool | None = None  # fp32 convolutions and matmuls on TF32 tensor cores; None: torch's default (bf16 runs)
 
     @classmethod
     def resolve(cls, device: str = "auto", precision: str = "auto", channels_last: bool | None = None) -> Execution:
@@ -43,7 +56,8 @@ class Execution:
         if dev.type == "cpu" and precision == "bf16":
             raise ValueError(CPU_BF16_REFUSED)
         bf16 = on_cuda if precision == "auto" else precision == "bf16"
-        return cls(dev, bf16, on_cuda if channels_last is None else channels_last)
+        tf32 = None if bf16 else precision == "tf32"
+        return cls(dev, bf16, on_cuda if channels_last is None else channels_last, tf32)
 
     @classmethod
     def for_rank(cls, ranks: Ranks, run: RunConfig) -> Execution:
@@ -61,10 +75,13 @@ class Execution:
         return clips, batch.boxes.to(self.device, non_blocking=True)
 
     def prepare(self, module: ModuleT) -> ModuleT:
-        """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes).
+        """Move a module here, in the memory layout the inputs use (on CUDA, cuDNN autotunes the fixed shapes),
+        and set how fp32 convolutions and matmuls compute on CUDA: IEEE for fp32, TF32 for tf32, torch's default
+        (TF32 convolutions, IEEE matmuls) for the ops bf16 autocast leaves in fp32.
 
         `cuda:N` also becomes the current device: streams, cuDNN handles and kernels created without an explicit
         device (torch.compile's, torchvision's ops) would otherwise start a context on GPU 0 and run there."""
+        set_fp32_math(*{None: ("tf32", "ieee"), True: ("tf32", "tf32"), False: ("ieee", "ieee")}[self.tf32])
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             if self.device.index is not None:
@@ -73,4 +90,5 @@ class Execution:
         return module.to(memory_format=torch.channels_last_3d) if self.channels_last else module
 
     def describe(self) -> str:
-        return f"{self.device} {'bf16' if self.bf16 else 'fp32'}{' channels_last_3d' if self.channels_last else ''}"
+        precision = "bf16" if self.bf16 else "tf32" if self.tf32 else "fp32"
+        return f"{self.device} {precision}{' channels_last_3d' if self.channels_last else ''}"
