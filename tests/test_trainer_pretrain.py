@@ -168,3 +168,30 @@ def test_tiny_preset_learns_to_track(demo_dir, tmp_path):
     assert len(losses) == 240
     first_epoch, last_epochs = sum(losses[:24]) / 24, sum(losses[-48:]) / 48
     assert last_epochs < 0.9 * first_epoch, (first_epoch, last_epochs)
+
+
+def test_every_rank_resolves_the_video_list_before_the_process_group_exists(demo_dir, tmp_path, monkeypatch):
+    """Probing a folder can take minutes; no rank may sit in a collective meanwhile (rank 0 probing alone kept
+    the others in an NCCL broadcast until its timeout). The list is resolved before the group is joined."""
+    import contextlib
+
+    from trainer import pretrain as pretrain_module
+
+    events = []
+    real_resolve = pretrain_module.resolve_videos
+
+    def resolve(*args, **kwargs):
+        events.append("resolve")
+        return real_resolve(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def group(device):
+        events.append("group")
+        raise RuntimeError("stop here")
+        yield
+
+    monkeypatch.setattr(pretrain_module, "resolve_videos", resolve)
+    monkeypatch.setattr(pretrain_module, "process_group", group)
+    with pytest.raises(RuntimeError, match="stop here"):
+        pretrain(short_run(demo_dir, tmp_path / "run"))
+    assert events == ["resolve", "group"]

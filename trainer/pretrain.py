@@ -30,7 +30,7 @@ from datagen.batch import Batch
 from datagen.config import GenerationConfig, upgrade_generation
 from datagen.configfile import to_dict
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos
+from datagen.manifest import VideoInfo, resolve_videos, videos_digest
 from trainer.checkpoint import (
     PRETRAIN_TASK,
     check_resumable,
@@ -164,17 +164,46 @@ def pretrain(cfg: TrainConfig, resume: str | None = None, overwrite: bool = Fals
     stopped before the end. A run.out_dir holding another run is refused unless resuming or `overwrite`."""
     if not cfg.data.videos:
         raise ValueError("data.videos is empty: pass video files, folders or manifests, e.g. data.videos=[out/demo]")
+    ranks = Ranks.from_env()
+    execution = Execution.for_rank(ranks, cfg.run)  # its refusals first: they need no video
+    # Every rank resolves the list before the process group exists: probing a Kinetics-size folder takes longer
+    # than a collective waits (rank 0 probing alone kept the others in a broadcast until NCCL's timeout).
+    # min_frames=1 as the replicas index (datagen.cli), so that both name the same video list (replicas refuse
+    # another); frame indices past a short video's end are clamped to its last frame.
+    videos = resolve_videos(cfg.data.videos, min_frames=1)
+    probed = [v for v in cfg.data.videos if not str(v).endswith(".json")]
+    if probed and len(videos) > LARGE_FOLDER and ranks.distributed and ranks.is_main:
+        log.warning(
+            "every rank probed the %d videos of %s: index them once (`ctp-datagen index %s --out MANIFEST`) and "
+            "pass data.videos=[MANIFEST]",
+            len(videos),
+            ", ".join(map(str, probed)),
+            " ".join(map(str, probed)),
+        )
     with process_group(cfg.run.device) as ranks:
-        return _pretrain(cfg, resume, overwrite, ranks)
+        return _pretrain(cfg, execution, videos, resume, overwrite, ranks)
 
 
-def _pretrain(cfg: TrainConfig, resume: str | None, overwrite: bool, ranks: Ranks) -> TrackingScore | None:
+LARGE_FOLDER = 2000  # videos: beyond, each rank probing them costs minutes; a manifest is read in seconds
+
+
+def _pretrain(
+    cfg: TrainConfig,
+    execution: Execution,
+    videos: list[VideoInfo],
+    resume: str | None,
+    overwrite: bool,
+    ranks: Ranks,
+) -> TrackingScore | None:
     run_dir = Path(cfg.run.out_dir)
-    execution = Execution.for_rank(ranks, cfg.run)
-    # Probed once, by rank 0. min_frames=1 as the replicas index (datagen.cli), so that both name the same video
-    # list (replicas refuse another); frame indices past a short video's end are clamped to its last frame.
-    videos = ranks.broadcast(resolve_videos(cfg.data.videos, min_frames=1) if ranks.is_main else None)
-    generator = Generator(videos, cfg.data.generation, device=execution.device)
+    digests = ranks.gather((videos_digest(videos), len(videos)))
+    if len(set(digests)) > 1:
+        raise ValueError(
+            "the ranks found different video lists (videos per rank: "
+            f"{[n for _, n in digests]}): the folder changed while they probed it; index it once with "
+            "`ctp-datagen index` and pass the manifest"
+        )
+    generator = Generator(videos, cfg.data.generation, device=execution.device, check_renderer=cfg.run.render_check)
     trainer = Trainer(cfg, execution, generator.epoch_length * cfg.data.clips_per_video, ranks)
     checkpoint = ranks.broadcast(
         resume_point(run_dir, resume, overwrite) if ranks.is_main else None

@@ -59,7 +59,9 @@ def video_means(
     positions = list(range(ranks.rank, len(data), ranks.world_size))
     source = EvalClips(data, cfg.clips, execution.device, indices=indices)
     ids, means = [torch.zeros(0, dtype=torch.int64)], []
-    stream = prefetched(positions, cfg.clips.test_batch_videos, source.for_videos, name="eval-clips")
+    stream = prefetched(
+        positions, cfg.clips.test_batch_videos, source.for_videos, device=execution.device, name="eval-clips"
+    )
     bar = tqdm(
         total=len(positions),
         unit="video",

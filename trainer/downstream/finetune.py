@@ -131,7 +131,7 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
         log.info("resumed from %s after epoch %d", resume_file, tuner.epoch)
 
     clips = TrainClips(train, cfg.clips, execution.device)
-    source = InProcessSource(clips, cfg.data.prefetch)
+    source = InProcessSource(clips, cfg.data.prefetch, execution.device)  # on CUDA: a stream of its own
     shard_size = len(ranks.shard(len(train)))
     per_rank_batch = cfg.data.batch_size // ranks.world_size
     steps_per_epoch = -(-shard_size // per_rank_batch)
