@@ -175,5 +175,6 @@ def open_source(cfg: TrainConfig, generator: Generator) -> Iterator[SampleSource
     ]
     log.info("samples from datagen replicas: %s", ", ".join(where))
     digest = videos_digest(generator.videos)
-    with RemoteSource(**settings, config=cfg.data.generation, videos_digest=digest) as source:
+    pinned = generator.device.type == "cuda"  # received into pinned memory: the step's copy does not block
+    with RemoteSource(**settings, config=cfg.data.generation, videos_digest=digest, pin_memory=pinned) as source:
         yield source

@@ -127,28 +127,34 @@ class _Slice:
         self.buffer[pos] = (batch, row)
         return "new"
 
-    def ready(self) -> Iterator[Batch]:
-        """Batches whose every sample has arrived, in slice order."""
+    def ready(self, pin_memory: bool = False) -> Iterator[Batch]:
+        """Batches whose every sample has arrived, in slice order (`_assemble`)."""
         while not self.done:
             end = min(self.cursor + self.batch_size, self.size)
             if any(p not in self.buffer for p in range(end - 1, self.cursor - 1, -1)):
                 return
             parts = [self.buffer.pop(p) for p in range(self.cursor, end)]
             self.cursor = end
-            yield _assemble(parts)
+            yield _assemble(parts, pin_memory)
 
 
-def _assemble(parts: list[tuple[Batch, int]]) -> Batch:
-    """One batch from (batch, row) pairs; a received batch that is exactly the wanted one is passed as is."""
+def _assemble(parts: list[tuple[Batch, int]], pin_memory: bool = False) -> Batch:
+    """One batch from (batch, row) pairs; a received batch that is exactly the wanted one is passed as is.
+    Otherwise the rows' clips are gathered straight into one tensor (pinned with `pin_memory`, as received
+    clips are: `BatchDecoder`)."""
     first = parts[0][0]
     if len(parts) == len(first) and all(b is first and r == i for i, (b, r) in enumerate(parts)):
         return first
-    pieces = []
+    clips = torch.empty((len(parts), *first.clips.shape[1:]), dtype=first.clips.dtype, pin_memory=pin_memory)
+    pieces, at = [], 0
     for _, run in itertools.groupby(parts, key=lambda p: id(p[0])):  # runs of rows from one received batch
         rows = list(run)
         source, idx = rows[0][0], torch.tensor([r for _, r in rows])
-        pieces.append(Batch(source.clips[idx], source.boxes[idx], source.visible[idx], source.keys[idx]))
-    return pieces[0] if len(pieces) == 1 else Batch.cat(pieces)
+        torch.index_select(source.clips, 0, idx, out=clips[at : at + len(idx)])
+        pieces.append((source.boxes[idx], source.visible[idx], source.keys[idx]))
+        at += len(idx)
+    boxes, visible, keys = (torch.cat(t) for t in zip(*pieces))
+    return Batch(clips, boxes, visible, keys)
 
 
 class RemoteSource:
@@ -174,6 +180,7 @@ class RemoteSource:
         refresh_interval: float = 2.0,
         wait_for_replicas: float = 120.0,
         max_failures: int = 5,
+        pin_memory: bool = False,
     ):
         if not addresses and not redis_url:
             raise ValueError("no datagen replicas: give their addresses (HOST:PORT) or a Redis URL to discover them")
@@ -184,6 +191,7 @@ class RemoteSource:
         self._config = config
         self._token, self._tls, self._server_name = token, tls, server_name
         self.shared_memory = shared_memory
+        self.pin_memory = pin_memory  # batches land in pinned memory: a GPU trainer's copy does not block
         self.window, self.request_batches, self.lookahead_batches = window, request_batches, lookahead_batches
         self.stall_timeout, self.connect_timeout = stall_timeout, connect_timeout
         self.wait_for_replicas, self.max_failures = wait_for_replicas, max_failures
@@ -235,7 +243,7 @@ class RemoteSource:
                 except queue.Empty:
                     pass
                 self._check_stalls(part, flights)
-                for batch in part.ready():
+                for batch in part.ready(self.pin_memory):
                     self.stats["yielded"] += len(batch)
                     yield batch
         finally:
@@ -280,7 +288,7 @@ class RemoteSource:
     # -- replicas ----------------------------------------------------------------------------------
 
     def _client(self, address: str) -> ReplicaClient:
-        return ReplicaClient(address, self._token, self._tls, self._server_name)
+        return ReplicaClient(address, self._token, self._tls, self._server_name, self.pin_memory)
 
     def _await_replicas(self) -> None:
         deadline = time.monotonic() + self.wait_for_replicas

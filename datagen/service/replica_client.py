@@ -33,9 +33,9 @@ class ResponseStream(Protocol):
 class GenerateStream:
     """One Generate call: iterate for decoded batches; `cancel()` from any thread ends it."""
 
-    def __init__(self, call: ResponseStream, ring: ShmRing | None):
+    def __init__(self, call: ResponseStream, ring: ShmRing | None, pin_memory: bool = False):
         self.call = call
-        self._decoder = BatchDecoder(ring)
+        self._decoder = BatchDecoder(ring, pin_memory)
 
     def __iter__(self) -> Iterator[Received]:
         for msg in self.call:
@@ -51,9 +51,15 @@ class GenerateStream:
 
 class ReplicaClient:
     def __init__(
-        self, address: str, token: str | None = None, tls: TlsFiles = TlsFiles(), server_name: str | None = None
+        self,
+        address: str,
+        token: str | None = None,
+        tls: TlsFiles = TlsFiles(),
+        server_name: str | None = None,
+        pin_memory: bool = False,
     ):
         self.address = address
+        self.pin_memory = pin_memory  # batches received into pinned memory (a trainer on a GPU)
         self._metadata = token_metadata(token)
         options: list[tuple[str, int | str]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -96,7 +102,7 @@ class ReplicaClient:
     def generate(self, request: pb.GenerateRequest, stream_id: int) -> GenerateStream:
         """Start a Generate call for `request`, offering this client's ring (if any) tagged `stream_id`."""
         request.transport.CopyFrom(_offer(self.ring, stream_id))
-        return GenerateStream(self._stub.Generate(request, metadata=self._metadata), self.ring)
+        return GenerateStream(self._stub.Generate(request, metadata=self._metadata), self.ring, self.pin_memory)
 
     def close_ring(self) -> None:
         if self.ring is not None:

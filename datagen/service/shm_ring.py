@@ -119,11 +119,15 @@ class ShmRing:
         self._set(slot, FULL, stream_id)
         return slot
 
-    def take(self, slot: int, nbytes: int) -> torch.Tensor:
-        """Consumer: copy a FULL slot's first `nbytes` out and free the slot."""
+    def take(self, slot: int, nbytes: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Consumer: copy a FULL slot's first `nbytes` out (into `out`, a uint8 CPU tensor of that many bytes, if
+        given: pinned memory for a GPU) and free the slot."""
         if not 0 <= slot < self.num_slots or not 0 <= nbytes <= self.slot_bytes or self._state(slot) != FULL:
             raise ValueError(f"ring {self.name}: slot {slot} with {nbytes} bytes is not a filled slot")
-        out = torch.from_numpy(self._view(slot, nbytes).copy())
+        if out is None:
+            out = torch.from_numpy(self._view(slot, nbytes).copy())
+        else:
+            np.copyto(out.numpy(), self._view(slot, nbytes))
         self._set(slot, FREE, 0)
         return out
 

@@ -70,12 +70,15 @@ def encode_batch(
 
 
 class BatchDecoder:
-    """Client side: feed the messages of a stream in order; each completed batch comes out once."""
+    """Client side: feed the messages of a stream in order; each completed batch comes out once. With
+    `pin_memory` (a trainer on a GPU) clips are received into pinned host memory, so that their copy to the
+    device does not block: they are copied out of the messages or the ring anyway."""
 
-    def __init__(self, ring: ShmRing | None = None):
+    def __init__(self, ring: ShmRing | None = None, pin_memory: bool = False):
         self._ring = ring
+        self._pin_memory = pin_memory
         self._header: pb.BatchHeader | None = None
-        self._clips: np.ndarray | None = None
+        self._clips: torch.Tensor | None = None
         self._filled = 0
 
     def feed(self, msg: pb.GenerateResponse) -> Received | None:
@@ -103,23 +106,26 @@ class BatchDecoder:
                 raise WireError("the replica used shared memory that this client did not offer")
             if header.shared_memory.nbytes != nbytes or chunk:
                 raise WireError("a shared-memory batch must carry exactly its clip bytes in the slot")
-            clips = self._ring.take(header.shared_memory.slot, nbytes).view(shape)
+            clips = self._ring.take(header.shared_memory.slot, nbytes, self._buffer(nbytes)).view(shape)
             return self._finish(header, clips, shared_memory=True)
         if transport != "inline_bytes" or header.inline_bytes != nbytes:
             raise WireError(f"inline batch announces {header.inline_bytes} clip bytes, its shape needs {nbytes}")
-        self._header, self._clips, self._filled = header, np.empty(nbytes, np.uint8), 0
+        self._header, self._clips, self._filled = header, self._buffer(nbytes), 0
         return self._append(chunk)
+
+    def _buffer(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, pin_memory=self._pin_memory)
 
     def _append(self, chunk: bytes) -> Received | None:
         assert self._header is not None and self._clips is not None
         end = self._filled + len(chunk)
-        if end > self._clips.size:
-            raise WireError(f"inline clip bytes overflow the announced {self._clips.size}")
-        self._clips[self._filled : end] = np.frombuffer(chunk, np.uint8)
+        if end > self._clips.numel():
+            raise WireError(f"inline clip bytes overflow the announced {self._clips.numel()}")
+        self._clips.numpy()[self._filled : end] = np.frombuffer(chunk, np.uint8)
         self._filled = end
-        if end < self._clips.size:
+        if end < self._clips.numel():
             return None
-        header, clips = self._header, torch.from_numpy(self._clips).view(tuple(self._header.clips.shape))
+        header, clips = self._header, self._clips.view(tuple(self._header.clips.shape))
         self._header, self._clips = None, None
         return self._finish(header, clips, shared_memory=False)
 
