@@ -29,6 +29,7 @@ from trainer.pretrain import Trainer
 
 VARIANTS = {  # name → (run.precision, run.channels_last)
     "fp32": ("fp32", False),
+    "tf32": ("tf32", False),
     "bf16": ("bf16", False),
     "bf16+cl3d": ("bf16", True),
 }

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gpu_check
+from bench import gpu_check, gpu_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_a_section_is_killed_with_the_processes_it_started():
     child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
     grandchild = int(child.stdout.readline())
     assert alive(grandchild)
-    gpu_check.kill_group(child)
+    gpu_harness.kill_group(child)
     time.sleep(0.2)
     assert child.returncode is not None and not alive(grandchild)
 
