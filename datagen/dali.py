@@ -17,6 +17,7 @@ is rebuilt.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import av
@@ -57,12 +58,18 @@ def clip_segment(path: str, index: PacketIndex, needed: np.ndarray, trim: bool =
     extradata = stored.setup.extradata
     if index.traits.packed:
         data, extradata = list(unpack_b_frames(zip(positions.tolist(), data))), unmark_packed(extradata)
-    track = Track(stored.setup.codec, stored.setup.width, stored.setup.height, extradata)
+    track = Track(_canonical(stored.setup.codec), stored.setup.width, stored.setup.height, extradata)
     try:
         encoded = matroska(track, data, (frames * FRAME_MS).tolist(), index.key[positions].tolist())
     except ValueError as exc:
         raise VideoError(path, f"no segment for DALI ({exc})") from None
     return Segment(np.frombuffer(encoded, np.uint8), np.sort(frames))
+
+
+@functools.cache
+def _canonical(decoder: str) -> str:
+    """The codec a decoder decodes ("libdav1d" → "av1"), as Matroska names codecs."""
+    return av.codec.Codec(decoder, "r").canonical_name
 
 
 @dataclasses.dataclass(frozen=True)

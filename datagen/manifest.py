@@ -106,7 +106,7 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
     """
     with open_video(path) as container:
         stream = container.streams.video[0]
-        codec = stream.codec_context.name
+        codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder's name ("libdav1d")
         first = None
         count = 0
         try:
