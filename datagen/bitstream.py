@@ -7,7 +7,7 @@ in decode order and so their display order, and DivX's "packed B-frames" undone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 import av
 
@@ -93,12 +93,15 @@ def display_order(pictures: list[tuple[str, int]]) -> list[tuple[str, int]]:
     return shown + ([pending] if pending is not None else [])
 
 
-def unpack_b_frames(packets: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
+def unpack_b_frames(packets: Iterable[tuple[int, bytes]], packed: Collection[int] | None = None) -> Iterator[bytes]:
     """Packed MPEG-4 packets (decode position, bytes; ascending positions, gaps allowed) as one picture per
     packet, as FFmpeg's `mpeg4_unpack_bframes` filter makes them: a packet holding a reference VOP and a B-VOP
     keeps the reference, and the B-VOP takes the place of the placeholder packet after it (a packet of
     another kind there is an error: ValueError). DivX's "packed" mark is taken off its user data, so a
-    decoder that reads it does not look for a second VOP. A GPU decoder numbers pictures one per packet."""
+    decoder that reads it does not look for a second VOP. A GPU decoder numbers pictures one per packet.
+
+    `packed`: the positions of the packets that hold a packed B-frame, where the packet index knows them;
+    the others are then not searched for a second VOP."""
     pending: dict[int, bytes] = {}  # position of a placeholder → the B-VOP it stands for
     for position, data in packets:
         if position in pending:
@@ -107,7 +110,8 @@ def unpack_b_frames(packets: Iterable[tuple[int, bytes]]) -> Iterator[bytes]:
             yield pending.pop(position)
             continue
         first = data.find(VOP_START)
-        second = data.find(VOP_START, first + 4) if first >= 0 else -1
+        maybe = first >= 0 and (packed is None or position in packed)
+        second = data.find(VOP_START, first + 4) if maybe else -1
         if second >= 0 and is_packed(vop_types(data)):  # the types are read only of the rare two-VOP packets
             pending[position + 1] = data[second:]
             yield unmark_packed(data[:second], first)

@@ -57,7 +57,8 @@ def clip_segment(path: str, index: PacketIndex, needed: np.ndarray, trim: bool =
     data = [bytes(b) for b in stored.read_bytes(path, positions)]
     extradata = stored.setup.extradata
     if index.traits.packed:
-        data, extradata = list(unpack_b_frames(zip(positions.tolist(), data))), unmark_packed(extradata)
+        data = list(unpack_b_frames(zip(positions.tolist(), data), index.packed_packets))
+        extradata = unmark_packed(extradata)
     track = Track(_canonical(stored.setup.codec), stored.setup.width, stored.setup.height, extradata)
     try:
         encoded = matroska(track, data, (frames * FRAME_MS).tolist(), index.key[positions].tolist())

@@ -13,6 +13,7 @@ offset), and Cues with one entry per key-frame cluster, as FFmpeg's own muxer wr
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 from collections.abc import Sequence
 
@@ -45,6 +46,7 @@ _CUES, _CUE_POINT, _CUE_TIME, _CUE_TRACK_POSITIONS, _CUE_TRACK, _CUE_CLUSTER_POS
     0xF1,
 )
 _KEY_FRAME = 0x80  # SimpleBlock flag
+_BLOCK = struct.Struct(">BhB")  # a SimpleBlock's head: track 1 (a one-byte EBML number), 16-bit offset, flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +61,37 @@ class Track:
 
 def matroska(track: Track, packets: Sequence[bytes], timestamps: Sequence[int], keys: Sequence[bool]) -> bytes:
     """A Matroska file of `packets` (decode order) with presentation `timestamps` (milliseconds, ≥ 0) and
-    key-frame flags. Raises ValueError for a codec Matroska has no name for here."""
-    if track.codec not in CODEC_IDS:
-        raise ValueError(f"no Matroska codec ID for {track.codec}")
+    key-frame flags. Raises ValueError for a codec Matroska has no name for here.
+
+    Written as a list of parts joined once: each packet's bytes are copied once, into the file."""
     if not packets or not len(packets) == len(timestamps) == len(keys):
         raise ValueError("a segment needs packets, each with a timestamp and a key-frame flag")
+    head = _head(track)
+    at = len(head) + _SEEK_HEAD_SIZE  # where the first cluster starts in the segment's data
+    parts: list[bytes] = []
+    cues = []
+    for start, stop in _cluster_bounds(timestamps, keys):
+        base = min(timestamps[start:stop])
+        cluster = [_uint(_CLUSTER_TIMESTAMP, base)]
+        for i in range(start, stop):
+            data = packets[i]
+            flags = _KEY_FRAME if keys[i] else 0
+            cluster += (_SIMPLE_BLOCK_ID, _size(len(data) + 4), _BLOCK.pack(0x81, timestamps[i] - base, flags), data)
+        size = sum(map(len, cluster))
+        if keys[start]:
+            cues.append(_cue_point(timestamps[start], at))
+        parts += (_CLUSTER_ID, _size(size), *cluster)
+        at += len(_CLUSTER_ID) + len(_size(size)) + size
+    tail = _element(_CUES, b"".join(cues))
+    body_size = at + len(tail)
+    return b"".join([_EBML_HEADER, _SEGMENT_ID, _size(body_size), _seek_head(at), head, *parts, tail])
+
+
+@functools.lru_cache(maxsize=4096)
+def _head(track: Track) -> bytes:
+    """The segment's Info and Tracks, the same for every segment of a video."""
+    if track.codec not in CODEC_IDS:
+        raise ValueError(f"no Matroska codec ID for {track.codec}")
     info = _element(_INFO, _uint(_TIMESTAMP_SCALE, TIMESTAMP_SCALE_NS) + _text(_MUXING_APP) + _text(_WRITING_APP))
     video = _uint(_PIXEL_WIDTH, track.width) + _uint(_PIXEL_HEIGHT, track.height)
     entry = (
@@ -75,27 +103,7 @@ def matroska(track: Track, packets: Sequence[bytes], timestamps: Sequence[int], 
         + (_element(_CODEC_PRIVATE, track.codec_private) if track.codec_private else b"")
         + _element(_VIDEO, video)
     )
-    tracks = _element(_TRACKS, _element(_TRACK_ENTRY, entry))
-    seek_head_size = len(_seek_head(0))
-    at = seek_head_size + len(info) + len(tracks)  # where the first cluster starts in the segment's data
-    clusters, cues = [], []
-    for start, stop in _cluster_bounds(timestamps, keys):
-        base = min(timestamps[start:stop])
-        blocks = b"".join(
-            _element(_SIMPLE_BLOCK, _block_header(timestamps[i] - base, keys[i]) + packets[i])
-            for i in range(start, stop)
-        )
-        cluster = _element(_CLUSTER, _uint(_CLUSTER_TIMESTAMP, base) + blocks)
-        if keys[start]:
-            cues.append(_cue_point(timestamps[start], at))
-        clusters.append(cluster)
-        at += len(cluster)
-    body = _seek_head(at) + info + tracks + b"".join(clusters) + _element(_CUES, b"".join(cues))
-    header = _element(
-        _EBML,
-        _element(_DOC_TYPE, b"matroska") + _uint(_DOC_TYPE_VERSION, 4) + _uint(_DOC_TYPE_READ_VERSION, 2),
-    )
-    return header + _id(_SEGMENT) + _size(len(body)) + body
+    return info + _element(_TRACKS, _element(_TRACK_ENTRY, entry))
 
 
 def _cluster_bounds(timestamps: Sequence[int], keys: Sequence[bool]) -> list[tuple[int, int]]:
@@ -108,11 +116,6 @@ def _cluster_bounds(timestamps: Sequence[int], keys: Sequence[bool]) -> list[tup
             bounds.append((start, i))
             start, low, high = i, timestamps[i], timestamps[i]
     return [*bounds, (start, len(timestamps))]
-
-
-def _block_header(offset: int, key: bool) -> bytes:
-    """Track 1 (as a one-byte EBML number), the signed 16-bit timestamp offset, the flags."""
-    return b"\x81" + struct.pack(">hB", offset, _KEY_FRAME if key else 0)
 
 
 def _seek_head(cues_at: int) -> bytes:
@@ -144,7 +147,16 @@ def _id(element_id: int) -> bytes:
 
 def _size(size: int) -> bytes:
     """An EBML variable-size integer: the length marker bit, then the value, in as few bytes as it fits."""
-    for length in range(1, 9):
+    if size < 0x3FFF:  # most blocks: two bytes
+        return (size | 0x4000).to_bytes(2, "big") if size >= 0x7F else (size | 0x80).to_bytes(1, "big")
+    for length in range(3, 9):
         if size < (1 << (7 * length)) - 1:  # all ones is reserved for "unknown size"
             return (size | (1 << (7 * length))).to_bytes(length, "big")
     raise ValueError(f"an element of {size} bytes is too large")
+
+
+_SIMPLE_BLOCK_ID, _CLUSTER_ID, _SEGMENT_ID = _id(_SIMPLE_BLOCK), _id(_CLUSTER), _id(_SEGMENT)
+_SEEK_HEAD_SIZE = len(_seek_head(0))
+_EBML_HEADER = _element(
+    _EBML, _element(_DOC_TYPE, b"matroska") + _uint(_DOC_TYPE_VERSION, 4) + _uint(_DOC_TYPE_READ_VERSION, 2)
+)

@@ -70,6 +70,7 @@ class PacketIndex:
     closed: bool = False
     stored: StoredPackets | None = None
     traits: StreamTraits = StreamTraits()
+    packed: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, np.int64))  # see packed_packets
 
     @classmethod
     def of(cls, path: str) -> PacketIndex:
@@ -116,7 +117,7 @@ class PacketIndex:
             reordered=any(packed) or bool(np.any(shown != np.arange(len(shown)))),
         )
         stored = StoredPackets.of(places, setup) if setup is not None and all(None not in p for p in places) else None
-        index = cls(timestamps, shown, key, stored=stored, traits=traits)
+        index = cls(timestamps, shown, key, stored=stored, traits=traits, packed=np.flatnonzero(packed))
         if None in timestamps or len(set(timestamps)) < len(timestamps):
             return index
         shows: list[tuple[str, int]] | None = None  # (kind, packet) of each frame; kind "B": unreferenced
@@ -205,6 +206,11 @@ class PacketIndex:
         """The frame each picture packet's decoding gives: from the parsed display order where there is one
         (packed MPEG-4 B-frames: the placeholder packet stands for its B-frame), else from the timestamps."""
         return self._packet_frame if self.stamps else self.shown
+
+    @functools.cached_property
+    def packed_packets(self) -> frozenset[int]:
+        """Decode positions of the packets that hold a packed MPEG-4 B-frame behind their reference VOP."""
+        return frozenset(self.packed.tolist())
 
     @property
     def timestamps_in_display_order(self) -> bool | None:

@@ -39,6 +39,7 @@ def _to_bytes(index: PacketIndex) -> bytes:
         "droppable_frames": list(index.droppable.values()),
         "stamps": [_NONE if t is None else t for t in index.stamps],
         "frame_packet": index.frame_packet,
+        "packed": index.packed,
     }
     if stored is not None:
         arrays |= {"offset": stored.offset, "size": stored.size, "pts": stored.pts, "dts": stored.dts}
@@ -86,6 +87,7 @@ def _from_bytes(data: bytes) -> PacketIndex:
         closed=bool(header["closed"]),
         stored=stored,
         traits=StreamTraits(**header["traits"]),
+        packed=arrays["packed"],
     )
 
 
