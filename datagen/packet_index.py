@@ -24,6 +24,7 @@ from typing import Any, cast
 import av
 import numpy as np
 
+from datagen.env import CACHE_DIR
 from datagen.manifest import VideoError, open_video, picture_packets
 
 log = logging.getLogger(__name__)
@@ -426,10 +427,7 @@ def _from_bytes(data: bytes) -> PacketIndex:
 
 def default_directory() -> Path:
     """Where packet indexes are kept: $CTP_CACHE_DIR/packet-indexes, else the user's cache folder."""
-    base = (
-        os.environ.get("CTP_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctp-video"
-    )
+    base = CACHE_DIR.get() or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctp-video"
     return Path(base) / "packet-indexes"
 
 
