@@ -73,9 +73,11 @@ def test_a_new_finetune_refuses_the_folder_of_another(finetuned, shared_videos):
     assert finetuned.stat().st_mtime_ns == before
 
 
-def test_eval_scores_the_checkpoint_like_its_validation(finetuned, capsys):
-    ctp_train("eval", "--checkpoint", finetuned)
+def test_eval_scores_the_checkpoint_like_its_validation(finetuned, capsys, caplog):
+    with caplog.at_level("INFO", logger="trainer.progress"):
+        ctp_train("eval", "--checkpoint", finetuned, "run.progress=true")  # stderr here is no terminal
     printed = capsys.readouterr().out
+    assert "testing: 12 of 12 videos (100%)" in caplog.text, "a log file hears of the progress, not of nothing"
     (result_file,) = finetuned.parent.glob("finetuned.eval.*.json")
     results = json.loads(result_file.read_text())
     validation = json.loads(finetuned.with_suffix(".json").read_text())["validation"]
