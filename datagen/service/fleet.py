@@ -30,7 +30,6 @@ from datagen import manifest
 from datagen.batch import Batch
 from datagen.config import GenerationConfig
 from datagen.configfile import differences, from_dict, to_dict
-from datagen.manifest import VideoInfo
 from protos import datagen_pb2 as pb
 
 from ..env import redact
@@ -165,7 +164,7 @@ class RemoteSource:
         *,
         config: GenerationConfig | None = None,
         videos_digest: str | None = None,
-        videos: Sequence[VideoInfo] | None = None,
+        videos: Sequence[manifest.VideoInfo] | None = None,
         token: str | None = None,
         tls: TlsFiles = TlsFiles(),
         server_name: str | None = None,
