@@ -63,6 +63,7 @@ def test_finetune_trains_validates_and_reports(finetuned):
     # The classifier starts at N(0, 0.001): near-uniform outputs, a cross-entropy of ln 4.
     assert steps[0]["loss"] == pytest.approx(math.log(4), abs=0.02)
     assert [r["epoch"] for r in records if "val_top1" in r] == [1, 2]
+    assert [r["epoch"] for r in steps] == [1, 1, 1, 2, 2, 2], "epochs count from 1 in step records too"
     assert list((finetuned.parent / "tensorboard").glob("events.out.tfevents.*"))
 
 
