@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 # the package itself declares ranges (pyproject.toml).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test install proto clean
+.PHONY: demo test install proto clean compose-smoke
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ test: install  # lint, format and types first (seconds), then the suite
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -ra
+
+compose-smoke: install  # the Compose stack for real on this host's Docker, CPU mode (minutes; not part of `make test`)
+	$(PY) deploy/compose_smoke.py
 
 proto: install  # regenerate protos/*_pb2*.py after editing protos/datagen.proto
 	$(PY) -m protos.build

@@ -9,19 +9,28 @@ import os
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
-from . import manifest, prepare
-from .configfile import parse_command_line
-from .options import add_generation_args, make_generator
-from .service import cli as service_cli
+from .configfile import parse_command_line, split_overrides
 from .service import jsonlog
 
 DEMO_DIR = Path("out/demo-videos")
+# Each command's one-line help. Only the command being run builds its parser and imports its modules: torch,
+# PyAV, gRPC and numba take seconds to load, which `ctp-datagen --help` need not wait for (as ctp-train).
+COMMANDS = {
+    "index": "probe videos and write a manifest (frame counts, fps, size, codec)",
+    "prepare": "re-encode videos for fast random access (H.264, short GOP) and write a manifest",
+    "preview": "PNG grid + animated GIF of generated clips with their boxes",
+    "sample": "export samples (S, E, I..I+N-1) to an .npz file",
+    "bench": "clips/s and frames/s of decode, generation and end to end",
+    "verify": "check this machine's decoders and renderer against the CPU path (exit 1 when anything differs)",
+    "demo": "synthesise demo videos and preview generated clips (no download, no services)",
+    "serve": "run one datagen replica (gRPC; SIGTERM drains)",
+    "status": "live replicas, their throughput and load, quarantined videos",
+    "pull": "pull N samples of an epoch from live replicas; check exactly-once delivery",
+}
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from .options import make_generator
     from .preview import render_preview
 
     generator = make_generator(args)
@@ -32,6 +41,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .options import make_generator
+
     generator = make_generator(args)
     keys = [(args.seed, args.epoch, args.start + i) for i in range(args.num)]
     parts = [generator.generate(keys[i : i + args.batch_size]) for i in range(0, len(keys), args.batch_size)]
@@ -53,8 +66,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
     from .atomic import write_json
     from .bench import format_table, run_bench
+    from .options import make_generator
 
     generator = make_generator(args)
     result = run_bench(generator, batch_size=args.batch_size, repeats=args.repeats)
@@ -80,6 +96,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """The installation check: every decode class probed against PyAV, the renderer against the CPU kernels."""
     import json
 
+    from .options import make_generator
     from .tables import format_table
     from .verify import verify
 
@@ -109,18 +126,33 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from . import manifest
+
+    missing = [root for root in args.roots if not os.path.exists(root)]
+    if missing:
+        raise FileNotFoundError(f"no such file or folder: {', '.join(missing)}")
+    if not any(manifest.find_videos(root) for root in args.roots):
+        extensions = " ".join(sorted(manifest.VIDEO_EXTENSIONS))
+        raise ValueError(f"no video file in {', '.join(args.roots)} (looked for {extensions}); no manifest written")
     videos, rejected = manifest.index_videos(
         args.roots, min_frames=args.min_frames, progress=True, workers=args.workers
     )
-    manifest.write_manifest(args.out, videos, rejected)
     if rejected:
         print(manifest.rejected_list(rejected, args.out))
     print(manifest.summary(videos, rejected))
+    if not videos:  # an empty manifest would only replace a good one
+        print(
+            f"ctp-datagen index: error: no usable video among {len(rejected)}; {args.out} not written", file=sys.stderr
+        )
+        return 1
+    manifest.write_manifest(args.out, videos, rejected)
     print(f"manifest: {args.out}")
-    return 0 if videos else 1
+    return 0
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
+    from . import manifest, prepare
+
     if args.short_side < 2 or args.gop < 1:
         raise ValueError("--short-side must be >= 2 and --gop >= 1")
     report = prepare.prepare(
@@ -146,18 +178,28 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _index_parser(sub: argparse._SubParsersAction) -> None:
     """The `index` subcommand: probe a dataset once and write its manifest."""
-    parser = sub.add_parser("index", help="probe videos and write a manifest (frame counts, fps, size, codec)")
+    from . import manifest
+
+    parser = sub.add_parser("index", help=COMMANDS["index"])
     parser.add_argument("roots", nargs="+", metavar="ROOT", help="video files or folders (searched recursively)")
     parser.add_argument("--out", required=True, metavar="MANIFEST", help="manifest JSON file to write")
-    parser.add_argument("--min-frames", type=int, default=16, help="reject videos shorter than this (default 16)")
+    parser.add_argument(
+        "--min-frames",
+        type=int,
+        default=manifest.MIN_FRAMES,
+        help=f"reject videos shorter than this (default {manifest.MIN_FRAMES}: pretrain and prepare take every "
+        "decodable video, a clip's frames past a short video's end repeating its last frame)",
+    )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel probes")
     parser.set_defaults(func=cmd_index)
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
+    from . import prepare
+
     parser = sub.add_parser(
         "prepare",
-        help="re-encode videos for fast random access (H.264, short GOP) and write a manifest",
+        help=COMMANDS["prepare"],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("sources", nargs="+", metavar="SRC", help="video files or folders (the tree is mirrored)")
@@ -176,38 +218,51 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=cmd_prepare)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
+    """The parser: the `full` commands' own subparsers, the others one-line entries."""
+    from .env import describe
+
     parser = argparse.ArgumentParser(
-        prog="ctp-datagen", description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog="ctp-datagen",
+        description=__doc__,
+        epilog=describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _index_parser(sub)
-    _prepare_parser(sub)
+    for name, help_text in COMMANDS.items():
+        if name in full:
+            PARSERS[name](sub)
+        else:
+            sub.add_parser(name, help=help_text, add_help=False)
+    return parser
 
-    def keyed(p: argparse.ArgumentParser, num: int) -> None:
-        p.add_argument("--num", type=int, default=num, help="number of samples")
-        p.add_argument("--seed", type=int, default=0, help="run seed (first word of every sample key)")
-        p.add_argument("--epoch", type=int, default=0, help="epoch (second word of the key)")
-        p.add_argument("--start", type=int, default=0, help="first sample index (third word of the key)")
 
-    p = sub.add_parser(
-        "preview",
-        help="PNG grid + animated GIF of generated clips with their boxes",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+def _keyed(p: argparse.ArgumentParser, num: int) -> None:
+    from .rng import seed_arg
+
+    p.add_argument("--num", type=int, default=num, help="number of samples")
+    p.add_argument("--seed", type=seed_arg, default=0, help="run seed (first word of every sample key)")
+    p.add_argument("--epoch", type=int, default=0, help="epoch (second word of the key)")
+    p.add_argument("--start", type=int, default=0, help="first sample index (third word of the key)")
+
+
+def _preview_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import add_generation_args
+
+    p = sub.add_parser("preview", help=COMMANDS["preview"], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_generation_args(p)
-    keyed(p, 8)
+    _keyed(p, 8)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for grid.png and clips.gif")
     p.set_defaults(func=cmd_preview)
 
-    p = sub.add_parser(
-        "sample",
-        help="export samples (S, E, I..I+N-1) to an .npz file",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+def _sample_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import add_generation_args
+
+    p = sub.add_parser("sample", help=COMMANDS["sample"], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_generation_args(p)
-    keyed(p, 16)
+    _keyed(p, 16)
     p.add_argument("--batch-size", type=int, default=32, help="samples generated at once")
     p.add_argument(
         "--out",
@@ -217,20 +272,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser(
-        "bench",
-        help="clips/s and frames/s of decode, generation and end to end",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import add_generation_args
+
+    p = sub.add_parser("bench", help=COMMANDS["bench"], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_generation_args(p)
     p.add_argument("--batch-size", type=int, default=32, help="samples per timed batch")
     p.add_argument("--repeats", type=int, default=3, help="timed batches per row")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     p.set_defaults(func=cmd_bench)
 
+
+def _verify_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import add_generation_args
+
     p = sub.add_parser(
         "verify",
-        help="check this machine's decoders and renderer against the CPU path (exit 1 when anything differs)",
+        help=COMMANDS["verify"],
         description="Groups the videos into decode classes (codec, container, pixel format, packed B-frames, "
         "reordering, timestamp order), decodes a probe clip of each class DALI would take with DALI and with "
         "PyAV and compares the frames (within 35 dB PSNR, none nearer another frame than its own), and renders a "
@@ -245,24 +304,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser(
-        "demo",
-        help="synthesise demo videos and preview generated clips (no download, no services)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    from .options import add_generation_args
+
+    p = sub.add_parser("demo", help=COMMANDS["demo"], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_generation_args(p, videos="optional")
-    keyed(p, 8)
+    _keyed(p, 8)
     p.add_argument("--videos-dir", type=Path, default=DEMO_DIR, help="where the demo videos are written")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="folder for grid.png and clips.gif")
     p.set_defaults(func=cmd_demo)
 
-    service_cli.add_parsers(sub)
-    return parser
+
+def _service_parser(name: str):
+    def add(sub: argparse._SubParsersAction) -> None:
+        from .service import cli as service_cli
+
+        service_cli.PARSERS[name](sub, COMMANDS[name])
+
+    return add
+
+
+PARSERS = {
+    "index": _index_parser,
+    "prepare": _prepare_parser,
+    "preview": _preview_parser,
+    "sample": _sample_parser,
+    "bench": _bench_parser,
+    "verify": _verify_parser,
+    "demo": _demo_parser,
+    **{name: _service_parser(name) for name in ("serve", "status", "pull")},
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    parser = build_parser()
+    command = next((a for a in split_overrides(argv)[0] if not a.startswith("-")), None)
+    parser = build_parser((command,) if command in COMMANDS else ())
     if "--set" in argv:
         parser.error("--set is gone: give overrides as KEY=VALUE operands, e.g. clip.num_frames=8 (as ctp-train)")
     args = parse_command_line(parser, argv)

@@ -25,6 +25,8 @@ T = TypeVar("T")
 PRESETS = Path(__file__).resolve().parent / "presets"
 # An override operand: a dotted key of identifiers, `=`, a YAML value (`data.videos=[a, b]`).
 _OVERRIDE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*=")
+# A decimal number with optional exponent and digit separators: 1e-4, 3E5, .5, 1., -2.5e+3, 1_000.
+_NUMBER = re.compile(r"[-+]?(\d[\d_]*\.?[\d_]*|\.\d[\d_]*)([eE][-+]?\d+)?")
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -76,11 +78,26 @@ def _convert(hint: Any, value: Any, key: str) -> Any:
             return None
         (inner, *_) = [a for a in typing.get_args(hint) if a is not type(None)]
         return _convert(inner, value, key)
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint in (int, float) and not isinstance(value, bool):
+        return _number(hint, value, key)
     if hint in (int, float, bool, str) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise ValueError(f"{key}: expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _number(hint: type, value: Any, key: str) -> int | float:
+    """A number however an ML user spells it: YAML 1.1 reads `1e-4` and `3E5` as strings (it wants `1.0e-4`), and
+    an integral float such as `1e3` or `64.0` is a fine int."""
+    number = value
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        number = float(value.strip().replace("_", ""))
+    if not isinstance(number, (int, float)):
+        raise ValueError(f"{key}: expected {hint.__name__}, got {value!r}")
+    if hint is float:
+        return float(number)
+    if isinstance(number, float) and not number.is_integer():
+        raise ValueError(f"{key}: expected int, got {value!r}")
+    return int(number)
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from datagen.bitstream import unmark_packed, unpack_b_frames
-from datagen.manifest import VideoDecodeError, VideoError, VideoInfo, clamp_indices
+from datagen.manifest import VideoDecodeError, VideoError, VideoInfo
 from datagen.matroska import Track, matroska
-from datagen.packet_index import PacketIndex
+from datagen.packet_index import PacketIndex, clamp_indices
 from datagen.packet_index_cache import PacketIndexCache
 
 FRAME_MS = 40  # a segment's frames are 40 ms apart: any spacing numbers them the same

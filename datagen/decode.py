@@ -35,8 +35,8 @@ from datagen.decode_routes import (
     probe_indices,
     reference_indices,
 )
-from datagen.manifest import VideoDecodeError, VideoError, VideoInfo, clamp_indices, open_video
-from datagen.packet_index import PacketIndex, packet_timestamp
+from datagen.manifest import VideoDecodeError, VideoError, VideoInfo, open_video
+from datagen.packet_index import PacketIndex, clamp_indices, packet_timestamp
 from datagen.packet_index_cache import PacketIndexCache
 
 log = logging.getLogger(__name__)

@@ -10,16 +10,18 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import itertools
 import json
 import logging
 import os
+import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
-import numpy as np
 from tqdm import tqdm
 
 from .atomic import write_atomic
@@ -32,6 +34,10 @@ VIDEO_EXTENSIONS = frozenset(
 )
 MANIFEST_FORMAT = "ctp-video-manifest"
 MANIFEST_VERSION = 1
+# Shortest usable video, in frames, for every command alike (index, prepare, pretrain, serve): a clip's frame
+# indices past a short video's end are clamped to its last frame, so any decodable video can be sampled.
+MIN_FRAMES = 1
+PROGRESS_EVERY_S = 10.0  # a probe's plain progress line, where stderr is no terminal
 
 # AVI files from DivX/Xvid hold 'dropped frame' placeholder chunks (one byte) that decode to nothing; a real
 # MPEG-4 Part 2 picture, even a not-coded one that repeats the previous frame, starts with a VOP start code.
@@ -65,11 +71,6 @@ class VideoError(Exception):
 
 class VideoDecodeError(VideoError):
     """A video (or the requested frames of it) could not be decoded; carries `path` and `reason`."""
-
-
-def clamp_indices(video: VideoInfo, indices: np.ndarray) -> np.ndarray:
-    """Frame indices limited to the video's frames: a clip that runs past the end repeats the last one."""
-    return np.clip(np.asarray(indices, dtype=np.int64), 0, max(video.num_frames - 1, 0))
 
 
 def open_video(path: str | os.PathLike[str]) -> av.container.InputContainer:
@@ -132,18 +133,32 @@ def videos_digest(videos: Sequence[VideoInfo]) -> str:
     return hashlib.sha256(json.dumps([[v.path, int(v.num_frames)] for v in videos]).encode()).hexdigest()[:16]
 
 
+def first_difference(ours: Sequence[VideoInfo], theirs: Iterable[tuple[str, int]], whose: str = "the replica") -> str:
+    """Where two video lists part, for a person: the position and both entries (path, frames). `theirs` is read
+    only up to the difference (a replica's list comes a page at a time)."""
+    mine = ((v.path, v.num_frames) for v in ours)
+    for position, (a, b) in enumerate(itertools.zip_longest(mine, theirs)):
+        if a != b:
+            shown = [f"{p} ({n} frames)" if p else "nothing (its list ends)" for p, n in (b or ("", 0), a or ("", 0))]
+            return f"first difference at position {position}: {whose} has {shown[0]}, this side {shown[1]}"
+    return "the lists are equal"
+
+
 def find_videos(root: str | os.PathLike[str]) -> list[Path]:
-    """Video files under a folder (by extension), or the file itself; sorted."""
-    root = Path(root)
+    """Video files under a folder (by extension), or the file itself; sorted. Paths are absolute but kept as
+    given, symbolic links unresolved: a folder of links (class folders of links into one pool, say) lists each
+    link under its own name, and a folder and its manifest name the same videos."""
+    root = Path(os.path.abspath(root))
     if root.is_dir():
         return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
     return [root]
 
 
 def index_videos(
-    paths: Iterable[str | os.PathLike[str]], min_frames: int = 16, progress: bool = False, workers: int = 4
+    paths: Iterable[str | os.PathLike[str]], min_frames: int = MIN_FRAMES, progress: bool = False, workers: int = 4
 ) -> tuple[list[VideoInfo], list[Rejected]]:
-    """Probe files and folders; every unusable video becomes a `Rejected` with its reason, never an error."""
+    """Probe files and folders; every unusable video becomes a `Rejected` with its reason, never an error.
+    `progress`: a bar on a terminal, a plain line every PROGRESS_EVERY_S seconds otherwise."""
     files = sorted({f for p in paths for f in find_videos(p)})
 
     def check(path: Path) -> VideoInfo | Rejected:
@@ -156,25 +171,38 @@ def index_videos(
         return info
 
     with ThreadPoolExecutor(max(1, workers)) as pool:  # FFmpeg releases the GIL while demuxing
-        results = list(
-            tqdm(pool.map(check, files), total=len(files), desc="probing", unit="video", disable=not progress)
-        )
+        results = list(_reported(pool.map(check, files), len(files), progress))
     videos = [r for r in results if isinstance(r, VideoInfo)]
     rejected = [r for r in results if isinstance(r, Rejected)]
     return videos, rejected
+
+
+def _reported(results: Iterator[VideoInfo | Rejected], total: int, enabled: bool) -> Iterator[VideoInfo | Rejected]:
+    if not enabled:
+        yield from results
+    elif sys.stderr.isatty():
+        yield from tqdm(results, total=total, desc="probing", unit="video")
+    else:
+        last = time.monotonic()
+        for done, result in enumerate(results, 1):
+            yield result
+            if time.monotonic() - last >= PROGRESS_EVERY_S:
+                last = time.monotonic()
+                log.info("probed %d of %d videos", done, total)
 
 
 def write_manifest(
     path: str | os.PathLike[str], videos: Sequence[VideoInfo], rejected: Sequence[Rejected] = ()
 ) -> None:
     """A versioned, human-readable JSON manifest, one video per line. Videos under the manifest's folder are stored relative to
-    it, so a dataset folder can move (or be mounted elsewhere) together with its manifest."""
+    it, so a dataset folder can move (or be mounted elsewhere) together with its manifest. Symbolic links stay
+    as they are, unresolved (`find_videos`)."""
     path = Path(path)
-    base = path.resolve().parent
+    base = Path(os.path.abspath(path)).parent
 
     def rel(p: str) -> str:
-        resolved = Path(p).resolve()
-        return resolved.relative_to(base).as_posix() if resolved.is_relative_to(base) else str(resolved)
+        absolute = Path(os.path.abspath(p))
+        return absolute.relative_to(base).as_posix() if absolute.is_relative_to(base) else str(absolute)
 
     header = {
         "format": MANIFEST_FORMAT,
@@ -207,7 +235,7 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[VideoInfo], list[R
         raise ValueError(
             f"{path}: manifest version {doc.get('version')} is not supported (expected {MANIFEST_VERSION}); re-run `ctp-datagen index`"
         )
-    base = path.resolve().parent
+    base = Path(os.path.abspath(path)).parent
     try:
         videos = [VideoInfo(**(v | {"path": str(base / v["path"])})) for v in doc["videos"]]
         rejected = [Rejected(**(r | {"path": str(base / r["path"])})) for r in doc.get("rejected", [])]
@@ -216,7 +244,7 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[list[VideoInfo], list[R
     return videos, rejected
 
 
-def resolve_videos(paths: Sequence[str | os.PathLike[str]], min_frames: int = 16) -> list[VideoInfo]:
+def resolve_videos(paths: Sequence[str | os.PathLike[str]], min_frames: int = MIN_FRAMES) -> list[VideoInfo]:
     """Video files, folders and manifests → the usable videos, sorted by path so every process agrees on the
     order. Rejected videos are logged, not fatal; an empty result is an error since nothing could run."""
     found: dict[str, VideoInfo] = {}

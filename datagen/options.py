@@ -7,9 +7,6 @@ import argparse
 import os
 from typing import Literal
 
-import torch
-
-from . import manifest
 from .config import load_generation
 from .configfile import preset_names
 
@@ -36,8 +33,8 @@ def add_generation_args(
     parser.set_defaults(overrides=[])  # KEY=VALUE operands (datagen.configfile.parse_command_line)
     parser.add_argument(
         "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="where generation runs (cpu, cuda or cuda:N): cuda when available, else cpu",
+        default="auto",
+        help="where generation runs: cpu, cuda, cuda:N, or auto (cuda when available, else cpu)",
     )
     parser.add_argument(
         "--backend",
@@ -75,10 +72,15 @@ def default_torch_threads() -> int:
 def make_generator(args: argparse.Namespace, self_check: bool | None = None):
     """The generator of the options added by `add_generation_args`; on CUDA (or with `self_check`) it checks
     itself before it returns (`datagen.verify.startup_check`)."""
+    import torch
+
+    from . import manifest
     from .decode import Decoder
     from .generator import Generator
 
     torch.set_num_threads(args.threads or default_torch_threads())
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     config = load_generation(args.config, args.overrides)
     videos = manifest.resolve_videos(args.videos, min_frames=1)
     decoder = Decoder(args.device, args.backend, num_threads=args.decode_threads or None)

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from datagen.env import CACHE_DIR
 from datagen.packet_index import DecoderSetup, PacketIndex, StoredPackets, StreamTraits
 
 log = logging.getLogger(__name__)
@@ -93,10 +94,7 @@ def _from_bytes(data: bytes) -> PacketIndex:
 
 def default_directory() -> Path:
     """Where packet indexes are kept: $CTP_CACHE_DIR/packet-indexes, else the user's cache folder."""
-    base = (
-        os.environ.get("CTP_CACHE_DIR")
-        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctp-video"
-    )
+    base = CACHE_DIR.get() or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ctp-video"
     return Path(base) / "packet-indexes"
 
 

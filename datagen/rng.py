@@ -11,6 +11,7 @@ sample instead of one Generator object per sample and stream.
 
 from __future__ import annotations
 
+import argparse
 import enum
 import functools
 from collections.abc import Mapping, Sequence
@@ -38,6 +39,22 @@ class Stream(enum.IntEnum):
 
 _INDEX_BITS = 40  # up to ~1e12 samples per epoch and 2^24 epochs fit in one 64-bit key word
 EPOCHS = 1 << (64 - _INDEX_BITS)  # the epochs a key can name
+SEEDS = 1 << 63  # run seeds: 0 .. 2^63 - 1, as sample keys travel in int64 tensors
+
+
+def seed_problem(seed: int, name: str = "seed") -> str | None:
+    """Why `seed` cannot be a run seed (for the error that names the setting), or None."""
+    return None if 0 <= seed < SEEDS else f"{name} must be in 0 .. 2**63 - 1 (sample keys are int64), got {seed}"
+
+
+def seed_arg(text: str) -> int:
+    """An argparse `type` for --seed options: the range checked as the configs check data.seed."""
+    seed = int(text)
+    problem = seed_problem(seed)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return seed
+
 
 # Reserved epochs of a run seed, at the top of the key space where training never gets: their samples come
 # from the same videos and spec yet are disjoint from every training sample.

@@ -101,13 +101,25 @@ class SampleProblem(_message.Message):
     def __init__(self, index: _Optional[int] = ..., video: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
-    __slots__ = ("transport",)
+    __slots__ = ("transport", "videos_from", "videos_count")
     TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    VIDEOS_FROM_FIELD_NUMBER: _ClassVar[int]
+    VIDEOS_COUNT_FIELD_NUMBER: _ClassVar[int]
     transport: TransportOffer
-    def __init__(self, transport: _Optional[_Union[TransportOffer, _Mapping]] = ...) -> None: ...
+    videos_from: int
+    videos_count: int
+    def __init__(self, transport: _Optional[_Union[TransportOffer, _Mapping]] = ..., videos_from: _Optional[int] = ..., videos_count: _Optional[int] = ...) -> None: ...
+
+class VideoEntry(_message.Message):
+    __slots__ = ("path", "num_frames")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    NUM_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    num_frames: int
+    def __init__(self, path: _Optional[str] = ..., num_frames: _Optional[int] = ...) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("replica_id", "address", "hostname", "device", "config_digest", "config_json", "videos_digest", "num_videos", "queue_capacity", "queue_depth", "max_batch_size", "max_request_samples", "clips_per_second", "versions", "shared_memory", "shared_memory_error")
+    __slots__ = ("replica_id", "address", "hostname", "device", "config_digest", "config_json", "videos_digest", "num_videos", "queue_capacity", "queue_depth", "max_batch_size", "max_request_samples", "clips_per_second", "versions", "shared_memory", "shared_memory_error", "videos")
     class VersionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -131,6 +143,7 @@ class DescribeResponse(_message.Message):
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_FIELD_NUMBER: _ClassVar[int]
     SHARED_MEMORY_ERROR_FIELD_NUMBER: _ClassVar[int]
+    VIDEOS_FIELD_NUMBER: _ClassVar[int]
     replica_id: str
     address: str
     hostname: str
@@ -147,4 +160,5 @@ class DescribeResponse(_message.Message):
     versions: _containers.ScalarMap[str, str]
     shared_memory: bool
     shared_memory_error: str
-    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., device: _Optional[str] = ..., config_digest: _Optional[str] = ..., config_json: _Optional[str] = ..., videos_digest: _Optional[str] = ..., num_videos: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_request_samples: _Optional[int] = ..., clips_per_second: _Optional[float] = ..., versions: _Optional[_Mapping[str, str]] = ..., shared_memory: _Optional[bool] = ..., shared_memory_error: _Optional[str] = ...) -> None: ...
+    videos: _containers.RepeatedCompositeFieldContainer[VideoEntry]
+    def __init__(self, replica_id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., device: _Optional[str] = ..., config_digest: _Optional[str] = ..., config_json: _Optional[str] = ..., videos_digest: _Optional[str] = ..., num_videos: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., queue_depth: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_request_samples: _Optional[int] = ..., clips_per_second: _Optional[float] = ..., versions: _Optional[_Mapping[str, str]] = ..., shared_memory: _Optional[bool] = ..., shared_memory_error: _Optional[str] = ..., videos: _Optional[_Iterable[_Union[VideoEntry, _Mapping]]] = ...) -> None: ...

@@ -1,6 +1,8 @@
 """Impossible generation settings are refused when the config is loaded, naming key, value and allowed range;
 the generating commands take a training preset's generation section."""
 
+import re
+
 import pytest
 
 from datagen.cli import main
@@ -138,3 +140,21 @@ def test_one_override_syntax_for_both_clis(demo_dir, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["index", str(demo_dir), "--out", str(tmp_path / "m.json"), "clip.crop_size=64"])
     assert "index takes no KEY=VALUE overrides" in capsys.readouterr().err
+
+
+def test_numbers_in_every_spelling_an_ml_user_writes(tmp_path):
+    """YAML 1.1 reads 1e-4 as a string; the loader takes it (and 5E-4, 1e2 for an int, 64.0, 1_000) as a number."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("optim:\n  lr: 1e-4\n  weight_decay: 5E-4\n  epochs: 1e2\n  milestones: [1e1, 20]\n")
+    cfg = load_train_config(str(recipe), ["optim.gamma=.5", "data.batch_size=64.0", "eval.every_steps=1_000"])
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.epochs, cfg.optim.milestones) == (1e-4, 5e-4, 100, (10, 20))
+    assert (cfg.optim.gamma, cfg.data.batch_size, cfg.eval.every_steps) == (0.5, 64, 1000)
+    assert isinstance(cfg.optim.epochs, int) and isinstance(cfg.optim.lr, float)
+    for bad, message in (
+        ("optim.epochs=1.5", "optim.epochs: expected int, got 1.5"),
+        ("optim.epochs=1e-1", "optim.epochs: expected int, got '1e-1'"),
+        ("optim.lr=fast", "optim.lr: expected float, got 'fast'"),
+        ("optim.lr=true", "optim.lr: expected float, got True"),
+    ):
+        with pytest.raises(ValueError, match=re.escape(message)):
+            load_train_config(None, [bad])

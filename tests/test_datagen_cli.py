@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -97,3 +100,16 @@ def test_config_yaml_and_overrides(tmp_path):
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["sample", "--videos", str(tmp_path), "--num", "1", "--out", str(tmp_path / "x.npz")]) == 2
     assert "no usable videos" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["status", "--help"], ["index", "--help"]])
+def test_help_answers_without_loading_torch_or_the_decoders(argv):
+    """`ctp-datagen --help` took 2-4 s loading torch, PyAV, gRPC and numba it does not use; only the command
+    being run loads its modules (status: Redis, index: PyAV), never torch for a help text."""
+    code = (
+        "import sys\nfrom datagen.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'numba', 'grpc', 'nvidia.dali', 'numpy') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]

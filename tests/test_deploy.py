@@ -38,6 +38,7 @@ from tests.service_helpers import RedisServer, ReplicaProcess, free_port, make_v
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
+COMPOSE_CPU = REPO / "compose.cpu.yml"  # the CPU override (tests/test_deploy_cpu.py)
 DOTENV = REPO / ".env"
 SCHEMA = REPO / "tests" / "data" / "compose-spec.json"
 DOCKERFILE = REPO / "deploy" / "Dockerfile"
@@ -135,10 +136,10 @@ def compose_with_env() -> dict:
 
 
 def compose_variables() -> dict[str, set[str | None]]:
-    """Every variable the Compose file reads, with the inline defaults it is given (None: no default)."""
+    """Every variable the Compose files read, with the inline defaults they give it (None: no default)."""
     found: dict[str, set[str | None]] = collections.defaultdict(set)
     for name, operator, default in re.findall(
-        r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}", COMPOSE_FILE.read_text()
+        r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?+])([^}]*))?\}", COMPOSE_FILE.read_text() + COMPOSE_CPU.read_text()
     ):
         found[name].add(default if operator in (":-", "-") else None)
     return dict(found)
@@ -209,7 +210,14 @@ def dockerfile_instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
 
 
 def substitute(text: str, variables: Mapping[str, str]) -> str:
-    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: variables.get(m[1], m[0]), text)
+    """Dockerfile substitution: $NAME, ${NAME} and ${NAME:-default} (an unknown NAME is left as written)."""
+
+    def value(m: re.Match) -> str:
+        if m[2] is not None:  # ${NAME:-default}: the default when unset or empty
+            return variables.get(m[1]) or substitute(m[2], variables)
+        return variables.get(m[1], m[0])
+
+    return re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}?", value, text)
 
 
 class Stage:
@@ -389,7 +397,7 @@ def resolve(argv: list[str]) -> Iterator[tuple[str, ...]]:
         if args.command == "pretrain":
             load_train_config(args.config, args.overrides)  # the preset exists, the overrides are real keys
         yield program, args.command
-    elif program == "torchrun":
+    elif program in ("torchrun", "ctp-torchrun"):  # ctp-torchrun: torchrun's parser, its own exit on SIGTERM
         from torch.distributed.run import get_args_parser
 
         args = parse(get_args_parser(), rest, where)
@@ -615,8 +623,12 @@ def test_cuda_variants_pair_base_torch_and_dali():
     for variant, stage in variants.items():
         cuda_major = re.search(r"nvidia/cuda:(\d+)\.", stage.base)[1]
         assert variant.startswith(f"cu{cuda_major}"), f"{stage.name} is based on CUDA {cuda_major}"
-        assert stage.variables["TORCH_INDEX_URL"] == f"https://download.pytorch.org/whl/{variant}"
         assert stage.variables["DALI_PACKAGE"] == f"nvidia-dali-cuda{cuda_major}0"
+    torch = next(a for k, a in dockerfile_stages()[1][-1].instructions if k == "RUN" and "torch==" in a)
+    assert (
+        '--index-url "${TORCH_INDEX_URL:-https://download.pytorch.org/whl/${CUDA_VARIANT}}"' in DOCKERFILE.read_text()
+    )
+    assert "https://download.pytorch.org/whl/" in torch, "torch comes from the index of the CUDA variant by default"
 
 
 def test_image_installs_the_tested_releases():
@@ -793,9 +805,9 @@ def test_autoscaler_targets_datagen_on_a_metric_replicas_export():
 
 
 def test_environment_agrees():
-    from datagen.service.registry import REDIS_ENV
-    from datagen.service.security import TOKEN_ENV
+    from datagen.env import DATAGEN_TOKEN, REDIS_URL
 
+    REDIS_ENV, TOKEN_ENV = REDIS_URL.name, DATAGEN_TOKEN.name
     datagen = k8s_object("Deployment", "ctp-datagen")
     trainer = k8s_object("Job", "ctp-trainer")
     containers = [container(datagen, "datagen"), container(trainer, "trainer"), container(trainer, "wait-for-replicas")]

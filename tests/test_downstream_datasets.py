@@ -130,6 +130,20 @@ def write_hmdb(tmp_path: Path) -> tuple[Path, Path]:
     return videos, splits
 
 
+def test_a_hmdb51_class_without_its_split_file_is_named_in_a_warning(tmp_path, caplog):
+    videos, splits = write_hmdb(tmp_path)
+    (splits / "wave_test_split2.txt").unlink()  # its folder and its split-1 file remain
+    with caplog.at_level("WARNING", logger="trainer.downstream.datasets"):
+        listing = read_split(SplitConfig("hmdb51", str(videos), str(splits), "train", 2))
+    assert listing.classes == ("brush_hair",)
+    assert "hmdb51 split 2: no split file '<class>_test_split2.txt'" in caplog.text and caplog.text.rstrip().endswith(
+        "1 class(es), left out of the split: wave"
+    )
+    caplog.clear()
+    read_split(SplitConfig("hmdb51", str(videos), str(splits), "train", 1))
+    assert not caplog.records, "a complete split warns of nothing"
+
+
 def test_hmdb51_split_files(tmp_path):
     videos, splits = write_hmdb(tmp_path)
 

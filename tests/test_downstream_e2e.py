@@ -63,6 +63,7 @@ def test_finetune_trains_validates_and_reports(finetuned):
     # The classifier starts at N(0, 0.001): near-uniform outputs, a cross-entropy of ln 4.
     assert steps[0]["loss"] == pytest.approx(math.log(4), abs=0.02)
     assert [r["epoch"] for r in records if "val_top1" in r] == [1, 2]
+    assert [r["epoch"] for r in steps] == [1, 1, 1, 2, 2, 2], "epochs count from 1 in step records too"
     assert list((finetuned.parent / "tensorboard").glob("events.out.tfevents.*"))
 
 
@@ -73,9 +74,11 @@ def test_a_new_finetune_refuses_the_folder_of_another(finetuned, shared_videos):
     assert finetuned.stat().st_mtime_ns == before
 
 
-def test_eval_scores_the_checkpoint_like_its_validation(finetuned, capsys):
-    ctp_train("eval", "--checkpoint", finetuned)
+def test_eval_scores_the_checkpoint_like_its_validation(finetuned, capsys, caplog):
+    with caplog.at_level("INFO", logger="trainer.progress"):
+        ctp_train("eval", "--checkpoint", finetuned, "run.progress=true")  # stderr here is no terminal
     printed = capsys.readouterr().out
+    assert "testing: 12 of 12 videos (100%)" in caplog.text, "a log file hears of the progress, not of nothing"
     (result_file,) = finetuned.parent.glob("finetuned.eval.*.json")
     results = json.loads(result_file.read_text())
     validation = json.loads(finetuned.with_suffix(".json").read_text())["validation"]

@@ -37,15 +37,18 @@ def test_classifier_head_follows_the_recipe():
     assert model.encoder(torch.randn(1, 3, 8, 64, 64)).shape == (1, 128, 1, 4, 4)  # standard strides: 1/16
 
 
-def test_encoder_from_a_pretraining_checkpoint_adopts_its_architecture(tmp_path):
+def test_encoder_from_a_pretraining_checkpoint_adopts_its_architecture(tmp_path, caplog):
     network = CtPNetwork("tiny", num_frames=8)
     with torch.no_grad():
         for p in network.parameters():
             p.normal_()
     path = tmp_path / "ckpt-00000100.pt"
     torch.save({"model": network.state_dict(), "config": to_dict(TrainConfig(model=ModelConfig(encoder="tiny")))}, path)
-    encoder = load_encoder("r3d_18", path)  # the checkpoint records its encoder, which wins
+    with caplog.at_level("WARNING", logger="trainer.downstream.model"):
+        encoder = load_encoder("r3d_18", path)  # the checkpoint records its encoder, which wins, and says so
     assert encoder.name == "tiny"
+    assert f"{path} holds a tiny encoder, not the config's model.encoder=r3d_18" in caplog.text
+    assert "--config tiny_cpu" in caplog.text
     assert_same_tensors(encoder.state_dict(), network.encoder.state_dict())
     assert encoder.layer4[0].downsample[0].stride == (2, 2, 2)  # downstream: standard strides again
 

@@ -134,8 +134,9 @@ def test_confusion_image_labels_both_axes_and_has_a_colour_bar(num_classes, tmp_
     side = num_classes * cell
     image = np.asarray(drawn.convert("L"))
     assert image.shape[0] > side + 1 and image.shape[1] > side + 1  # larger than the bare matrix
-    assert _inked(image[top : top + cell, :left])  # first true class named at the left of its row
-    assert _inked(image[:top, left : left + cell])  # first predicted class indexed above its column
+    for i in range(num_classes):  # UCF-101 too: every true class named at the left of its row ...
+        assert _inked(image[top + i * cell : top + (i + 1) * cell, :left]), f"row {i} has no label"
+        assert _inked(image[:top, left + i * cell : left + (i + 1) * cell]), f"column {i} has no index"  # ... above
     bar = image[top : top + side, left + side + 2 :]
     assert bar[0].min() < 100 and bar[-1].max() == 255  # the colour bar: dark at 1 (top), white at 0
     ticks = image[top : top + side, left + side + 12 + 18 :]

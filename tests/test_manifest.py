@@ -11,16 +11,19 @@ import av
 import pytest
 
 from datagen import cli
+from datagen import manifest as manifest_module
 from datagen.demo import synthesize_demo
 from datagen.manifest import (
     MANIFEST_VERSION,
     Rejected,
     VideoError,
+    find_videos,
     index_videos,
     probe,
     read_manifest,
     rejected_list,
     resolve_videos,
+    videos_digest,
     write_manifest,
 )
 
@@ -176,3 +179,54 @@ def test_a_long_rejected_list_is_cut_and_points_to_the_manifest():
     text = rejected_list([Rejected(f"/d/v{i}.mp4", "empty file (0 bytes)") for i in range(25)], "m.json", limit=20)
     assert text.splitlines()[0] == "rejected 25 file(s):" and "/d/v19.mp4: empty file" in text and "v20.mp4" not in text
     assert text.splitlines()[-1] == '  ... and 5 more, see the manifest m.json ("rejected")'
+
+
+def test_index_keeps_linked_paths_as_given_and_a_folder_equals_its_manifest(demo_dir, tmp_path, capsys):
+    """Class folders of symbolic links into one pool: each link is a video of its class, as in the containers."""
+    pool = sorted(demo_dir.iterdir())[:3]
+    dataset = tmp_path / "dataset"
+    for label in ("jump", "run"):
+        (dataset / label).mkdir(parents=True)
+        for i, target in enumerate(pool):
+            (dataset / label / f"{label}_{i}{target.suffix}").symlink_to(target)
+    out = dataset / "train.json"
+    assert cli.main(["index", str(dataset), "--out", str(out)]) == 0
+    stored = [v["path"] for v in json.loads(out.read_text())["videos"]]
+    assert stored == [f"{label}/{label}_{i}{t.suffix}" for label in ("jump", "run") for i, t in enumerate(pool)]
+    from_manifest, from_folder = resolve_videos([str(out)]), resolve_videos([str(dataset)])
+    assert [v.path for v in from_manifest] == [v.path for v in from_folder] == [str(dataset / p) for p in stored]
+    assert videos_digest(from_manifest) == videos_digest(from_folder), "trainer and replicas agree either way"
+
+
+@pytest.mark.parametrize("make, message", [(None, "no such file or folder"), ("empty", "no video file in")])
+def test_index_of_a_wrong_path_or_an_empty_folder_says_so_and_writes_nothing(tmp_path, capsys, make, message):
+    root = tmp_path / "videos"
+    if make:
+        root.mkdir()
+        (root / "readme.txt").write_text("no videos here")
+    out = tmp_path / "index.json"
+    assert cli.main(["index", str(root), "--out", str(out)]) == 2
+    assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_index_keeps_the_manifest_a_run_of_unusable_videos_would_empty(tmp_path, demo_dir, capsys):
+    out = tmp_path / "index.json"
+    assert cli.main(["index", str(demo_dir), "--out", str(out)]) == 0
+    before = out.read_text()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "a.mp4").write_bytes(b"not a video")
+    assert cli.main(["index", str(broken), "--out", str(out)]) == 1
+    assert "no usable video among 1" in capsys.readouterr().err and out.read_text() == before
+
+
+def test_short_videos_and_progress_are_the_same_for_index_as_for_pretraining(mixed_folder, monkeypatch, caplog):
+    """One minimum for every command (a 10-frame video is usable: its last frame repeats), and in a log file
+    plain progress lines instead of a bar's carriage returns."""
+    monkeypatch.setattr(manifest_module, "PROGRESS_EVERY_S", 0.0)
+    with caplog.at_level(logging.INFO, logger="datagen.manifest"):
+        videos, _ = index_videos([mixed_folder], progress=True)
+    assert {Path(v.path).name for v in videos} >= {"demo_00_h264.mp4"}, "the 10-frame video is kept"
+    assert [v.path for v in videos] == [v.path for v in resolve_videos([mixed_folder])]
+    total = len(find_videos(mixed_folder))
+    assert f"probed {total} of {total} videos" in caplog.messages

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import signal
 import subprocess
@@ -22,7 +23,7 @@ from datagen.generator import Generator
 from datagen.manifest import resolve_videos
 from datagen.rng import SampleKey
 from datagen.service import cli
-from datagen.service.fleet import RemoteSource
+from datagen.service.fleet import NoReplicaError, RemoteSource
 from datagen.service.registry import Registry
 from datagen.service.replica_client import ReplicaClient
 from protos import datagen_pb2 as pb
@@ -216,14 +217,20 @@ def test_redis_outage_mid_epoch_streams_on_and_replicas_re_register(redis_server
         assert events.count("registered") >= 2
 
 
-def test_shared_memory_and_inline_give_identical_batches_and_fallback_engages(fleet, videos, config):
+def test_shared_memory_and_inline_give_identical_batches_and_fallback_engages(fleet, videos, config, caplog):
     (local,) = fleet.start(1, videos)
     epoch, batch_size, indices = 4, 3, list(range(10))
     results = {}
+    caplog.set_level(logging.INFO, logger="datagen.service.fleet")
     for name, kwargs in (("shm", {}), ("inline", {"shared_memory": False})):
+        caplog.clear()
         with source(config, addresses=[local.address], **kwargs) as src:
             results[name] = list(src.stream(SEED, epoch, indices, batch_size))
             results[name + "_stats"] = dict(src.stats)
+        said = [r.getMessage() for r in caplog.records]
+        assert ("datagen replica up" in said) and not any(hasattr(r, "shared_memory") for r in caplog.records)
+        # the log says which transport the clips take, once it is known (a ring is offered after "replica up")
+        assert said.count(f"datagen replica {local.address}: clips through shared memory") == (name == "shm")
     assert results["shm_stats"]["shm_batches"] == 4 and results["shm_stats"].get("inline_batches", 0) == 0
     assert results["inline_stats"]["inline_batches"] == 4 and results["inline_stats"].get("shm_batches", 0) == 0
     expected = in_process(videos, config, epoch, indices, batch_size)
@@ -343,3 +350,23 @@ def test_a_replica_serves_recorded_footage_as_the_in_process_generator_makes_it(
         got = list(src.stream(SEED, epoch, indices, batch_size))
         assert src.describe()[0].num_videos == len(videos)
     assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_a_replica_serving_another_video_list_is_refused_with_counts_and_the_first_difference(fleet, videos, config):
+    """Not two hashes: how many videos each side has and the first entry where the lists part."""
+    (replica,) = fleet.start(1, videos[:3])
+    ours = resolve_videos(videos)
+    with (
+        pytest.raises(NoReplicaError) as refused,
+        source(config, addresses=[replica.address], videos=ours, wait_for_replicas=5) as src,
+    ):
+        list(src.stream(SEED, 0, [0, 1], 2))
+    message = str(refused.value)
+    assert "(3 videos), this client expects" in message and "(4 videos)" in message
+    last = ours[3]
+    assert (
+        f"first difference at position 3: the replica has nothing (its list ends), this side {last.path} ({last.num_frames} frames)"
+        in message
+    )
+    # a page at a time, as a client on a large dataset reads it
+    assert list(ReplicaClient(replica.address).videos(page=2)) == [(v.path, v.num_frames) for v in ours[:3]]

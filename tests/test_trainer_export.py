@@ -51,3 +51,40 @@ def test_export_of_the_tiny_encoder_is_refused_clearly(tmp_path, capsys):
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "x.pth")]) == 2
     assert "no torchvision counterpart" in capsys.readouterr().err
     assert not (tmp_path / "x.pth").exists()
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_without_unsafe_advice(tmp_path, capsys):
+    """torch's own error suggests weights_only=False, which would run the file's code: never passed on."""
+    import argparse
+
+    pickled, text = tmp_path / "pickled.pt", tmp_path / "notes.pt"
+    torch.save({"model": argparse.Namespace(x=1)}, pickled)
+    text.write_text("not a checkpoint\n")
+    for path, why in (
+        (pickled, "it holds pickled Python objects beyond tensors"),
+        (text, "not a file torch.save wrote"),
+    ):
+        assert main(["export", "--checkpoint", str(path), "--out", str(tmp_path / "out.pth")]) == 2
+        err = capsys.readouterr().err
+        assert f"{path} is not a readable ctp-train checkpoint: {why}" in err and "weights_only" not in err
+    assert not (tmp_path / "out.pth").exists()
+
+
+def test_track_eval_of_a_fine_tuned_checkpoint_says_what_to_give_it(tmp_path, demo_dir, capsys):
+    from trainer.checkpoint import FINETUNE_TASK, marked
+    from trainer.downstream.config import DownstreamConfig
+
+    finetuned = tmp_path / "finetuned.pt"
+    save_atomic(marked(FINETUNE_TASK, {"model": {}, "config": to_dict(DownstreamConfig())}), finetuned)
+    assert main(["track-eval", "--checkpoint", str(finetuned), "--videos", str(demo_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "is a fine-tuned checkpoint" in err and "`ctp-train eval --checkpoint" in err and "unknown option" not in err
+
+
+def test_seeds_outside_the_key_range_are_refused_by_name(tmp_path, demo_dir, capsys):
+    with pytest.raises(SystemExit):
+        main(["track-eval", "--checkpoint", str(tmp_path), "--videos", str(demo_dir), "--seed", str(2**64)])
+    assert "--seed: seed must be in 0 .. 2**63 - 1" in capsys.readouterr().err
+    for seed in (2**64, 2**63, -1):
+        assert main(["pretrain", "--config", "tiny_cpu", f"data.videos=[{demo_dir}]", f"data.seed={seed}"]) == 2
+        assert f"data.seed must be in 0 .. 2**63 - 1 (sample keys are int64), got {seed}" in capsys.readouterr().err

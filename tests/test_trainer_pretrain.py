@@ -67,6 +67,15 @@ def test_stopped_and_resumed_run_reproduces_every_step(demo_dir, tmp_path, unint
     assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
 
 
+def test_a_run_resumed_at_or_past_its_stop_step_trains_nothing_and_says_so(demo_dir, tmp_path, caplog):
+    assert pretrain(short_run(demo_dir, tmp_path, "run.stop_at_step=4")) is None
+    records, checkpoints = read_records(tmp_path), list_checkpoints(tmp_path)
+    with caplog.at_level("WARNING", logger="trainer.pretrain"):
+        assert pretrain(short_run(demo_dir, tmp_path, "run.stop_at_step=3"), resume="auto") is None
+    assert read_records(tmp_path) == records and list_checkpoints(tmp_path) == checkpoints  # not one more step
+    assert "run.stop_at_step=3: the run is at step 4 already, nothing to train" in caplog.text
+
+
 def test_run_outputs(uninterrupted):
     run_dir, score = uninterrupted
     assert score is not None and score.clips == 4 and 0 <= score.miou <= 1
@@ -79,17 +88,19 @@ def test_run_outputs(uninterrupted):
     events = EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     assert set(events.Tags()["scalars"]) == {
-        "loss/total",
-        "loss/centre",
-        "loss/size",
+        "train/loss",
+        "train/loss_centre",
+        "train/loss_size",
         "lr",
         "throughput/clips_per_s",
         "throughput/data_wait",
-        "eval/miou",
-        "eval/baseline_miou",
-    }
-    assert [e.step for e in events.Scalars("loss/total")] == [2, 3, 4, 6]  # every 2 steps and at epoch ends
-    assert events.Tags()["images"] == ["eval/boxes"]
+        "val/miou",
+        "val/baseline_miou",
+    }  # fine-tuning's scheme (docs/downstream.md): train/, val/, lr, throughput/
+    assert [e.step for e in events.Scalars("train/loss")] == [2, 3, 4, 6]  # every 2 steps and at epoch ends
+    assert events.Tags()["images"] == ["val/boxes"]
+    # epochs count from 1 in the records as in the log lines: 3 steps per epoch here
+    assert [r["epoch"] for r in read_records(run_dir) if "loss" in r] == [1, 1, 1, 2, 2, 2]
 
 
 def test_resume_refuses_a_different_data_or_model_config(demo_dir, tmp_path, uninterrupted):

@@ -144,7 +144,7 @@ def test_two_ranks_fed_by_two_replicas_then_resumed_alone_with_one(videos, tmp_p
 
         rows = loss_rows(ddp)
         assert [r["step"] for r in rows] == [1, 2, 3, 4]
-        first_epoch = [r["indices"] for r in rows if r["epoch"] == 0]
+        first_epoch = [r["indices"] for r in rows if r["epoch"] == 1]
         per_rank = [sum((step[rank] for step in first_epoch), []) for rank in (0, 1)]
         assert not set(per_rank[0]) & set(per_rank[1])
         assert sorted(per_rank[0] + per_rank[1]) == list(range(EPOCH))  # the epoch, each sample once

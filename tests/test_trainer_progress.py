@@ -4,7 +4,7 @@ import logging
 import re
 
 from trainer.cli import main
-from trainer.progress import eta
+from trainer.progress import PlainProgress, eta
 
 
 def test_eta_reads_like_a_duration():
@@ -44,3 +44,16 @@ def test_redirected_pretraining_logs_plain_lines_with_loss_lr_eta_and_every_eval
     evals = [line for line in lines if "held-out tracking mIoU" in line]
     assert [line.split(":")[0] for line in evals] == ["step 0", "step 3", "step 6"]
     assert sum("evaluating 4 held-out clips…" in line for line in lines) == 3
+
+
+def test_plain_progress_lines_say_count_share_rate_and_eta(monkeypatch, caplog):
+    clock = iter([0.0, 5.0, 20.0, 21.0, 40.0])  # start, then one reading per update
+    monkeypatch.setattr("trainer.progress.time.monotonic", lambda: next(clock))
+    progress = PlainProgress("testing", 40, "videos", every=15.0)
+    with caplog.at_level(logging.INFO, logger="trainer.progress"):
+        for _ in range(4):
+            progress.update(10)
+    assert caplog.messages == [
+        "testing: 20 of 40 videos (50%), 1.0 videos/s, ETA 20s",  # 15 s after the start: the first line
+        "testing: 40 of 40 videos (100%), 1.0 videos/s, ETA 0s",  # and the end, whenever it comes
+    ]

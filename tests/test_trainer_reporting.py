@@ -21,13 +21,13 @@ def test_a_steps_loss_is_its_global_batchs_mean_whatever_the_split():
     rank0 = report([[2.0, 1.5, 0.5], [4.0, 3.0, 1.0]], [[0, 2], [4]])
     rank1 = report([[5.0, 4.0, 1.0], [0.0, 0.0, 0.0]], [[1], []])  # an empty last batch carries no weight
     rows, scalars = merge_reports([rank0, rank1], log_indices=True)
-    assert [r["step"] for r in rows] == [10, 11] and rows[0]["epoch"] == 3 and rows[0]["lr"] == 0.01
+    assert [r["step"] for r in rows] == [10, 11] and rows[0]["epoch"] == 4 and rows[0]["lr"] == 0.01
     assert rows[0]["loss"] == pytest.approx((2 * 2.0 + 5.0) / 3) and rows[0]["loss_centre"] == pytest.approx(
         (3.0 + 4.0) / 3
     )
     assert rows[1]["loss"] == 4.0 and rows[1]["loss_size"] == 1.0
     assert rows[0]["indices"] == [[0, 2], [1]] and rows[1]["indices"] == [[4], []]
-    assert scalars["loss/total"] == pytest.approx((3.0 + 4.0) / 2)
+    assert scalars["train/loss"] == pytest.approx((3.0 + 4.0) / 2)
     assert scalars["throughput/rank0/clips_per_s"] == 1.5 and scalars["throughput/rank1/clips_per_s"] == 0.5
     assert scalars["throughput/clips_per_s"] == 2.0 and scalars["throughput/data_wait"] == 0.25
 

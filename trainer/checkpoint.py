@@ -142,7 +142,13 @@ def read_state(path: str | Path, what: str = "weights file") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise ValueError(f"{path} is not a readable {what} ({exc})") from exc
+        # Not torch's advice to load with weights_only=False: that runs whatever code the file holds.
+        why = (
+            "it holds pickled Python objects beyond tensors, which are not loaded (no code from a file runs)"
+            if "Unsupported global" in str(exc)  # what torch's safe unpickler says of a pickled class
+            else "not a file torch.save wrote, or a truncated one"
+        )
+        raise ValueError(f"{path} is not a readable {what}: {why}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict or checkpoint")
     return state

@@ -27,9 +27,13 @@ COMMANDS = {
 
 def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The parser: the `full` commands' own subparsers, the others one-line entries."""
+    from datagen.env import describe
+
     parser = argparse.ArgumentParser(
         prog="ctp-train",
         description="Catch-the-Patch self-supervised video pretraining and its evaluation.",
+        epilog=describe(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
@@ -187,6 +191,8 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _track_eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    from datagen.rng import seed_arg
+
     p = subparsers.add_parser(
         "track-eval",
         help=COMMANDS["track-eval"],
@@ -200,7 +206,7 @@ def _track_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--videos", nargs="+", required=True, help="video files, folders or manifests")
     p.add_argument("--clips", type=int, default=256, help="number of generated clips (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="generation seed (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="generation seed, 0 .. 2**63 - 1 (default 0)")
     p.add_argument("--batch-size", type=int, default=16, help="clips per forward pass (default 16)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--json", type=Path, help="also write the result as JSON (keys miou, baseline_miou, clips)")

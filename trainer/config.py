@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from datagen.config import GenerationConfig, validate_generation
 from datagen.configfile import PRESETS, load_config, preset_names
+from datagen.rng import seed_problem
 
 PRESETS_DIR = PRESETS
 EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.encoders builds each
@@ -145,6 +146,7 @@ def _validate(cfg: TrainConfig) -> None:
         (cfg.data.clips_per_video >= 1, f"data.clips_per_video must be >= 1, got {cfg.data.clips_per_video}"),
         (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
         (cfg.eval.clips >= 1, f"eval.clips must be >= 1, got {cfg.eval.clips}"),
+        (not seed_problem(cfg.data.seed), seed_problem(cfg.data.seed, "data.seed") or ""),
     ]
     errors = [message for ok, message in checks if not ok]
     if errors:

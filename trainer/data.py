@@ -6,24 +6,20 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import logging
-import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
 from datagen.batch import Batch
+from datagen.env import NAMESPACE, REDIS_URL, redact
 from datagen.generator import Generator, pipelined
-from datagen.manifest import videos_digest
 from datagen.rng import HELD_OUT_EPOCH, SampleKey
-from datagen.service.fleet import RemoteSource
-from datagen.service.registry import REDIS_ENV, redact
+from datagen.service.fleet import NoReplicaError, RemoteSource
 from datagen.service.security import TlsFiles, resolve_token
 from trainer.config import ServiceConfig, TrainConfig
 
 log = logging.getLogger(__name__)
-
-NAMESPACE_ENV = "CTP_NAMESPACE"  # the fleet's Redis key prefix, as Compose and Kubernetes set it
 
 
 class HasTensors(Protocol):
@@ -141,15 +137,20 @@ def held_out_batches(generator: Generator, seed: int, clips: int, batch_size: in
 
 
 def replica_settings(service: ServiceConfig) -> dict[str, Any] | None:
-    """`RemoteSource` arguments from the config, else the environment; None when no replica is named anywhere."""
-    redis_url = service.redis_url or os.environ.get(REDIS_ENV) or None
+    """`RemoteSource` arguments from the config, else the environment (`datagen.env`, which logs each variable
+    that decides); None when no replica is named anywhere."""
+    redis_url = REDIS_URL.resolve(
+        service.redis_url,
+        "samples come from the datagen replicas registered there, not from this process "
+        f"(unset {REDIS_URL.name} to generate in-process)",
+    )
     if not service.addresses and not redis_url:
         return None
     return dict(
         addresses=tuple(service.addresses),
         redis_url=redis_url,
-        namespace=service.namespace or os.environ.get(NAMESPACE_ENV) or "ctp",
-        token=resolve_token(token_file=service.token_file),
+        namespace=NAMESPACE.resolve(service.namespace, "the replicas are looked up under that key prefix"),
+        token=resolve_token(token_file=service.token_file, consequence="every request to the replicas carries it"),
         tls=TlsFiles(cert=service.tls_cert, key=service.tls_key, ca=service.tls_ca),
         server_name=service.server_name,
         shared_memory=service.shared_memory,
@@ -174,7 +175,14 @@ def open_source(cfg: TrainConfig, generator: Generator) -> Iterator[SampleSource
         ),
     ]
     log.info("samples from datagen replicas: %s", ", ".join(where))
-    digest = videos_digest(generator.videos)
     pinned = generator.device.type == "cuda"  # received into pinned memory: the step's copy does not block
-    with RemoteSource(**settings, config=cfg.data.generation, videos_digest=digest, pin_memory=pinned) as source:
-        yield source
+    with RemoteSource(**settings, config=cfg.data.generation, videos=generator.videos, pin_memory=pinned) as source:
+        try:
+            yield source
+        except NoReplicaError as exc:
+            if cfg.service.redis_url or cfg.service.addresses:
+                raise
+            raise NoReplicaError(
+                f"{exc}. This run asked replicas for its samples because {REDIS_URL.name} is set in the "
+                f"environment; unset it to generate them in this process"
+            ) from exc

@@ -215,7 +215,7 @@ def _pretrain(
                 "resumed from %s at step %d: epoch %d has %d of %d samples left, split over %d rank(s)",
                 checkpoint,
                 trainer.step,
-                trainer.cursor.epoch,
+                trainer.cursor.epoch + 1,  # epochs count from 1 wherever a person reads them
                 len(trainer.cursor),
                 trainer.cursor.size,
                 ranks.world_size,
@@ -234,6 +234,16 @@ def _pretrain(
             cfg.optim.epochs,
             f", {sync_batchnorm_layers(trainer.model)} SyncBatchNorm layers" if ranks.distributed else "",
         )
+    stop_at = cfg.run.stop_at_step
+    if stop_at is not None and trainer.step >= stop_at:  # resumed at or past it: nothing to train, not a full run
+        if ranks.is_main:
+            log.warning(
+                "run.stop_at_step=%d: the run is at step %d already, nothing to train; continue with a later "
+                "run.stop_at_step or run.stop_at_step=null",
+                stop_at,
+                trainer.step,
+            )
+        return None
     held_out = held_out_batches(generator, cfg.data.seed, cfg.eval.clips, cfg.data.batch_size) if ranks.is_main else []
     with open_source(cfg, generator) as source, _quiet_bar(ranks.is_main and show_bars(cfg.run.progress)):
         reporter = Reporter(trainer, held_out, run_dir, checkpoint is not None, source)

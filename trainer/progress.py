@@ -6,7 +6,11 @@ bars are shown only when stderr is a terminal, and the loops then log their peri
 
 from __future__ import annotations
 
+import logging
 import sys
+import time
+
+log = logging.getLogger(__name__)
 
 
 def show_bars(requested: bool) -> bool:
@@ -22,3 +26,32 @@ def eta(seconds: float) -> str:
     if s >= 60:
         return f"{s // 60}m{s % 60:02d}s"
     return f"{s}s"
+
+
+class PlainProgress:
+    """A bar's content as a plain log line, at most every `every` seconds and at the end: what a long loop
+    (evaluation, retrieval) says where no bar is drawn, so a log file never stays silent for minutes."""
+
+    def __init__(self, desc: str, total: int, unit: str, enabled: bool = True, every: float = 15.0) -> None:
+        self.desc, self.total, self.unit, self.enabled, self.every = desc, total, unit, enabled, every
+        self.done = 0
+        self.started = self.last = time.monotonic()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if not self.enabled or (now - self.last < self.every and self.done < self.total):
+            return
+        self.last = now
+        rate = self.done / max(now - self.started, 1e-9)
+        log.info(
+            "%s: %d of %d %s (%.0f%%), %.1f %s/s, ETA %s",
+            self.desc,
+            self.done,
+            self.total,
+            self.unit,
+            100 * self.done / max(self.total, 1),
+            rate,
+            self.unit,
+            eta((self.total - self.done) / rate if rate else 0),
+        )

@@ -84,16 +84,16 @@ def merge_reports(reports: list[RankReport], log_indices: bool) -> tuple[list[di
     values = ((losses * counts[..., None]).sum(0) / counts.sum(0)[:, None]).tolist()
     rows = []
     for j, ((step, epoch, lr), v) in enumerate(zip(reports[0].steps, values)):
-        row = {"step": step, "epoch": epoch, "loss": v[0], "loss_centre": v[1], "loss_size": v[2], "lr": lr}
+        row = {"step": step, "epoch": epoch + 1, "loss": v[0], "loss_centre": v[1], "loss_size": v[2], "lr": lr}
         if log_indices:
             row["indices"] = [r.indices[j] for r in reports]
         rows.append(row)
     mean = [sum(column) / len(values) for column in zip(*values)]
     windows = [r.window for r in reports]
     scalars = {
-        "loss/total": mean[0],
-        "loss/centre": mean[1],
-        "loss/size": mean[2],
+        "train/loss": mean[0],  # tags as fine-tuning's: train/, val/, lr, throughput/
+        "train/loss_centre": mean[1],
+        "train/loss_size": mean[2],
         "lr": rows[-1]["lr"],
         "throughput/clips_per_s": sum(w.clips_per_s for w in windows),
         "throughput/data_wait": sum(w.wait_share for w in windows) / len(windows),
@@ -156,7 +156,7 @@ class Reporter:
         self.metrics.records(rows)
         self.metrics.scalars(self.trainer.step, scalars)
         self.bar.set_postfix(
-            loss=f"{scalars['loss/total']:.3f}",
+            loss=f"{scalars['train/loss']:.3f}",
             clips_s=f"{scalars['throughput/clips_per_s']:.1f}",
             data_wait=f"{scalars['throughput/data_wait']:.0%}",
             refresh=False,
@@ -178,11 +178,11 @@ class Reporter:
             "step %d/%d epoch %d/%d: loss %.4f (centre %.4f, size %.4f), lr %.3g, %.1f clips/s, data wait %.0f%%, ETA %s",
             trainer.step,
             trainer.total_steps,
-            rows[-1]["epoch"] + 1,
+            rows[-1]["epoch"],
             trainer.cfg.optim.epochs,
-            scalars["loss/total"],
-            scalars["loss/centre"],
-            scalars["loss/size"],
+            scalars["train/loss"],
+            scalars["train/loss_centre"],
+            scalars["train/loss_size"],
             scalars["lr"],
             scalars["throughput/clips_per_s"],
             100 * scalars["throughput/data_wait"],
@@ -205,10 +205,10 @@ class Reporter:
             score.baseline_miou,
             score.clips,
         )
-        self.metrics.scalars(step, {"eval/miou": score.miou, "eval/baseline_miou": score.baseline_miou})
+        self.metrics.scalars(step, {"val/miou": score.miou, "val/baseline_miou": score.baseline_miou})
         self.metrics.records([{"step": step, "miou": score.miou, "baseline_miou": score.baseline_miou}])
         first = self.held_out[0]
-        self.metrics.image(step, "eval/boxes", boxes_image(first.clips[0], first.boxes[0], predictions[0][0]))
+        self.metrics.image(step, "val/boxes", boxes_image(first.clips[0], first.boxes[0], predictions[0][0]))
         self.last_eval = (step, score)
         return score
 

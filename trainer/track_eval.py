@@ -15,7 +15,7 @@ from datagen.batch import Batch
 from datagen.configfile import from_dict
 from datagen.generator import Generator
 from datagen.manifest import resolve_videos
-from trainer.checkpoint import load_checkpoint, resolve_checkpoint
+from trainer.checkpoint import FINETUNE_TASK, checkpoint_task, load_checkpoint, resolve_checkpoint
 from trainer.config import TrainConfig
 from trainer.ctp_model import CtPNetwork
 from trainer.data import held_out_batches
@@ -77,6 +77,11 @@ def score_checkpoint(
     execution = Execution.resolve(device)
     path = resolve_checkpoint(checkpoint)  # a run folder → the file it stands for
     state = load_checkpoint(path)
+    if checkpoint_task(state) == FINETUNE_TASK:
+        raise ValueError(
+            f"{path} is a fine-tuned checkpoint (a classifier, no CtP head to track with): give track-eval a "
+            f"pretraining checkpoint (ckpt-*.pt) or its run folder; `ctp-train eval --checkpoint {path}` scores this one"
+        )
     network, cfg = network_from_checkpoint(state, execution)
     generator = Generator(resolve_videos(videos), cfg.data.generation, device=execution.device)
     score, _ = evaluate(network, held_out_batches(generator, seed, clips, batch_size), execution)

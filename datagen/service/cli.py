@@ -7,40 +7,38 @@ import collections
 import dataclasses
 import json
 import logging
-import os
 import signal
 import time
+from typing import TYPE_CHECKING
 
-import redis
-
-from ..atomic import write_json
-from ..options import add_generation_args, make_generator
+from ..env import NAMESPACE, REDIS_URL, redact
 from ..tables import format_table
 from . import jsonlog
-from .registry import REDIS_ENV, Registry, redact
-from .security import TlsFiles, resolve_token
-from .server import Limits, Replica
+
+if TYPE_CHECKING:
+    from .security import TlsFiles
+    from .server import Replica
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0  # pull's progress lines
 
 
-def add_parsers(subparsers: argparse._SubParsersAction) -> None:
-    _serve_parser(subparsers)
-    _status_parser(subparsers)
-    _pull_parser(subparsers)
-
-
 def _redis_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--redis",
-        default=os.environ.get(REDIS_ENV),
         metavar="URL",
-        help=f"redis://[user:password@]host:port/db of the control plane (default ${REDIS_ENV})",
+        help=f"redis://[user:password@]host:port/db of the control plane (default ${REDIS_URL.name})",
     )
     parser.add_argument(
-        "--namespace", default="ctp", help="key prefix: one per run or fleet sharing a Redis (default ctp)"
+        "--namespace",
+        help=f"key prefix: one per run or fleet sharing a Redis (default ${NAMESPACE.name}, else {NAMESPACE.default})",
     )
+
+
+def _control_plane(args: argparse.Namespace, consequence: str) -> None:
+    """--redis and --namespace as given, else from the environment (each logged when it decides)."""
+    args.redis = REDIS_URL.resolve(args.redis, consequence)
+    args.namespace = NAMESPACE.resolve(args.namespace, f"the fleet's keys in Redis start with {NAMESPACE.value()}:")
 
 
 def _security_args(parser: argparse.ArgumentParser, side: str) -> None:
@@ -58,14 +56,19 @@ def _security_args(parser: argparse.ArgumentParser, side: str) -> None:
 
 
 def _tls(args: argparse.Namespace) -> TlsFiles:
+    from .security import TlsFiles
+
     return TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
 
 
 # -- serve -------------------------------------------------------------------------------------------
 
 
-def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("serve", help="run one datagen replica (gRPC; SIGTERM drains)")
+def _serve_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
+    from ..options import add_generation_args
+    from .server import Limits
+
+    p = subparsers.add_parser("serve", help=help_text)
     add_generation_args(p, videos="positional")
     p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
     p.add_argument(
@@ -114,7 +117,10 @@ def _serve_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from ..options import make_generator
+
     jsonlog.setup(args.log_level, service="ctp-datagen")
+    _control_plane(args, "this replica registers there")
     # Every thread started from here on inherits the blocked mask: the signals reach only sigwait below.
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
@@ -131,6 +137,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _replica(args: argparse.Namespace, generator) -> Replica:
     """The replica the options describe (ports 0: free ones, which `serve` prints once listening)."""
+    from .registry import Registry
+    from .security import resolve_token
+    from .server import Limits, Replica
+
     return Replica(
         generator,
         generator.config,
@@ -138,7 +148,9 @@ def _replica(args: argparse.Namespace, generator) -> Replica:
         host=args.host,
         port=args.port,
         advertise=args.advertise,
-        token=resolve_token(token_file=args.token_file),
+        token=resolve_token(
+            token_file=args.token_file, consequence="every RPC must carry it (others: UNAUTHENTICATED)"
+        ),
         tls=_tls(args),
         limits=Limits(args.max_batch_size, args.max_request_samples, args.chunk_bytes, args.max_streams),
         queue_capacity=args.queue,
@@ -152,23 +164,28 @@ def _replica(args: argparse.Namespace, generator) -> Replica:
 # -- status ------------------------------------------------------------------------------------------
 
 
-def _status_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("status", help="live replicas, their throughput and load, quarantined videos")
+def _status_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
+    p = subparsers.add_parser("status", help=help_text)
     _redis_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(func=run_status)
 
 
 def run_status(args: argparse.Namespace) -> int:
+    import redis
+
+    from .registry import Registry
+
+    _control_plane(args, "the replicas registered there are listed")
     if not args.redis:
-        raise ValueError(f"status reads the Redis control plane: give --redis URL or set ${REDIS_ENV}")
+        raise ValueError(f"status reads the Redis control plane: give --redis URL or set ${REDIS_URL.name}")
     registry = Registry(args.redis, args.namespace)
     try:
         replicas, quarantined = registry.replicas(), registry.quarantined()
     except redis.RedisError as exc:
         raise ConnectionError(
             f"cannot read the control plane at {redact(args.redis)} ({exc}); is Redis running "
-            f"there? (--redis URL or ${REDIS_ENV})"
+            f"there? (--redis URL or ${REDIS_URL.name})"
         ) from None
     if args.json:
         records = [dataclasses.asdict(r) | {"decode_routes": r.routes} for r in replicas]
@@ -203,11 +220,13 @@ def run_status(args: argparse.Namespace) -> int:
 # -- pull --------------------------------------------------------------------------------------------
 
 
-def _pull_parser(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("pull", help="pull N samples of an epoch from live replicas; check exactly-once delivery")
+def _pull_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
+    from ..rng import seed_arg
+
+    p = subparsers.add_parser("pull", help=help_text)
     p.add_argument("--epoch", type=int, required=True, help="the epoch whose samples to pull")
     p.add_argument("--num-samples", type=int, required=True, help="pulls indices 0..N-1")
-    p.add_argument("--seed", type=int, default=0, help="the run seed of the sample keys (default 0)")
+    p.add_argument("--seed", type=seed_arg, default=0, help="the run seed of the sample keys (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="samples per batch (default 32)")
     p.add_argument("--addr", action="append", default=[], metavar="HOST:PORT", help="replica address (repeatable)")
     p.add_argument("--no-shm", action="store_true", help="never use shared memory (inline gRPC only)")
@@ -241,8 +260,12 @@ def run_pull(args: argparse.Namespace) -> int:
 def _pull(args: argparse.Namespace) -> int:
     from datagen.service.fleet import RemoteSource
 
+    from ..atomic import write_json
+    from .security import resolve_token
+
+    _control_plane(args, "samples are pulled from the replicas registered there")
     if not args.addr and not args.redis:
-        raise ValueError(f"pull needs replicas: --addr HOST:PORT (repeatable) or --redis URL (or ${REDIS_ENV})")
+        raise ValueError(f"pull needs replicas: --addr HOST:PORT (repeatable) or --redis URL (or ${REDIS_URL.name})")
     if args.num_samples < 1:
         raise ValueError("--num-samples must be at least 1")
     seen: collections.Counter[int] = collections.Counter()
@@ -312,3 +335,6 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+PARSERS = {"serve": _serve_parser, "status": _status_parser, "pull": _pull_parser}

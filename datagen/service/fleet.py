@@ -26,12 +26,14 @@ from typing import cast
 import grpc
 import torch
 
+from datagen import manifest
 from datagen.batch import Batch
 from datagen.config import GenerationConfig
 from datagen.configfile import differences, from_dict, to_dict
 from protos import datagen_pb2 as pb
 
-from .registry import Discovery, Registry, redact
+from ..env import redact
+from .registry import Discovery, Registry
 from .replica_client import GenerateStream, ReplicaClient
 from .security import TlsFiles
 from .wire import Received
@@ -168,6 +170,7 @@ class RemoteSource:
         *,
         config: GenerationConfig | None = None,
         videos_digest: str | None = None,
+        videos: Sequence[manifest.VideoInfo] | None = None,
         token: str | None = None,
         tls: TlsFiles = TlsFiles(),
         server_name: str | None = None,
@@ -187,7 +190,8 @@ class RemoteSource:
         if window < 1 or request_batches < 1 or lookahead_batches < 1:
             raise ValueError("window, request_batches and lookahead_batches must be at least 1")
         self.config_digest = config.digest() if config else None  # None: adopt the first replica's
-        self.videos_digest = videos_digest
+        self.videos = videos  # this client's list: a replica serving another is told where they part
+        self.videos_digest = manifest.videos_digest(videos) if videos is not None else videos_digest
         self._config = config
         self._token, self._tls, self._server_name = token, tls, server_name
         self.shared_memory = shared_memory
@@ -337,7 +341,7 @@ class RemoteSource:
     def _connect(self, r: _Replica) -> None:
         try:
             info = r.client.describe(self.connect_timeout)
-            r.refused = self._incompatibility(info)
+            r.refused = self._incompatibility(info, r.client)
             if r.refused:
                 log.error(
                     "datagen replica %s refused this client: %s",
@@ -367,11 +371,10 @@ class RemoteSource:
                 "replica": info.replica_id,
                 "address": r.client.address,
                 "device": info.device,
-                "shared_memory": r.client.ring is not None,
             },
         )
 
-    def _incompatibility(self, info: pb.DescribeResponse) -> str:
+    def _incompatibility(self, info: pb.DescribeResponse, client: ReplicaClient) -> str:
         """Why this replica cannot serve this client ('' if it can); the first replica sets unset digests."""
         if self.config_digest is None:
             self.config_digest = info.config_digest
@@ -384,7 +387,11 @@ class RemoteSource:
                 f"; differing settings (replica -> this client): {', '.join(differ)}" if differ else ""
             )
         if info.videos_digest != self.videos_digest:
-            return f"serves video list {info.videos_digest} ({info.num_videos} videos), this client expects {self.videos_digest}"
+            theirs = f"serves video list {info.videos_digest} ({info.num_videos} videos)"
+            if self.videos is None:
+                return f"{theirs}, this client expects {self.videos_digest}"
+            where = manifest.first_difference(self.videos, client.videos(self.connect_timeout))
+            return f"{theirs}, this client expects {self.videos_digest} ({len(self.videos)} videos); {where}"
         return ""
 
     def _down(self, r: _Replica, reason: str) -> None:
@@ -461,6 +468,8 @@ class RemoteSource:
                 "shared memory unusable with replica; inline transport",
                 extra={"replica": r.name, "reason": r.shm_error},
             )
+        else:  # the transport is known only now: "replica up" comes before any ring
+            log.info("datagen replica %s: clips through shared memory", r.client.address, extra={"replica": r.name})
 
     def _on_event(self, kind: str, flight: _Flight, payload: object, part: _Slice, flights: dict[int, _Flight]) -> None:
         r = flight.replica

@@ -16,12 +16,11 @@ import threading
 import time
 from collections.abc import Callable
 from typing import cast
-from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.typing import EncodableT, FieldT
 
-REDIS_ENV = "CTP_REDIS_URL"  # where every command looks for the control plane when --redis is not given
+from datagen.env import redact
 
 log = logging.getLogger(__name__)
 
@@ -199,15 +198,6 @@ class Heartbeat:
                 self.registry.deregister(self._snapshot().replica_id)
             except redis.RedisError as exc:
                 log.warning("could not deregister; the record expires by itself", extra={"error": str(exc)})
-
-
-def redact(url: str) -> str:
-    """The URL with its password replaced, fit for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Discovery:

@@ -81,6 +81,17 @@ class ReplicaClient:
         request = pb.DescribeRequest(transport=_offer(offer, 0))
         return self._stub.Describe(request, timeout=timeout, metadata=self._metadata)
 
+    def videos(self, timeout: float = 30.0, page: int = 2000) -> Iterator[tuple[str, int]]:
+        """The replica's video list as (path, frames), in epoch order, fetched a page at a time as it is read."""
+        start = 0
+        while True:
+            request = pb.DescribeRequest(videos_from=start, videos_count=page)
+            info = self._stub.Describe(request, timeout=timeout, metadata=self._metadata)
+            yield from ((v.path, v.num_frames) for v in info.videos)
+            start += len(info.videos)
+            if not info.videos or start >= info.num_videos:
+                return
+
     def offer_ring(self, num_slots: int, slot_bytes: int, timeout: float = 5.0) -> str | None:
         """Make a shared-memory ring for this replica's batches and check the replica can open it.
 

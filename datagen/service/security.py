@@ -9,23 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import hmac
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import grpc
 
-TOKEN_ENV = "CTP_DATAGEN_TOKEN"
+from datagen.env import DATAGEN_TOKEN
 
 
-def resolve_token(token: str | None = None, token_file: str | None = None) -> str | None:
-    """The token from the argument, else a file, else $CTP_DATAGEN_TOKEN; None: no token."""
+def resolve_token(
+    token: str | None = None, token_file: str | None = None, consequence: str = "every RPC carries the shared token"
+) -> str | None:
+    """The token from the argument, else a file, else $CTP_DATAGEN_TOKEN (logged with `consequence`); None: no token."""
     if token:
         return token
     if token_file:
         return Path(token_file).read_text().strip() or None
-    return os.environ.get(TOKEN_ENV) or None
+    return DATAGEN_TOKEN.resolve(None, consequence)
 
 
 def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

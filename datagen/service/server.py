@@ -63,7 +63,7 @@ class DataGenService(pb_grpc.DataGenServicer):
         self.metrics = work.metrics
         self.config = config
         self.config_digest = config.digest()
-        videos = work.generator.videos
+        self.videos = videos = work.generator.videos
         self.videos_digest = videos_digest(videos)
         self.num_videos = len(videos)
         self.device = device
@@ -127,6 +127,8 @@ class DataGenService(pb_grpc.DataGenServicer):
             clips_per_second=self.metrics.clips_per_second(),
             versions=versions(),
         )
+        page = self.videos[request.videos_from : request.videos_from + min(request.videos_count, 5000)]
+        info.videos.extend(pb.VideoEntry(path=v.path, num_frames=v.num_frames) for v in page)
         offer = request.transport.shared_memory
         if offer.name:
             try:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from datagen.configfile import load_config, preset_names
+from datagen.rng import seed_problem
 from trainer.config import EncoderName, OptimConfig, Recipe, RunConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
@@ -141,6 +142,7 @@ def validate(cfg: DownstreamConfig) -> None:
         (len(c.train_sizes) >= 1, "clips.train_sizes needs at least one (width, height)"),
         (c.test_clips >= 1 and c.test_batch_videos >= 1, "clips.test_clips and clips.test_batch_videos must be >= 1"),
         (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
+        (not seed_problem(d.seed), seed_problem(d.seed, "data.seed") or ""),
     ]
     errors = [message for ok, message in checks if not ok]
     if errors:

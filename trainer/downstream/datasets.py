@@ -163,6 +163,20 @@ def _read_hmdb51(videos: Path, annotations: Path, subset: str, split: int) -> Li
             f"no HMDB-51 split files '<class>{suffix}' in {annotations} (the testTrainMulti_7030_splits folder)"
         )
     classes = tuple(f.name[: -len(suffix)] for f in files)
+    # A class is known by a split file of any split or a folder of videos: one without this split's file is left
+    # out of it (and the others' label indices shift), which must not pass in silence.
+    known = {f.name.rsplit("_test_split", 1)[0] for f in annotations.glob("*_test_split*.txt")}
+    known |= {d.name for d in videos.iterdir() if d.is_dir()} if videos.is_dir() else set()
+    missing = sorted(known - set(classes))
+    if missing:
+        log.warning(
+            "hmdb51 split %d: no split file '<class>%s' in %s for %d class(es), left out of the split: %s",
+            split,
+            suffix,
+            annotations,
+            len(missing),
+            ", ".join(missing),
+        )
     wanted = HMDB_SUBSET_IDS[subset]
     located: list[tuple[str, int, Path, int]] = []
     for label, (name, split_file) in enumerate(zip(classes, files)):

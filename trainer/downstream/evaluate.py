@@ -37,7 +37,7 @@ from trainer.downstream.scoring import (
     topk_accuracy,
 )
 from trainer.execution import Execution
-from trainer.progress import show_bars
+from trainer.progress import PlainProgress, show_bars
 
 
 @torch.no_grad()
@@ -69,6 +69,9 @@ def video_means(
         disable=not (show_bars(cfg.run.progress) and ranks.is_main),
         leave=False,
     )
+    lines = PlainProgress(
+        desc, len(positions), "videos", enabled=bool(bar.disable) and ranks.is_main and cfg.run.progress
+    )
     with contextlib.closing(stream) as batches, bar:
         for batch in batches:
             if len(batch.clips):
@@ -77,7 +80,9 @@ def video_means(
                 owner, mean = aggregate_clips(values, batch.videos)
                 ids.append(owner.cpu())
                 means.append(mean.cpu())
-            bar.update(min(cfg.clips.test_batch_videos, len(positions) - bar.n))
+            done = min(cfg.clips.test_batch_videos, len(positions) - int(bar.n))
+            bar.update(done)
+            lines.update(done)
     parts = ranks.gather((torch.cat(ids), torch.cat(means) if means else None, source.skipped))
     ids_all = torch.cat([p[0] for p in parts])
     found = [p[1] for p in parts if p[1] is not None]
@@ -169,9 +174,7 @@ def evaluate_checkpoint(
     with process_group(cfg.run.device) as ranks:
         execution = Execution.for_rank(ranks, cfg.run)
         model = execution.prepare(model)
-        test = ranks.broadcast(
-            open_split(cfg.test_split, progress=show_bars(cfg.run.progress)) if ranks.is_main else None
-        )
+        test = ranks.broadcast(open_split(cfg.test_split, progress=cfg.run.progress) if ranks.is_main else None)
         results = evaluate(model, test.relabel(classes), cfg, execution, ranks)
     if not ranks.is_main:
         return

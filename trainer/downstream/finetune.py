@@ -161,7 +161,8 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
         while tuner.epoch < cfg.optim.epochs and not stopped:
             epoch = tuner.epoch
             tuner.network.train()
-            torch.manual_seed(cfg.data.seed * 1_000_003 + epoch * ranks.world_size + ranks.rank)  # dropout masks
+            dropout_seed = cfg.data.seed * 1_000_003 + epoch * ranks.world_size + ranks.rank
+            torch.manual_seed(dropout_seed % (1 << 64))  # dropout masks; torch takes seeds below 2**64
             window: list[torch.Tensor] = []
             started = time.perf_counter()
             with contextlib.closing(
@@ -220,14 +221,8 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
 
 
 def _open_data(cfg: DownstreamConfig) -> tuple[LabelledSet, LabelledSet | None]:
-    train = label_subset(
-        open_split(cfg.data.train, progress=show_bars(cfg.run.progress)), cfg.data.label_fraction, cfg.data.seed
-    )
-    val = (
-        open_split(cfg.test_split, progress=show_bars(cfg.run.progress)).relabel(train.classes)
-        if cfg.run.val_every
-        else None
-    )
+    train = label_subset(open_split(cfg.data.train, progress=cfg.run.progress), cfg.data.label_fraction, cfg.data.seed)
+    val = open_split(cfg.test_split, progress=cfg.run.progress).relabel(train.classes) if cfg.run.val_every else None
     if val is not None and {v.path for v in val.videos} & {v.path for v in train.videos}:
         log.warning("the validation split %s shares videos with the training split %s", val.name, train.name)
     return train, val
@@ -243,7 +238,7 @@ def _log_window(
     lr = tuner.lr()
     metrics.records(
         [
-            {"step": first + i, "epoch": tuner.epoch, "loss": v[0], "top1": v[1], "lr": lr}
+            {"step": first + i, "epoch": tuner.epoch + 1, "loss": v[0], "top1": v[1], "lr": lr}  # from 1
             for i, v in enumerate(values.tolist())
         ]
     )

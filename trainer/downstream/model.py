@@ -3,6 +3,7 @@ weights come from: an exported encoder, a pretraining checkpoint or a fine-tuned
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from torch import nn
 from trainer.checkpoint import FINETUNE_TASK, checkpoint_task, read_state, resolve_checkpoint
 from trainer.encoders import Encoder, build_encoder
 from trainer.export import ENCODER_PREFIX, encoder_state_dict
+
+log = logging.getLogger(__name__)
 
 
 class VideoClassifier(nn.Module):
@@ -59,6 +62,16 @@ def load_encoder(name: str, weights: str | Path | None = None) -> Encoder:
     if weights is None:
         return build_encoder(name, pretraining=False)
     recorded, tensors = encoder_weights(weights)
+    if recorded and recorded != name:  # the file's architecture wins; a person must know, the recipe is the config's
+        log.warning(
+            "%s holds a %s encoder, not the config's model.encoder=%s: fine-tuning the %s encoder with the rest of "
+            "the config as it is (epochs, lr, clip size%s)",
+            weights,
+            recorded,
+            name,
+            recorded,
+            "; a tiny encoder has its own recipe: --config tiny_cpu" if recorded == "tiny" else "",
+        )
     encoder = build_encoder(recorded or name, pretraining=False)
     try:
         result = encoder.load_state_dict(tensors, strict=False)

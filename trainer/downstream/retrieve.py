@@ -29,7 +29,6 @@ from trainer.downstream.report import percent, results_path
 from trainer.downstream.scoring import RETRIEVAL_KS, retrieval_hits
 from trainer.encoders import Encoder
 from trainer.execution import Execution
-from trainer.progress import show_bars
 
 
 def retrieval_features(feature_map: torch.Tensor) -> torch.Tensor:
@@ -99,8 +98,8 @@ def retrieve_with(
         encoder = execution.prepare(load_encoder(cfg.model.encoder, weights))
         gallery, queries = ranks.broadcast(
             (
-                open_split(cfg.data.train, progress=show_bars(cfg.run.progress)),
-                open_split(cfg.test_split, progress=show_bars(cfg.run.progress)),
+                open_split(cfg.data.train, progress=cfg.run.progress),
+                open_split(cfg.test_split, progress=cfg.run.progress),
             )
             if ranks.is_main
             else None

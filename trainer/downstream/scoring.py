@@ -70,11 +70,14 @@ def retrieval_hits(
 
 def confusion_image(confusion: torch.Tensor, classes: Sequence[str], max_side: int = 1200) -> Image.Image:
     """Row-normalised confusion matrix as a heat map (white 0 → dark blue 1): "index name" of the true classes
-    down the left, predicted class indices across the top, a colour bar with its scale on the right. With many
-    classes every k-th is labelled so the ~11 px text never overlaps; cells are at least 2 px. The grid's
-    top-left corner and cell size are in `image.info["grid"]`."""
+    down the left, predicted class indices across the top, a colour bar with its scale on the right. Up to
+    ALL_LABELLED classes (UCF-101, HMDB-51) every class is labelled, in cells of at least 12 px, taller than the
+    ~11 px text; with more, every k-th is, so labels never overlap; cells are at least 2 px. The grid's top-left
+    corner and cell size are in `image.info["grid"]`."""
     c = len(classes)
     cell = max(2, min(24, max_side // max(c, 1)))
+    if c <= ALL_LABELLED:
+        cell = max(cell, 12)
     rates = confusion.double() / confusion.sum(1, keepdim=True).clamp_min(1).double()
     shade = _shade(rates.numpy())
     grid = np.repeat(np.repeat(shade, cell, 0), cell, 1)
@@ -111,6 +114,7 @@ def confusion_image(confusion: torch.Tensor, classes: Sequence[str], max_side: i
 
 
 _CAPTION = "rows: true class, columns: predicted (share of the row)"
+ALL_LABELLED = 128  # classes: a confusion image labels each of them
 
 
 def _shade(rates: np.ndarray) -> np.ndarray:
