@@ -21,6 +21,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from datagen.atomic import write_json
 from datagen.dali import clip_segment
 from datagen.manifest import VideoInfo, open_video, picture_packets, resolve_videos
 from datagen.packet_index import PacketIndex, packet_timestamp
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=64, help="clips per dataset")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="clips in flight (ours)")
     parser.add_argument("--repeats", type=int, default=5, help="passes over the clips; the best is reported")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = parser.parse_args()
     rows = []
     for name, folder in (("UCF-101", "ucf101"), ("HMDB-51", "hmdb51"), ("Kinetics", "kinetics")):
@@ -110,6 +112,10 @@ def main() -> None:
                 rows.append((name, label, threads, f"{ms:.2f}", f"{old_ms / ms:.2f}x", f"{pictures:.1f}"))
     headers = ("dataset", "segment", "threads", "ms/clip", "vs before", "pictures/clip")
     print(format_table(rows, headers, align="<<>>>>"))
+    if args.json:
+        write_json(
+            args.json, {"clips": args.clips, "repeats": args.repeats, "rows": [dict(zip(headers, r)) for r in rows]}
+        )
 
 
 if __name__ == "__main__":
