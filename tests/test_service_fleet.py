@@ -23,6 +23,7 @@ from datagen.manifest import resolve_videos
 from datagen.rng import SampleKey
 from datagen.service import cli
 from datagen.service.fleet import RemoteSource
+from datagen.service.hedging import HedgeBudget
 from datagen.service.registry import Registry
 from datagen.service.replica_client import ReplicaClient
 from protos import datagen_pb2 as pb
@@ -169,21 +170,86 @@ def test_killed_replica_loses_nothing_and_a_replica_started_mid_epoch_gets_work(
     assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
 
 
-def test_stalled_replica_has_its_work_asked_of_others(fleet, videos, config):
+def test_a_stalled_replica_has_all_its_requests_asked_of_others_at_once(fleet, videos, config):
+    """Hedging off: the stall timeout is the last resort, and the first stall re-asks every request of that replica
+    (not one stall timeout per request: a killed replica's requests wait on their own connect timeouts so)."""
     replicas = fleet.start(2, videos)
     epoch, batch_size, indices = 1, 2, list(range(24))
     got = []
     with source(
-        config, addresses=[r.address for r in replicas], window=1, request_batches=1, stall_timeout=3, connect_timeout=2
+        config,
+        addresses=[r.address for r in replicas],
+        window=2,
+        request_batches=1,
+        lookahead_batches=12,
+        stall_timeout=3,
+        connect_timeout=2,
+        hedge_budget=HedgeBudget(0, 0),
     ) as src:
         try:
             for batch in src.stream(SEED, epoch, indices, batch_size):
                 got.append(batch)
                 if len(got) == 2:
+                    replicas[0].signal(signal.SIGSTOP)  # with two requests in flight there
+        finally:
+            replicas[0].signal(signal.SIGCONT)
+        assert src.stats["stalls"] == 1 and src.stats["requeued"] >= 2 * batch_size, src.stats  # both, at once
+        assert src.stats["hedges_sent"] == 0
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_a_frozen_replica_is_hedged_around_long_before_the_stall_timeout(fleet, videos, config):
+    """SIGSTOP, as a GC pause or a hung disk: TCP stays open and nothing answers. Its late requests are asked of
+    another replica once late against the latency observed so far, within the hedge budget; every sample still
+    arrives once, in order, equal to the in-process generator's."""
+    replicas = fleet.start(3, videos)
+    epoch, batch_size, indices = 8, 2, list(range(60))
+    got = []
+    with source(
+        config,
+        addresses=[r.address for r in replicas],
+        window=2,
+        request_batches=1,
+        lookahead_batches=30,
+        stall_timeout=120,  # were it not hedged, the frozen requests would wait this long, and count as stalls
+    ) as src:
+        try:
+            for batch in src.stream(SEED, epoch, indices, batch_size):
+                got.append(batch)
+                if len(got) == 8:  # silences observed: the lateness threshold is known
                     replicas[0].signal(signal.SIGSTOP)
         finally:
             replicas[0].signal(signal.SIGCONT)
-        assert src.stats["stalls"] >= 1
+        stats = src.stats
+        assert stats["stalls"] == 0 and stats["hedges_sent"] >= 1 and stats["hedges_won"] >= 1
+        assert stats["hedges_sent"] <= src.hedge_budget.burst + src.hedge_budget.fraction * stats["requests"]
+        assert src.faults["hedges_won"] == stats["hedges_won"]
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_a_frozen_replica_whose_registration_expired_is_given_up_without_a_hedge(redis_server, fleet, videos, config):
+    """Its heartbeat stops with it: once its Redis record expires (--ttl 2 here), its silent requests are asked of
+    the others, even with hedging off and a long stall timeout."""
+    replicas = fleet.start(2, videos, redis_url=redis_server.url, namespace=NS)
+    epoch, batch_size, indices = 9, 2, list(range(40))
+    got = []
+    with source(
+        config,
+        redis_url=redis_server.url,
+        window=2,
+        request_batches=1,
+        lookahead_batches=20,
+        stall_timeout=120,
+        hedge_budget=HedgeBudget(0, 0),
+    ) as src:
+        try:
+            for batch in src.stream(SEED, epoch, indices, batch_size):
+                got.append(batch)
+                if len(got) == 8:
+                    replicas[0].signal(signal.SIGSTOP)
+        finally:
+            replicas[0].signal(signal.SIGCONT)
+        assert src.stats["stalls"] == 0 and src.stats["replica_failures"] >= 1 and src.stats["hedges_sent"] == 0
     assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
 
 

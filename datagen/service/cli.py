@@ -237,7 +237,7 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from datagen.service.fleet import RemoteSource
+    from datagen.service.fleet import FAULT_COUNTERS, RemoteSource
 
     if not args.addr and not args.redis:
         raise ValueError(f"pull needs replicas: --addr HOST:PORT (repeatable) or --redis URL (or ${REDIS_ENV})")
@@ -282,7 +282,7 @@ def _pull(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 3),
         "shm_batches": stats.get("shm_batches", 0),
         "inline_batches": stats.get("inline_batches", 0),
-        "requeued": stats.get("requeued", 0),
+        **{name: stats.get(name, 0) for name in FAULT_COUNTERS},  # hedges sent/won/wasted, stalls, failures, requeued
         "replaced_samples": stats.get("replaced_samples", 0),
         "per_replica": delivered,
     }

@@ -75,6 +75,10 @@ class ReplicaClient:
         request = pb.DescribeRequest(transport=_offer(offer, 0))
         return self._stub.Describe(request, timeout=timeout, metadata=self._metadata)
 
+    def describe_future(self, timeout: float = 5.0) -> grpc.Future:
+        """Describe without waiting: the call's future (its `result()` is the response or raises the RpcError)."""
+        return self._stub.Describe.future(pb.DescribeRequest(), timeout=timeout, metadata=self._metadata)
+
     def offer_ring(self, num_slots: int, slot_bytes: int, timeout: float = 5.0) -> str | None:
         """Make a shared-memory ring for this replica's batches and check the replica can open it.
 

@@ -166,9 +166,15 @@ class DataGenService(pb_grpc.DataGenServicer):
                 f"({self.videos_digest}, {self.num_videos} videos)"
             )
         if not 1 <= r.batch_size <= self.limits.max_batch_size:
-            return f"batch_size {r.batch_size} is outside [1, {self.limits.max_batch_size}]"
+            return (
+                f"batch_size {r.batch_size} is outside [1, {self.limits.max_batch_size}], this replica's limit "
+                "(ctp-datagen serve --max-batch-size)"
+            )
         if not 1 <= len(r.indices) <= self.limits.max_request_samples:
-            return f"{len(r.indices)} indices: a request holds 1 to {self.limits.max_request_samples}"
+            return (
+                f"{len(r.indices)} indices: a request holds 1 to {self.limits.max_request_samples} on this replica "
+                "(ctp-datagen serve --max-request-samples)"
+            )
         if len(set(r.indices)) != len(r.indices):
             return "indices repeat within the request"
         return key_problem((r.seed, r.epoch, max(r.indices)))
