@@ -33,6 +33,7 @@ from .hedging import HedgeBudget, Lateness
 from .reorder import Slice
 from .replica_pool import Flight, NoReplicaError, Replica, ReplicaPool
 from .security import TlsFiles
+from .shm_ring import sweep_orphans
 from .wire import Received
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,8 @@ class RemoteSource:
         )
         self._stream_ids = itertools.count(1)
         self._slot_bytes = 0  # per-batch clip bytes of the stream in progress: sizes the rings
+        if shared_memory:
+            sweep_orphans()  # rings of this host's clients that were killed with their resource tracker
 
     # -- public ------------------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ from .work import BatchGenerator, StreamGone, WorkQueue
 log = logging.getLogger(__name__)
 
 PROTOCOL = pb.DESCRIPTOR.package  # "ctp.datagen.v1"
+RING_SWEEP_S = 5.0  # how often a replica lets go of dead clients' rings and removes them from /dev/shm
 SERVICE = pb.DESCRIPTOR.services_by_name["DataGen"].full_name
 
 
@@ -275,6 +276,7 @@ class Replica:
 
     def start(self) -> None:
         self.work.start()
+        self.service.rings.sweep_every(RING_SWEEP_S)
         self.server.start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -300,6 +302,7 @@ class Replica:
             self.heartbeat.stop(deregister=True)
         self.server.stop(grace_s).wait()
         self.work.stop()
+        self.service.rings.stop()
         log.info("stopped", extra={"replica": self.replica_id})
 
 
