@@ -17,8 +17,9 @@ has arrived:
 - throttled: every replica stopped for 0.15 s of every 0.3 s (CPU quota): uniformly slow, not faulty; hedges
   should stay within their budget and the pull take about twice the clean one.
 
-Prints one row per scenario: seconds, the ratio to the clean pull of the same run, the stall a fault added,
-the client's fault counters, and whether every sample arrived exactly once. Target (issue 24): a frozen
+Prints one row per scenario: seconds, the ratio to the clean pull of the same run, the time a fault added,
+the longest the consumer waited for one batch after the fault (a trainer's idle GPUs), the client's fault
+counters, and whether every sample arrived exactly once. Target (issue 24): a frozen
 replica's pull within 1.5x the clean pull + 5 s.
 """
 
@@ -80,11 +81,11 @@ def run_scenario(name: str, args: argparse.Namespace, videos: list[Path], workdi
     serve = ["--config", args.config, *args.overrides]
     try:
         for i in range(args.replicas):
-            extra: list[str] = []
+            extra = ["--heartbeat", "2", "--ttl", "10"]  # serve's defaults, not the tests' quicker ones
             if i == 0 and name in ("killed", "partitioned"):
                 port = free_port()
                 proxy = TcpProxy(f"127.0.0.1:{port}")
-                extra = ["--port", str(port), "--advertise", proxy.address]
+                extra += ["--port", str(port), "--advertise", proxy.address]
             replicas.append(
                 ReplicaProcess(workdir / "replicas", videos, serve, redis_url=redis.url, extra=extra, wait=False)
             )
@@ -100,8 +101,13 @@ def run_scenario(name: str, args: argparse.Namespace, videos: list[Path], workdi
             for _ in source.stream(0, 0, range(warm_up), args.batch_size):
                 pass
             source.stats.clear()
-            started = time.perf_counter()
+            started = last = time.perf_counter()
+            longest_wait = 0.0  # the longest a consumer waited for a batch once the fault was in
             for batch in source.stream(0, epoch, range(args.samples), args.batch_size):
+                now = time.perf_counter()
+                if injected_at is not None:
+                    longest_wait = max(longest_wait, now - last)
+                last = now
                 seen.update(batch.keys[:, 2].tolist())
                 if injected_at is None and len(seen) >= args.samples // 4:
                     injected_at = time.perf_counter() - started
@@ -132,6 +138,7 @@ def run_scenario(name: str, args: argparse.Namespace, videos: list[Path], workdi
         "scenario": name,
         "seconds": round(seconds, 2),
         "fault_at_s": round(injected_at or 0.0, 2),
+        "longest_wait_s": round(longest_wait, 2),
         "requests": stats.get("requests", 0),
         **{k: stats.get(k, 0) for k in COUNTERS},
         "exactly_once": exactly_once,
@@ -180,6 +187,7 @@ def main() -> int:
                 f"{seconds:.1f}",
                 f"{seconds / clean:.2f}x" if clean else "-",
                 f"{seconds - clean:+.1f}" if clean else "-",
+                f"{row['longest_wait_s']:.1f}",
                 *(str(row[k]) for k in ("requests", *COUNTERS)),
                 "yes" if all(r["exactly_once"] for r in rows if r["scenario"] == name) else "NO",
             )
@@ -188,7 +196,7 @@ def main() -> int:
         f"{args.samples} samples in batches of {args.batch_size} from {args.replicas} replicas ({args.config} "
         f"{' '.join(args.overrides)}), {len(args.videos)} videos, median of {args.repeats}; fault after a quarter"
     )
-    header = ("scenario", "s", "vs clean", "added s", "requests", *COUNTERS, "exactly once")
+    header = ("scenario", "s", "vs clean", "added s", "longest wait s", "requests", *COUNTERS, "exactly once")
     print(format_table(table, header))
     if "clean" in median and "frozen" in median:
         target = 1.5 * median["clean"] + 5

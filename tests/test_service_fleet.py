@@ -175,26 +175,25 @@ def test_a_stalled_replica_has_all_its_requests_asked_of_others_at_once(fleet, v
     (not one stall timeout per request: a killed replica's requests wait on their own connect timeouts so)."""
     replicas = fleet.start(2, videos)
     epoch, batch_size, indices = 1, 2, list(range(24))
-    got = []
     with source(
         config,
         addresses=[r.address for r in replicas],
         window=2,
         request_batches=1,
         lookahead_batches=12,
-        stall_timeout=3,
+        stall_timeout=10,
         connect_timeout=2,
         hedge_budget=HedgeBudget(0, 0),
+        shared_memory=False,  # no ring offered at the first dispatch: that Describe would find it frozen first
     ) as src:
+        assert len(src.describe()) == 2
+        replicas[0].signal(signal.SIGSTOP)  # both of its first requests will hang
         try:
-            for batch in src.stream(SEED, epoch, indices, batch_size):
-                got.append(batch)
-                if len(got) == 2:
-                    replicas[0].signal(signal.SIGSTOP)  # with two requests in flight there
+            got = list(src.stream(SEED, epoch, indices, batch_size))
         finally:
             replicas[0].signal(signal.SIGCONT)
-        assert src.stats["stalls"] == 1 and src.stats["requeued"] >= 2 * batch_size, src.stats  # both, at once
-        assert src.stats["hedges_sent"] == 0
+        assert src.stats["stalls"] == 1, src.stats  # one stall timeout, not one per request
+        assert src.stats["requeued"] == 2 * batch_size and src.stats["hedges_sent"] == 0
     assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
 
 
@@ -210,13 +209,12 @@ def test_a_frozen_replica_is_hedged_around_long_before_the_stall_timeout(fleet, 
         addresses=[r.address for r in replicas],
         window=2,
         request_batches=1,
-        lookahead_batches=30,
         stall_timeout=120,  # were it not hedged, the frozen requests would wait this long, and count as stalls
     ) as src:
         try:
             for batch in src.stream(SEED, epoch, indices, batch_size):
                 got.append(batch)
-                if len(got) == 8:  # silences observed: the lateness threshold is known
+                if len(got) == 12:  # silences observed: the lateness threshold is known; most of the slice to come
                     replicas[0].signal(signal.SIGSTOP)
         finally:
             replicas[0].signal(signal.SIGCONT)
@@ -238,14 +236,13 @@ def test_a_frozen_replica_whose_registration_expired_is_given_up_without_a_hedge
         redis_url=redis_server.url,
         window=2,
         request_batches=1,
-        lookahead_batches=20,
         stall_timeout=120,
         hedge_budget=HedgeBudget(0, 0),
     ) as src:
         try:
             for batch in src.stream(SEED, epoch, indices, batch_size):
                 got.append(batch)
-                if len(got) == 8:
+                if len(got) == 4:
                     replicas[0].signal(signal.SIGSTOP)
         finally:
             replicas[0].signal(signal.SIGCONT)

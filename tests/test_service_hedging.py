@@ -13,7 +13,7 @@ def test_nothing_is_late_until_enough_silences_were_observed():
         lateness.observe(seconds)
     assert lateness.threshold() is None
     lateness.observe(0.4)
-    assert lateness.threshold() == pytest.approx(1.0)  # 2 x 0.4 = 0.8 is under the 1 s floor
+    assert lateness.threshold() == pytest.approx(2.0)  # 2 x 0.4 = 0.8 is under the 2 s floor
 
 
 def test_the_threshold_is_a_multiple_of_the_nearest_rank_quantile():
@@ -24,7 +24,7 @@ def test_the_threshold_is_a_multiple_of_the_nearest_rank_quantile():
 
 
 def test_the_threshold_follows_the_replicas_speed_so_a_uniformly_slow_fleet_is_not_hedged():
-    lateness = Lateness(window=16, min_observations=8)
+    lateness = Lateness(floor=1.0, window=16, min_observations=8)
     for _ in range(16):
         lateness.observe(0.2)
     assert lateness.threshold() == pytest.approx(1.0)  # the floor: a 3 s silence would be late here

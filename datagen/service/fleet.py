@@ -49,6 +49,24 @@ class RequestRefused(ValueError):
     limit, a key out of range): asking again or elsewhere would not help. Its message names the setting."""
 
 
+def silent(flight: Flight, now: float) -> float:
+    """Seconds since the flight, or its replica for another flight of this client, last delivered (or since it was
+    sent): a replica busy with this client's other requests is not late with this one."""
+    return now - max(flight.last_activity, flight.replica.last_activity)
+
+
+def late(flight: Flight, now: float, threshold: float | None) -> bool:
+    """The flight still owes samples and has been silent past the threshold. Not before its replica's first batch
+    since it came up, which holds its warm-up (decoders started, kernels compiled): the stall timeout judges that."""
+    return (
+        threshold is not None
+        and flight.replica.warm
+        and bool(flight.remaining)
+        and not flight.cancelled
+        and silent(flight, now) > threshold
+    )
+
+
 def owed(flight: Flight, part: Slice) -> list[int]:
     """The flight's indices not delivered yet, by it or anyone else, in request order."""
     return [i for i in flight.indices if i in flight.remaining and not part.has(i)]
@@ -221,9 +239,7 @@ class RemoteSource:
     def _lagging(self, r: Replica, now: float) -> bool:
         """A flight of `r` is late: it gets no more work until it answers."""
         threshold = self.lateness.threshold()
-        return threshold is not None and any(
-            f.remaining and not f.cancelled and now - f.last_activity > threshold for f in r.flights.values()
-        )
+        return any(late(f, now, threshold) for f in r.flights.values())
 
     def _dispatch(self, part: Slice, flights: dict[int, Flight], events: queue.Queue, now: float) -> None:
         """Hand pending indices to the least-loaded replicas that have room in their window."""
@@ -258,7 +274,10 @@ class RemoteSource:
         stream_id = next(self._stream_ids)
         if r.client.ring is not None:
             r.client.ring.reclaim(live_streams=set(r.flights))
-        flight = Flight(stream_id, r, r.client.generate(request, stream_id), indices, set(indices), time.monotonic())
+        now = time.monotonic()
+        if not any(f.remaining for f in r.flights.values()):
+            r.last_activity = now  # idle until now: its silence starts with this request
+        flight = Flight(stream_id, r, r.client.generate(request, stream_id), indices, set(indices), now)
         flight.thread = threading.Thread(target=_pump, args=(flight, events), name=f"stream-{stream_id}", daemon=True)
         flights[stream_id] = r.flights[stream_id] = flight
         r.outstanding += len(indices)
@@ -271,10 +290,8 @@ class RemoteSource:
         threshold = self.lateness.threshold()
         if threshold is None:
             return
-        late = [
-            f for f in flights.values() if not f.cancelled and f.hedge is None and now - f.last_activity > threshold
-        ]
-        for flight in sorted(late, key=lambda f: min((part.position[i] for i in f.remaining), default=part.size)):
+        overdue = [f for f in flights.values() if f.hedge is None and late(f, now, threshold)]
+        for flight in sorted(overdue, key=lambda f: min((part.position[i] for i in f.remaining), default=part.size)):
             wanted = owed(flight, part)
             if not wanted:
                 continue
@@ -294,7 +311,7 @@ class RemoteSource:
                 "hedging: %d samples late on %s (silent %.1f s, late after %.1f s) also asked of %s",
                 len(wanted),
                 flight.replica.client.address,
-                now - flight.last_activity,
+                silent(flight, now),
                 threshold,
                 target.client.address,
                 extra={"samples": len(wanted), "replica": flight.replica.name, "hedge_replica": target.name},
@@ -329,8 +346,9 @@ class RemoteSource:
     def _on_event(self, kind: str, flight: Flight, payload: object, part: Slice, flights: dict[int, Flight]) -> None:
         r = flight.replica
         if kind == "batch":
-            received, silence = cast(tuple[Received, float], payload)
-            self.lateness.observe(silence)
+            received, silence = cast(tuple[Received, float | None], payload)
+            if silence is not None:
+                self.lateness.observe(silence)
             self._take(flight, received, part)
             return
         flights.pop(flight.stream_id, None)
@@ -389,16 +407,15 @@ class RemoteSource:
         """Fail flights silent for `stall_timeout`, and those of a late replica whose Redis registration expired."""
         now = time.monotonic()
         listed = self.pool.listed()
-        late = self.lateness.threshold() or self.stall_timeout
+        patience = self.lateness.threshold() or self.stall_timeout
         for flight in list(flights.values()):
             if flight.cancelled or not flight.remaining:
                 continue
-            silent = now - flight.last_activity
-            if silent > self.stall_timeout:
+            if now - flight.last_activity > self.stall_timeout:
                 self.stats["stalls"] += 1
                 self._fail(flight, part, f"stalled: no data for {self.stall_timeout:.0f} s")
-            elif silent > late and self.pool.expired(flight.replica, listed):
-                self._fail(flight, part, f"silent for {silent:.1f} s and its Redis registration expired")
+            elif silent(flight, now) > patience and self.pool.expired(flight.replica, listed):
+                self._fail(flight, part, f"silent for {silent(flight, now):.1f} s and its Redis registration expired")
 
     def _fail(self, flight: Flight, part: Slice, reason: str, whole_replica: bool = True) -> None:
         """The flight's replica failed it: ask others at once for what it, and with `whole_replica` every other
@@ -432,11 +449,14 @@ class RemoteSource:
 
 
 def _pump(flight: Flight, events: queue.Queue) -> None:
-    """A flight's thread: forwards its decoded batches (with the silence before each), then its end or its error."""
+    """A flight's thread: forwards its decoded batches, each with the silence of its replica before it (None for a
+    replica's first batch since it came up: warm-up, not latency), then its end or its error."""
+    r = flight.replica
     try:
         for received in flight.stream:
             now = time.monotonic()
-            silence, flight.last_activity = now - flight.last_activity, now
+            silence = now - r.last_activity if r.warm else None
+            r.warm, r.last_activity, flight.last_activity = True, now, now
             events.put(("batch", flight, (received, silence)))
         events.put(("end", flight, None))
     except Exception as exc:  # RpcError, WireError, a bad slot: the scheduler decides

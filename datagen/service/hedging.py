@@ -22,7 +22,7 @@ class Lateness:
         self,
         quantile: float = 0.95,
         factor: float = 2.0,
-        floor: float = 1.0,
+        floor: float = 2.0,
         window: int = 256,
         min_observations: int = 8,
     ):

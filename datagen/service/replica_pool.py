@@ -49,6 +49,8 @@ class Replica:
     flights: dict[int, Flight] = dataclasses.field(default_factory=dict)
     outstanding: int = 0  # samples asked of it and not received yet
     probe: grpc.Future | None = None  # a Describe in progress: (re)connecting never blocks the scheduler
+    last_activity: float = 0.0  # when it last delivered to this client, or was handed work while idle
+    warm: bool = False  # delivered since it came up (its first batch may include its warm-up)
 
     @property
     def name(self) -> str:
@@ -220,7 +222,7 @@ class ReplicaPool:
             return
         r.client.close_ring()  # a fresh ring: slots a failed replica left claimed are not inherited
         r.shm_error = None
-        r.info, r.up = info, True
+        r.info, r.up, r.warm = info, True, False
         log.info(
             "datagen replica up",
             extra={
