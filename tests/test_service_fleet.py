@@ -406,3 +406,22 @@ def test_a_replica_serves_recorded_footage_as_the_in_process_generator_makes_it(
         got = list(src.stream(SEED, epoch, indices, batch_size))
         assert src.describe()[0].num_videos == len(videos)
     assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_pull_turns_a_refusal_into_one_line_naming_the_setting_and_the_limit(fleet, videos):
+    (replica,) = fleet.start(1, videos)
+    refusals = {
+        ("--batch-size", "300"): (
+            "a batch of 300 samples is above the largest the datagen replicas serve (256; ctp-datagen serve "
+            "--max-batch-size)"
+        ),
+        ("--epoch", "99999999"): "sample key out of range: (0, 99999999, 7): the epoch must lie in [0, 16777216)",
+    }
+    for args, why in refusals.items():
+        command = ["pull", "--addr", replica.address, "--num-samples", "8", "--epoch", "0", "--wait", "120", *args]
+        done = subprocess.run(
+            [sys.executable, "-m", "datagen.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.splitlines()[-1] == f"ctp-datagen pull: error: {why}"
+        assert "Traceback" not in done.stderr and "after 120 s" not in done.stderr
