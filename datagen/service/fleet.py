@@ -180,6 +180,7 @@ class RemoteSource:
             for flight in flights.values():
                 flight.cancelled = True
                 flight.stream.cancel()
+                self._land(flight)
             for flight in flights.values():
                 if flight.thread is not None:
                     flight.thread.join(timeout=5)
@@ -324,11 +325,14 @@ class RemoteSource:
                 continue
             flight.cancelled = True
             flight.stream.cancel()
-            if flight.hedge_of is not None:
-                self.stats["hedges_wasted"] += 1  # the late flight answered after all
-            elif flight.hedge is not None:
-                self.stats["hedges_won"] += 1
+            if flight.hedge is not None:  # beaten by its hedge: the replica froze or lags far behind
                 self._fail(flight, part, f"late: {flight.hedge.replica.client.address} answered for it first")
+
+    def _land(self, flight: Flight | None) -> None:
+        """A flight is done with: a hedge counts as won if it delivered any sample first, else as wasted."""
+        if flight is not None and flight.hedge_of is not None and not flight.landed:
+            flight.landed = True
+            self.stats["hedges_won" if flight.fresh else "hedges_wasted"] += 1
 
     def _connect_ring(self, r: Replica) -> None:
         """Give the replica a ring sized for this stream's batches (slots: two per request in its window)."""
@@ -351,7 +355,7 @@ class RemoteSource:
                 self.lateness.observe(silence)
             self._take(flight, received, part)
             return
-        flights.pop(flight.stream_id, None)
+        self._land(flights.pop(flight.stream_id, None))
         r.flights.pop(flight.stream_id, None)
         r.outstanding -= len(flight.remaining)
         if flight.cancelled:
@@ -400,6 +404,7 @@ class RemoteSource:
             outcome = part.accept(idx, received.batch, row)
             if outcome == "new":
                 self.delivered[flight.replica.name] += 1
+                flight.fresh += 1
             else:
                 self.stats["duplicates_dropped" if outcome == "duplicate" else "unexpected_dropped"] += 1
 
@@ -409,7 +414,12 @@ class RemoteSource:
         listed = self.pool.listed()
         patience = self.lateness.threshold() or self.stall_timeout
         for flight in list(flights.values()):
-            if flight.cancelled or not flight.remaining:
+            if flight.cancelled:
+                continue
+            if not flight.remaining:  # all delivered; its end should follow at once, unless the replica froze
+                if now - flight.last_activity > patience:
+                    flight.cancelled = True
+                    flight.stream.cancel()
                 continue
             if now - flight.last_activity > self.stall_timeout:
                 self.stats["stalls"] += 1

@@ -71,6 +71,8 @@ class Flight:
     thread: threading.Thread | None = None
     hedge: Flight | None = None  # the duplicate asked of another replica because this one was late
     hedge_of: Flight | None = None  # the late flight this one duplicates
+    fresh: int = 0  # samples it delivered first
+    landed: bool = False  # done with, and counted
 
 
 class ReplicaPool:
