@@ -63,11 +63,11 @@ SUBSET_EPOCH = EPOCHS - 2  # fine-tuning's label-fraction subsets, one key per c
 
 
 def key_problem(key: Sequence[int]) -> str | None:
-    """Why (seed, epoch, index) is not a sample key (a field outside its bits), or None."""
+    """Why (seed, epoch, index) is not a sample key (a field outside its bits, named with its range), or None."""
     seed, epoch, index = (int(v) for v in key)
-    if 0 <= index < 1 << _INDEX_BITS and 0 <= epoch < EPOCHS and 0 <= seed < 1 << 64:
-        return None
-    return f"sample key out of range: {tuple(key)}"
+    fields = (("seed", seed, 1 << 64), ("epoch", epoch, EPOCHS), ("sample index", index, 1 << _INDEX_BITS))
+    wrong = [f"the {name} must lie in [0, {limit})" for name, value, limit in fields if not 0 <= value < limit]
+    return f"sample key out of range: {tuple(key)}: {'; '.join(wrong)}" if wrong else None
 
 
 def key_words(keys: np.ndarray | Sequence[Sequence[int]]) -> np.ndarray:

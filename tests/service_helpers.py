@@ -6,6 +6,7 @@ and a replica is `python -m datagen.cli serve` (`ctp-datagen serve`) in its own 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -13,7 +14,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -144,8 +147,8 @@ class ReplicaProcess:
         *,
         redis_url: str | None = None,
         namespace: str = "test",
-        extra: list[str] = (),
-        wrap: list[str] = (),
+        extra: Sequence[str] = (),
+        wrap: Sequence[str] = (),
         env: dict[str, str] | None = None,
         wait: bool = True,
     ):
@@ -237,3 +240,62 @@ def tiny_config():
     from datagen.configfile import load_config
 
     return load_config(GenerationConfig, None, TINY)
+
+
+class TcpProxy:
+    """A TCP relay on a free loopback port to `target` (HOST:PORT): a replica's address that a test can make
+    vanish as a host does when its container is killed or its node fails.
+
+    `vanish()`: new connections are accepted and left silent (as a SYN to an address nobody holds any more:
+    the client waits for its own connect timeout); with `silent=True` the live ones go silent too (a network
+    partition, a powered-off node), otherwise they end when the replica's side closes (a killed process)."""
+
+    def __init__(self, target: str):
+        host, port = target.rsplit(":", 1)
+        self.target = (host, int(port))
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
+        self._held: list[socket.socket] = []
+        self._silent = False
+        self.vanished = False
+        self._thread = threading.Thread(target=self._accept, name="proxy", daemon=True)
+        self._thread.start()
+
+    def vanish(self, silent: bool = False) -> None:
+        self.vanished, self._silent = True, silent
+
+    def close(self) -> None:
+        self._listener.close()
+        for s in self._held:
+            s.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if self.vanished:
+                self._held.append(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                while self._silent:  # hold the bytes, and the connection, forever
+                    time.sleep(0.5)
+                dst.sendall(data)
+        except OSError:
+            pass
+        if not self._silent:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)

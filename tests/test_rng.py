@@ -33,8 +33,14 @@ def test_out_of_range_keys_are_refused(key):
 def test_the_key_range_check_names_the_key_without_building_a_generator():
     edges = [(0, 0, 0), (2**64 - 1, EPOCHS - 1, 2**40 - 1)]
     assert [key_problem(k) for k in edges] == [None, None]
-    for key in [(0, 0, 2**40), (0, EPOCHS, 0), (-1, 0, 0), (2**64, 0, 0)]:
-        assert key_problem(key) == f"sample key out of range: {key}"
+    wrong = {
+        (0, 0, 2**40): "the sample index must lie in [0, 1099511627776)",
+        (0, EPOCHS, 0): "the epoch must lie in [0, 16777216)",
+        (-1, 0, 0): "the seed must lie in [0, 18446744073709551616)",
+        (2**64, 0, 0): "the seed must lie in [0, 18446744073709551616)",
+    }
+    for key, why in wrong.items():
+        assert key_problem(key) == f"sample key out of range: {key}: {why}"
         with pytest.raises(ValueError, match=r"sample key out of range: \("):
             generator(SampleKey(*key), Stream.CLIP)
 

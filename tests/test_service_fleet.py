@@ -24,6 +24,7 @@ from datagen.manifest import resolve_videos
 from datagen.rng import SampleKey
 from datagen.service import cli
 from datagen.service.fleet import NoReplicaError, RemoteSource
+from datagen.service.hedging import HedgeBudget
 from datagen.service.registry import Registry
 from datagen.service.replica_client import ReplicaClient
 from protos import datagen_pb2 as pb
@@ -170,21 +171,83 @@ def test_killed_replica_loses_nothing_and_a_replica_started_mid_epoch_gets_work(
     assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
 
 
-def test_stalled_replica_has_its_work_asked_of_others(fleet, videos, config):
+def test_a_stalled_replica_has_all_its_requests_asked_of_others_at_once(fleet, videos, config):
+    """Hedging off: the stall timeout is the last resort, and the first stall re-asks every request of that replica
+    (not one stall timeout per request: a killed replica's requests wait on their own connect timeouts so)."""
     replicas = fleet.start(2, videos)
     epoch, batch_size, indices = 1, 2, list(range(24))
+    with source(
+        config,
+        addresses=[r.address for r in replicas],
+        window=2,
+        request_batches=1,
+        lookahead_batches=12,
+        stall_timeout=10,
+        connect_timeout=2,
+        hedge_budget=HedgeBudget(0, 0),
+        shared_memory=False,  # no ring offered at the first dispatch: that Describe would find it frozen first
+    ) as src:
+        assert len(src.describe()) == 2
+        replicas[0].signal(signal.SIGSTOP)  # both of its first requests will hang
+        try:
+            got = list(src.stream(SEED, epoch, indices, batch_size))
+        finally:
+            replicas[0].signal(signal.SIGCONT)
+        assert src.stats["stalls"] == 1, src.stats  # one stall timeout, not one per request
+        assert src.stats["requeued"] == 2 * batch_size and src.stats["hedges_sent"] == 0
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_a_frozen_replica_is_hedged_around_long_before_the_stall_timeout(fleet, videos, config):
+    """SIGSTOP, as a GC pause or a hung disk: TCP stays open and nothing answers. Its late requests are asked of
+    another replica once late against the latency observed so far, within the hedge budget; every sample still
+    arrives once, in order, equal to the in-process generator's."""
+    replicas = fleet.start(3, videos)
+    epoch, batch_size, indices = 8, 2, list(range(60))
     got = []
     with source(
-        config, addresses=[r.address for r in replicas], window=1, request_batches=1, stall_timeout=3, connect_timeout=2
+        config,
+        addresses=[r.address for r in replicas],
+        window=2,
+        request_batches=1,
+        stall_timeout=120,  # were it not hedged, the frozen requests would wait this long, and count as stalls
     ) as src:
         try:
             for batch in src.stream(SEED, epoch, indices, batch_size):
                 got.append(batch)
-                if len(got) == 2:
+                if len(got) == 12:  # silences observed: the lateness threshold is known; most of the slice to come
                     replicas[0].signal(signal.SIGSTOP)
         finally:
             replicas[0].signal(signal.SIGCONT)
-        assert src.stats["stalls"] >= 1
+        stats = src.stats
+        assert stats["stalls"] == 0 and stats["hedges_sent"] >= 1 and stats["hedges_won"] >= 1
+        assert stats["hedges_sent"] <= src.hedge_budget.burst + src.hedge_budget.fraction * stats["requests"]
+        assert src.faults["hedges_won"] == stats["hedges_won"]
+    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
+
+
+def test_a_frozen_replica_whose_registration_expired_is_given_up_without_a_hedge(redis_server, fleet, videos, config):
+    """Its heartbeat stops with it: once its Redis record expires (--ttl 2 here), its silent requests are asked of
+    the others, even with hedging off and a long stall timeout."""
+    replicas = fleet.start(2, videos, redis_url=redis_server.url, namespace=NS)
+    epoch, batch_size, indices = 9, 2, list(range(40))
+    got = []
+    with source(
+        config,
+        redis_url=redis_server.url,
+        window=2,
+        request_batches=1,
+        stall_timeout=120,
+        hedge_budget=HedgeBudget(0, 0),
+    ) as src:
+        try:
+            for batch in src.stream(SEED, epoch, indices, batch_size):
+                got.append(batch)
+                if len(got) == 4:
+                    replicas[0].signal(signal.SIGSTOP)
+        finally:
+            replicas[0].signal(signal.SIGCONT)
+        assert src.stats["stalls"] == 0 and src.stats["replica_failures"] >= 1 and src.stats["hedges_sent"] == 0
     assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
 
 
@@ -370,3 +433,22 @@ def test_a_replica_serving_another_video_list_is_refused_with_counts_and_the_fir
     )
     # a page at a time, as a client on a large dataset reads it
     assert list(ReplicaClient(replica.address).videos(page=2)) == [(v.path, v.num_frames) for v in ours[:3]]
+
+
+def test_pull_turns_a_refusal_into_one_line_naming_the_setting_and_the_limit(fleet, videos):
+    (replica,) = fleet.start(1, videos)
+    refusals = {
+        ("--batch-size", "300"): (
+            "a batch of 300 samples is above the largest the datagen replicas serve (256; ctp-datagen serve "
+            "--max-batch-size)"
+        ),
+        ("--epoch", "99999999"): "sample key out of range: (0, 99999999, 7): the epoch must lie in [0, 16777216)",
+    }
+    for args, why in refusals.items():
+        command = ["pull", "--addr", replica.address, "--num-samples", "8", "--epoch", "0", "--wait", "120", *args]
+        done = subprocess.run(
+            [sys.executable, "-m", "datagen.cli", *command], cwd=REPO, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert done.stderr.splitlines()[-1] == f"ctp-datagen pull: error: {why}"
+        assert "Traceback" not in done.stderr and "after 120 s" not in done.stderr

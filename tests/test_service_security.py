@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -28,7 +29,7 @@ from datagen.service.security import TlsFiles, token_metadata
 from datagen.service.server import Limits, Replica
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
-from tests.service_helpers import RedisServer, make_videos, redis_binary, tiny_config
+from tests.service_helpers import RedisServer, make_videos, metric_value, redis_binary, tiny_config
 
 TOKEN = "s3cret-token"
 
@@ -269,3 +270,50 @@ def test_a_config_mismatch_names_the_settings_that_differ(guarded: Replica, conf
             rf"{config.clip.crop_size} -> {config.clip.crop_size + 8}",
         ):
             list(src.stream(0, 0, [0], 1))
+
+
+def test_refused_calls_are_counted_by_reason_and_logged_without_flooding(videos, config, caplog) -> None:
+    replica = start_replica(videos, config, token=TOKEN, metrics_port=0)
+    try:
+        stub = pb_grpc.DataGenStub(grpc.insecure_channel(replica.address))
+        with caplog.at_level("WARNING", logger="datagen.service.security"):
+            for metadata in [()] * 3 + [token_metadata("wrong")] * 2:
+                rpc_code(lambda: stub.Describe(pb.DescribeRequest(), metadata=metadata, timeout=30))
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{replica.metrics_port}/metrics", timeout=10).read().decode()
+        assert metric_value(metrics, 'ctp_datagen_refused_calls_total{reason="missing_token"}') == 3
+        assert metric_value(metrics, 'ctp_datagen_refused_calls_total{reason="wrong_token"}') == 2
+        refused = [r for r in caplog.records if r.getMessage().startswith("refused a call")]
+        assert [r.reason for r in refused] == ["missing token", "wrong token"]  # once per reason per 10 s
+        assert all(r.method == "/ctp.datagen.v1.DataGen/Describe" and r.peer.startswith("ipv") for r in refused)
+    finally:
+        replica.drain(grace_s=5)
+
+
+def listening_address(port: int) -> str:
+    """The local address a TCP socket listens on at `port`, from /proc/net/tcp (IPv4)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            return ".".join(str(b) for b in reversed(bytes.fromhex(address)))
+    raise AssertionError(f"nothing listens on port {port}")
+
+
+def test_the_metrics_endpoint_listens_where_the_replica_does_unless_told_otherwise(videos, config) -> None:
+    local = start_replica(videos, config, metrics_port=0)  # host="127.0.0.1"
+    everywhere = start_replica(videos, config, metrics_port=0, metrics_host="0.0.0.0")
+    try:
+        assert listening_address(local.metrics_port) == "127.0.0.1"
+        assert listening_address(everywhere.metrics_port) == "0.0.0.0"
+    finally:
+        local.drain(grace_s=5)
+        everywhere.drain(grace_s=5)
+
+
+def test_a_loopback_address_advertised_to_a_remote_redis_is_warned_about(videos, config, caplog) -> None:
+    for redis_url, warned in (("redis://redis.example.org:6379/0", True), ("redis://127.0.0.1:6379/0", False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="datagen.service.server"):
+            replica = Replica(Generator(videos, config), config, host="127.0.0.1", registry=Registry(redis_url))
+        replica.server.stop(None)
+        assert any("a loopback address" in r.getMessage() for r in caplog.records) == warned, redis_url

@@ -88,3 +88,28 @@ def test_seeds_outside_the_key_range_are_refused_by_name(tmp_path, demo_dir, cap
     for seed in (2**64, 2**63, -1):
         assert main(["pretrain", "--config", "tiny_cpu", f"data.videos=[{demo_dir}]", f"data.seed={seed}"]) == 2
         assert f"data.seed must be in 0 .. 2**63 - 1 (sample keys are int64), got {seed}" in capsys.readouterr().err
+
+
+def test_export_never_lands_on_a_checkpoint_and_replaces_another_file_only_with_force(tmp_path, capsys):
+    source, _ = pretraining_checkpoint(tmp_path, "r3d_18")
+    kept = source.read_bytes()
+    alias = tmp_path / "best.pt"  # a checkpoint under a name of the user's
+    alias.write_bytes(kept)
+    refusals = {
+        source: "is the checkpoint being exported",
+        tmp_path / "runs" / "ckpt-00000002.pt": "is a ctp-train checkpoint",  # named as a run's checkpoints are
+        alias: "is a ctp-train checkpoint",
+        tmp_path: "is a folder",
+    }
+    for out, why in refusals.items():
+        assert main(["export", "--checkpoint", str(source), "--out", str(out), "--force"]) == 2
+        assert why in capsys.readouterr().err, out
+    assert source.read_bytes() == kept and alias.read_bytes() == kept  # the run can still resume
+    assert not (tmp_path / "runs").exists()
+
+    mine = tmp_path / "encoder.pth"
+    mine.write_bytes(b"someone's file")
+    assert main(["export", "--checkpoint", str(source), "--out", str(mine)]) == 2
+    assert "exists: pass --force to replace it" in capsys.readouterr().err and mine.read_bytes() == b"someone's file"
+    assert main(["export", "--checkpoint", str(source), "--out", str(mine), "--force"]) == 0
+    assert "stem.0.weight" in torch.load(mine, weights_only=True)  # the encoder, written over it

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
 from datagen.configfile import to_dict
@@ -141,6 +142,10 @@ def test_two_ranks_fed_by_two_replicas_then_resumed_alone_with_one(videos, tmp_p
         for rank in (0, 1):
             assert f"rank {rank}/2 step {STOP}:" in done.stderr  # every rank logs its own clips/s and data wait
         assert all(metric_value(r.metrics(), "ctp_datagen_clips_total") > 0 for r in replicas), "both replicas served"
+        assert "waiting up to" not in done.stderr  # the replicas were up: no rank waited for one, at no epoch start
+        events = EventAccumulator(str(ddp / "tensorboard"))
+        events.Reload()
+        assert {"datagen/hedges_sent", "datagen/stalls", "datagen/replica_failures"} <= set(events.Tags()["scalars"])
 
         rows = loss_rows(ddp)
         assert [r["step"] for r in rows] == [1, 2, 3, 4]

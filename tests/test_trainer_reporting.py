@@ -84,3 +84,33 @@ def test_the_monitor_advises_from_window_deliveries_after_the_first_window_and_n
     assert "3 replica(s) delivered 4.3 clips/s each" in monitor.update(starved, {"a": 640, "b": 680, "c": 64})
     now[0] = 800.0
     assert monitor.update([RankWindow(64, 10.0, 0.0)], {"a": 700, "b": 740, "c": 128}) is None  # fed
+
+
+def test_a_window_in_which_replicas_failed_is_called_a_fault_not_a_shortage_of_replicas():
+    # A frozen replica: the rank waited 90 % of 10 s for its samples, so it "could consume" 64 clips/s against the
+    # 3.2 clips/s each of the two others delivered: read as a shortage, 20 replicas, 18 more.
+    starved = [RankWindow(64, 10.0, 9.0)]
+    assert "18 more than the 2 delivering now" in starvation_advice(starved, {"a": 32, "b": 32})
+    faulty = starvation_advice(starved, {"a": 32, "b": 32}, {"hedges_sent": 1, "stalls": 0, "requeued": 16})
+    assert "while datagen replicas failed (1 request(s) late and hedged, 16 sample(s) asked again): a fault, not " in (
+        faulty
+    )
+    assert "more than" not in faulty and "ctp-datagen status" in faulty
+
+
+def test_the_monitor_names_a_replica_that_stopped_delivering_and_counts_faults_per_window():
+    now = [0.0]
+    monitor = StarvationMonitor(every_s=0, clock=lambda: now[0])
+    starved = [RankWindow(64, 10.0, 5.0)]
+    no_faults = {"hedges_sent": 0, "stalls": 0, "replica_failures": 0, "requeued": 0}
+    assert monitor.update(starved, {"a": 100, "b": 100, "c": 100}, no_faults) is None  # the first window
+    now[0] = 10.0
+    frozen = monitor.update(starved, {"a": 132, "b": 132, "c": 100}, no_faults)
+    assert "(replica c delivered nothing): a fault" in frozen
+    now[0] = 20.0
+    hedged = monitor.update(starved, {"a": 164, "b": 164, "c": 100}, {**no_faults, "hedges_sent": 2, "requeued": 8})
+    assert "(2 request(s) late and hedged, 8 sample(s) asked again)" in hedged
+    now[0] = 30.0  # no new fault in this window: the shortage reading again
+    assert "more than the 2 delivering now" in monitor.update(
+        starved, {"a": 196, "b": 196, "c": 100}, {**no_faults, "hedges_sent": 2, "requeued": 8}
+    )

@@ -1,13 +1,16 @@
 """Checkpoints: written atomically (datagen.atomic), so a crash never leaves a torn file behind;
 marked with what they hold; found in run folders; checked before a run resumes from one.
 
-Pretraining and fine-tuning share all of it: the `task` marker, what `--resume auto` picks, and the resume check.
+Pretraining and fine-tuning share all of it: the `task` marker, what `--resume auto` picks (the newest
+checkpoint that reads back: a damaged one, from a disk or a copy that failed, is set aside and said so), the
+resume check, and the video list a checkpoint was trained on (a run resumes only on the same list).
 """
 
 from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ import torch
 
 from datagen.atomic import replacing
 from datagen.configfile import differences
+from datagen.manifest import VideoInfo, videos_digest
 from trainer.rundir import claim_run_dir
 
 log = logging.getLogger(__name__)
@@ -55,19 +59,98 @@ def check_resumable(
         )
 
 
-def resume_point(run_dir: Path, resume: str | None, overwrite: bool) -> Path | None:
+def resume_point(run_dir: Path, resume: str | None, overwrite: bool, reads: Sequence[str | Path] = ()) -> Path | None:
     """The checkpoint a run continues from (None: a new run), once its folder is this run's (trainer.rundir).
 
-    `--resume auto`: the folder's newest checkpoint, or a new run when it has none yet (what lies there then is
-    an unfinished run's outputs, redone from the start); `--resume PATH`: that checkpoint, or a run folder's."""
+    `--resume auto`: the folder's newest intact checkpoint, or a new run when it has none yet (what lies there then
+    is an unfinished run's outputs, redone from the start); `--resume PATH`: that checkpoint, or a run folder's.
+    `reads`: files the command reads (`--init`), which no `--overwrite` may delete."""
     if resume == "auto":
-        checkpoint = newest_checkpoint(run_dir)
+        checkpoint = _newest_intact(run_dir)
         if checkpoint is None:
             log.info("--resume auto: no checkpoint in %s yet, starting fresh", run_dir)
     else:
         checkpoint = resolve_checkpoint(resume) if resume is not None else None
-    claim_run_dir(run_dir, run_outputs(run_dir), checkpoint is not None, overwrite or resume == "auto")
+    claim_run_dir(run_dir, run_outputs(run_dir), checkpoint is not None, overwrite or resume == "auto", reads=reads)
     return checkpoint
+
+
+def damage(path: Path) -> str | None:
+    """Why `path` is no readable ctp-train checkpoint, or None. Cheap: the tensors are mapped, not read."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreadable'}"
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        return "not a ctp-train checkpoint (no model/config entries)"
+    return None
+
+
+def _newest_intact(run_dir: Path) -> Path | None:
+    """The newest checkpoint in `run_dir` that reads back; damaged newer ones are renamed `*.damaged` (kept for a
+    person to look at, out of the way of pruning and the next `--resume auto`), with a warning that says why."""
+    found = list_checkpoints(run_dir)
+    finetuned = Path(run_dir) / FINETUNED_NAME
+    candidates = found[::-1] or ([finetuned] if finetuned.is_file() else [])
+    skipped: list[str] = []
+    for path in candidates:
+        why = damage(path)
+        if why is None:
+            if skipped:
+                step = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("step")
+                log.warning(
+                    "--resume auto: skipped %s; resuming from %s at step %s",
+                    "; ".join(skipped),
+                    path.name,
+                    step,
+                )
+            return path
+        aside = path.with_name(path.name + ".damaged")
+        path.rename(aside)
+        skipped.append(f"{path.name} ({why}; kept as {aside.name})")
+    if skipped:
+        raise ValueError(
+            f"--resume auto: no intact checkpoint in {run_dir}: {'; '.join(skipped)}; resume from a copy "
+            "(--resume FILE) or start anew in another folder (run.out_dir=...)"
+        )
+    return None
+
+
+def video_list(videos: Sequence[VideoInfo]) -> dict[str, Any]:
+    """What a checkpoint records of the videos it was trained on (its sample indices name them)."""
+    return {
+        "digest": videos_digest(videos),
+        "paths": [v.path for v in videos],
+        "frames": [int(v.num_frames) for v in videos],
+    }
+
+
+def check_same_videos(state: dict[str, Any], videos: Sequence[VideoInfo], source: Path | str) -> None:
+    """Refuse to resume on another video list than the checkpoint's (a manifest edited in place, a folder with
+    files added or removed): a sample index would name another video. Names the counts and the first difference."""
+    saved = state.get("videos")
+    if saved is None:
+        log.warning("%s records no video list (an older checkpoint): resuming without checking it", source)
+        return
+    if saved["digest"] == videos_digest(videos):
+        return
+    theirs, ours = list(zip(saved["paths"], saved["frames"])), [(v.path, int(v.num_frames)) for v in videos]
+    first = next((i for i, (a, b) in enumerate(zip(theirs, ours)) if a != b), min(len(theirs), len(ours)))
+
+    def entry(listed: list[tuple[str, int]]) -> str:
+        return f"{listed[first][0]} ({listed[first][1]} frames)" if first < len(listed) else "(none)"
+
+    raise ValueError(
+        f"cannot resume from {source}: the video list changed (checkpoint: {len(theirs)} videos, this run: "
+        f"{len(ours)}; first difference at #{first + 1}: checkpoint {entry(theirs)}, this run {entry(ours)}); "
+        "resume with the checkpoint's videos (data.videos) or start a new run"
+    )
+
+
+def is_checkpoint_name(path: str | Path) -> bool:
+    """`path` is named as the checkpoints of a run are (ckpt-<step>.pt, finetuned.pt)."""
+    name = Path(path).name
+    return bool(_NAME.match(name)) or name == FINETUNED_NAME
 
 
 def checkpoint_path(run_dir: str | Path, step: int) -> Path:

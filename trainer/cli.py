@@ -239,14 +239,20 @@ def _export_parser(subparsers: argparse._SubParsersAction) -> None:
         help="a pretraining checkpoint (ckpt-*.pt), a fine-tuned one (finetuned.pt: exports its fine-tuned encoder) "
         "or a run folder (its newest checkpoint)",
     )
-    p.add_argument("--out", required=True, type=Path, help="output file, e.g. r3d18_ctp.pth")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="output file, e.g. r3d18_ctp.pth (never a checkpoint; an existing file only with --force)",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing --out file (never a checkpoint)")
     p.set_defaults(func=_export)
 
 
 def _export(args: argparse.Namespace) -> None:
     from trainer.export import export_encoder
 
-    path, finetuned = export_encoder(args.checkpoint, args.out)
+    path, finetuned = export_encoder(args.checkpoint, args.out, args.force)
     kind = "fine-tuned checkpoint: its fine-tuned encoder (without the classifier)" if finetuned else "encoder"
     print(f"{kind} written to {path}")
 

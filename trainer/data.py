@@ -14,8 +14,9 @@ import torch
 from datagen.batch import Batch
 from datagen.env import NAMESPACE, REDIS_URL, redact
 from datagen.generator import Generator, pipelined
+from datagen.manifest import VideoInfo, videos_digest
 from datagen.rng import HELD_OUT_EPOCH, SampleKey
-from datagen.service.fleet import NoReplicaError, RemoteSource
+from datagen.service.fleet import NoReplicaError, RemoteSource, RequestRefused
 from datagen.service.security import TlsFiles, resolve_token
 from trainer.config import ServiceConfig, TrainConfig
 
@@ -47,6 +48,12 @@ class SampleSource(Protocol):
         """Samples kept from each datagen replica so far (the starvation advice); None: not from replicas."""
         ...
 
+    @property
+    def faults(self) -> Mapping[str, int] | None:
+        """Replica faults so far: hedges sent, won and wasted, stalls, failures, samples asked again (None: not
+        from replicas)."""
+        ...
+
     def replaced_videos(self) -> set[str]:
         """Unreadable videos whose samples were replaced where the samples were made, beyond this process's
         own generator (which the run reports itself)."""
@@ -64,6 +71,7 @@ class InProcessSource(Generic[B]):
     """Generates batches in this process, in index order, one batch ahead on a background thread (`prefetched`)."""
 
     delivered: Mapping[str, int] | None = None  # no replicas
+    faults: Mapping[str, int] | None = None
 
     def __init__(self, maker: KeyedBatches[B], prefetch: int = 2, device: torch.device | str = "cpu") -> None:
         self.maker = maker
@@ -155,6 +163,23 @@ def replica_settings(service: ServiceConfig) -> dict[str, Any] | None:
         server_name=service.server_name,
         shared_memory=service.shared_memory,
     )
+
+
+def replica_problem(cfg: TrainConfig, videos: Sequence[VideoInfo], batch_size: int) -> str | None:
+    """What the datagen replicas would refuse in this run, asked before its folder is written (None: nothing, or
+    no replicas): none usable (another config or video list, a wrong token, none up), or a rank's batch of
+    `batch_size` above their limit. Waits for a replica as the run would."""
+    settings = replica_settings(cfg.service)
+    if settings is None:
+        return None
+    with RemoteSource(**settings, config=cfg.data.generation, videos_digest=videos_digest(videos)) as source:
+        try:
+            source.check(batch_size)
+        except RequestRefused as exc:
+            return f"data.batch_size={cfg.data.batch_size} ({batch_size} per rank) cannot be served: {exc}"
+        except NoReplicaError as exc:
+            return str(exc)
+    return None
 
 
 @contextlib.contextmanager

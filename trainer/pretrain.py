@@ -34,17 +34,19 @@ from datagen.manifest import VideoInfo, resolve_videos, videos_digest
 from trainer.checkpoint import (
     PRETRAIN_TASK,
     check_resumable,
+    check_same_videos,
     checkpoint_path,
     load_checkpoint,
     marked,
     prune_checkpoints,
     resume_point,
     save_atomic,
+    video_list,
 )
 from trainer.config import TrainConfig
 from trainer.ctp_model import CtPNetwork
 from trainer.cursor import EpochCursor
-from trainer.data import SampleSource, held_out_batches, open_source
+from trainer.data import SampleSource, held_out_batches, open_source, replica_problem
 from trainer.distributed import Ranks, distribute, process_group, sync_batchnorm_layers
 from trainer.encoders import count_parameters
 from trainer.execution import Execution
@@ -205,11 +207,16 @@ def _pretrain(
         )
     generator = Generator(videos, cfg.data.generation, device=execution.device, check_renderer=cfg.run.render_check)
     trainer = Trainer(cfg, execution, generator.epoch_length * cfg.data.clips_per_video, ranks)
+    refused = ranks.broadcast(replica_problem(cfg, videos, trainer.batch_size) if ranks.is_main else None)
+    if refused:  # before the run folder is claimed or written
+        raise ValueError(refused)
     checkpoint = ranks.broadcast(
         resume_point(run_dir, resume, overwrite) if ranks.is_main else None
     )  # rank 0's for all
     if checkpoint is not None:
-        trainer.load_state_dict(load_checkpoint(checkpoint), checkpoint)
+        state = load_checkpoint(checkpoint)
+        check_same_videos(state, videos, checkpoint)
+        trainer.load_state_dict(state, checkpoint)
         if ranks.is_main:
             log.info(
                 "resumed from %s at step %d: epoch %d has %d of %d samples left, split over %d rank(s)",
@@ -252,7 +259,9 @@ def _pretrain(
             trainer.sync_cursor()
             reporter.flush()  # the metrics log never lags behind a checkpoint
             if ranks.is_main:
-                save_atomic(trainer.state_dict(), checkpoint_path(run_dir, trainer.step))
+                save_atomic(
+                    trainer.state_dict() | {"videos": video_list(videos)}, checkpoint_path(run_dir, trainer.step)
+                )
                 prune_checkpoints(run_dir, cfg.run.keep_checkpoints)
 
         try:

@@ -38,6 +38,7 @@ class RankReport:
     seconds: float
     wait: float  # seconds spent waiting for the next batch
     delivered: dict[str, int] | None  # clips kept from each replica since the start (None: in-process data)
+    faults: dict[str, int] | None = None  # the replica client's fault counters since the start (None: in-process)
 
     @property
     def window(self) -> RankWindow:
@@ -63,7 +64,7 @@ class StepReport:
         self.indices.append(indices)
         self.wait += wait
 
-    def flush(self, delivered: dict[str, int] | None) -> RankReport:
+    def flush(self, delivered: dict[str, int] | None, faults: dict[str, int] | None = None) -> RankReport:
         """The window so far; starts a new one."""
         report = RankReport(
             self.steps,
@@ -72,6 +73,7 @@ class StepReport:
             time.perf_counter() - self.started,
             self.wait,
             delivered,
+            faults,
         )
         self._reset()
         return report
@@ -137,8 +139,10 @@ class Reporter:
         if not self.window.steps:
             return
         ranks = self.trainer.ranks
-        by_replica = self.source.delivered
-        mine = self.window.flush(dict(by_replica) if by_replica is not None else None)
+        by_replica, faults = self.source.delivered, self.source.faults
+        mine = self.window.flush(
+            dict(by_replica) if by_replica is not None else None, dict(faults) if faults is not None else None
+        )
         w = mine.window
         if ranks.distributed:
             log.info(
@@ -153,6 +157,10 @@ class Reporter:
         if self.metrics is None:
             return
         rows, scalars = merge_reports(reports, self.trainer.cfg.run.log_indices)
+        all_faults = None
+        if faults is not None:  # hedges sent, won, wasted, stalls, failures, samples asked again: all ranks, so far
+            all_faults = sum((collections.Counter(r.faults) for r in reports), collections.Counter())
+            scalars |= {f"datagen/{name}": float(all_faults[name]) for name in faults}
         self.metrics.records(rows)
         self.metrics.scalars(self.trainer.step, scalars)
         self.bar.set_postfix(
@@ -166,7 +174,7 @@ class Reporter:
         delivered = None
         if by_replica is not None:  # per replica, over all ranks
             delivered = sum((collections.Counter(r.delivered) for r in reports), collections.Counter())
-        advice = self.starvation.update([r.window for r in reports], delivered)
+        advice = self.starvation.update([r.window for r in reports], delivered, all_faults)
         if advice:
             log.warning(advice)
 

@@ -85,6 +85,7 @@ def _serve_parser(subparsers: argparse._SubParsersAction, help_text: str) -> Non
         default=9464,
         help="Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables (default 9464)",
     )
+    p.add_argument("--metrics-host", metavar="HOST", help="interface of the metrics endpoint (default: the --host one)")
     p.add_argument("--queue", type=int, default=8, help="work queue capacity in batches (backpressure)")
     p.add_argument(
         "--max-batch-size",
@@ -127,7 +128,9 @@ def run_serve(args: argparse.Namespace) -> int:
     generator = make_generator(args)
     replica = _replica(args, generator)
     replica.start()
-    metrics = f", metrics on http://{args.host}:{replica.metrics_port}/metrics" if replica.metrics_port else ""
+    metrics = (
+        f", metrics on http://{replica.metrics_host}:{replica.metrics_port}/metrics" if replica.metrics_port else ""
+    )
     print(f"ctp-datagen serve: listening on {replica.address} (gRPC){metrics}", flush=True)
     received = signal.sigwait(stop_signals)
     log.info("signal received", extra={"signal": signal.Signals(received).name})
@@ -158,6 +161,7 @@ def _replica(args: argparse.Namespace, generator) -> Replica:
         heartbeat_s=args.heartbeat,
         ttl_s=args.ttl,
         metrics_port=None if args.metrics_port < 0 else args.metrics_port,
+        metrics_host=args.metrics_host,
     )
 
 
@@ -258,7 +262,7 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from datagen.service.fleet import RemoteSource
+    from datagen.service.fleet import FAULT_COUNTERS, RemoteSource
 
     from ..atomic import write_json
     from .security import resolve_token
@@ -307,7 +311,7 @@ def _pull(args: argparse.Namespace) -> int:
         "seconds": round(elapsed, 3),
         "shm_batches": stats.get("shm_batches", 0),
         "inline_batches": stats.get("inline_batches", 0),
-        "requeued": stats.get("requeued", 0),
+        **{name: stats.get(name, 0) for name in FAULT_COUNTERS},  # hedges sent/won/wasted, stalls, failures, requeued
         "replaced_samples": stats.get("replaced_samples", 0),
         "per_replica": delivered,
     }

@@ -92,6 +92,10 @@ class ReplicaClient:
             if not info.videos or start >= info.num_videos:
                 return
 
+    def describe_future(self, timeout: float = 5.0) -> grpc.Future:
+        """Describe without waiting: the call's future (its `result()` is the response or raises the RpcError)."""
+        return self._stub.Describe.future(pb.DescribeRequest(), timeout=timeout, metadata=self._metadata)
+
     def offer_ring(self, num_slots: int, slot_bytes: int, timeout: float = 5.0) -> str | None:
         """Make a shared-memory ring for this replica's batches and check the replica can open it.
 

@@ -28,6 +28,7 @@ class ReplicaMetrics:
             "ctp_datagen_replaced_samples", "Samples generated from a replacement video", registry=r
         )
         self.requests = Counter("ctp_datagen_requests", "Generate requests by final status", ["code"], registry=r)
+        self.refused = Counter("ctp_datagen_refused_calls", "Calls refused for their token", ["reason"], registry=r)
         self.queue_depth = Gauge("ctp_datagen_queue_depth", "Batches waiting in the work queue", registry=r)
         self.active_streams = Gauge("ctp_datagen_active_streams", "Generate streams in flight", registry=r)
         self.decode_route = Gauge(

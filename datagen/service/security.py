@@ -2,13 +2,19 @@
 
 Both sides import this module. The token travels as `authorization: Bearer <token>` metadata; a wrong or
 missing token gets UNAUTHENTICATED before any handler runs, health and reflection included (probes must
-send the header, e.g. `grpc_health_probe -rpc-header "authorization: Bearer $TOKEN"`).
+send the header, e.g. `grpc_health_probe -rpc-header "authorization: Bearer $TOKEN"`). Refused calls are
+counted by reason and logged, at most once per reason every few seconds (a scanner or a misconfigured
+client must not flood the log), with how many came since the last line.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+import logging
+import math
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -16,6 +22,10 @@ from typing import Any, cast
 import grpc
 
 from datagen.env import DATAGEN_TOKEN
+
+MISSING_TOKEN, WRONG_TOKEN = "missing token", "wrong token"  # why a call was refused
+
+log = logging.getLogger(__name__)
 
 
 def resolve_token(
@@ -34,10 +44,14 @@ def token_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
 
 
 class TokenInterceptor(grpc.ServerInterceptor):
-    """Rejects every call that does not carry the shared token."""
+    """Rejects every call that does not carry the shared token; `on_reject(why)` counts each, and the log
+    says so at most once per `log_every_s` per reason."""
 
-    def __init__(self, token: str):
+    def __init__(self, token: str, on_reject: Callable[[str], object] = lambda why: None, log_every_s: float = 10.0):
         self._expected = f"Bearer {token}".encode()
+        self._on_reject, self._log_every_s = on_reject, log_every_s
+        self._reported: dict[str, tuple[float, int]] = {}  # reason -> (last logged, refused since)
+        self._lock = threading.Lock()
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
         handler = continuation(details)
@@ -45,13 +59,30 @@ class TokenInterceptor(grpc.ServerInterceptor):
         sent = cast(str, dict(details.invocation_metadata or ()).get("authorization", ""))
         if handler is None or hmac.compare_digest(sent.encode(), self._expected):
             return handler
-        return _rejecting(handler, "missing token" if not sent else "wrong token")
+        why = MISSING_TOKEN if not sent else WRONG_TOKEN
+        return _rejecting(handler, why, lambda peer: self._refused(why, details.method, peer))
+
+    def _refused(self, why: str, method: str, peer: str) -> None:
+        self._on_reject(why)
+        now = time.monotonic()
+        with self._lock:
+            last, since = self._reported.get(why, (-math.inf, 0))
+            if now - last < self._log_every_s:
+                self._reported[why] = (last, since + 1)
+                return
+            self._reported[why] = (now, 0)
+        log.warning(
+            "refused a call: %s",
+            why,
+            extra={"reason": why, "method": method, "peer": peer, "more_since_last_report": since},
+        )
 
 
-def _rejecting(handler: grpc.RpcMethodHandler, why: str) -> grpc.RpcMethodHandler:
-    """A handler of the same streaming kind as `handler` that fails with UNAUTHENTICATED."""
+def _rejecting(handler: grpc.RpcMethodHandler, why: str, refused: Callable[[str], None]) -> grpc.RpcMethodHandler:
+    """A handler of the same streaming kind as `handler` that reports `refused(peer)` and fails with UNAUTHENTICATED."""
 
     def reject(_request: Any, context: grpc.ServicerContext) -> Any:
+        refused(context.peer())
         context.abort(grpc.StatusCode.UNAUTHENTICATED, f"{why}: send 'authorization: Bearer <token>' metadata")
 
     kind = {

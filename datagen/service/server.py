@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.metadata
+import ipaddress
 import json
 import logging
 import os
@@ -20,6 +21,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent import futures
+from urllib.parse import urlsplit
 
 import grpc
 import torch
@@ -44,6 +46,7 @@ from .work import BatchGenerator, StreamGone, WorkQueue
 log = logging.getLogger(__name__)
 
 PROTOCOL = pb.DESCRIPTOR.package  # "ctp.datagen.v1"
+RING_SWEEP_S = 5.0  # how often a replica lets go of dead clients' rings and removes them from /dev/shm
 SERVICE = pb.DESCRIPTOR.services_by_name["DataGen"].full_name
 
 
@@ -170,9 +173,15 @@ class DataGenService(pb_grpc.DataGenServicer):
                 f"({self.videos_digest}, {self.num_videos} videos)"
             )
         if not 1 <= r.batch_size <= self.limits.max_batch_size:
-            return f"batch_size {r.batch_size} is outside [1, {self.limits.max_batch_size}]"
+            return (
+                f"batch_size {r.batch_size} is outside [1, {self.limits.max_batch_size}], this replica's limit "
+                "(ctp-datagen serve --max-batch-size)"
+            )
         if not 1 <= len(r.indices) <= self.limits.max_request_samples:
-            return f"{len(r.indices)} indices: a request holds 1 to {self.limits.max_request_samples}"
+            return (
+                f"{len(r.indices)} indices: a request holds 1 to {self.limits.max_request_samples} on this replica "
+                "(ctp-datagen serve --max-request-samples)"
+            )
         if len(set(r.indices)) != len(r.indices):
             return "indices repeat within the request"
         return key_problem((r.seed, r.epoch, max(r.indices)))
@@ -212,12 +221,16 @@ class Replica:
         heartbeat_s: float = 2.0,
         ttl_s: float = 10.0,
         metrics_port: int | None = None,
+        metrics_host: str | None = None,
     ):
         self.work = WorkQueue(generator, ReplicaMetrics(), capacity=queue_capacity)
         self.service = DataGenService(self.work, config, device, limits)
         _publish_checks(generator, self.work.metrics)
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        interceptors: list[grpc.ServerInterceptor] = [TokenInterceptor(token)] if token else []
+        refused = self.work.metrics.refused
+        interceptors: list[grpc.ServerInterceptor] = (
+            [TokenInterceptor(token, lambda why: refused.labels(why.replace(" ", "_")).inc())] if token else []
+        )
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits.max_streams + 4, thread_name_prefix="rpc"),
             interceptors=interceptors,
@@ -245,7 +258,10 @@ class Replica:
             raise ValueError(f"cannot listen on {bind}: the port is taken or the address is not local (--host, --port)")
         self.service.address = advertise or f"{_advertised_host(host)}:{self.port}"
         try:
-            self.metrics_port = self.work.metrics.serve(metrics_port) if metrics_port is not None else None
+            self.metrics_host = host if metrics_host is None else metrics_host  # what --host says, by default
+            self.metrics_port = (
+                self.work.metrics.serve(metrics_port, self.metrics_host) if metrics_port is not None else None
+            )
         except OSError as exc:
             self.server.stop(None)
             raise ValueError(
@@ -254,6 +270,7 @@ class Replica:
             ) from exc
         self.heartbeat = None
         if registry is not None:
+            _warn_if_unreachable(self.service.address, registry.url)
             self.heartbeat = Heartbeat(
                 registry,
                 snapshot=self.service.record,
@@ -274,6 +291,7 @@ class Replica:
 
     def start(self) -> None:
         self.work.start()
+        self.service.rings.sweep_every(RING_SWEEP_S)
         self.server.start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -299,6 +317,7 @@ class Replica:
             self.heartbeat.stop(deregister=True)
         self.server.stop(grace_s).wait()
         self.work.stop()
+        self.service.rings.stop()
         log.info("stopped", extra={"replica": self.replica_id})
 
 
@@ -321,6 +340,32 @@ def versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[dist] = importlib.metadata.version(dist)
     return found
+
+
+def _warn_if_unreachable(address: str, redis_url: str) -> None:
+    """A loopback address registered in a Redis that is not on loopback: clients on other hosts would dial themselves."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    redis_host = urlsplit(redis_url).hostname or ""
+    if _loopback(host) and not _loopback(redis_host):
+        log.warning(
+            "advertising %s, a loopback address, in Redis at %s: clients on other hosts cannot reach this replica; "
+            "give --advertise HOST:PORT (or --host an interface of this host)",
+            address,
+            redis_host,
+            extra={"address": address, "redis_host": redis_host},
+        )
+
+
+def _loopback(host: str) -> bool:
+    """`host` (an address or a name resolved here) is this machine's loopback."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+    except OSError:
+        return False
 
 
 def _advertised_host(host: str) -> str:

@@ -5,10 +5,19 @@ same segment. Each slot has a state byte that only the producer moves FREE → C
 consumer moves FULL → FREE, so no lock is shared between processes: the descriptor the producer sends on
 the gRPC stream after marking a slot FULL orders the bytes before the consumer reads them. A FULL slot is
 tagged with the stream that filled it, so the consumer can take back slots of streams it abandoned.
+
+A ring is named `ctp-<uid>-<pid>-<random>` after its owner, who holds a shared `flock` on it for its
+lifetime. The kernel drops that lock when the owner dies however it dies (SIGKILL of its process group,
+an OOM kill, when no Python resource tracker survives to remove the segment), so anyone can tell an
+orphan: a `ctp-` segment nobody holds a lock on (`sweep_orphans`). The lock, not the pid, decides: pids
+are not comparable across the PID namespaces of containers that share one /dev/shm.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import logging
 import mmap
 import os
 import re
@@ -30,6 +39,10 @@ _SLOT = struct.Struct("<B7xQ")  # state, stream id
 _PAGE = 4096
 _SHM_DIR = "/dev/shm"  # where Linux keeps POSIX shared memory
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,250}")
+_OWNED = re.compile(r"ctp-\d+-\d+-[0-9a-f]+")  # ctp-<uid>-<pid>-<random>: a ring and whose it is
+ORPHAN_GRACE_S = 5.0  # a segment younger than this may be one whose owner has not taken its lock yet
+
+log = logging.getLogger(__name__)
 
 
 class RingUnreachable(Exception):
@@ -64,9 +77,12 @@ class ShmRing:
         """A new ring, every page reserved up front so a full /dev/shm fails here and not with SIGBUS later."""
         slot_bytes = _round_up(slot_bytes, _PAGE)
         size = _round_up(_HEADER.size + num_slots * _SLOT.size, _PAGE) + num_slots * slot_bytes
-        shm = SharedMemory(create=True, size=size)  # tracked: removed even if this process is killed
+        name = f"ctp-{os.getuid()}-{os.getpid()}-{secrets.token_hex(6)}"
+        shm = SharedMemory(name, create=True, size=size)  # its resource tracker removes it if only this process dies
+        fd = shm._fd  # type: ignore[attr-defined]  # the segment's own descriptor, open as long as the ring
+        fcntl.flock(fd, fcntl.LOCK_SH)  # the owner's mark, dropped by the kernel when this process dies
         try:
-            os.posix_fallocate(shm._fd, 0, size)  # type: ignore[attr-defined]  # the segment's own descriptor
+            os.posix_fallocate(fd, 0, size)
         except OSError as exc:
             shm.close()
             shm.unlink()
@@ -145,12 +161,17 @@ class ShmRing:
         return sum(self._state(i) == FREE for i in range(self.num_slots))
 
     def close(self) -> None:
-        """Unmap; the owner also removes the segment."""
-        if self._unlink is None:
-            self._buf.release()
-        self._unmap()
+        """Unmap; the owner also removes the segment (first, while it still holds its lock: no sweeper takes it
+        for an orphan in between)."""
         if self._unlink is not None:
             self._unlink()
+        else:
+            self._buf.release()
+        self._unmap()
+
+    def orphaned(self) -> bool:
+        """The ring's owner is gone: its segment was removed, or no process holds the owner's lock any more."""
+        return _owner_gone(self.name, grace_s=0.0) is not False
 
     def _slot_entry(self, slot: int) -> int:
         return _HEADER.size + slot * _SLOT.size
@@ -172,7 +193,8 @@ class ShmRing:
 
 
 class AttachedRings:
-    """A replica's attachments to its clients' rings: opened once, dropped after `idle_s` unused.
+    """A replica's attachments to its clients' rings: opened once, dropped after `idle_s` unused or as soon as
+    a sweep finds their client dead.
 
     A dropped ring is unmapped when the last stream writing to it lets go, so eviction never pulls
     memory from under a copy in progress.
@@ -182,6 +204,19 @@ class AttachedRings:
         self.idle_s = idle_s
         self._rings: dict[tuple[str, bytes], tuple[ShmRing, float]] = {}
         self._lock = threading.Lock()
+        self._stop = threading.Event()
+
+    def sweep_every(self, seconds: float) -> None:
+        """Sweep (below) on a background thread every `seconds` until `stop()`."""
+
+        def run() -> None:
+            while not self._stop.wait(seconds):
+                self.sweep()
+
+        threading.Thread(target=run, name="ring-sweeper", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def get(self, name: str, nonce: bytes) -> ShmRing:
         """The ring `name` if it is the client's (nonce), attaching on first use; else RingUnreachable."""
@@ -193,6 +228,62 @@ class AttachedRings:
             ring = self._rings[(name, nonce)][0] if (name, nonce) in self._rings else ShmRing.attach(name, nonce)
             self._rings[(name, nonce)] = (ring, now)
             return ring
+
+    def sweep(self) -> list[str]:
+        """Drop the rings of clients that died (unmapped once no stream writes to them), then remove the segments
+        of dead clients from /dev/shm; returns the names removed."""
+        with self._lock:
+            for key, (ring, _) in list(self._rings.items()):
+                if ring.orphaned():
+                    del self._rings[key]
+                    log.info("dropped the shared-memory ring of a client that is gone", extra={"ring": ring.name})
+        return sweep_orphans()
+
+
+def sweep_orphans(grace_s: float = ORPHAN_GRACE_S) -> list[str]:
+    """Remove the `ctp-` rings in /dev/shm whose owner died (no lock held; older than `grace_s`) among those this
+    process may open; returns their names."""
+    try:
+        names = sorted(n for n in os.listdir(_SHM_DIR) if _OWNED.fullmatch(n))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if _owner_gone(name, grace_s, unlink=True):
+            removed.append(name)
+    if removed:
+        log.info(
+            "removed %d shared-memory ring(s) left by dead clients: %s",
+            len(removed),
+            ", ".join(removed),
+            extra={"rings": removed},
+        )
+    return removed
+
+
+def _owner_gone(name: str, grace_s: float, unlink: bool = False) -> bool | None:
+    """True when nobody holds the owner's lock on /dev/shm/`name` (then removed, with `unlink`), None when the
+    segment is gone, False while its owner lives, it is younger than `grace_s`, or this process cannot tell."""
+    path = os.path.join(_SHM_DIR, name)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError:  # another user's: not ours to judge
+        return False
+    try:
+        if time.time() - os.fstat(fd).st_mtime < grace_s:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        if unlink:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        return True
+    finally:
+        os.close(fd)  # releases the probe's lock
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -151,31 +151,36 @@ class WorkQueue:
 
     def _work(self) -> None:
         for job, decoded in pipelined(self._jobs(), self._decode, self.generator.ahead):
-            if isinstance(decoded, Exception):
-                self._fail(job, decoded)
-                continue
-            if job.abandoned:
-                job.future.cancel()
-                continue
-            decoded, started = decoded
-            rendering = time.monotonic()
-            try:
-                batch = self.generator.render_batch(decoded)
-                generated = time.monotonic()
-                slot = job.ring.put(batch.clips, job.stream_id) if job.ring is not None else None
-            except Exception as exc:
-                self._fail(job, exc)
-                continue
-            self.metrics.stage_seconds.labels("render").observe(generated - rendering)
-            self.metrics.stage_seconds.labels("generate").observe(generated - started)
-            if job.ring is not None:
-                self.metrics.stage_seconds.labels("shm_copy").observe(time.monotonic() - generated)
-            problems = [
-                pb.SampleProblem(index=key.index, video=path, reason="unreadable video: replaced")
-                for key, path in self.generator.replaced(decoded)
-            ]
-            self.metrics.replaced.inc(len(problems))
-            job.future.set_result(Generated(batch, problems, slot))
+            self._finish(job, decoded)
+            job.ring = None  # the pipeline holds the last job a while, not its ring: a dead client's is unmapped
+
+    def _finish(self, job: _Job, decoded: Any) -> None:
+        """Render a decoded job, fill its ring slot, and hand the result (or the failure) to its stream."""
+        if isinstance(decoded, Exception):
+            self._fail(job, decoded)
+            return
+        if job.abandoned:
+            job.future.cancel()
+            return
+        decoded, started = decoded
+        rendering = time.monotonic()
+        try:
+            batch = self.generator.render_batch(decoded)
+            generated = time.monotonic()
+            slot = job.ring.put(batch.clips, job.stream_id) if job.ring is not None else None
+        except Exception as exc:
+            self._fail(job, exc)
+            return
+        self.metrics.stage_seconds.labels("render").observe(generated - rendering)
+        self.metrics.stage_seconds.labels("generate").observe(generated - started)
+        if job.ring is not None:
+            self.metrics.stage_seconds.labels("shm_copy").observe(time.monotonic() - generated)
+        problems = [
+            pb.SampleProblem(index=key.index, video=path, reason="unreadable video: replaced")
+            for key, path in self.generator.replaced(decoded)
+        ]
+        self.metrics.replaced.inc(len(problems))
+        job.future.set_result(Generated(batch, problems, slot))
 
     def _jobs(self) -> Iterator[_Job]:
         """The queued jobs whose stream is still there, until stop()."""

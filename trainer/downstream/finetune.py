@@ -123,7 +123,8 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
     execution = Execution.for_rank(ranks, cfg.run)
     if cfg.data.batch_size % ranks.world_size:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must be a multiple of the {ranks.world_size} ranks")
-    resume_file = ranks.broadcast(resume_point(checkpoint.parent, resume, overwrite) if ranks.is_main else None)
+    reads = [cfg.model.init] if cfg.model.init else []  # never deleted by --overwrite: fine-tuning starts from it
+    resume_file = ranks.broadcast(resume_point(checkpoint.parent, resume, overwrite, reads) if ranks.is_main else None)
     train, val = ranks.broadcast(_open_data(cfg) if ranks.is_main else None)
     tuner = FineTuner(cfg, train.classes, execution, ranks)
     if resume_file is not None:
