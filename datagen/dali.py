@@ -154,7 +154,7 @@ class DaliDecoder:
             (output,) = pipeline.run()
         except RuntimeError as exc:
             self._pipeline = None
-            raise VideoDecodeError(prepared[0].video.path, f"DALI could not decode it ({_dali_reason(exc)})") from None
+            raise VideoDecodeError(prepared[0].video.path, f"DALI could not decode it ({dali_reason(exc)})") from None
         self.frames_decoded += sum(len(p.segment.frames) for p in prepared)
         return [self._to_torch(output[i], p.gather) for i, p in enumerate(prepared)]
 
@@ -193,7 +193,7 @@ class DaliDecoder:
         return self._pipeline
 
 
-def _dali_reason(exc: RuntimeError) -> str:
+def dali_reason(exc: RuntimeError) -> str:
     """The operator's own complaint, without DALI's pipeline traceback."""
     text = str(exc)
     detail = text.split("encountered:", 1)[-1].strip().splitlines()
