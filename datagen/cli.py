@@ -110,7 +110,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     videos, rejected = manifest.index_videos(
-        args.roots, min_frames=args.min_frames, progress=True, workers=args.workers
+        args.roots, min_frames=args.min_frames, progress=True, workers=args.workers, frame_fmt=args.frame_fmt
     )
     manifest.write_manifest(args.out, videos, rejected)
     if rejected:
@@ -147,10 +147,22 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def _index_parser(sub: argparse._SubParsersAction) -> None:
     """The `index` subcommand: probe a dataset once and write its manifest."""
     parser = sub.add_parser("index", help="probe videos and write a manifest (frame counts, fps, size, codec)")
-    parser.add_argument("roots", nargs="+", metavar="ROOT", help="video files or folders (searched recursively)")
+    parser.add_argument(
+        "roots",
+        nargs="+",
+        metavar="ROOT",
+        help="video files, frame sources (a zip or a folder of JPEG frames) or folders of them (searched recursively)",
+    )
     parser.add_argument("--out", required=True, metavar="MANIFEST", help="manifest JSON file to write")
     parser.add_argument("--min-frames", type=int, default=16, help="reject videos shorter than this (default 16)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel probes")
+    parser.add_argument(
+        "--frame-fmt",
+        default="",
+        metavar="FMT",
+        help="the frame names of every frame source, as the official code's frame_fmt (e.g. 'img_{:05d}.jpg', "
+        "'{:05d}.jpg'); default: found from the files of each",
+    )
     parser.set_defaults(func=cmd_index)
 
 

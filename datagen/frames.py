@@ -161,11 +161,13 @@ def list_frames(path: str | os.PathLike[str], frame_fmt: str = "") -> Listing:
         )
     numbered = sorted((n, name) for name in names if (n := naming.number(name)) is not None)
     if not numbered:
-        raise FrameSourceError(path, f"no frames named like {naming.fmt} among its {len(names)} file(s)")
+        raise FrameSourceError(
+            path, f"no frames of its naming: none of its {len(names)} file(s) is named like {naming.fmt}"
+        )
     numbers = [n for n, _ in numbered]
     if len(set(numbers)) != len(numbers):
         twice = next(a for a, b in itertools.pairwise(numbered) if a[0] == b[0])
-        raise FrameSourceError(path, f"frame {twice[0]} is there twice ({twice[1]} and another)")
+        raise FrameSourceError(path, f"a frame twice in its numbering: {twice[1]} and another of number {twice[0]}")
     if numbers[0] > 1 or numbers[-1] - numbers[0] + 1 != len(numbers):
         missing = sorted(set(range(min(numbers[0], 1), numbers[-1] + 1)) - set(numbers))
         raise FrameSourceError(path, _gaps(missing, naming, names, numbers[-1] + 1 - min(numbers[0], 1)))
@@ -181,7 +183,7 @@ def _gaps(missing: list[int], naming: Naming, names: list[str], span: int) -> st
         else:
             runs.append([n, n])
     shown = ", ".join(naming.name(a) if a == b else f"{naming.name(a)}–{naming.name(b)}" for a, b in runs[:3])
-    text = f"{len(missing)} of {span} frames missing from its numbering: {shown}{', …' if len(runs) > 3 else ''}"
+    text = f"frames missing from its numbering: {len(missing)} of {span}, {shown}{', …' if len(runs) > 3 else ''}"
     stems = {os.path.splitext(naming.name(n))[0]: n for n in missing}
     standing = sorted(name for name in names if os.path.splitext(name)[0] in stems)
     if standing:
@@ -264,8 +266,7 @@ def probe_frames(path: str | os.PathLike[str], frame_fmt: str = "") -> tuple[Lis
         source.close()
     if problems:
         more = f"; … and {len(problems) - _PROBLEMS_SHOWN} more" if len(problems) > _PROBLEMS_SHOWN else ""
-        raise FrameSourceError(
-            path, f"{len(problems)} unreadable frame(s): " + "; ".join(problems[:_PROBLEMS_SHOWN]) + more
-        )
+        shown = "; ".join(problems[:_PROBLEMS_SHOWN]) + more
+        raise FrameSourceError(path, f"unreadable frames: {len(problems)} of {len(listing.names)} ({shown})")
     assert first is not None  # a listing has at least one frame
     return listing, first
