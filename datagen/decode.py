@@ -549,9 +549,10 @@ class Decoder:
             probes = [self.probe(video) for video in videos]
             failed = [p for p in probes if p.backend != "dali"]
             route = failed[0] if failed else dataclasses.replace(probes[0], trim=all(p.trim for p in probes))
-        if route.backend == "pyav":
+        if route.backend != "dali":
+            name = "PyAV" if route.backend == "pyav" else route.backend
             log.warning(
-                "decode class %s goes to PyAV on %s: %s (%s)", cls.label, self.device, route.reason, route.video
+                "decode class %s goes to %s on %s: %s (%s)", cls.label, name, self.device, route.reason, route.video
             )
         self.routes.set(cls, route)
         return route
