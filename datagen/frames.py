@@ -157,7 +157,8 @@ def list_frames(path: str | os.PathLike[str], frame_fmt: str = "") -> Listing:
     naming = Naming.parse(frame_fmt) if frame_fmt else detect_naming(names)
     if naming is None:
         raise FrameSourceError(
-            path, f"no JPEG frames (names like img_00001.jpg or 00001.jpg) among its {len(names)} file(s), e.g. {sorted(names)[0]}"
+            path,
+            f"no JPEG frames (names like img_00001.jpg or 00001.jpg) among its {len(names)} file(s), e.g. {sorted(names)[0]}",
         )
     numbered = sorted((n, name) for name in names if (n := naming.number(name)) is not None)
     if not numbered:
