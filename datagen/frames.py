@@ -22,6 +22,7 @@ import re
 import string
 import threading
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -33,6 +34,7 @@ FRAME_CODEC = "jpeg-frames"  # VideoInfo.codec of a frame source
 OFFICIAL_FMT = "img_{:05d}.jpg"  # the official CtP zips' (and MMAction2's) frame names, numbered from 1
 _NUMBERED = re.compile(r"^(?P<prefix>.*?)(?P<number>\d+)(?P<suffix>\.jpe?g)$", re.IGNORECASE)
 _PROBLEMS_SHOWN = 3
+_LOCAL_HEADER = 30  # bytes of a zip member's local header before its name and extra field
 
 
 class FrameSourceError(Exception):
@@ -193,27 +195,59 @@ def _gaps(missing: list[int], naming: Naming, names: list[str], span: int) -> st
 
 
 class FrameSource:
-    """An opened frame source: the bytes of frame i (thread-safe; a zip is read under a lock)."""
+    """An opened frame source: the bytes of frame i (thread-safe). A zip's stored (uncompressed) frames, as the
+    official extraction writes them, are read with one `pread` each at the offset its directory gives (the
+    index checked their CRCs); compressed ones through `zipfile`, under a lock."""
 
     def __init__(self, listing: Listing):
         self.listing = listing
         self._zip = zipfile.ZipFile(listing.path) if listing.kind == "zip" else None
+        self._fd = os.open(listing.path, os.O_RDONLY) if self._zip is not None else -1
         self._lock = threading.Lock()
 
-    def read(self, index: int) -> bytes:
-        """Frame `index`'s file; FrameSourceError naming the frame when it cannot be read."""
+    def read(self, index: int, check: bool = False) -> bytes:
+        """Frame `index`'s file; FrameSourceError naming the frame when it cannot be read (with `check`, or
+        when compressed, also when its CRC does not match)."""
         name = self.listing.names[index]
         try:
             if self._zip is None:
                 return (Path(self.listing.path) / name).read_bytes()
+            info = self._zip.getinfo(name)
+            if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+                data = self._read_stored(info)
+                if check and zlib.crc32(data) != info.CRC:
+                    raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+                return data
             with self._lock:
                 return self._zip.read(name)
         except (OSError, KeyError, zipfile.BadZipFile) as exc:
             raise FrameSourceError(self.listing.path, f"{name} cannot be read ({exc})") from None
 
+    def _read_stored(self, info: zipfile.ZipInfo) -> bytes:
+        """A stored member's bytes: its local header and data in one read (a second if its header is longer
+        than its directory entry suggests)."""
+        size = info.compress_size
+        head = os.pread(
+            self._fd, _LOCAL_HEADER + len(info.filename.encode()) + len(info.extra) + 64 + size, info.header_offset
+        )
+        if head[:4] != b"PK\x03\x04":
+            raise zipfile.BadZipFile(f"no local header at offset {info.header_offset}")
+        start = _LOCAL_HEADER + int.from_bytes(head[26:28], "little") + int.from_bytes(head[28:30], "little")
+        data = head[start : start + size]
+        if len(data) < size:
+            data = os.pread(self._fd, size, info.header_offset + start)
+        if len(data) != size:
+            raise zipfile.BadZipFile(f"{info.filename} is cut short ({len(data)} of {size} bytes)")
+        return data
+
     def close(self) -> None:
         if self._zip is not None:
             self._zip.close()
+            os.close(self._fd)
+            self._zip = None
+
+    def __del__(self) -> None:
+        self.close()
 
 
 class FrameSources:
@@ -240,7 +274,7 @@ class FrameSources:
 
 
 def probe_frames(path: str | os.PathLike[str], frame_fmt: str = "") -> tuple[Listing, JpegHeader]:
-    """A frame source's frames and the header of its first: every frame is read (a zip checks its CRC) and
+    """A frame source's frames and the header of its first: every frame is read (a zip's checked against its CRC) and
     must be a complete JPEG of the first one's size; the first is decoded. FrameSourceError naming the
     frames that are not."""
     listing = list_frames(path, frame_fmt)
@@ -250,7 +284,7 @@ def probe_frames(path: str | os.PathLike[str], frame_fmt: str = "") -> tuple[Lis
     try:
         for i, name in enumerate(listing.names):
             try:
-                data = source.read(i)
+                data = source.read(i, check=True)
                 header = read_header(data)
                 if not is_complete(data):
                     raise JpegError("truncated JPEG (no end-of-image marker)")

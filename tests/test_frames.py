@@ -173,13 +173,21 @@ def test_a_given_frame_format_overrides_the_one_found(frames, tmp_path):
 
 def test_opened_sources_read_the_frames_bytes_and_name_the_unreadable_one(frames, tmp_path):
     files = frame_files(frames)
-    path = write_zip(tmp_path / "v.zip", files)
-    source = FrameSources(capacity=1).get(str(path))
-    assert source.read(0) == files["img_00001.jpg"] and source.read(23) == files["img_00024.jpg"]
-    corrupt_crc(path)
-    reopened = FrameSources().get(str(path))
-    with pytest.raises(FrameSourceError, match="img_00005.jpg cannot be read"):
-        reopened.read(4)
+    stored = write_zip(tmp_path / "v.zip", files)
+    deflated = tmp_path / "deflated.zip"
+    with zipfile.ZipFile(deflated, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name)
+            info.extra = b"\x55\x54\x05\x00\x01\x00\x00\x00\x00"  # a local extra field, as Info-ZIP writes
+            archive.writestr(info, data, zipfile.ZIP_DEFLATED)
+    for path in (stored, deflated):
+        source = FrameSources(capacity=1).get(str(path))
+        assert source.read(0) == files["img_00001.jpg"] and source.read(23) == files["img_00024.jpg"]
+    corrupt_crc(stored)
+    reopened = FrameSources().get(str(stored))
+    assert reopened.read(4) != files["img_00005.jpg"]  # served by offset: the decoder meets the damage
+    with pytest.raises(FrameSourceError, match=r"img_00005.jpg cannot be read \(Bad CRC-32"):
+        reopened.read(4, check=True)  # as the index reads
 
 
 def test_find_videos_finds_zips_frame_folders_and_video_files_in_a_dataset_tree(frames, shared_videos, tmp_path):
