@@ -137,7 +137,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     c = report["counts"]
     mb = 1 / 2**20
     print(
-        f"{c['done']} encoded, {c['skipped']} already done, {c['rejected']} rejected in {report['seconds']:.1f} s; "
+        f"{c['done']} encoded, {c['skipped']} already done, {c['kept']} frame sources kept as they are, "
+        f"{c['rejected']} rejected in {report['seconds']:.1f} s; "
         f"size {report['bytes_before'] * mb:.1f} MiB -> {report['bytes_after'] * mb:.1f} MiB"
     )
     print(f"manifest: {report['manifest']}")
