@@ -13,7 +13,10 @@ from . import manifest
 from .config import load_generation
 from .configfile import preset_names
 
-VIDEOS_HELP = "video files, folders (searched recursively) or manifest JSON files"
+VIDEOS_HELP = (
+    "video files, frame sources (zips or folders of JPEG frames), folders of them (searched recursively) or "
+    "manifest JSON files"
+)
 
 
 def add_generation_args(
