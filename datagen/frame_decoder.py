@@ -20,7 +20,7 @@ import torch
 from datagen.dali_images import DaliJpegDecoder
 from datagen.decode_routes import DecodeClass, Route, compare_frames, probe_indices, reference_indices
 from datagen.frames import FRAME_CODEC, FrameSource, FrameSourceError, FrameSources
-from datagen.jpeg import JpegError, decode_into, read_header
+from datagen.jpeg import JpegError, decode_into
 from datagen.manifest import VideoDecodeError, VideoInfo, clamp_indices
 
 JPEG_BACKEND = "libjpeg-turbo"  # the CPU decoder of frame sources: their reference, as PyAV is of video files
@@ -55,9 +55,9 @@ class FrameDecoder:
         """The class of `video`'s frames, from its first frame's header; VideoDecodeError if it has none."""
         source = self.source(video)
         try:
-            header = read_header(self._read(source, video, 0))
-        except JpegError as exc:
-            raise VideoDecodeError(video.path, f"{source.listing.names[0]}: {exc}") from None
+            header = source.header()
+        except FrameSourceError as exc:
+            raise VideoDecodeError(video.path, exc.reason) from None
         return DecodeClass(FRAME_CODEC, source.listing.kind, header.sampling, header.coding, "")
 
     def _read(self, source: FrameSource, video: VideoInfo, index: int) -> bytes:

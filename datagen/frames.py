@@ -195,15 +195,16 @@ def _gaps(missing: list[int], naming: Naming, names: list[str], span: int) -> st
 
 
 class FrameSource:
-    """An opened frame source: the bytes of frame i (thread-safe). A zip's stored (uncompressed) frames, as the
-    official extraction writes them, are read with one `pread` each at the offset its directory gives (the
-    index checked their CRCs); compressed ones through `zipfile`, under a lock."""
+    """An opened frame source: the bytes of frame i (thread-safe). A zip's stored (uncompressed) frames, as
+    extraction tools mostly write them, are read with one `pread` each at the offset its directory gives
+    (the index checked their CRCs); compressed ones through `zipfile`, under a lock. One file descriptor."""
 
     def __init__(self, listing: Listing):
         self.listing = listing
         self._zip = zipfile.ZipFile(listing.path) if listing.kind == "zip" else None
-        self._fd = os.open(listing.path, os.O_RDONLY) if self._zip is not None else -1
+        self._fd = self._zip.fp.fileno() if self._zip is not None and self._zip.fp is not None else -1
         self._lock = threading.Lock()
+        self._header: JpegHeader | None = None
 
     def read(self, index: int, check: bool = False) -> bytes:
         """Frame `index`'s file; FrameSourceError naming the frame when it cannot be read (with `check`, or
@@ -220,8 +221,17 @@ class FrameSource:
                 return data
             with self._lock:
                 return self._zip.read(name)
-        except (OSError, KeyError, zipfile.BadZipFile) as exc:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise FrameSourceError(self.listing.path, f"{name} cannot be read ({exc})") from None
+
+    def header(self) -> JpegHeader:
+        """The JPEG header of frame 0 (read once): what every frame's is, as the index checked."""
+        if self._header is None:
+            try:
+                self._header = read_header(self.read(0))
+            except JpegError as exc:
+                raise FrameSourceError(self.listing.path, f"{self.listing.names[0]}: {exc}") from None
+        return self._header
 
     def _read_stored(self, info: zipfile.ZipInfo) -> bytes:
         """A stored member's bytes: its local header and data in one read (a second if its header is longer
@@ -242,9 +252,7 @@ class FrameSource:
 
     def close(self) -> None:
         if self._zip is not None:
-            self._zip.close()
-            os.close(self._fd)
-            self._zip = None
+            self._zip.close()  # and its file descriptor: reads fail from now on
 
     def __del__(self) -> None:
         self.close()
