@@ -684,7 +684,8 @@ class Decoder:
         """PyAV's decode of a clip DALI failed on; the error names both reasons when PyAV fails too."""
         if video.path not in self._fell_back:
             self._fell_back.add(video.path)
-            log.warning("DALI failed on %s (%s); decoding it on the CPU", video.path, failure.reason)
+            cpu = "PyAV" if video.codec != FRAME_CODEC else JPEG_BACKEND
+            log.warning("DALI failed on %s (%s); decoding it with %s on the CPU", video.path, failure.reason, cpu)
         self.stats["dali_fallbacks"] += 1
         clip = self._to_device(self._pyav_host((video, indices)))
         if isinstance(clip, VideoDecodeError):
