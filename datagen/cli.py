@@ -89,7 +89,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        headers = ("decode class", "videos", "backend", "frames against PyAV", "verdict", "auto decodes with")
+        headers = (
+            "decode class",
+            "videos",
+            "backend",
+            "frames against the CPU decoder",
+            "verdict",
+            "auto decodes with",
+        )
         print(format_table(report.rows(), headers, align="<><<<<"))
         print(
             f"{'all checks passed' if report.ok else 'CHECKS FAILED'} on {report.device} in {report.seconds:.1f} s "
