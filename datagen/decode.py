@@ -2,8 +2,9 @@
 
 Backends: DALI (`mixed`/NVDEC on a GPU; its CPU decoder handles VP8/VP9/MJPEG only) and PyAV (CPU, any
 codec FFmpeg decodes); frame sources (zips and folders of JPEG frames) are decoded by libjpeg-turbo on the
-CPU or DALI's image decoder (`frame_decoder.py`). Frame i is the i-th picture a full decode outputs (see datagen/manifest.py), which
-PyAV reaches by seeking to the last key frame at or before the clip and decoding forward. PyAV's pictures
+CPU or DALI's image decoder (`frame_decoder.py`). Frame i is the i-th picture a full decode outputs (see
+datagen/manifest.py), which PyAV reaches by seeking to the last key frame at or before the clip and
+decoding forward. PyAV's pictures
 are converted to RGB the way DALI converts them (BT.601, bilinear chroma), so both backends give the same
 pixels (within 1 level) and a sample does not depend on which replica decoded it.
 """
@@ -459,8 +460,8 @@ class Decoder:
     """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
 
     backend="auto": DALI for the codecs in `dali_codecs` (default AUTO_DALI_CODECS of the device), PyAV
-    otherwise (libjpeg-turbo for frame sources: what "PyAV" means below for them), and PyAV for decode classes DALI cannot be fed or did not decode as PyAV does
-    (`decode_routes.py`). With `verify` (default: on CUDA), the first clip of each decode class DALI would
+    otherwise (libjpeg-turbo for frame sources: what "PyAV" means below for them), and PyAV for decode
+    classes DALI cannot be fed or did not decode as PyAV does (`decode_routes.py`). With `verify` (default: on CUDA), the first clip of each decode class DALI would
     take is a probe: decoded by both and compared, the class routed by the verdict; a class that fails is
     logged with its numbers and decoded by PyAV from then on. A video DALI fails on is decoded again by PyAV
     before it counts as unreadable, since a video quarantined by one replica's decoder is lost to the whole

@@ -3,6 +3,8 @@
 A frame index means the same thing everywhere in the project: the i-th picture a full decode outputs.
 Container metadata sometimes disagrees with that (HMDB-51 AVIs carry placeholder chunks and malformed
 headers), so frame counts come from demuxing, which is cheap, counting only packets that carry a picture.
+A video may also be a frame source, a zip or folder of numbered JPEG frames (`frames.py`): frame i is the
+i-th picture of its numbering.
 """
 
 from __future__ import annotations
