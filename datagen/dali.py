@@ -173,15 +173,7 @@ class DaliDecoder:
 
         gpu = self.device.type == "cuda"
 
-        @pipeline_def(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            prefetch_queue_depth=1,
-            exec_dynamic=True,
-            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device())
-            if gpu
-            else None,
-        )
+        @pipeline_def(**pipeline_options(self.device, self.batch_size, self.num_threads))
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
@@ -191,6 +183,18 @@ class DaliDecoder:
         self._pipeline = clips()
         self._pipeline.build()
         return self._pipeline
+
+
+def pipeline_options(device: torch.device, batch_size: int, num_threads: int) -> dict:
+    """`pipeline_def`'s arguments for a pipeline fed with `feed_input` and run one batch at a time on `device`."""
+    gpu = device.type == "cuda"
+    return dict(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        prefetch_queue_depth=1,
+        exec_dynamic=True,
+        device_id=(device.index if device.index is not None else torch.cuda.current_device()) if gpu else None,
+    )
 
 
 def dali_reason(exc: RuntimeError) -> str:

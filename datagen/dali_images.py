@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from datagen.dali import dali_reason
+from datagen.dali import dali_reason, pipeline_options
 from datagen.jpeg import JpegError
 
 
@@ -78,15 +78,7 @@ class DaliJpegDecoder:
 
         gpu = self.device.type == "cuda"
 
-        @pipeline_def(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            prefetch_queue_depth=1,
-            exec_dynamic=True,
-            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device())
-            if gpu
-            else None,
-        )
+        @pipeline_def(**pipeline_options(self.device, self.batch_size, self.num_threads))
         def pictures():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             return fn.decoders.image(

@@ -39,7 +39,7 @@ from datagen.decode_routes import (
 )
 from datagen.frame_decoder import JPEG_BACKEND, FrameDecoder
 from datagen.frames import FRAME_CODEC
-from datagen.manifest import VideoDecodeError, VideoError, VideoInfo, clamp_indices, open_video
+from datagen.manifest import VideoDecodeError, VideoError, VideoInfo, clip_array, open_video
 from datagen.packet_index import PacketIndex, packet_timestamp
 from datagen.packet_index_cache import PacketIndexCache
 
@@ -102,11 +102,7 @@ class PyAVDecoder:
 
         Each distinct frame is converted straight into its first slot of the one output array, and repeats
         are copied after: no per-frame arrays to stack."""
-        wanted = clamp_indices(video, indices)
-        shape = (wanted.size, video.height, video.width, channels)
-        clip = np.empty(shape, np.uint8) if out is None else out
-        if clip.shape != shape:
-            raise ValueError(f"a clip of shape {shape} does not fit into one of {clip.shape}")
+        wanted, clip = clip_array(video, indices, channels, out)
         if wanted.size == 0:
             return clip
         needed, first, inverse = np.unique(wanted, return_index=True, return_inverse=True)

@@ -21,7 +21,7 @@ from datagen.dali_images import DaliJpegDecoder
 from datagen.decode_routes import DecodeClass, Route, compare_frames, probe_indices, reference_indices
 from datagen.frames import FRAME_CODEC, FrameSource, FrameSourceError, FrameSources
 from datagen.jpeg import JpegError, decode_into
-from datagen.manifest import VideoDecodeError, VideoInfo, clamp_indices
+from datagen.manifest import VideoDecodeError, VideoInfo, clamp_indices, clip_array
 
 JPEG_BACKEND = "libjpeg-turbo"  # the CPU decoder of frame sources: their reference, as PyAV is of video files
 
@@ -79,14 +79,10 @@ class FrameDecoder:
         out: np.ndarray | None = None,
     ) -> np.ndarray:
         """(len(indices), H, W, 3) uint8 RGB (`channels=4`: RGBX) on the CPU, into `out` if given: each distinct
-        frame decoded into its first slot, repeats copied after. Whole frames are decoded (libjpeg-turbo's
-        cost hardly depends on the part kept), so `window` is accepted and not needed. Raises
+        frame decoded into its first slot, repeats copied after. Whole frames are decoded (no library wrapping
+        libjpeg-turbo exposes its cropped decoding), so a `window` is accepted and makes no difference. Raises
         VideoDecodeError naming the frame."""
-        wanted = clamp_indices(video, indices)
-        shape = (wanted.size, video.height, video.width, channels)
-        clip = np.empty(shape, np.uint8) if out is None else out
-        if clip.shape != shape:
-            raise ValueError(f"a clip of shape {shape} does not fit into one of {clip.shape}")
+        wanted, clip = clip_array(video, indices, channels, out)
         if wanted.size == 0:
             return clip
         needed, first, inverse = np.unique(wanted, return_index=True, return_inverse=True)
