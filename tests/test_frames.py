@@ -240,3 +240,28 @@ def test_frame_sources_count_in_the_digest_and_video_files_keep_theirs(mixed, tm
     assert videos_digest(videos[:1]) != videos_digest(renamed)
     write_manifest(tmp_path / "m.json", videos)
     assert read_manifest(tmp_path / "m.json")[0] == videos
+
+
+def test_generating_commands_take_frame_sources_mixed_with_video_files(mixed, tmp_path):
+    """`--videos` of every generating command resolves as `index` does: a zip, a frame folder and an AVI."""
+    out = tmp_path / "s.npz"
+    videos = [str(mixed / "zips" / "good.zip"), str(mixed / "rawframes" / "good"), str(mixed / "videos")]
+    assert cli.main(["sample", "--videos", *videos, "--device", "cpu", "--num", "6", "--out", str(out)]) == 0
+    again = tmp_path / "again.npz"
+    assert cli.main(["sample", "--videos", *videos, "--device", "cpu", "--num", "6", "--out", str(again)]) == 0
+    first, second = np.load(out), np.load(again)
+    assert first["clips"].shape == (6, 16, 112, 112, 3)
+    assert np.array_equal(first["clips"], second["clips"]) and np.array_equal(first["boxes"], second["boxes"])
+
+
+def test_pretraining_takes_the_official_zips(mixed, tmp_path):
+    """`ctp-train pretrain data.videos=[...]` on official-style zips and a frame folder, one short epoch."""
+    from trainer.config import load_train_config
+    from trainer.metrics_log import read_records
+    from trainer.pretrain import pretrain
+
+    videos = f"data.videos=[{mixed / 'zips' / 'good.zip'},{mixed / 'rawframes'}]"
+    run = [videos, f"run.out_dir={tmp_path / 'run'}", "data.batch_size=2", "data.clips_per_video=2", "optim.epochs=1"]
+    pretrain(load_train_config("tiny_cpu", [*run, "eval.clips=2", "run.progress=false", "run.log_every=1"]))
+    steps = [r for r in read_records(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all(np.isfinite(r["loss"]) for r in steps)
