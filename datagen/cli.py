@@ -106,7 +106,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
-        headers = ("decode class", "videos", "backend", "frames against PyAV", "verdict", "auto decodes with")
+        headers = (
+            "decode class",
+            "videos",
+            "backend",
+            "frames against the CPU decoder",
+            "verdict",
+            "auto decodes with",
+        )
         print(format_table(report.rows(), headers, align="<><<<<"))
         print(
             f"{'all checks passed' if report.ok else 'CHECKS FAILED'} on {report.device} in {report.seconds:.1f} s "
@@ -135,7 +142,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         extensions = " ".join(sorted(manifest.VIDEO_EXTENSIONS))
         raise ValueError(f"no video file in {', '.join(args.roots)} (looked for {extensions}); no manifest written")
     videos, rejected = manifest.index_videos(
-        args.roots, min_frames=args.min_frames, progress=True, workers=args.workers
+        args.roots, min_frames=args.min_frames, progress=True, workers=args.workers, frame_fmt=args.frame_fmt
     )
     if rejected:
         print(manifest.rejected_list(rejected, args.out))
@@ -169,7 +176,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     c = report["counts"]
     mb = 1 / 2**20
     print(
-        f"{c['done']} encoded, {c['skipped']} already done, {c['rejected']} rejected in {report['seconds']:.1f} s; "
+        f"{c['done']} encoded, {c['skipped']} already done, {c['kept']} frame sources kept as they are, "
+        f"{c['rejected']} rejected in {report['seconds']:.1f} s; "
         f"size {report['bytes_before'] * mb:.1f} MiB -> {report['bytes_after'] * mb:.1f} MiB"
     )
     print(f"manifest: {report['manifest']}")
@@ -181,7 +189,12 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
     from . import manifest
 
     parser = sub.add_parser("index", help=COMMANDS["index"])
-    parser.add_argument("roots", nargs="+", metavar="ROOT", help="video files or folders (searched recursively)")
+    parser.add_argument(
+        "roots",
+        nargs="+",
+        metavar="ROOT",
+        help="video files, frame sources (a zip or a folder of JPEG frames) or folders of them (searched recursively)",
+    )
     parser.add_argument("--out", required=True, metavar="MANIFEST", help="manifest JSON file to write")
     parser.add_argument(
         "--min-frames",
@@ -191,6 +204,13 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
         "decodable video, a clip's frames past a short video's end repeating its last frame)",
     )
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel probes")
+    parser.add_argument(
+        "--frame-fmt",
+        default="",
+        metavar="FMT",
+        help="the frame names of every frame source, as the official code's frame_fmt (e.g. 'img_{:05d}.jpg', "
+        "'{:05d}.jpg'); default: found from the files of each",
+    )
     parser.set_defaults(func=cmd_index)
 
 

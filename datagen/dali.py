@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from datagen.bitstream import unmark_packed, unpack_b_frames
+from datagen.clip_frames import clamp_indices
 from datagen.manifest import VideoDecodeError, VideoError, VideoInfo
 from datagen.matroska import Track, matroska
-from datagen.packet_index import PacketIndex, clamp_indices
+from datagen.packet_index import PacketIndex
 from datagen.packet_index_cache import PacketIndexCache
 
 FRAME_MS = 40  # a segment's frames are 40 ms apart: any spacing numbers them the same
@@ -154,7 +155,7 @@ class DaliDecoder:
             (output,) = pipeline.run()
         except RuntimeError as exc:
             self._pipeline = None
-            raise VideoDecodeError(prepared[0].video.path, f"DALI could not decode it ({_dali_reason(exc)})") from None
+            raise VideoDecodeError(prepared[0].video.path, f"DALI could not decode it ({dali_reason(exc)})") from None
         self.frames_decoded += sum(len(p.segment.frames) for p in prepared)
         return [self._to_torch(output[i], p.gather) for i, p in enumerate(prepared)]
 
@@ -173,15 +174,7 @@ class DaliDecoder:
 
         gpu = self.device.type == "cuda"
 
-        @pipeline_def(
-            batch_size=self.batch_size,
-            num_threads=self.num_threads,
-            prefetch_queue_depth=1,
-            exec_dynamic=True,
-            device_id=(self.device.index if self.device.index is not None else torch.cuda.current_device())
-            if gpu
-            else None,
-        )
+        @pipeline_def(**pipeline_options(self.device, self.batch_size, self.num_threads))
         def clips():
             encoded = fn.external_source(name="encoded", dtype=types.UINT8, ndim=1)
             frames = fn.external_source(name="frames", dtype=types.INT32, ndim=1)
@@ -193,7 +186,19 @@ class DaliDecoder:
         return self._pipeline
 
 
-def _dali_reason(exc: RuntimeError) -> str:
+def pipeline_options(device: torch.device, batch_size: int, num_threads: int) -> dict:
+    """`pipeline_def`'s arguments for a pipeline fed with `feed_input` and run one batch at a time on `device`."""
+    gpu = device.type == "cuda"
+    return dict(
+        batch_size=batch_size,
+        num_threads=num_threads,
+        prefetch_queue_depth=1,
+        exec_dynamic=True,
+        device_id=(device.index if device.index is not None else torch.cuda.current_device()) if gpu else None,
+    )
+
+
+def dali_reason(exc: RuntimeError) -> str:
     """The operator's own complaint, without DALI's pipeline traceback."""
     text = str(exc)
     detail = text.split("encountered:", 1)[-1].strip().splitlines()

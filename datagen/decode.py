@@ -1,8 +1,10 @@
 """Decode exactly the frames a clip needs, as uint8 RGB tensors on the replica's device.
 
 Backends: DALI (`mixed`/NVDEC on a GPU; its CPU decoder handles VP8/VP9/MJPEG only) and PyAV (CPU, any
-codec FFmpeg decodes). Frame i is the i-th picture a full decode outputs (see datagen/manifest.py), which
-PyAV reaches by seeking to the last key frame at or before the clip and decoding forward. PyAV's pictures
+codec FFmpeg decodes); frame sources (zips and folders of JPEG frames) are decoded by libjpeg-turbo on the
+CPU or DALI's image decoder (`frame_decoder.py`). Frame i is the i-th picture a full decode outputs (see
+datagen/manifest.py), which PyAV reaches by seeking to the last key frame at or before the clip and
+decoding forward. PyAV's pictures
 are converted to RGB the way DALI converts them (BT.601, bilinear chroma), so both backends give the same
 pixels (within 1 level) and a sample does not depend on which replica decoded it.
 """
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from numba.extending import intrinsic
 
+from datagen.clip_frames import clip_array
 from datagen.dali import DaliDecoder
 from datagen.decode_routes import (
     DecodeClass,
@@ -35,8 +38,10 @@ from datagen.decode_routes import (
     probe_indices,
     reference_indices,
 )
+from datagen.frame_decoder import JPEG_BACKEND, FrameDecoder
+from datagen.frames import FRAME_CODEC
 from datagen.manifest import VideoDecodeError, VideoError, VideoInfo, open_video
-from datagen.packet_index import PacketIndex, clamp_indices, packet_timestamp
+from datagen.packet_index import PacketIndex, packet_timestamp
 from datagen.packet_index_cache import PacketIndexCache
 
 log = logging.getLogger(__name__)
@@ -44,18 +49,25 @@ log = logging.getLogger(__name__)
 BACKENDS = ("auto", "dali", "pyav")
 Window = tuple[int, int, int, int]  # rows top..bottom, columns left..right (ends excluded) of a frame
 # What DALI 2.4's decoder accepts per device (its docs; `mixed` is NVDEC): a forced "dali" backend tries these.
+# Frame sources (FRAME_CODEC) go to its image decoder.
 DALI_CODECS = {
-    "cpu": frozenset({"vp8", "vp9", "mjpeg"}),
-    "cuda": frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc"}),
+    "cpu": frozenset({"vp8", "vp9", "mjpeg", FRAME_CODEC}),
+    "cuda": frozenset({"vp8", "vp9", "mjpeg", "av1", "mpeg4", "h264", "hevc", FRAME_CODEC}),
 }
 # What `auto` sends to DALI: on CUDA not AV1 (Hopper's NVDEC has no AV1) nor MJPEG (DALI 2.4's `mixed`
-# decoder rejects it, its docs notwithstanding); those go to PyAV on the CPU.
-AUTO_DALI_CODECS = {"cpu": DALI_CODECS["cpu"], "cuda": DALI_CODECS["cuda"] - {"av1", "mjpeg"}}
+# decoder rejects it, its docs notwithstanding); those go to PyAV on the CPU. On the CPU, JPEG frames go to
+# libjpeg-turbo directly (the same bytes as DALI-CPU's, without a pipeline run: bench/jpeg_bench.py).
+AUTO_DALI_CODECS = {"cpu": DALI_CODECS["cpu"] - {FRAME_CODEC}, "cuda": DALI_CODECS["cuda"] - {"av1", "mjpeg"}}
 
 
 def auto_backend(codec: str, device_type: str) -> str:
     """The backend `auto` decodes `codec` with on a `device_type` ("cpu" or "cuda") device."""
-    return "dali" if codec in AUTO_DALI_CODECS.get(device_type, ()) else "pyav"
+    return "dali" if codec in AUTO_DALI_CODECS.get(device_type, ()) else cpu_backend(codec)
+
+
+def cpu_backend(codec: str) -> str:
+    """The CPU decoder of `codec`, the reference DALI is compared with: libjpeg-turbo for frames, else PyAV."""
+    return JPEG_BACKEND if codec == FRAME_CODEC else "pyav"
 
 
 NVDEC_ENGINES = 7  # video decode engines of an H100 / H200: DALI threads on CUDA, so each has work
@@ -91,11 +103,7 @@ class PyAVDecoder:
 
         Each distinct frame is converted straight into its first slot of the one output array, and repeats
         are copied after: no per-frame arrays to stack."""
-        wanted = clamp_indices(video, indices)
-        shape = (wanted.size, video.height, video.width, channels)
-        clip = np.empty(shape, np.uint8) if out is None else out
-        if clip.shape != shape:
-            raise ValueError(f"a clip of shape {shape} does not fit into one of {clip.shape}")
+        wanted, clip = clip_array(video, indices, channels, out)
         if wanted.size == 0:
             return clip
         needed, first, inverse = np.unique(wanted, return_index=True, return_inverse=True)
@@ -449,10 +457,11 @@ class Decoder:
     """Decodes clips as uint8 RGB tensors (T, H, W, 3) on `device`, choosing a backend per video.
 
     backend="auto": DALI for the codecs in `dali_codecs` (default AUTO_DALI_CODECS of the device), PyAV
-    otherwise, and PyAV for decode classes DALI cannot be fed or did not decode as PyAV does
-    (`decode_routes.py`). With `verify` (default: on CUDA), the first clip of each decode class DALI would
-    take is a probe: decoded by both and compared, the class routed by the verdict; a class that fails is
-    logged with its numbers and decoded by PyAV from then on. A video DALI fails on is decoded again by PyAV
+    otherwise (libjpeg-turbo for frame sources: what "PyAV" means below for them), and PyAV for decode
+    classes DALI cannot be fed or did not decode as PyAV does (`decode_routes.py`). With `verify` (default:
+    on CUDA), the first clip of each decode class DALI would take is a probe: decoded by both and compared,
+    the class routed by the verdict; a class that fails is logged with its numbers and decoded by PyAV from
+    then on. A video DALI fails on is decoded again by PyAV
     before it counts as unreadable, since a video quarantined by one replica's decoder is lost to the whole
     fleet. backend="dali" or "pyav" forces one, without that second try or any probe; a video the forced
     backend cannot decode fails with a VideoDecodeError that says what to do.
@@ -479,6 +488,7 @@ class Decoder:
         self.dali = DaliDecoder(
             self.device, batch_size or (4 * NVDEC_ENGINES if gpu else 8), self.num_threads, self.pyav.index
         )
+        self.frames = FrameDecoder(self.device, num_threads=self.num_threads)
         self.routes = DecodeRoutes()
         self._pool = ThreadPoolExecutor(self.num_threads, thread_name_prefix="decode") if self.num_threads > 1 else None
         self._probe_lock = threading.Lock()
@@ -489,6 +499,8 @@ class Decoder:
     def decode_class(self, video: VideoInfo) -> DecodeClass:
         """The video's decode class (from its packet index); raises VideoError for a video that cannot be
         indexed."""
+        if video.codec == FRAME_CODEC:
+            return self.frames.decode_class(video)
         return DecodeClass.of(video, self.pyav.index.get(video.path))
 
     def backend_for(self, video: VideoInfo) -> str:
@@ -499,7 +511,7 @@ class Decoder:
         """(backend, trim) for `video`: the forced backend, or `auto`'s codec rule and its decode class's route
         (a class met for the first time is probed here when `verify` is on)."""
         if self.backend == "pyav":
-            return "pyav", True
+            return cpu_backend(video.codec), True
         if self.backend == "dali":
             codecs = DALI_CODECS.get(self.device.type, frozenset())
             if video.codec not in codecs:
@@ -510,12 +522,11 @@ class Decoder:
                 )
             return "dali", True
         if video.codec not in self.dali_codecs:
-            return "pyav", True
+            return cpu_backend(video.codec), True
         try:
-            index = self.pyav.index.get(video.path)
+            cls = self.decode_class(video)
         except VideoError:
-            return "pyav", True  # PyAV says what is wrong with it
-        cls = DecodeClass.of(video, index)
+            return cpu_backend(video.codec), True  # the CPU decoder says what is wrong with it
         route = self.routes.get(cls) or self._first_route(cls, video)
         return route.backend, route.trim
 
@@ -537,9 +548,10 @@ class Decoder:
             probes = [self.probe(video) for video in videos]
             failed = [p for p in probes if p.backend != "dali"]
             route = failed[0] if failed else dataclasses.replace(probes[0], trim=all(p.trim for p in probes))
-        if route.backend == "pyav":
+        if route.backend != "dali":
+            name = "PyAV" if route.backend == "pyav" else route.backend
             log.warning(
-                "decode class %s goes to PyAV on %s: %s (%s)", cls.label, self.device, route.reason, route.video
+                "decode class %s goes to %s on %s: %s (%s)", cls.label, name, self.device, route.reason, route.video
             )
         self.routes.set(cls, route)
         return route
@@ -548,6 +560,10 @@ class Decoder:
         """Decode a probe clip of `video` with DALI (trimmed segments, then whole ones) and with PyAV, and
         return the route the comparison gives (not recorded: `check_class` does that)."""
         self.stats["probes"] += 1
+        if video.codec == FRAME_CODEC:
+            route = self.frames.probe(video)
+            self.stats["probe_failures"] += route.backend != "dali"
+            return route
         indices = probe_indices(video.num_frames)
         around = reference_indices(indices, video.num_frames)
         try:
@@ -581,7 +597,7 @@ class Decoder:
     @property
     def frames_decoded(self) -> int:
         """Pictures decoded so far by both backends, the frames each clip needed and those on the way to them."""
-        return self.pyav.frames_decoded + self.dali.frames_decoded
+        return self.pyav.frames_decoded + self.dali.frames_decoded + self.frames.frames_decoded
 
     def decode_many(
         self,
@@ -603,20 +619,26 @@ class Decoder:
         parts = windows or [None] * len(requests)
         batched: list[tuple[int, bool]] = []  # (request, trim)
         on_cpu: list[int] = []
+        pictures: list[int] = []  # frame sources DALI decodes
         for i, (video, _) in enumerate(requests):
             try:
                 backend, trim = self._route(video)
             except VideoDecodeError as exc:
                 results[i] = exc
                 continue
-            (batched.append((i, trim)) if backend == "dali" else on_cpu.append(i))
+            if backend != "dali":
+                on_cpu.append(i)
+            else:
+                (pictures.append(i) if video.codec == FRAME_CODEC else batched.append((i, trim)))
         prepared = [self._submit(self.dali.prepare, *requests[i], trim) for i, trim in batched]
         channels = 4 if rgbx else 3
         on_host = [self._submit(self._pyav_host, requests[i], parts[i], channels) for i in on_cpu]
         dali = self.dali.decode([p.result() for p in prepared])
+        mapper = self._pool.map if self._pool is not None else map
+        decoded = self.frames.decode_dali([requests[i] for i in pictures], mapper)
         for i, clip in zip(on_cpu, on_host):
             results[i] = self._to_device(clip.result())
-        for (i, _), result in zip(batched, dali):
+        for (i, _), result in zip([(i, True) for i in pictures] + batched, decoded + dali):
             results[i] = (
                 self._fall_back(*requests[i], result)
                 if isinstance(result, VideoDecodeError) and self.backend == "auto"
@@ -638,12 +660,13 @@ class Decoder:
     ) -> torch.Tensor | VideoDecodeError:
         """PyAV's clip on the host: in pinned memory where it goes on to a GPU, so that copy need not block."""
         video, indices = request
+        decode = self.frames.decode if video.codec == FRAME_CODEC else self.pyav.decode
         try:
             if self.device.type != "cuda":
-                return torch.from_numpy(self.pyav.decode(video, indices, window, channels))
+                return torch.from_numpy(decode(video, indices, window, channels))
             shape = (len(indices), video.height, video.width, channels)
             pinned = torch.empty(shape, dtype=torch.uint8, pin_memory=True)
-            self.pyav.decode(video, indices, window, channels, out=pinned.numpy())
+            decode(video, indices, window, channels, out=pinned.numpy())
             return pinned
         except VideoDecodeError as exc:
             return exc
@@ -660,7 +683,8 @@ class Decoder:
         """PyAV's decode of a clip DALI failed on; the error names both reasons when PyAV fails too."""
         if video.path not in self._fell_back:
             self._fell_back.add(video.path)
-            log.warning("DALI failed on %s (%s); decoding it with PyAV on the CPU", video.path, failure.reason)
+            cpu = "PyAV" if video.codec != FRAME_CODEC else JPEG_BACKEND
+            log.warning("DALI failed on %s (%s); decoding it with %s on the CPU", video.path, failure.reason, cpu)
         self.stats["dali_fallbacks"] += 1
         clip = self._to_device(self._pyav_host((video, indices)))
         if isinstance(clip, VideoDecodeError):

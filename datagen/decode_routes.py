@@ -14,6 +14,9 @@ of the video than to its own. Colour conversion differs by a level or two (DALI-
 an IEEE-1180 IDCT by ±1 per block; a wrong or shifted frame differs by far more: adjacent frames of the
 shared footage are 17–32 dB apart (median per video), and where two are nearly alike the frame must still be
 nearest its own.
+
+Frame sources (zips and folders of JPEGs) are classes of their own, probed the same way with libjpeg-turbo
+in PyAV's place (`frame_decoder.py`).
 """
 
 from __future__ import annotations
@@ -132,7 +135,7 @@ def compare_frames(
 class Route:
     """How a decode class is decoded, and why."""
 
-    backend: str  # "dali" | "pyav"
+    backend: str  # "dali" | "pyav" | "libjpeg-turbo" (frame sources' CPU decoder)
     trim: bool = True  # DALI is fed trimmed segments (`PacketIndex.span`)
     verified: bool = False  # a probe compared it with PyAV
     reason: str = ""  # the probe's numbers, or the rule that chose it

@@ -3,6 +3,8 @@
 A frame index means the same thing everywhere in the project: the i-th picture a full decode outputs.
 Container metadata sometimes disagrees with that (HMDB-51 AVIs carry placeholder chunks and malformed
 headers), so frame counts come from demuxing, which is cheap, counting only packets that carry a picture.
+A video may also be a frame source, a zip or folder of numbered JPEG frames (`frames.py`): frame i is the
+i-th picture of its numbering.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import av
 from tqdm import tqdm
 
 from .atomic import write_atomic
+from .frames import FRAME_CODEC, FrameSourceError, has_frames, is_frame_name, is_frame_source, probe_frames
 from .tables import format_table
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,12 @@ class VideoInfo:
     fps: float
     width: int
     height: int
-    codec: str  # FFmpeg's codec name: h264, hevc, mpeg4, vp8, vp9, mjpeg, av1, ...
+    codec: str  # FFmpeg's codec name: h264, hevc, mpeg4, vp8, vp9, mjpeg, av1, ...; "jpeg-frames" (frames.py)
+    frame_fmt: str = ""  # a frame source's frame names, e.g. "img_{:05d}.jpg"; "" for a video file
+
+    def fields(self) -> dict:
+        """The manifest entry: a video file's has no `frame_fmt`."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "frame_fmt" or v}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,12 +107,20 @@ def picture_packets(container: av.container.InputContainer) -> Iterator[av.Packe
             yield packet
 
 
-def probe(path: str | os.PathLike[str]) -> VideoInfo:
+def probe(path: str | os.PathLike[str], frame_fmt: str = "") -> VideoInfo:
     """Frame count, fps, size and codec of a video; raises `VideoError` with the reason it is unusable.
 
     One demux pass counts picture packets; only the first picture is decoded, to prove the codec works
-    and to read the true frame size.
+    and to read the true frame size. A zip or a folder is a frame source (`frames.probe_frames`, named by
+    `frame_fmt` or its files; no fps: 0).
     """
+    if is_frame_source(path):
+        try:
+            listing, header = probe_frames(path, frame_fmt)
+        except FrameSourceError as exc:
+            raise VideoError(path, exc.reason) from None
+        count = len(listing.names)
+        return VideoInfo(str(path), count, 0.0, header.width, header.height, FRAME_CODEC, listing.naming.fmt)
     with open_video(path) as container:
         stream = container.streams.video[0]
         codec = stream.codec_context.codec.canonical_name  # "av1", not the decoder's name ("libdav1d")
@@ -130,7 +146,8 @@ def probe(path: str | os.PathLike[str]) -> VideoInfo:
 def videos_digest(videos: Sequence[VideoInfo]) -> str:
     """A short stable hash of a video list (paths and frame counts): a replica and a trainer check with it
     that a sample index means the same video to both."""
-    return hashlib.sha256(json.dumps([[v.path, int(v.num_frames)] for v in videos]).encode()).hexdigest()[:16]
+    entries = [[v.path, int(v.num_frames)] + ([v.frame_fmt] if v.frame_fmt else []) for v in videos]
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
 
 
 def first_difference(ours: Sequence[VideoInfo], theirs: Iterable[tuple[str, int]], whose: str = "the replica") -> str:
@@ -145,25 +162,39 @@ def first_difference(ours: Sequence[VideoInfo], theirs: Iterable[tuple[str, int]
 
 
 def find_videos(root: str | os.PathLike[str]) -> list[Path]:
-    """Video files under a folder (by extension), or the file itself; sorted. Paths are absolute but kept as
-    given, symbolic links unresolved: a folder of links (class folders of links into one pool, say) lists each
-    link under its own name, and a folder and its manifest name the same videos."""
+    """Video files under a folder (by extension) and frame sources (zips, folders holding frames), or the file
+    or frame folder itself; sorted. Paths are absolute but kept as given, symbolic links unresolved: a folder of
+    links (class folders of links into one pool, say) lists each link under its own name, and a folder and its
+    manifest name the same videos."""
     root = Path(os.path.abspath(root))
-    if root.is_dir():
-        return sorted(p for p in root.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file())
-    return [root]
+    if not root.is_dir() or has_frames(root):
+        return [root]
+    found = set()
+    for p in root.rglob("*"):
+        suffix = p.suffix.lower()
+        if suffix in VIDEO_EXTENSIONS or suffix == ".zip":
+            if p.is_file():
+                found.add(p)
+        elif is_frame_name(p.name):
+            found.add(p.parent)
+    return sorted(found)
 
 
 def index_videos(
-    paths: Iterable[str | os.PathLike[str]], min_frames: int = MIN_FRAMES, progress: bool = False, workers: int = 4
+    paths: Iterable[str | os.PathLike[str]],
+    min_frames: int = MIN_FRAMES,
+    progress: bool = False,
+    workers: int = 4,
+    frame_fmt: str = "",
 ) -> tuple[list[VideoInfo], list[Rejected]]:
     """Probe files and folders; every unusable video becomes a `Rejected` with its reason, never an error.
-    `progress`: a bar on a terminal, a plain line every PROGRESS_EVERY_S seconds otherwise."""
+    `progress`: a bar on a terminal, a plain line every PROGRESS_EVERY_S seconds otherwise. `frame_fmt` names
+    the frames of every frame source (default: found from its files)."""
     files = sorted({f for p in paths for f in find_videos(p)})
 
     def check(path: Path) -> VideoInfo | Rejected:
         try:
-            info = probe(path)
+            info = probe(path, frame_fmt)
         except VideoError as exc:
             return Rejected(str(path), exc.reason)
         if info.num_frames < min_frames:
@@ -210,7 +241,7 @@ def write_manifest(
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
     lists = {
-        "videos": [dataclasses.asdict(v) | {"path": rel(v.path)} for v in videos],
+        "videos": [v.fields() | {"path": rel(v.path)} for v in videos],
         "rejected": [dataclasses.asdict(r) | {"path": rel(r.path)} for r in rejected],
     }
     fields = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in header.items()]
@@ -274,7 +305,8 @@ def rejected_list(rejected: Sequence[Rejected], manifest: str, limit: int = 20) 
 
 def summary(videos: Sequence[VideoInfo], rejected: Sequence[Rejected]) -> str:
     """A small table: accepted videos per codec, rejected videos per reason."""
-    rows = [("accepted", codec, n) for codec, n in sorted(Counter(v.codec for v in videos).items())]
+    kinds = Counter(f"{v.codec} ({v.frame_fmt})" if v.frame_fmt else v.codec for v in videos)
+    rows = [("accepted", codec, n) for codec, n in sorted(kinds.items())]
     rows += [("rejected", reason, n) for reason, n in sorted(Counter(_reason_kind(r.reason) for r in rejected).items())]
     rows.append(("total", "", len(videos) + len(rejected)))
     return format_table(rows, ("status", "codec / reason", "videos"), align="<<>")

@@ -10,7 +10,10 @@ from typing import Literal
 from .config import load_generation
 from .configfile import preset_names
 
-VIDEOS_HELP = "video files, folders (searched recursively) or manifest JSON files"
+VIDEOS_HELP = (
+    "video files, frame sources (zips or folders of JPEG frames), folders of them (searched recursively) or "
+    "manifest JSON files"
+)
 
 
 def add_generation_args(

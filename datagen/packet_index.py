@@ -28,7 +28,7 @@ from datagen.bitstream import (
     mpeg4_pictures,
     vop_types,
 )
-from datagen.manifest import VideoError, VideoInfo, open_video, picture_packets
+from datagen.manifest import VideoError, open_video, picture_packets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -334,11 +334,6 @@ class StoredPackets:
         if len(data) < end - begin:
             raise VideoError(path, f"shorter than its index: {len(data)} of bytes {begin}..{end} read")
         return [data[at : at + size] for at, size in zip((offsets - begin).tolist(), sizes.tolist())]
-
-
-def clamp_indices(video: VideoInfo, indices: np.ndarray) -> np.ndarray:
-    """Frame indices limited to the video's frames: a clip that runs past the end repeats the last one."""
-    return np.clip(np.asarray(indices, dtype=np.int64), 0, max(video.num_frames - 1, 0))
 
 
 def _locate(raw: mmap.mmap, pos: int | None, data: bytes) -> int | None:

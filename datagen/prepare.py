@@ -5,7 +5,8 @@ prepared copy is H.264 (NVDEC and PyAV both decode it) in MP4, yuv420p, a closed
 B-frames, tuned for fast decoding (no CABAC, no deblocking filter: 2.2× faster to decode on a CPU core for
 9 % more bytes, docs/performance.md), and a short side of `short_side` (never upscaled): CtP draws short
 sides 112/128/144, so 144 keeps every draw a downscale. Every decoded picture is encoded once with its source timestamp, so frame i of the
-copy is frame i of the source (datagen/manifest.py's definition). Audio is dropped.
+copy is frame i of the source (datagen/manifest.py's definition). Audio is dropped. Frame sources (zips and
+folders of JPEG frames) are random access already: they are kept where they are and listed as they are.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from av.video.frame import PictureType
 from tqdm import tqdm
 
 from .atomic import replacing, write_atomic
+from .frames import is_frame_source
 from .manifest import (
     Rejected,
     VideoError,
@@ -145,9 +147,12 @@ def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> 
 
 
 def prepare_one(job: Job, settings: Settings, threads: int) -> tuple[str, VideoInfo | Rejected, float]:
-    """('done' | 'skipped' | 'rejected', the output's probe or the source's rejection, seconds)."""
+    """('done' | 'skipped' | 'kept' | 'rejected', the output's probe (a frame source's own) or the source's
+    rejection, seconds)."""
     start = time.perf_counter()
     try:
+        if is_frame_source(job.source):  # every JPEG frame is a key frame: nothing to re-encode
+            return "kept", probe(job.source), time.perf_counter() - start
         if job.output.is_file():
             return "skipped", probe(job.output), 0.0
         expected = probe(job.source).num_frames  # a corrupt source is rejected here with its reason
@@ -196,7 +201,7 @@ def prepare(
     threads = max(1, (os.cpu_count() or 1) // workers)
     videos: list[VideoInfo] = []
     rejected: list[Rejected] = []
-    counts = {"done": 0, "skipped": 0, "rejected": 0}
+    counts = {"done": 0, "skipped": 0, "kept": 0, "rejected": 0}
     with open(log_file or out / "prepare.log", "a") as logf, ProcessPoolExecutor(workers) as pool:
         results = pool.map(prepare_one, jobs, [settings] * len(jobs), [threads] * len(jobs))
         for job, (status, result, seconds) in tqdm(

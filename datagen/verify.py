@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from datagen.config import GenerationConfig
-from datagen.decode import Decoder
+from datagen.decode import Decoder, cpu_backend
 from datagen.decode_routes import DecodeClass, Route, psnr
 from datagen.manifest import VideoError, VideoInfo
 from datagen.plan import PlanBatch, SamplePlan
@@ -72,10 +72,10 @@ class ClassCheck:
 
     @property
     def verdict(self) -> str:
-        if self.backend == "pyav":
-            return "reference"  # PyAV's by the codec rule: nothing to compare it with
+        if self.backend != "dali":
+            return "reference"  # the CPU decoder's by the codec rule: nothing to compare it with
         if not self.route.verified:
-            return "routed" if self.route.backend == "pyav" else "not verified"
+            return "routed" if self.route.backend != "dali" else "not verified"
         return "PASS" if self.route.backend == "dali" else "FAIL"
 
 
@@ -163,7 +163,8 @@ def check_decoding(
     decoder: Decoder, videos: Sequence[VideoInfo], scan: int = 64, per_class: int = 2
 ) -> list[ClassCheck]:
     """Route every decode class found among `videos` (`classify`): those `auto` sends to DALI are probed on up
-    to `per_class` of their videos (`Decoder.check_class`), the others are PyAV's by the codec rule."""
+    to `per_class` of their videos (`Decoder.check_class`), the others are the CPU decoder's by the codec rule
+    (PyAV's, libjpeg-turbo's for frame sources)."""
     classes, unreadable = classify(decoder, videos, scan)
     for line in unreadable:
         log.warning("cannot classify %s", line)
@@ -173,8 +174,9 @@ def check_decoding(
             route = decoder.routes.get(cls) or decoder.check_class(cls, members[:per_class])
             checks.append(ClassCheck(cls, len(members), "dali", route))
         else:
-            route = Route("pyav", reason=f"the reference: {cls.codec} is PyAV's on {decoder.device.type}")
-            checks.append(ClassCheck(cls, len(members), "pyav", route))
+            cpu = cpu_backend(cls.codec)
+            route = Route(cpu, reason=f"the reference: {cls.codec} is {cpu}'s on {decoder.device.type}")
+            checks.append(ClassCheck(cls, len(members), cpu, route))
     return checks
 
 

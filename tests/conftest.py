@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from datagen.demo import synthesize_demo
@@ -62,3 +63,20 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def demo_videos(demo_dir: Path) -> list[VideoInfo]:
     return resolve_videos([demo_dir])
+
+
+@pytest.fixture(scope="session")
+def footage_frames(shared_videos: Path) -> dict[str, np.ndarray]:
+    """The first frames of two shared videos as PyAV decodes them, (N, H, W, 3) RGB: the pictures the frame
+    source tests encode as JPEG (320x240 and 432x240)."""
+    from datagen.decode import PyAVDecoder
+    from datagen.manifest import probe
+
+    decoder = PyAVDecoder()
+    out = {}
+    for name, count in (
+        ("ucf101/v_SoccerJuggling_g23_c01.avi", 60),
+        ("hmdb51/TrumanShow_wave_f_nm_np1_fr_med_26.avi", 30),
+    ):
+        out[name.split("/")[0]] = decoder.decode(probe(shared_videos / name), np.arange(count))
+    return out

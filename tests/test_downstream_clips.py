@@ -22,8 +22,10 @@ from trainer.downstream.clips import (
     TrainClips,
     apply_static_colour,
     eval_clip_indices,
+    eval_clip_plan,
     plan_train_clip,
     retrieval_clip_indices,
+    short_side_shape,
 )
 from trainer.downstream.config import ClipsConfig
 from trainer.downstream.datasets import LabelledSet
@@ -255,3 +257,26 @@ def test_portrait_frames_keep_their_aspect(portrait):
         expected = reference(frames[clip, t], 64, 85, 10, 0, 64, flip=False)  # 64 wide, 85 high, centre crop
         diff = np.abs(batch.clips[clip, t].numpy().astype(np.float32) - expected)
         assert diff.mean() < 0.1 and diff.max() <= 2, (clip, t)
+
+
+def test_short_sides_keep_the_aspect_as_the_official_group_scale():
+    """Something-Something's recipe rescales the short side (GroupScale given an int): each side rounded."""
+    assert short_side_shape(128, (240, 320)) == (128, 171)  # 170.67
+    assert short_side_shape(112, (100, 176)) == (112, 197)  # an SS-V1 frame: 100 px high
+    assert short_side_shape(144, (320, 240)) == (192, 144)  # portrait
+    cfg = ClipsConfig(
+        num_frames=32,
+        frame_stride=1,
+        train_short_sides=(112, 128, 144),
+        test_short_side=128,
+        flip_prob=0.0,
+        test_clips=1,
+    )
+    plans = [plan_train_clip(SampleKey(1, 0, i), 0, 50, cfg, frame_size=(100, 176)) for i in range(300)]
+    assert {p.clip.resized for p in plans} == {(112, 197), (128, 225), (144, 253)}
+    assert not any(p.clip.flip for p in plans)
+    assert all((np.diff(p.clip.frame_indices) == 1).all() and p.clip.frame_indices[-1] <= 49 for p in plans)
+    assert all(p.clip.crop[0] + 112 <= p.clip.resized[0] and p.clip.crop[1] + 112 <= p.clip.resized[1] for p in plans)
+    test = eval_clip_plan(cfg, frame_size=(100, 176))
+    assert (test.resized, test.crop, test.flip) == ((128, 225), (8, 56), False)
+    assert eval_clip_indices(50, cfg).tolist() == [list(range(9, 41))]  # one clip, centred (the official sampler)

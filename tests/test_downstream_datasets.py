@@ -265,5 +265,5 @@ def test_test_split_inherits_the_dataset_and_bad_options_are_named():
         load_downstream_config(None, ["data.train.format=ucf"])
     with pytest.raises(ValueError, match="at least clips.crop_size=112"):
         load_downstream_config(None, ["clips.test_size=[100, 128]"])
-    with pytest.raises(ValueError, match="neither a file nor a preset; presets: hmdb51, tiny_cpu, ucf101"):
+    with pytest.raises(ValueError, match="neither a file nor a preset; presets: hmdb51, ssv1, ssv2, tiny_cpu, ucf101"):
         load_downstream_config("ucf", [])

@@ -150,3 +150,50 @@ def test_finetune_under_torchrun_with_two_gloo_ranks(shared_videos, tmp_path):
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3]  # 6 videos per rank, 2 per rank and step
     assert "2 rank(s)" in done.stderr
+
+
+def test_finetune_on_something_something_v1_in_the_official_ctp_layout(footage_frames, tmp_path):
+    """The ssv1 preset on a miniature official data folder (zips {id}/RGB_frames.zip and 20BN frame folders,
+    train.json/val.json), at a CPU's size: short sides, one centre test clip, the linear warm-up in the log."""
+    from tests.frame_helpers import frame_files, write_folder, write_zip
+
+    root = tmp_path / "something-something-v1"
+    frames = footage_frames["ucf101"]
+    for k, video in enumerate(("100218", "48032", "7", "9")):
+        write_zip(root / video / "RGB_frames.zip", frame_files(frames[10 * k : 10 * k + 20], "{:05d}.jpg"))
+    for k, video in enumerate(("11", "12")):
+        write_folder(root / video, frame_files(frames[5 + 20 * k : 25 + 20 * k], "{:05d}.jpg"))
+    labels = [1, 2, 1, 174]
+    (root / "train.json").write_text(
+        json.dumps([{"name": v, "label": lb} for v, lb in zip(("100218", "48032", "7", "9"), labels)])
+    )
+    (root / "val.json").write_text(json.dumps([{"name": "11", "label": 2}, {"name": "12", "label": 174}]))
+    out = tmp_path / "run"
+    ctp_train(
+        "finetune",
+        "--config",
+        "ssv1",
+        f"data.train.videos={root}",
+        f"data.train.annotations={root}",
+        "model.encoder=tiny",
+        "clips.num_frames=8",
+        "clips.crop_size=64",
+        "clips.train_short_sides=[64,72,80]",
+        "clips.test_short_side=72",
+        "data.batch_size=2",
+        "optim.epochs=2",
+        "optim.milestones=[]",
+        "optim.warmup_steps=2",
+        "run.device=cpu",
+        "run.log_every=1",
+        "run.val_every=1",
+        "run.progress=false",
+        f"run.out_dir={out}",
+    )
+    summary = json.loads((out / "finetuned.json").read_text())
+    assert summary["train_videos"] == 4 and summary["validation"]["videos"] == 2
+    assert summary["validation"]["clips_per_video"] == 1 and not summary["validation"]["skipped"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in records if "loss" in r]
+    base = 0.01 * 2 / 32
+    assert lrs == pytest.approx([0.1 * base, 0.55 * base, base, base])  # warmed up over 2 steps, then the schedule

@@ -57,7 +57,7 @@ def test_sources_untouched_and_tree_mirrored(dataset: Path, prepared) -> None:
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mp4")) == sorted(
         str(Path(n).with_suffix(".mp4")) for n in SOURCES
     )
-    assert report["counts"] == {"done": 3, "skipped": 0, "rejected": 1}
+    assert report["counts"] == {"done": 3, "skipped": 0, "kept": 0, "rejected": 1}
     assert report["bytes_after"] > 0 and report["bytes_before"] == sum((dataset / n).stat().st_size for n in SOURCES)
 
 
@@ -120,7 +120,7 @@ def test_resume_skips_finished_and_redoes_half_written(dataset: Path, tmp_path: 
     part = redone.with_name(f".{redone.name}.part")
     part.write_bytes(b"\x00\x00\x00\x18ftypmp42 half written")  # what a killed encode leaves behind
     report = prepare([dataset / "Wave"], out, Settings(gop=GOP), workers=1)
-    assert report["counts"] == {"done": 1, "skipped": 1, "rejected": 1}
+    assert report["counts"] == {"done": 1, "skipped": 1, "kept": 0, "rejected": 1}
     assert finished.stat().st_mtime_ns == stamp and not part.exists()
     assert probe(redone).num_frames == probe(dataset / "Wave" / "TrumanShow_wave_f_nm_np1_fr_med_26.avi").num_frames
     with pytest.raises(ValueError, match="prepared with"):
@@ -169,7 +169,7 @@ def test_cli_reports_size_and_time(dataset: Path, tmp_path: Path, capsys: pytest
         cli.main(["prepare", str(dataset / "SoccerJuggling"), "--out", str(out), "--gop", "4", "--workers", "1"]) == 0
     )
     text = capsys.readouterr().out
-    assert "1 encoded, 0 already done, 0 rejected in" in text and "MiB ->" in text
+    assert "1 encoded, 0 already done, 0 frame sources kept as they are, 0 rejected in" in text and "MiB ->" in text
     assert json.loads((out / "prepare.json").read_text())["gop"] == 4
 
 
@@ -181,4 +181,19 @@ def test_out_inside_or_equal_to_source(dataset: Path, tmp_path: Path) -> None:
     assert not (src / "prepare.json").exists()
     prepare([src], src / "prepared", Settings(gop=GOP), workers=1)
     report = prepare([src], src / "prepared", Settings(gop=GOP), workers=1)  # its own outputs are not sources
-    assert report["counts"] == {"done": 0, "skipped": 2, "rejected": 1}
+    assert report["counts"] == {"done": 0, "skipped": 2, "kept": 0, "rejected": 1}
+
+
+def test_frame_sources_are_kept_where_they_are_and_listed(dataset: Path, footage_frames, tmp_path: Path) -> None:
+    """JPEG frames are random access already: `prepare` lists a zip or frame folder among the copies, untouched."""
+    from tests.frame_helpers import frame_files, write_zip
+
+    src = tmp_path / "src"
+    shutil.copytree(dataset / "SoccerJuggling", src / "SoccerJuggling")
+    zipped = write_zip(src / "Zips" / "v_x.zip", frame_files(footage_frames["ucf101"][:20]))
+    report = prepare([src], tmp_path / "out", Settings(gop=GOP), workers=1)
+    assert report["counts"] == {"done": 1, "skipped": 0, "kept": 1, "rejected": 0}
+    videos, _ = read_manifest(tmp_path / "out" / "manifest.json")
+    assert sorted(Path(v.path).name for v in videos) == ["v_SoccerJuggling_g23_c01.mp4", "v_x.zip"]
+    assert Path(next(v.path for v in videos if v.codec == "jpeg-frames")) == zipped
+    assert not list((tmp_path / "out").rglob("v_x*"))

@@ -29,7 +29,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    videos: tuple[str, ...] = ()  # video files, folders or manifests
+    videos: tuple[str, ...] = ()  # video files, frame sources (zips, frame folders), folders or manifests
     seed: int = 0
     batch_size: int = 32  # clips per optimiser step, over all ranks (each rank trains batch_size / ranks)
     clips_per_video: int = 1  # an epoch visits every video this many times (with different keys)

@@ -325,7 +325,7 @@ def _publish_checks(generator: BatchGenerator, metrics: ReplicaMetrics) -> None:
     """The start-up self-check's routes and verdicts as metrics, and every route made later as it is made."""
 
     def publish(cls: DecodeClass, route: Route) -> None:
-        metrics.record_route(cls.label, route.name, route.verified and route.backend == "pyav")
+        metrics.record_route(cls.label, route.name, route.verified and route.backend != "dali")
 
     for cls, route in generator.routes.items():
         publish(cls, route)

@@ -78,6 +78,16 @@ def is_portrait(video: VideoInfo) -> bool:
     return video.height > video.width
 
 
+def short_side_shape(short: int, frame_size: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of a (height, width) frame rescaled to the short side `short`, the aspect kept and each
+    side rounded (the official GroupScale given an int)."""
+    height, width = frame_size
+    if min(height, width) <= 0:
+        raise ValueError(f"a frame of {width}x{height} cannot be rescaled to a short side")
+    factor = short / min(height, width)
+    return round(height * factor), round(width * factor)
+
+
 def plan_static_colour(rng: np.random.Generator, cfg: StaticColourConfig) -> ClipColour:
     """Brightness, contrast and hue/saturation, each drawn with its own probability."""
     brightness = float(rng.uniform(-cfg.brightness, cfg.brightness)) if rng.random() < cfg.brightness_prob else 0.0
@@ -110,16 +120,28 @@ def apply_static_colour(clips: torch.Tensor, colours: Sequence[ClipColour]) -> t
 
 
 def plan_train_clip(
-    key: SampleKey, video: int, num_frames: int, cfg: ClipsConfig, attempt: int = 0, portrait: bool = False
+    key: SampleKey,
+    video: int,
+    num_frames: int,
+    cfg: ClipsConfig,
+    attempt: int = 0,
+    portrait: bool = False,
+    frame_size: tuple[int, int] = (0, 0),
 ) -> LabelledClipPlan:
-    """Frames at a fixed stride from a uniform start (clamped to the video), one of the train sizes, a random
-    crop, a flip and the colour jitter, all drawn from the key's streams (official RandomFrameSampler,
-    GroupScale, GroupRandomCrop, GroupFlip and colour transforms)."""
+    """Frames at a fixed stride from a uniform start (clamped to the video), one of the train sizes (or short
+    sides, of a frame of `frame_size` (height, width)), a random crop, a flip and the colour jitter, all drawn
+    from the key's streams (official RandomFrameSampler, GroupScale, GroupRandomCrop, GroupFlip and colour
+    transforms)."""
     rng = generator(key, Stream.CLIP, attempt)
     span = (cfg.num_frames - 1) * cfg.frame_stride + 1
     start = int(rng.integers(0, max(num_frames - span, 0) + 1))
     indices = np.minimum(start + np.arange(cfg.num_frames, dtype=np.int64) * cfg.frame_stride, num_frames - 1)
-    height, width = resized_shape(cfg.train_sizes[int(rng.integers(len(cfg.train_sizes)))], portrait)
+    shortest = cfg.train_short_sides
+    choice = int(rng.integers(len(shortest) or len(cfg.train_sizes)))
+    if shortest:
+        height, width = short_side_shape(shortest[choice], frame_size)
+    else:
+        height, width = resized_shape(cfg.train_sizes[choice], portrait)
     size = cfg.crop_size
     crop = (int(rng.integers(0, height - size + 1)), int(rng.integers(0, width - size + 1)))
     flip = bool(rng.random() < cfg.flip_prob)
@@ -148,9 +170,13 @@ def retrieval_clip_indices(num_frames: int, cfg: ClipsConfig) -> np.ndarray:
     return np.minimum(starts[:, None] + np.arange(cfg.num_frames) * cfg.retrieval_stride, num_frames - 1)
 
 
-def eval_clip_plan(cfg: ClipsConfig, portrait: bool = False) -> ClipPlan:
-    """Resize to `test_size` (transposed for a portrait frame), centre crop, no flip."""
-    height, width = resized_shape(cfg.test_size, portrait)
+def eval_clip_plan(cfg: ClipsConfig, portrait: bool = False, frame_size: tuple[int, int] = (0, 0)) -> ClipPlan:
+    """Resize to `test_size` (transposed for a portrait frame), or to `test_short_side` (of a frame of
+    `frame_size`), centre crop, no flip."""
+    if cfg.test_short_side:
+        height, width = short_side_shape(cfg.test_short_side, frame_size)
+    else:
+        height, width = resized_shape(cfg.test_size, portrait)
     return ClipPlan(
         np.empty(0, np.int64), (height, width), ((height - cfg.crop_size) // 2, (width - cfg.crop_size) // 2), False
     )
@@ -173,7 +199,8 @@ class TrainClips(QuarantinedVideos[LabelledClipPlan]):
         super().__init__(data.videos, decoder or Decoder(device, backend=cfg.decode_backend))
 
     def _plan(self, key: SampleKey, position: int, video: VideoInfo, attempt: int) -> LabelledClipPlan:
-        return plan_train_clip(key, position, video.num_frames, self.cfg, attempt, is_portrait(video))
+        size = (video.height, video.width)
+        return plan_train_clip(key, position, video.num_frames, self.cfg, attempt, is_portrait(video), size)
 
     def generate(self, keys: Sequence[SampleKey]) -> ClipBatch:
         plans = [self.plan(SampleKey(*k)) for k in keys]
@@ -222,7 +249,7 @@ class EvalClips:
                 self.skipped.append(Rejected(video.path, result.reason))
                 log.warning("skipping unreadable test video %s: %s", video.path, result.reason)
                 continue
-            framing = _Framing(eval_clip_plan(self.cfg, is_portrait(video)))
+            framing = _Framing(eval_clip_plan(self.cfg, is_portrait(video), (video.height, video.width)))
             frames = rescale_crop_flip(result, framing, self.cfg.crop_size)
             clips.append(_to_uint8(frames).reshape(self.cfg.test_clips, self.cfg.num_frames, *frames.shape[1:]))
             owners += [position] * self.cfg.test_clips

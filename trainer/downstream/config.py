@@ -15,7 +15,8 @@ from datagen.rng import seed_problem
 from trainer.config import EncoderName, OptimConfig, Recipe, RunConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"
-Format = Literal["ucf101", "hmdb51", "kinetics", "folder", ""]  # "": in data.test, data.train's
+# "": in data.test, data.train's
+Format = Literal["ucf101", "hmdb51", "kinetics", "folder", "ctp", "ssv1", "ssv2", ""]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,9 +24,12 @@ class SplitConfig:
     """One labelled split of one dataset. In `data.test`, empty fields are taken from `data.train`."""
 
     format: Format = ""
-    videos: str = ""  # the folder holding the videos
-    annotations: str = ""  # ucf101: ucfTrainTestlist folder; hmdb51: split-file folder; kinetics: the CSV file
-    subset: Literal["train", "test"] = "train"  # ucf101 / hmdb51 (kinetics and folder: the file or folder decides)
+    videos: str = ""  # the folder holding the videos (files, zips or folders of frames)
+    # ucf101: ucfTrainTestlist folder; hmdb51: split-file folder; kinetics: the CSV file; ctp: the official
+    # list (.json/.txt); ssv1: the folder of its CSVs or of CtP's train.json/val.json; ssv2: the folder of its JSONs
+    annotations: str = ""
+    # ucf101 / hmdb51 / ssv1 / ssv2 (test: SS's validation split); kinetics, folder, ctp: the file or folder decides
+    subset: Literal["train", "test"] = "train"
     split: int = 1  # official split number, 1-3
     manifest: str = ""  # optional `ctp-datagen index` manifest of these videos: skips probing them
 
@@ -61,6 +65,10 @@ class ClipsConfig:
     # (width, height) choices of a landscape frame; a portrait frame (height > width) takes (height, width)
     train_sizes: tuple[tuple[int, int], ...] = ((149, 112), (171, 128), (192, 144))
     test_size: tuple[int, int] = (171, 128)  # (width, height), swapped likewise for portrait frames
+    # Short sides instead (the official GroupScale with an int; Something-Something): the frame rescaled to
+    # keep its aspect, the short side one of `train_short_sides` (train) or `test_short_side` (test); () / 0: off.
+    train_short_sides: tuple[int, ...] = ()
+    test_short_side: int = 0
     crop_size: int = 112
     flip_prob: float = 0.35
     colour: StaticColourConfig = StaticColourConfig()
@@ -86,6 +94,10 @@ class FinetuneOptimConfig(OptimConfig):
     weight_decay: float = 5e-4
     epochs: int = 150
     milestones: tuple[int, ...] = (60, 120)
+    # The official linear warm-up (mmcv's `warmup='linear'`, Something-Something): the learning rate rises from
+    # warmup_ratio x lr to lr over the first warmup_steps steps. 0: none.
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,7 +140,10 @@ def load_downstream_config(
 def validate(cfg: DownstreamConfig) -> None:
     c, d = cfg.clips, cfg.data
     checks = [
-        (bool(d.train.format), "data.train.format must be one of ucf101, hmdb51, kinetics, folder; got ''"),
+        (
+            bool(d.train.format),
+            "data.train.format must be one of ucf101, hmdb51, kinetics, folder, ctp, ssv1, ssv2; got ''",
+        ),
         (0 < d.label_fraction <= 1, f"data.label_fraction must be in (0, 1], got {d.label_fraction}"),
         (d.batch_size >= 1, f"data.batch_size must be >= 1, got {d.batch_size}"),
         (
@@ -140,6 +155,15 @@ def validate(cfg: DownstreamConfig) -> None:
             f"clips.train_sizes and clips.test_size must be at least clips.crop_size={c.crop_size} on both sides",
         ),
         (len(c.train_sizes) >= 1, "clips.train_sizes needs at least one (width, height)"),
+        (
+            all(s >= c.crop_size for s in c.train_short_sides)
+            and (c.test_short_side == 0 or c.test_short_side >= c.crop_size),
+            f"clips.train_short_sides and clips.test_short_side must be at least clips.crop_size={c.crop_size}",
+        ),
+        (
+            0 <= cfg.optim.warmup_ratio <= 1 and cfg.optim.warmup_steps >= 0,
+            "optim.warmup_steps must be >= 0 and optim.warmup_ratio in [0, 1]",
+        ),
         (c.test_clips >= 1 and c.test_batch_videos >= 1, "clips.test_clips and clips.test_batch_videos must be >= 1"),
         (cfg.optim.epochs >= 1, f"optim.epochs must be >= 1, got {cfg.optim.epochs}"),
         (not seed_problem(d.seed), seed_problem(d.seed, "data.seed") or ""),

@@ -1,9 +1,12 @@
-"""Labelled splits: readers for the official UCF-101 and HMDB-51 split files, Kinetics CSVs and class folders.
+"""Labelled splits: readers for the official UCF-101 and HMDB-51 split files, Kinetics CSVs and class folders;
+the official CtP lists and Something-Something's files are parsed by `annotations.py`.
 
 Reading is strict about the annotation files (a malformed line is an error that names the file and the line)
 and lenient about the videos (a listed video that is missing or unreadable is skipped, counted and
-reported, as Kinetics downloads always miss some). Classes are identified by name; a split's `classes`
-tuple fixes their label indices.
+reported, as Kinetics downloads always miss some). A video may be a file or a frame source (a zip or a
+folder of JPEG frames, `datagen/frames.py`): a listed `<class>/<video>.avi` is also found as the official
+CtP zip `<video>.zip` or a rawframe folder `<class>/<video>/`. Classes are identified by name; a split's
+`classes` tuple fixes their label indices.
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.manifest import Rejected, VideoInfo, find_videos, index_videos, read_manifest
+from datagen.manifest import VIDEO_EXTENSIONS, Rejected, VideoInfo, find_videos, index_videos, read_manifest
 from datagen.rng import SUBSET_EPOCH, SampleKey, Stream, generator
+from trainer.downstream.annotations import Annotated, SplitFileError, read_ctp, read_ssv1, read_ssv2
 from trainer.downstream.config import SplitConfig
 
 log = logging.getLogger(__name__)
@@ -25,13 +29,6 @@ log = logging.getLogger(__name__)
 SUBSETS = ("train", "test")
 HMDB_SUBSET_IDS = {"train": "1", "test": "2"}  # 0: unused in this split
 KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
-
-
-class SplitFileError(ValueError):
-    """A malformed annotation file; the message starts with `file:line:`."""
-
-    def __init__(self, path: Path, line: int, problem: str):
-        super().__init__(f"{path}:{line}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,7 +75,7 @@ def read_split(cfg: SplitConfig) -> Listing:
         raise FileNotFoundError(
             f"video folder {cfg.videos!r} does not exist; set data.train.videos (or data.test.videos)"
         )
-    if cfg.format in ("ucf101", "hmdb51") and cfg.subset not in SUBSETS:
+    if cfg.format in ("ucf101", "hmdb51", "ssv1", "ssv2") and cfg.subset not in SUBSETS:
         raise ValueError(f"{cfg.format} subset must be one of {SUBSETS}, got {cfg.subset!r}")
     if cfg.format == "ucf101":
         return _read_ucf101(videos, _annotations(cfg), cfg.subset, cfg.split)
@@ -88,12 +85,25 @@ def read_split(cfg: SplitConfig) -> Listing:
         return _read_kinetics(videos, _annotations(cfg))
     if cfg.format == "folder":
         return _read_folder(videos)
-    raise ValueError(f"unknown dataset format {cfg.format!r}; choose ucf101, hmdb51, kinetics or folder")
+    if cfg.format == "ctp":
+        return _locate_named(read_ctp(_annotations(cfg)), videos)
+    if cfg.format == "ssv1":
+        return _locate_named(read_ssv1(_annotations(cfg), cfg.subset), videos)
+    if cfg.format == "ssv2":
+        return _locate_named(read_ssv2(_annotations(cfg), cfg.subset), videos)
+    raise ValueError(
+        f"unknown dataset format {cfg.format!r}; choose ucf101, hmdb51, kinetics, folder, ctp, ssv1 or ssv2"
+    )
 
 
 def _annotations(cfg: SplitConfig) -> Path:
     if not cfg.annotations:
-        what = "the Kinetics CSV file" if cfg.format == "kinetics" else "the folder of split files"
+        what = {
+            "kinetics": "the Kinetics CSV file",
+            "ctp": "the official list, e.g. annotations/train_split_1.json",
+            "ssv1": "the folder of its CSVs or of the CtP train.json/val.json",
+            "ssv2": "the folder of its JSON files",
+        }.get(cfg.format, "the folder of split files")
         raise ValueError(f"{cfg.format} needs `annotations`: {what} (e.g. data.train.annotations=PATH)")
     return Path(cfg.annotations)
 
@@ -267,13 +277,34 @@ def _locate(name: str, classes: tuple[str, ...], videos: Path, listed: list[tupl
             raise SplitFileError(file, line, f"{relative} is listed twice (first at {seen[relative]})")
         seen[relative] = where
         path = videos / relative
-        if not path.is_file():  # a `ctp-datagen prepare` copy keeps the name but ends in .mp4
-            path = path.with_suffix(".mp4") if path.with_suffix(".mp4").is_file() else path
-        if path.is_file():
-            entries.append((path, label))
+        # a `ctp-datagen prepare` copy (.mp4), a rawframe folder, an official CtP zip (flat, as ucf101/zips)
+        stem = path.with_suffix("")
+        found = _first(path, path.with_suffix(".mp4"), stem, stem.with_suffix(".zip"), videos / f"{stem.name}.zip")
+        if found is not None:
+            entries.append((found, label))
         else:
             missing.append(Rejected(str(path), f"listed at {where} but not found"))
     return Listing(name, classes, tuple(entries), tuple(missing))
+
+
+def _first(*candidates: Path) -> Path | None:
+    """The first candidate that is a file, or a folder (a frame source)."""
+    return next((p for p in candidates if p.is_file() or p.is_dir()), None)
+
+
+def _locate_named(annotated: Annotated, videos: Path) -> Listing:
+    """Find each listed name under `videos` as the official CtP code's zip (`<name>.zip`, or
+    `<name>/RGB_frames.zip` as its Something-Something V1), a frame folder `<name>/`, or a video file
+    `<name>.<ext>` (Something-Something V2's `.webm`)."""
+    suffixes = [".webm", *sorted(VIDEO_EXTENSIONS - {".webm"})]
+    listed = []
+    for relative, label, file, line in annotated.entries:
+        base = videos / relative
+        found = _first(base / "RGB_frames.zip", base.with_name(base.name + ".zip"), base) or _first(
+            *(base.with_name(base.name + s) for s in suffixes)
+        )
+        listed.append((str((found or base).relative_to(videos)), label, file, line))
+    return _locate(annotated.name, annotated.classes, videos, listed)
 
 
 def open_split(cfg: SplitConfig, workers: int = 8, progress: bool = False) -> LabelledSet:

@@ -76,11 +76,23 @@ class FineTuner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self._warm_up()
         self.optimizer.step()
         self.step += 1
         return torch.stack([loss.detach(), (logits.argmax(1) == labels).float().mean()])
 
+    def _warm_up(self) -> None:
+        """The learning rate of this step: the schedule's, scaled up linearly from `warmup_ratio` over the first
+        `warmup_steps` (mmcv's linear warm-up, as the official Something-Something recipe)."""
+        steps, ratio = self.cfg.optim.warmup_steps, self.cfg.optim.warmup_ratio
+        if self.step <= steps and steps:
+            factor = 1 - (1 - ratio) * (1 - self.step / steps)
+            for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+                group["lr"] = lr * factor
+
     def end_epoch(self) -> None:
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr  # the schedule steps from its own rate, not a warm-up's
         self.scheduler.step()
         self.epoch += 1
 
