@@ -284,7 +284,7 @@ def test_shared_memory_and_inline_give_identical_batches_and_fallback_engages(fl
     (local,) = fleet.start(1, videos)
     epoch, batch_size, indices = 4, 3, list(range(10))
     results = {}
-    caplog.set_level(logging.INFO, logger="datagen.service.fleet")
+    caplog.set_level(logging.INFO, logger="datagen.service")  # the client and its replica pool
     for name, kwargs in (("shm", {}), ("inline", {"shared_memory": False})):
         caplog.clear()
         with source(config, addresses=[local.address], **kwargs) as src:

@@ -25,7 +25,7 @@ from typing import Any
 
 SS_CLASSES = 174  # both releases of Something-Something
 SS_SPLIT_FILES = {"train": "train", "test": "validation"}  # the 20BN file of each subset
-CTP_SPLIT_FILES = {"train": "train.json", "test": "val.json"}  # the official CtP code's SS-V1 lists
+OFFICIAL_SPLIT_FILES = {"train": "train.json", "test": "val.json"}  # the official CtP code's SS-V1 lists
 
 
 class SplitFileError(ValueError):
@@ -120,12 +120,12 @@ def read_ssv1(annotations: Path, subset: str) -> Annotated:
     labels = folder / "something-something-v1-labels.csv"
     if annotations.is_dir():
         split = folder / f"something-something-v1-{SS_SPLIT_FILES[subset]}.csv"
-        if not split.is_file() and (folder / CTP_SPLIT_FILES[subset]).is_file():
-            split = folder / CTP_SPLIT_FILES[subset]
+        if not split.is_file() and (folder / OFFICIAL_SPLIT_FILES[subset]).is_file():
+            split = folder / OFFICIAL_SPLIT_FILES[subset]
         elif not split.is_file():
             raise FileNotFoundError(
                 f"no Something-Something V1 {subset} list in {folder}: expected {split.name} (20BN) or "
-                f"{CTP_SPLIT_FILES[subset]} (the official CtP code's)"
+                f"{OFFICIAL_SPLIT_FILES[subset]} (the official CtP code's)"
             )
     else:
         split = annotations
