@@ -32,5 +32,9 @@ test: install  # lint, format and types first (seconds), then the suite
 proto: install  # regenerate protos/*_pb2*.py after editing protos/datagen.proto
 	$(PY) -m protos.build
 
+.PHONY: multinode-smoke
+multinode-smoke: install  # the trainer Job losing nodes, in containers on this host's Docker (minutes; not in `make test`)
+	$(PY) deploy/multinode_smoke.py
+
 clean:
 	rm -rf $(VENV) out
