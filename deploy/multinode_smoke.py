@@ -318,6 +318,7 @@ def run_scenario(cluster: Cluster, scenario: str) -> dict:
         "counted_failures": sum(e["counted"] for e in job.exits),
         "relaunched_agents": text.count("a new agent joins the next one"),
         "run_s": round(time.time() - started, 1),
+        "load_avg_5min": round(os.getloadavg()[1], 1),  # this machine's other work, at the end of the run
         "exactly_once": True,
     }
 
