@@ -35,5 +35,9 @@ compose-smoke: install  # the Compose stack for real on this host's Docker, CPU 
 proto: install  # regenerate protos/*_pb2*.py after editing protos/datagen.proto
 	$(PY) -m protos.build
 
+.PHONY: multinode-smoke
+multinode-smoke: install  # the trainer Job losing nodes, in containers on this host's Docker (minutes; not in `make test`)
+	$(PY) deploy/multinode_smoke.py
+
 clean:
 	rm -rf $(VENV) out

@@ -3,7 +3,7 @@
 Builds the image, starts Redis, two datagen replicas and the trainer with docker-compose.yml + compose.cpu.yml
 on synthetic videos and the tiny_cpu preset, then checks what a user relies on: replicas turn healthy, the
 trainer logs loss lines and takes clips through shared memory, `--scale datagen=3` is adopted while training,
-a killed replica costs nothing, `docker compose stop trainer` checkpoints and exits 143 without a traceback,
+a killed replica costs nothing, `docker compose stop trainer` checkpoints and exits 75 without a traceback,
 `up --no-deps trainer` resumes without touching the replicas, the finished run's metrics.jsonl equals an
 in-process run of the same config record for record (nothing lost or repeated), the app user owns every cache
 file, TensorBoard answers on 127.0.0.1 only, and `down -v` with the profile leaves nothing behind. One PASS
@@ -199,12 +199,12 @@ def smoke(stack: Stack) -> None:
         raise SmokeFailure("the run ended before it could be stopped: give it more steps (OVERRIDES)")
     stack.compose("stop", "trainer")
     code, log = stack.inspect(trainer, "{{.State.ExitCode}}"), stack.logs("trainer")
-    if code != "143" or "Traceback" in log or "stopped at step" not in log:
+    if code != "75" or "Traceback" in log or "stopped at step" not in log:
         raise SmokeFailure(
             f"docker compose stop trainer: exit {code}, traceback {'Traceback' in log}, log:\n{log[-3000:]}"
         )
     stopped_at = int(re.findall(r"stopped at step (\d+)", log)[-1])
-    passed("docker compose stop trainer: checkpoint, exit 143, no traceback", t, f"stopped at step {stopped_at}")
+    passed("docker compose stop trainer: checkpoint, exit 75, no traceback", t, f"stopped at step {stopped_at}")
 
     t = time.monotonic()
     replicas = {r["Name"] for r in stack.containers("datagen")}

@@ -397,7 +397,7 @@ def resolve(argv: list[str]) -> Iterator[tuple[str, ...]]:
         if args.command == "pretrain":
             load_train_config(args.config, args.overrides)  # the preset exists, the overrides are real keys
         yield program, args.command
-    elif program in ("torchrun", "ctp-torchrun"):  # ctp-torchrun: torchrun's parser, its own exit on SIGTERM
+    elif program in ("torchrun", "ctp-torchrun"):  # ctp-torchrun takes torchrun's arguments (trainer.launch)
         from torch.distributed.run import get_args_parser
 
         args = parse(get_args_parser(), rest, where)
@@ -871,6 +871,48 @@ def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
     assert wait[:2] == ["ctp-ready", "fleet"], "the trainer starts once a replica serves"
 
 
+def test_trainer_job_outlives_lost_drained_and_stopped_pods():
+    from torch.distributed.run import get_args_parser
+
+    from trainer.launch import SHARED_STORE_ENV, store_host_conf
+    from trainer.signals import STOPPED_EXIT
+
+    job = k8s_object("Job", "ctp-trainer")
+    spec, c = job["spec"], container(job, "trainer")
+    command = expand(c["command"], container_env(c))
+    assert command[0] == "ctp-torchrun", "torchrun exits 1 for a stopped run and races for the store's host"
+    assert container_env(c)[SHARED_STORE_ENV] == "1", "a restarted pod deadlocks the rendezvous otherwise"
+    torchrun = get_args_parser().parse_args(command[1:])
+    host = torchrun.rdzv_endpoint.partition(":")[0]
+    assert host.startswith(f"{job['metadata']['name']}-0."), "the store is on pod 0"
+    assert "is_host=true" in store_host_conf(torchrun, "0") and "is_host=false" in store_host_conf(torchrun, "1")
+    # podFailurePolicy needs restartPolicy Never; with it, neither a disruption nor a stopped run is a failure.
+    assert pod_spec(job)["restartPolicy"] == "Never"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
+    assert {
+        "action": "Ignore",
+        "onExitCodes": {"containerName": c["name"], "operator": "In", "values": [STOPPED_EXIT]},
+    } in rules
+    assert all(rule["action"] == "Ignore" for rule in rules), "nothing here is a reason to fail the whole Job"
+    assert spec["backoffLimit"] >= 2 * spec["completions"]
+    assert pod_spec(job)["terminationGracePeriodSeconds"] > 30, "torchrun gives its workers 30 s after SIGTERM"
+
+
+def test_every_torchrun_start_is_one_that_survives_a_lost_node():
+    """Containers and the documented multi-node commands start torchrun through ctp-torchrun, which sets
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (tests/test_trainer_launch.py): with plain torchrun, a restarted node
+    deadlocks the rendezvous (torch >= 2.5, pytorch/pytorch#135712) and a stopped run exits as a crash."""
+    for where, argv in container_commands().items():
+        assert ("torchrun",) not in set(resolve(argv)), f"{where}: run ctp-torchrun, not torchrun"
+    docs = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    for path in docs:
+        for line in path.read_text().splitlines():
+            multinode = re.search(r"--nnodes[= ](\S+)", line) and not re.search(r"--nnodes[= ]1\b", line)
+            if multinode and re.search(r"(?<![\w-])torchrun\b", line):
+                pytest.fail(f"{path.name}: a multi-node command runs torchrun, not ctp-torchrun: {line.strip()}")
+
+
 # ======================================================================================================
 # The programs the containers run
 # ======================================================================================================
@@ -891,7 +933,7 @@ def test_every_container_command_parses_with_its_programs_real_parser():
     assert {
         ("ctp-datagen", "serve"),
         ("ctp-train", "pretrain"),
-        ("torchrun",),
+        ("ctp-torchrun",),
         ("ctp-gpu-slot",),
         ("ctp-ready", "replica"),
         ("ctp-ready", "fleet"),

@@ -20,7 +20,6 @@ import pytest
 import yaml
 
 from tests.test_deploy import (
-    BIN,
     COMPOSE_CPU,
     COMPOSE_FILE,
     DOCKERFILE,
@@ -139,8 +138,11 @@ def test_tensorboard_is_published_on_this_host_only():
     assert bound[0] == "127.0.0.1"
 
 
-def test_ctp_torchrun_ends_a_stopped_run_with_143_and_no_traceback(tmp_path: Path):
-    """torchrun answers SIGTERM with a traceback and exit status 1, like a crash; ctp-torchrun with 128 + 15."""
+def test_ctp_torchrun_ends_a_stopped_run_with_75_and_no_traceback(tmp_path: Path):
+    """torchrun answers SIGTERM (`docker compose stop`) with a traceback and exit status 1, like a crash;
+    ctp-torchrun (trainer.launch) with one line and 75, "stopped, not finished"."""
+    from trainer.signals import STOPPED_EXIT
+
     worker = tmp_path / "worker.py"
     worker.write_text(
         "import signal, sys, time\n"
@@ -151,13 +153,14 @@ def test_ctp_torchrun_ends_a_stopped_run_with_143_and_no_traceback(tmp_path: Pat
     results = {}
     for launcher in ("torchrun", "ctp-torchrun"):
         program = (
-            [sys.executable, str(BIN / launcher)]
+            [sys.executable, "-m", "trainer.launch"]
             if launcher == "ctp-torchrun"
             else [str(Path(sys.executable).parent / "torchrun")]
         )
         process = subprocess.Popen(
             [*program, "--standalone", "--nproc-per-node=1", "--log-dir", str(tmp_path / launcher), "--tee=3",
              str(worker)],
+            cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -172,7 +175,7 @@ def test_ctp_torchrun_ends_a_stopped_run_with_143_and_no_traceback(tmp_path: Pat
     code, output = results["torchrun"]
     assert code == 1 and "Traceback" in output, "torchrun itself: a stop looks like a crash"
     code, output = results["ctp-torchrun"]
-    assert code == 128 + signal.SIGTERM and "Traceback" not in output, output
+    assert code == STOPPED_EXIT and "Traceback" not in output, output
     assert "worker: checkpoint written" in output and "ctp-torchrun: stopped by SIGTERM" in output
 
 

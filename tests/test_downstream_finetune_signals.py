@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from tests.test_trainer_signals import REPO, _wait_for, assert_second_ctrl_c_stops_at_once
+from trainer.signals import STOPPED_EXIT
 
 
 def _finetune(videos: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -45,7 +46,7 @@ def test_ctrl_c_saves_the_epoch_and_resume_auto_continues(shared_videos, tmp_pat
     _wait_for(lambda: _trained(out), process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err
+    assert process.returncode == STOPPED_EXIT, err  # stopped before the end: not 0
     assert "Traceback" not in err
     assert "Ctrl-C: saving a checkpoint at the end of the epoch" in err and "--resume auto" in err
     stopped = torch.load(out / "finetuned.pt", weights_only=True)["epoch"]

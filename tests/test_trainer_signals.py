@@ -1,4 +1,5 @@
-"""A run never clobbers another, and Ctrl-C saves: refused folders, --overwrite, SIGINT in a real process."""
+"""A run never clobbers another, and Ctrl-C saves: refused folders, --overwrite, SIGINT in a real process (exit 75:
+stopped before the end; run.stop_at_step, the end a run was given, exits 0)."""
 
 import logging
 import os
@@ -15,6 +16,7 @@ from trainer import signals
 from trainer.checkpoint import list_checkpoints
 from trainer.cli import main
 from trainer.metrics_log import read_records
+from trainer.signals import STOPPED_EXIT
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [
@@ -87,7 +89,7 @@ def test_ctrl_c_checkpoints_and_says_how_to_resume(demo_dir, tmp_path):
     _wait_for(lambda: _logged_step(out) >= 1, process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 0, err
+    assert process.returncode == STOPPED_EXIT == 75, err  # not 0: the run did not finish
     assert "Traceback" not in err
     assert "Ctrl-C: saving a checkpoint" in err and "--resume auto" in err
     *epoch_ends, stopped = [int(c.stem.split("-")[1]) for c in list_checkpoints(out)]

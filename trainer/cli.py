@@ -6,12 +6,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 from datagen.configfile import parse_command_line, split_overrides, to_yaml
 from datagen.service import jsonlog
-from trainer.signals import stopped_at_once
+from trainer.signals import STOPPED_EXIT, Stopped, stopped_at_once
 
 # Each command's one-line help. Only the command being run imports its module: torch and friends take seconds to
 # load, which `ctp-train --help` need not wait for.
@@ -45,12 +46,25 @@ def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentPa
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command's exit status: 0 done, 2 a clear error, 75 stopped by a signal before the end (STOPPED_EXIT),
+    130 a second Ctrl-C. Under torchrun an uncaught exception also leaves error.json where torchrun says
+    (TORCHELASTIC_ERROR_FILE), through torch elastic's `record`."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return _main(argv)
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    return record(_main)(argv) or 0  # record turns SystemExit(0) into None
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((a for a in split_overrides(argv)[0] if not a.startswith("-")), None)
     args = parse_command_line(build_parser((command,) if command in COMMANDS else ()), argv)
     jsonlog.setup_plain()
     try:
         args.func(args)
+    except Stopped:
+        return STOPPED_EXIT  # the log said where it stopped and how to continue
     except Exception as exc:
         if stopped_at_once():  # a second Ctrl-C: whatever it broke, stop without a traceback
             return _interrupted(args.command)

@@ -20,6 +20,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
+from trainer.signals import Stopped
+
 if TYPE_CHECKING:
     from trainer.execution import Execution
 
@@ -102,6 +104,10 @@ def process_group(requested_device: str = "auto", timeout_minutes: int = 30) -> 
     )
     try:
         yield ranks
+    except Stopped:
+        dist.barrier()  # a stop is agreed by every rank: they leave together, as at the end
+        raise
+    else:
         dist.barrier()  # no rank tears down while a peer is still talking: gloo aborts a process whose peer left
     finally:
         dist.destroy_process_group()

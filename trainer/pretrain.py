@@ -54,7 +54,7 @@ from trainer.loss import ctp_loss, encode
 from trainer.optimizer import build_optimizer, build_scheduler
 from trainer.progress import show_bars
 from trainer.reporting import Reporter
-from trainer.signals import stop_on_signals
+from trainer.signals import Stopped, stop_on_signals
 from trainer.track_eval import TrackingScore
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,8 @@ class Trainer:
 
 def pretrain(cfg: TrainConfig, resume: str | None = None, overwrite: bool = False) -> TrackingScore | None:
     """Train per `cfg` (under torchrun: as one DDP rank); returns the final held-out tracking score, or None when
-    stopped before the end. A run.out_dir holding another run is refused unless resuming or `overwrite`."""
+    stopped at run.stop_at_step; raises `Stopped` when a signal stopped it before the end (after its checkpoint).
+    A run.out_dir holding another run is refused unless resuming or `overwrite`."""
     if not cfg.data.videos:
         raise ValueError("data.videos is empty: pass video files, folders or manifests, e.g. data.videos=[out/demo]")
     ranks = Ranks.from_env()
@@ -282,6 +283,8 @@ def _pretrain(
                             trainer.step,
                             checkpoint_path(run_dir, trainer.step),
                         )
+                    if trainer.step != cfg.run.stop_at_step:  # every rank agreed on the step: all raise alike
+                        raise Stopped(f"stopped by a signal at step {trainer.step}")
                     return None
                 return ranks.broadcast(reporter.evaluate())
         finally:

@@ -1,7 +1,9 @@
 """Stop requests: SIGTERM (preemption) and Ctrl-C both ask a training loop to checkpoint at its next safe point.
 
-A second Ctrl-C stops at once (KeyboardInterrupt; the CLI exits 130 without a traceback). Outside the main
-thread no handler can be installed and the event is never set.
+A run so stopped before its end raises `Stopped` on every rank, and the CLI exits `STOPPED_EXIT` (75), so that
+exit 0 always means "training finished": a job controller (Kubernetes, torchrun) tells a drained run, to be
+resumed, from a finished one. A second Ctrl-C stops at once (KeyboardInterrupt; the CLI exits 130 without a
+traceback). Outside the main thread no handler can be installed and the event is never set.
 """
 
 from __future__ import annotations
@@ -14,6 +16,13 @@ from collections.abc import Iterator
 
 log = logging.getLogger(__name__)
 _stopped_at_once = threading.Event()  # a second Ctrl-C came: what fails next failed because of it
+
+# sysexits.h's EX_TEMPFAIL ("try again later"): stopped before the end, after a checkpoint; `--resume auto` goes on.
+STOPPED_EXIT = 75
+
+
+class Stopped(Exception):
+    """A run stopped by a signal before its end, after its checkpoint (raised by every rank alike)."""
 
 
 @contextlib.contextmanager

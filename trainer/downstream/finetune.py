@@ -38,7 +38,7 @@ from trainer.execution import Execution
 from trainer.metrics_log import MetricsLog
 from trainer.optimizer import build_optimizer, build_scheduler
 from trainer.progress import eta, show_bars
-from trainer.signals import stop_on_signals
+from trainer.signals import Stopped, stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,9 @@ class FineTuner:
 
 
 def finetune(cfg: DownstreamConfig, resume: str | None = None, overwrite: bool = False) -> Path:
-    """Fine-tune per `cfg`; returns the checkpoint (its validation results lie beside it as JSON). A run.out_dir
-    holding another fine-tuning run is refused unless resuming or `overwrite`."""
+    """Fine-tune per `cfg`; returns the checkpoint (its validation results lie beside it as JSON), or raises
+    `Stopped` when a signal stopped it before the end (after its checkpoint). A run.out_dir holding another
+    fine-tuning run is refused unless resuming or `overwrite`."""
     with process_group(cfg.run.device) as ranks:
         return _finetune(cfg, resume, overwrite, ranks)
 
@@ -225,7 +226,7 @@ def _finetune(cfg: DownstreamConfig, resume: str | None, overwrite: bool, ranks:
             )
         if metrics:
             metrics.close()
-        return checkpoint
+        raise Stopped(f"stopped by a signal after epoch {tuner.epoch}")
     unreadable = {path: reason for found in ranks.gather(clips.bad_videos) for path, reason in found.items()}
     if metrics:
         metrics.close()
