@@ -1,5 +1,6 @@
-"""Dependencies run one way: trainer -> datagen -> protos (README: Layout). Read from the source with
-`ast`, so an import hidden inside a function counts as much as one at the top of a module."""
+"""Dependencies run one way (README: Layout; docs/architecture.md): trainer -> datagen -> protos, and no import
+cycle anywhere. Read from the source with `ast`, so an import hidden inside a function, or one made only for
+type checking, counts as much as one at the top of a module."""
 
 import ast
 from pathlib import Path
@@ -8,38 +9,118 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("protos", "datagen", "trainer")
-FORBIDDEN = {"protos": {"datagen", "trainer"}, "datagen": {"trainer"}, "trainer": set()}  # the layers above
+# room -> the rooms it may not import (a room is a dotted prefix: a package or a module).
+FORBIDDEN = {
+    "protos": ("datagen", "trainer"),
+    "datagen": ("trainer",),
+}
 
 
-def imported_packages(source: str, package: str) -> set[tuple[int, str]]:
-    """(line, top-level project package) of every import in a module of `package`; a relative import is
-    the module's own package."""
+def modules() -> dict[str, Path]:
+    """Every project module by dotted name (a package by its own name), generated gRPC code aside."""
+    found = {}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            if path.name.endswith(("_pb2.py", "_pb2_grpc.py")):
+                continue
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return found
+
+
+def imports(name: str, source: str, known: set[str], is_package: bool = False) -> set[tuple[int, str]]:
+    """(line, project module) of every import in module `name`: `from a import b` is module a.b when that
+    exists, else a; an import of a name that is no module stands for the closest enclosing module."""
+
+    def closest(dotted: str) -> str | None:
+        while dotted and dotted not in known:
+            dotted = dotted.rpartition(".")[0]
+        return dotted or None
+
     found = set()
+    here = name.split(".") if is_package else name.split(".")[:-1]
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
-            found |= {(node.lineno, alias.name.split(".")[0]) for alias in node.names}
+            targets = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            found.add((node.lineno, package if node.level else (node.module or "").split(".")[0]))
-    return {(line, top) for line, top in found if top in PACKAGES}
+            base = node.module or ""
+            if node.level:
+                base = ".".join(here[: len(here) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
+        else:
+            continue
+        found |= {(node.lineno, module) for module in map(closest, targets) if module and module != name}
+    return found
 
 
-def modules(package: str) -> list[Path]:
-    return sorted(p for p in (ROOT / package).rglob("*.py") if not p.name.endswith(("_pb2.py", "_pb2_grpc.py")))
+def graph() -> dict[str, set[tuple[int, str]]]:
+    mods = modules()
+    return {name: imports(name, path.read_text(), set(mods), path.name == "__init__.py") for name, path in mods.items()}
 
 
-@pytest.mark.parametrize("package", PACKAGES)
-def test_no_package_imports_a_layer_above_it(package):
-    assert modules(package), f"no modules found under {package}/"
+def inside(module: str, room: str) -> bool:
+    return module == room or module.startswith(room + ".")
+
+
+@pytest.mark.parametrize("room", FORBIDDEN)
+def test_no_room_imports_one_it_may_not(room):
+    edges = graph()
+    assert any(inside(m, room) for m in edges), f"no modules found in {room}"
     wrong = [
-        f"{path.relative_to(ROOT)}:{line} imports {top}"
-        for path in modules(package)
-        for line, top in sorted(imported_packages(path.read_text(), package))
-        if top in FORBIDDEN[package]
+        f"{modules()[m].relative_to(ROOT)}:{line} imports {target}"
+        for m, targets in sorted(edges.items())
+        if inside(m, room)
+        for line, target in sorted(targets)
+        if any(inside(target, other) for other in FORBIDDEN[room])
     ]
     assert not wrong, "imports against the layering: " + "; ".join(wrong)
 
 
-def test_the_check_sees_lazy_and_relative_imports():
-    # datagen/service/cli.py once imported the trainer inside a function: such an import is found.
-    source = "from . import jsonlog\nimport numpy\n\ndef run():\n    from trainer.remote import RemoteSource\n"
-    assert imported_packages(source, "datagen") == {(1, "datagen"), (5, "trainer")}
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), each sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = stack[stack.index(v) :]
+            del stack[stack.index(v) :]
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycle():
+    edges = {m: {target for _, target in targets} for m, targets in graph().items()}
+    assert not cycles(edges), f"import cycles: {cycles(edges)}"
+
+
+def test_the_check_sees_lazy_relative_and_type_checking_imports():
+    # datagen/service/cli.py once imported the trainer inside a function; trainer.reporting and trainer.pretrain
+    # once imported each other, one side only `if TYPE_CHECKING:`. Both are found.
+    known = {"datagen", "datagen.service", "datagen.service.jsonlog", "trainer", "trainer.pretrain", "trainer.remote"}
+    source = (
+        "from . import jsonlog\nimport numpy\nif TYPE_CHECKING:\n    from trainer.pretrain import Trainer\n\n"
+        "def run():\n    from trainer.remote import RemoteSource\n"
+    )
+    assert imports("datagen.service.cli", source, known) == {
+        (1, "datagen.service.jsonlog"),
+        (4, "trainer.pretrain"),
+        (7, "trainer.remote"),
+    }
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []

@@ -98,10 +98,10 @@ def test_conversion_keeps_the_weights_and_picks_torchs_module_off_cpu():
 
 
 def _distribute_rank(rank: int, init_method: str) -> None:
-    from trainer.distributed import Ranks, distribute
+    from trainer.distributed import Ranks
     from trainer.downstream.model import VideoClassifier
     from trainer.encoders import build_encoder
-    from trainer.execution import Execution
+    from trainer.execution import Execution, distribute
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
@@ -118,5 +118,5 @@ def _distribute_rank(rank: int, init_method: str) -> None:
 
 
 def test_fine_tuning_and_pretraining_sync_batchnorm_under_torchrun_on_cpu_too(tmp_path):
-    """One rule (trainer.distributed.distribute): fine-tuning on gloo synchronised no BatchNorm before."""
+    """One rule (trainer.execution.distribute): fine-tuning on gloo synchronised no BatchNorm before."""
     mp.spawn(_distribute_rank, args=(f"file://{tmp_path / 'store'}",), nprocs=2, join=True)

@@ -12,7 +12,7 @@ import datetime
 import inspect
 import os
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
@@ -21,9 +21,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
 from trainer.signals import Stopped
-
-if TYPE_CHECKING:
-    from trainer.execution import Execution
 
 T = TypeVar("T")
 
@@ -211,22 +208,6 @@ def distributed_data_parallel(module: nn.Module, device: torch.device, sync_buff
         known = inspect.signature(DistributedDataParallel.__init__).parameters
         options["forward_sync_buffers" if "forward_sync_buffers" in known else "broadcast_buffers"] = False
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None, **options)
-
-
-def distribute(
-    module: nn.Module, execution: Execution, ranks: Ranks, sync_batchnorm: bool = True
-) -> tuple[nn.Module, nn.Module]:
-    """(the network on this rank's device, what a training step calls: the network, DDP-wrapped under torchrun).
-
-    The one rule of pretraining and fine-tuning: under torchrun BatchNorm is synchronised across the ranks
-    (`run.sync_batchnorm`, default on; CPU/gloo too, with `CpuSyncBatchNorm`), so it normalises with the global
-    batch's statistics and a run trains the same network on 1 rank or N; the buffers are then equal on every
-    rank, and DDP need not broadcast them before each forward."""
-    sync = ranks.distributed and sync_batchnorm
-    network = execution.prepare(convert_sync_batchnorm(module, execution.device) if sync else module)
-    if not ranks.distributed:
-        return network, network
-    return network, distributed_data_parallel(network, execution.device, sync_buffers=not sync)
 
 
 def sync_batchnorm_layers(module: nn.Module) -> int:

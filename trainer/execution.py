@@ -7,11 +7,12 @@ import dataclasses
 from typing import TypeVar
 
 import torch
+from torch import nn
 
 from datagen.batch import Batch
 from trainer.config import RunConfig
 from trainer.ctp_model import normalise
-from trainer.distributed import Ranks
+from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
@@ -92,3 +93,19 @@ class Execution:
     def describe(self) -> str:
         precision = "bf16" if self.bf16 else "tf32" if self.tf32 else "fp32"
         return f"{self.device} {precision}{' channels_last_3d' if self.channels_last else ''}"
+
+
+def distribute(
+    module: nn.Module, execution: Execution, ranks: Ranks, sync_batchnorm: bool = True
+) -> tuple[nn.Module, nn.Module]:
+    """(the network on this rank's device, what a training step calls: the network, DDP-wrapped under torchrun).
+
+    The one rule of pretraining and fine-tuning: under torchrun BatchNorm is synchronised across the ranks
+    (`run.sync_batchnorm`, default on; CPU/gloo too, with `CpuSyncBatchNorm`), so it normalises with the global
+    batch's statistics and a run trains the same network on 1 rank or N; the buffers are then equal on every
+    rank, and DDP need not broadcast them before each forward."""
+    sync = ranks.distributed and sync_batchnorm
+    network = execution.prepare(convert_sync_batchnorm(module, execution.device) if sync else module)
+    if not ranks.distributed:
+        return network, network
+    return network, distributed_data_parallel(network, execution.device, sync_buffers=not sync)

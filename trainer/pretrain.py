@@ -47,9 +47,9 @@ from trainer.config import TrainConfig
 from trainer.ctp_model import CtPNetwork
 from trainer.cursor import EpochCursor
 from trainer.data import SampleSource, held_out_batches, open_source, replica_problem
-from trainer.distributed import Ranks, distribute, process_group, sync_batchnorm_layers
+from trainer.distributed import Ranks, process_group, sync_batchnorm_layers
 from trainer.encoders import count_parameters
-from trainer.execution import Execution
+from trainer.execution import Execution, distribute
 from trainer.loss import ctp_loss, encode
 from trainer.optimizer import build_optimizer, build_scheduler
 from trainer.progress import show_bars

@@ -9,23 +9,36 @@ import dataclasses
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
 from datagen.batch import Batch
+from trainer.config import TrainConfig
 from trainer.data import SampleSource
+from trainer.distributed import Ranks
+from trainer.execution import Execution
 from trainer.metrics_log import MetricsLog
 from trainer.progress import eta, show_bars
 from trainer.starvation import RankWindow, StarvationMonitor
 from trainer.track_eval import TrackingScore, evaluate
 from trainer.viz import boxes_image
 
-if TYPE_CHECKING:
-    from trainer.pretrain import Trainer
-
 log = logging.getLogger(__name__)
+
+
+class Trainee(Protocol):
+    """What the reporter reads of the run it reports (`pretrain.Trainer`), so that it need not import it."""
+
+    cfg: TrainConfig
+    ranks: Ranks
+    execution: Execution
+    network: torch.nn.Module
+    step: int
+
+    @property
+    def total_steps(self) -> int: ...
 
 
 @dataclasses.dataclass
@@ -112,7 +125,7 @@ class Reporter:
     scalars, the progress bar, held-out tracking and, when the ranks wait on data, how to feed them."""
 
     def __init__(
-        self, trainer: Trainer, held_out: list[Batch], run_dir: Path, resumed: bool, source: SampleSource
+        self, trainer: Trainee, held_out: list[Batch], run_dir: Path, resumed: bool, source: SampleSource
     ) -> None:
         self.trainer = trainer
         self.held_out = held_out

@@ -28,13 +28,13 @@ from trainer.checkpoint import FINETUNE_TASK, FINETUNED_NAME, check_resumable, m
 from trainer.config import EncoderName
 from trainer.ctp_model import normalise
 from trainer.data import InProcessSource
-from trainer.distributed import Ranks, distribute, process_group
+from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import ClipBatch, TrainClips
 from trainer.downstream.config import DownstreamConfig
 from trainer.downstream.datasets import LabelledSet, label_subset, open_split
 from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import VideoClassifier, load_encoder, read_state
-from trainer.execution import Execution
+from trainer.execution import Execution, distribute
 from trainer.metrics_log import MetricsLog
 from trainer.optimizer import build_optimizer, build_scheduler
 from trainer.progress import eta, show_bars
