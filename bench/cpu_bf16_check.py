@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from datagen.tables import format_table
+from common.tables import format_table
 
 # (batch, channels, frames, height, width): the tiny CPU encoder's and R3D-18's stages at 16 input frames.
 SHAPES = [(8, 64, 4, 8, 8), (8, 128, 2, 4, 4), (2, 64, 2, 4, 4), (8, 256, 4, 14, 14), (8, 512, 2, 7, 7)]

@@ -28,10 +28,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datagen.decode import _BT601_X16, Decoder, PyAVDecoder, yuv_to_rgb
-from datagen.demo import synthesize_demo
-from datagen.manifest import VideoInfo, resolve_videos
-from datagen.tables import format_table
+from common.tables import format_table
+from datagen.video.decode.decoder import Decoder
+from datagen.video.decode.pyav import PyAVDecoder
+from datagen.video.decode.yuv import _BT601_X16, yuv_to_rgb
+from datagen.video.manifest import VideoInfo, resolve_videos
+from datagen.video.synthetic import synthesize_demo
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 FRAMES = 16

@@ -13,9 +13,9 @@ import argparse
 
 import torch
 
+from common.tables import format_table
 from datagen.bench import timed
-from datagen.rng import SampleKey
-from datagen.tables import format_table
+from datagen.ctp.rng import SampleKey
 from trainer.downstream.clips import EvalClips, TrainClips, eval_clip_indices
 from trainer.downstream.config import SplitConfig, load_downstream_config
 from trainer.downstream.datasets import open_split

@@ -28,14 +28,14 @@ import torch
 
 from bench.reference_ctp import reference_sample
 from bench.timing import interleaved_best
-from datagen.atomic import write_json
-from datagen.config import GenerationConfig
-from datagen.decode import Decoder
-from datagen.frames import OFFICIAL_FMT
+from common.atomic import write_json
+from common.tables import format_table
+from datagen.ctp.rng import SampleKey
+from datagen.ctp.spec import GenerationConfig
 from datagen.generator import Generator, pipelined
-from datagen.manifest import VideoInfo, probe, resolve_videos
-from datagen.rng import SampleKey
-from datagen.tables import format_table
+from datagen.video.decode.decoder import Decoder
+from datagen.video.frames import OFFICIAL_FMT
+from datagen.video.manifest import VideoInfo, probe, resolve_videos
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

@@ -5,7 +5,7 @@ replica frozen, killed or partitioned mid-epoch, and with every replica throttle
                                 [--videos PATH...] [--json FILE] [KEY=VALUE ...]
 
 Real processes throughout: a redis-server, `ctp-datagen serve` replicas registered there (tests/service_helpers),
-and `datagen.service.fleet.RemoteSource` pulling `--samples` indices as `ctp-datagen pull` does, checking that
+and `datagen.service.client.remote_source.RemoteSource` pulling `--samples` indices as `ctp-datagen pull` does, checking that
 each arrives exactly once. A fresh fleet per run. Scenarios, the fault injected once a quarter of the samples
 has arrived:
 
@@ -39,9 +39,9 @@ from pathlib import Path
 
 import torch
 
-from datagen.atomic import write_json
-from datagen.service.fleet import RemoteSource
-from datagen.tables import format_table
+from common.atomic import write_json
+from common.tables import format_table
+from datagen.service.client.remote_source import RemoteSource
 from tests.service_helpers import RedisServer, ReplicaProcess, TcpProxy, free_port
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"

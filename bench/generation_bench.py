@@ -23,15 +23,15 @@ import torch
 
 from bench.reference_ctp import reference_sample
 from bench.timing import interleaved_best
-from datagen.atomic import write_json
-from datagen.config import GenerationConfig
-from datagen.decode import Decoder
+from common.atomic import write_json
+from common.tables import format_table
+from datagen.ctp.plan import PlanBatch
+from datagen.ctp.render import _paste_step_boxes, render, render_clips
+from datagen.ctp.rng import SampleKey
+from datagen.ctp.spec import GenerationConfig
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos
-from datagen.plan import PlanBatch
-from datagen.render import _paste_step_boxes, render, render_clips
-from datagen.rng import SampleKey
-from datagen.tables import format_table
+from datagen.video.decode.decoder import Decoder
+from datagen.video.manifest import resolve_videos
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

@@ -91,8 +91,8 @@ def check_environment(ctx: Context) -> None:
 def warm_up_kernels(ctx: Context) -> None:
     """Compile the CPU kernels (numba) once into $NUMBA_CACHE_DIR, so that no later section pays the cold start
     inside its cap; timed."""
-    from datagen.decode import Decoder
     from datagen.generator import Generator
+    from datagen.video.decode.decoder import Decoder
 
     started = time.perf_counter()
     generator = Generator(ctx.manifest()[:1], device="cpu", decoder=Decoder("cpu", "pyav"), self_check=False)
@@ -133,10 +133,10 @@ def check_self(ctx: Context) -> None:
 def check_generation(ctx: Context) -> None:
     import torch
 
-    from datagen.decode import Decoder
-    from datagen.decode_routes import psnr
+    from datagen.ctp.rng import SampleKey
     from datagen.generator import Generator
-    from datagen.rng import SampleKey
+    from datagen.video.decode.decoder import Decoder
+    from datagen.video.decode.routes import psnr
 
     videos = ctx.manifest()
     keys = [SampleKey(3, 1, i) for i in range(16)]
@@ -195,10 +195,10 @@ def datagen_rates(ctx: Context, seconds: float) -> dict[str, Any]:
     utilisation while it decodes (DALI decodes a batch's clips in `num_threads` threads, each with an NVDEC
     decoder of its own: the driver spreads them over the engines)."""
     from datagen.bench import timed
-    from datagen.decode import Decoder
+    from datagen.ctp.render import render
+    from datagen.ctp.rng import SampleKey
     from datagen.generator import Generator
-    from datagen.render import render
-    from datagen.rng import SampleKey
+    from datagen.video.decode.decoder import Decoder
 
     generator = Generator(ctx.manifest(), device="cuda", decoder=Decoder("cuda", batch_size=ctx.batch_size))
     keys = [SampleKey(0, 0, i) for i in range(ctx.batch_size)]
@@ -317,8 +317,8 @@ def replica_batches(text: str) -> dict[str, float]:
 
 def pinned_arrivals(address: str) -> dict[str, bool]:
     """Whether a GPU trainer's client receives clips in pinned memory, through shared memory and inline."""
-    from datagen.config import load_generation
-    from datagen.service.fleet import RemoteSource
+    from datagen.ctp.spec import load_generation
+    from datagen.service.client.remote_source import RemoteSource
 
     found = {}
     for shm in (True, False):
@@ -380,9 +380,9 @@ def two_ranks_worker(rank: int, port: int, result: str) -> None:
 
     from bench.train_bench import synthetic_batch
     from trainer.config import load_train_config
-    from trainer.distributed import Ranks, sync_batchnorm_layers
-    from trainer.execution import Execution
-    from trainer.pretrain import Trainer
+    from trainer.pretrain.loop import Trainer
+    from trainer.runtime.distributed import Ranks, sync_batchnorm_layers
+    from trainer.runtime.execution import Execution
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -427,11 +427,11 @@ def check_precision(ctx: Context) -> None:
     timed); fp32 is IEEE fp32 (no TF32)."""
     import torch
 
+    from datagen.ctp.rng import SampleKey
     from datagen.generator import Generator
-    from datagen.rng import SampleKey
     from trainer.config import load_train_config
-    from trainer.execution import Execution
-    from trainer.pretrain import Trainer
+    from trainer.pretrain.loop import Trainer
+    from trainer.runtime.execution import Execution
 
     generator = Generator(ctx.manifest(), device="cuda", self_check=False)
     batches = [generator.generate([SampleKey(7, 0, b * 32 + i) for i in range(32)]) for b in range(8)]

@@ -22,8 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from datagen.atomic import write_atomic
-from datagen.tables import format_table
+from common.atomic import write_atomic
+from common.tables import format_table
 
 
 @dataclasses.dataclass
@@ -46,7 +46,7 @@ class Context:
         print(f"   {key}: {json.dumps(value, default=str)[:400]}", flush=True)
 
     def manifest(self) -> list:
-        from datagen.manifest import resolve_videos
+        from datagen.video.manifest import resolve_videos
 
         return resolve_videos(self.videos)
 

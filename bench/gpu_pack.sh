@@ -25,7 +25,7 @@ for video in ucf101/v_SoccerJuggling_g23_c01.avi hmdb51/TrumanShow_wave_f_nm_np1
 done
 # One short 320x240 video of each codec the footage lacks: HEVC and VP9 for NVDEC, MJPEG and AV1 to see them
 # routed away from it (DALI's GPU decoder rejects MJPEG; Hopper's NVDEC has no AV1).
-.venv/bin/python -c "from datagen.demo import synthesize_demo; synthesize_demo('.devpack/videos', num_videos=4, seconds=2.4, codecs=('hevc', 'vp9', 'mjpeg', 'av1'))" 2>/dev/null
+.venv/bin/python -c "from datagen.video.synthetic import synthesize_demo; synthesize_demo('.devpack/videos', num_videos=4, seconds=2.4, codecs=('hevc', 'vp9', 'mjpeg', 'av1'))" 2>/dev/null
 # JPEG frames for nvJPEG's first-contact probe: an official CtP zip (img_00001.jpg, ... baseline) and a folder
 # of progressive ones, from the UCF-101 video's first 96 / 48 frames.
 .venv/bin/python - <<'PY'
@@ -35,8 +35,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from datagen.decode import PyAVDecoder
-from datagen.manifest import probe
+from datagen.video.decode.decoder import PyAVDecoder
+from datagen.video.manifest import probe
 
 frames = PyAVDecoder().decode(probe("../shared/videos/ucf101/v_SoccerJuggling_g23_c01.avi"), np.arange(96))
 with zipfile.ZipFile(".devpack/videos/v_SoccerJuggling_g23_c01.zip", "w") as z:

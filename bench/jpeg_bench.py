@@ -6,7 +6,7 @@ The frames of the shared UCF-101 and HMDB-51 videos (PyAV's decode) are encoded 
 given quality; 95 is OpenCV's default and the official-style zips' of bench/end_to_end_bench.py). First
 table: ms per frame of each library that wraps libjpeg-turbo — OpenCV's `imdecode` (BGR, and RGB after a
 `cvtColor` as the official code's path), PIL, simplejpeg (a new array; into the caller's RGB or RGBX array,
-as `datagen/jpeg.py` decodes), and DALI-CPU's `fn.decoders.image` (a batch of 64 per run) — with the largest
+as `datagen/video/jpeg.py` decodes), and DALI-CPU's `fn.decoders.image` (a batch of 64 per run) — with the largest
 difference of each from simplejpeg's pixels. Second table: ms per 16-frame CtP clip (the frames a
 `Generator` plans) read from the official-style zips the official way (`zipfile` + `imdecode` + `cvtColor`
 + stack), by `FrameDecoder` (pread + simplejpeg into the RGBX clip), and decoded from the video files by
@@ -30,16 +30,16 @@ from PIL import Image
 
 from bench.end_to_end_bench import read_clip
 from bench.timing import interleaved_best
-from datagen.atomic import write_json
-from datagen.config import GenerationConfig
-from datagen.dali_images import DaliJpegDecoder
-from datagen.decode import Decoder
-from datagen.frame_decoder import FrameDecoder
-from datagen.frames import OFFICIAL_FMT
+from common.atomic import write_json
+from common.tables import format_table
+from datagen.ctp.rng import SampleKey
+from datagen.ctp.spec import GenerationConfig
 from datagen.generator import Generator
-from datagen.manifest import probe, resolve_videos
-from datagen.rng import SampleKey
-from datagen.tables import format_table
+from datagen.video.decode.dali_images import DaliJpegDecoder
+from datagen.video.decode.decoder import Decoder
+from datagen.video.decode.frame_decoder import FrameDecoder
+from datagen.video.frames import OFFICIAL_FMT
+from datagen.video.manifest import probe, resolve_videos
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.config import GenerationConfig
-from datagen.decode import PyAVDecoder
-from datagen.manifest import VideoInfo, read_manifest, resolve_videos
-from datagen.plan import plan_sample
-from datagen.prepare import SHORT_SIDE, Settings, prepare
-from datagen.rng import SampleKey
-from datagen.tables import format_table
+from common.tables import format_table
+from datagen.ctp.plan import plan_sample
+from datagen.ctp.rng import SampleKey
+from datagen.ctp.spec import GenerationConfig
+from datagen.video.decode.pyav import PyAVDecoder
+from datagen.video.manifest import VideoInfo, read_manifest, resolve_videos
+from datagen.video.prepare import SHORT_SIDE, Settings, prepare
 
 KINETICS = Path(__file__).resolve().parents[2] / "shared" / "videos" / "kinetics"
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from datagen.plan import ELLIPSE, RHOMBUS, SamplePlan
+from datagen.ctp.plan import ELLIPSE, RHOMBUS, SamplePlan
 
 
 def reference_sample(frames: np.ndarray, plan: SamplePlan, crop_size: int) -> np.ndarray:

@@ -6,7 +6,7 @@ Per dataset of the shared footage (UCF-101 and HMDB-51 MPEG-4 AVIs, Kinetics H.2
 frames, stride 1-5 with jitter): ms per clip to make the segment, and pictures in it (what NVDEC decodes).
 The baseline, kept here, is the remux of the earlier release: open the container, seek to the key frame,
 copy the packets through FFmpeg's Matroska muxer, one clip at a time on the decode thread. Ours reads the
-packets with one `pread` and writes the file itself (`datagen.dali.clip_segment`), trimmed or whole, and runs
+packets with one `pread` and writes the file itself (`datagen.video.decode.dali.clip_segment`), trimmed or whole, and runs
 in the decoder's thread pool (`--threads`: clips in flight at once). Ratios against the baseline, same run.
 """
 
@@ -21,11 +21,11 @@ from pathlib import Path
 import av
 import numpy as np
 
-from datagen.atomic import write_json
-from datagen.dali import clip_segment
-from datagen.manifest import VideoInfo, open_video, picture_packets, resolve_videos
-from datagen.packet_index import PacketIndex, packet_timestamp
-from datagen.tables import format_table
+from common.atomic import write_json
+from common.tables import format_table
+from datagen.video.decode.dali import clip_segment
+from datagen.video.manifest import VideoInfo, open_video, picture_packets, resolve_videos
+from datagen.video.packet_index import PacketIndex, packet_timestamp
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

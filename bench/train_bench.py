@@ -21,11 +21,11 @@ import time
 
 import torch
 
-from datagen.batch import Batch
-from datagen.tables import format_table
+from common.tables import format_table
+from datagen.ctp.batch import Batch
 from trainer.config import load_train_config
-from trainer.execution import Execution
-from trainer.pretrain import Trainer
+from trainer.pretrain.loop import Trainer
+from trainer.runtime.execution import Execution
 
 VARIANTS = {  # name → (run.precision, run.channels_last)
     "fp32": ("fp32", False),

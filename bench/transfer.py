@@ -44,14 +44,14 @@ import cv2
 import numpy as np
 import torch
 
-from datagen.atomic import write_json
-from datagen.config import GenerationConfig
-from datagen.demo import ENCODERS, encode, texture
-from trainer.checkpoint import latest_checkpoint
+from common.atomic import write_json
+from datagen.ctp.spec import GenerationConfig
+from datagen.video.synthetic import ENCODERS, encode, texture
 from trainer.config import load_train_config
 from trainer.downstream.config import load_downstream_config
 from trainer.downstream.finetune import finetune
-from trainer.pretrain import pretrain
+from trainer.pretrain.loop import pretrain
+from trainer.runtime.checkpoint import latest_checkpoint
 
 log = logging.getLogger("bench.transfer")
 
@@ -220,7 +220,7 @@ def build_dataset(root: Path, plan: Plan) -> dict[str, Any]:
     if index_file.is_file() and json.loads(index_file.read_text())["spec"] == spec:
         return json.loads(index_file.read_text())
     width, height = plan.size
-    codecs = ("vp9", "mpeg4", "h264")  # datagen.demo's: DALI-CPU decodes VP9, PyAV the others
+    codecs = ("vp9", "mpeg4", "h264")  # datagen.video.synthetic's: DALI-CPU decodes VP9, PyAV the others
     sources = []
     counts = {"pool": plan.pool, **{s: n * len(CLASSES) for s, n in plan.per_class.items()}}
     for split, count in counts.items():

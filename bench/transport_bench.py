@@ -20,16 +20,16 @@ from collections.abc import Sequence
 
 import torch
 
-from datagen.batch import Batch
-from datagen.config import GenerationConfig
-from datagen.configfile import apply_overrides, from_dict, to_dict
-from datagen.decode_routes import DecodeRoutes
-from datagen.manifest import VideoInfo
-from datagen.service.fleet import RemoteSource
-from datagen.service.replica_client import ReplicaClient
-from datagen.service.server import Limits, Replica
-from datagen.tables import format_table
+from common.configfile import apply_overrides, from_dict, to_dict
+from common.tables import format_table
+from datagen.ctp.batch import Batch
+from datagen.ctp.spec import GenerationConfig
+from datagen.service.client.remote_source import RemoteSource
+from datagen.service.client.replica_client import ReplicaClient
+from datagen.service.server.servicer import Limits, Replica
 from datagen.verify import Report
+from datagen.video.decode.routes import DecodeRoutes
+from datagen.video.manifest import VideoInfo
 from protos import datagen_pb2 as pb
 
 

@@ -84,7 +84,7 @@ def redact(url: str) -> str:
 
 def describe() -> str:
     """Every variable with its meaning and default: the epilog of the commands' --help."""
-    lines = ["environment (a flag or config value wins over the variable; datagen/env.py):"]
+    lines = ["environment (a flag or config value wins over the variable; common/env.py):"]
     for v in VARIABLES:
         default = f" (default {v.default})" if v.default else ""
         lines += textwrap.wrap(f"{v.name}: {v.meaning}{default}", 100, initial_indent="  ", subsequent_indent="    ")

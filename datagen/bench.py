@@ -8,10 +8,11 @@ from collections.abc import Callable
 
 import torch
 
-from . import tables
+from common import tables
+
+from .ctp.render import render
+from .ctp.rng import SampleKey
 from .generator import Generator, pipelined
-from .render import render
-from .rng import SampleKey
 
 
 def _synchronize(device: torch.device) -> None:

@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from .configfile import parse_command_line, split_overrides
-from .service import jsonlog
+from common import jsonlog
+from common.configfile import parse_command_line, split_overrides
 
 DEMO_DIR = Path("out/demo-videos")
 # Each command's one-line help. Only the command being run builds its parser and imports its modules: torch,
@@ -30,8 +30,8 @@ COMMANDS = {
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
+    from .ctp.preview import render_preview
     from .options import make_generator
-    from .preview import render_preview
 
     generator = make_generator(args)
     batch = generator.generate([(args.seed, args.epoch, args.start + i) for i in range(args.num)])
@@ -48,7 +48,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     generator = make_generator(args)
     keys = [(args.seed, args.epoch, args.start + i) for i in range(args.num)]
     parts = [generator.generate(keys[i : i + args.batch_size]) for i in range(0, len(keys), args.batch_size)]
-    from .batch import Batch
+    from .ctp.batch import Batch
 
     batch = Batch.cat(parts).to("cpu")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +68,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .atomic import write_json
+    from common.atomic import write_json
+
     from .bench import format_table, run_bench
     from .options import make_generator
 
@@ -96,8 +97,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """The installation check: every decode class probed against PyAV, the renderer against the CPU kernels."""
     import json
 
+    from common.tables import format_table
+
     from .options import make_generator
-    from .tables import format_table
     from .verify import verify
 
     generator = make_generator(args, self_check=False)
@@ -124,7 +126,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """The embedded default: synthesise demo videos, then preview generated clips from them."""
-    from .demo import synthesize_demo
+    from .video.synthetic import synthesize_demo
 
     paths = synthesize_demo(args.videos_dir)
     print(f"demo input: {len(paths)} synthetic videos in {args.videos_dir}")
@@ -133,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from . import manifest
+    from .video import manifest
 
     missing = [root for root in args.roots if not os.path.exists(root)]
     if missing:
@@ -158,7 +160,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from . import manifest, prepare
+    from .video import manifest, prepare
 
     if args.short_side < 2 or args.gop < 1:
         raise ValueError("--short-side must be >= 2 and --gop >= 1")
@@ -186,7 +188,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def _index_parser(sub: argparse._SubParsersAction) -> None:
     """The `index` subcommand: probe a dataset once and write its manifest."""
-    from . import manifest
+    from .video import manifest
 
     parser = sub.add_parser("index", help=COMMANDS["index"])
     parser.add_argument(
@@ -215,7 +217,7 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
-    from . import prepare
+    from .video import prepare
 
     parser = sub.add_parser(
         "prepare",
@@ -240,7 +242,7 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The parser: the `full` commands' own subparsers, the others one-line entries."""
-    from .env import describe
+    from common.env import describe
 
     parser = argparse.ArgumentParser(
         prog="ctp-datagen",
@@ -259,7 +261,7 @@ def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentPa
 
 
 def _keyed(p: argparse.ArgumentParser, num: int) -> None:
-    from .rng import seed_arg
+    from .ctp.rng import seed_arg
 
     p.add_argument("--num", type=int, default=num, help="number of samples")
     p.add_argument("--seed", type=seed_arg, default=0, help="run seed (first word of every sample key)")

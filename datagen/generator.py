@@ -21,16 +21,17 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .batch import Batch
-from .config import GenerationConfig
-from .decode import Decoder, Window
+from .ctp.batch import Batch
+from .ctp.plan import SamplePlan, choose_video, plan_batch, plan_sample
+from .ctp.render import render, source_window
+from .ctp.rng import SampleKey
+from .ctp.spec import GenerationConfig
 from .host_memory import retain_freed_memory
-from .manifest import VideoInfo
-from .plan import SamplePlan, choose_video, plan_batch, plan_sample
 from .quarantine import QuarantinedVideos
-from .render import render, source_window
-from .rng import SampleKey
 from .verify import Report, startup_check
+from .video.decode.decoder import Decoder
+from .video.decode.yuv import Window
+from .video.manifest import VideoInfo
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -7,8 +7,9 @@ import argparse
 import os
 from typing import Literal
 
-from .config import load_generation
-from .configfile import preset_names
+from common.configfile import preset_names
+
+from .ctp.spec import load_generation
 
 VIDEOS_HELP = (
     "video files, frame sources (zips or folders of JPEG frames), folders of them (searched recursively) or "
@@ -33,7 +34,7 @@ def add_generation_args(
         "default: the paper's settings. KEY=VALUE operands anywhere on the line override its values, "
         "e.g. trajectory.num_trajectories=1 (or data.generation.trajectory.num_trajectories=1)",
     )
-    parser.set_defaults(overrides=[])  # KEY=VALUE operands (datagen.configfile.parse_command_line)
+    parser.set_defaults(overrides=[])  # KEY=VALUE operands (common.configfile.parse_command_line)
     parser.add_argument(
         "--device",
         default="auto",
@@ -77,9 +78,9 @@ def make_generator(args: argparse.Namespace, self_check: bool | None = None):
     itself before it returns (`datagen.verify.startup_check`)."""
     import torch
 
-    from . import manifest
-    from .decode import Decoder
     from .generator import Generator
+    from .video import manifest
+    from .video.decode.decoder import Decoder
 
     torch.set_num_threads(args.threads or default_torch_threads())
     if args.device == "auto":

@@ -18,10 +18,11 @@ from typing import Generic, Protocol, TypeVar, cast
 import numpy as np
 import torch
 
-from .decode import Decoder, Window
-from .manifest import VideoDecodeError, VideoInfo
-from .plan import ClipPlan, choose_video
-from .rng import SampleKey
+from .ctp.plan import ClipPlan, choose_video
+from .ctp.rng import SampleKey
+from .video.decode.decoder import Decoder
+from .video.decode.yuv import Window
+from .video.manifest import VideoDecodeError, VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -28,13 +28,13 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from datagen.config import GenerationConfig
-from datagen.decode import Decoder, cpu_backend
-from datagen.decode_routes import DecodeClass, Route, psnr
-from datagen.manifest import VideoError, VideoInfo
-from datagen.plan import PlanBatch, SamplePlan
-from datagen.render import render_clips, render_clips_cpu
-from datagen.rng import SampleKey
+from datagen.ctp.plan import PlanBatch, SamplePlan
+from datagen.ctp.render import render_clips, render_clips_cpu
+from datagen.ctp.rng import SampleKey
+from datagen.ctp.spec import GenerationConfig
+from datagen.video.decode.decoder import Decoder, cpu_backend
+from datagen.video.decode.routes import DecodeClass, Route, psnr
+from datagen.video.manifest import VideoError, VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -122,7 +122,7 @@ def steps_logged(log: str) -> list[int]:
 
 def data_folder() -> Path:
     """Six short synthetic videos (three codecs) in a folder the containers' user can read."""
-    from datagen.demo import synthesize_demo
+    from datagen.video.synthetic import synthesize_demo
 
     folder = Path(tempfile.mkdtemp(prefix="ctp-smoke-data-"))
     synthesize_demo(folder / "videos", num_videos=6)

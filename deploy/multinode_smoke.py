@@ -41,9 +41,9 @@ from pathlib import Path
 
 import yaml
 
-from datagen.demo import synthesize_demo
-from trainer.metrics_log import read_records
-from trainer.signals import STOPPED_EXIT
+from datagen.video.synthetic import synthesize_demo
+from trainer.runtime.metrics_log import read_records
+from trainer.runtime.signals import STOPPED_EXIT
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = os.environ.get("DOCKER", "docker")

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datagen.demo import synthesize_demo
-from datagen.manifest import VideoInfo, resolve_videos
+from datagen.video.manifest import VideoInfo, resolve_videos
+from datagen.video.synthetic import synthesize_demo
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
@@ -33,7 +33,7 @@ def from_shared(path: Path) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def packet_index_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Packet indexes kept on disk (datagen/packet_index.py) go to a folder of the session's, not the user's
+    """Packet indexes kept on disk (datagen/video/packet_index.py) go to a folder of the session's, not the user's
     cache; processes the tests start inherit it."""
     folder = tmp_path_factory.mktemp("cache")
     os.environ["CTP_CACHE_DIR"] = str(folder)
@@ -69,8 +69,8 @@ def demo_videos(demo_dir: Path) -> list[VideoInfo]:
 def footage_frames(shared_videos: Path) -> dict[str, np.ndarray]:
     """The first frames of two shared videos as PyAV decodes them, (N, H, W, 3) RGB: the pictures the frame
     source tests encode as JPEG (320x240 and 432x240)."""
-    from datagen.decode import PyAVDecoder
-    from datagen.manifest import probe
+    from datagen.video.decode.pyav import PyAVDecoder
+    from datagen.video.manifest import probe
 
     decoder = PyAVDecoder()
     out = {}

@@ -230,14 +230,14 @@ def metric_value(text: str, name: str) -> float:
 
 def make_videos(folder: Path, count: int = 4) -> list[Path]:
     """Small real video files (VP9, MPEG-4 Part 2, H.264 in turn), 1 s each."""
-    from datagen.demo import synthesize_demo
+    from datagen.video.synthetic import synthesize_demo
 
     return synthesize_demo(folder, num_videos=count, seconds=1.0, size=(96, 64))
 
 
 def tiny_config():
-    from datagen.config import GenerationConfig
-    from datagen.configfile import load_config
+    from common.configfile import load_config
+    from datagen.ctp.spec import GenerationConfig
 
     return load_config(GenerationConfig, None, TINY)
 

@@ -1,6 +1,6 @@
 import pytest
 
-from datagen.atomic import replacing, write_atomic, write_json
+from common.atomic import replacing, write_atomic, write_json
 
 
 def test_writes_the_content_and_leaves_no_temporary_file(tmp_path):

@@ -5,9 +5,9 @@ import re
 
 import pytest
 
+from common.configfile import differences, to_dict
 from datagen.cli import main
-from datagen.config import GenerationConfig, load_generation, validate_generation
-from datagen.configfile import differences, to_dict
+from datagen.ctp.spec import GenerationConfig, load_generation, validate_generation
 from trainer.config import PRESETS_DIR, load_train_config
 
 

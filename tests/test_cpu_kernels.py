@@ -1,14 +1,14 @@
-"""The CPU kernels give the bytes of the tensor code they replace (datagen/cpu_kernels.py, render.py)."""
+"""The CPU kernels give the bytes of the tensor code they replace (datagen/ctp/render_cpu.py, render.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from datagen import cpu_kernels
-from datagen.config import GenerationConfig
-from datagen.plan import PlanBatch, plan_batch
-from datagen.render import _to_uint8, render, render_clips, render_clips_cpu, shift_hue_saturation
+from datagen.ctp import render_cpu as cpu_kernels
+from datagen.ctp.plan import PlanBatch, plan_batch
+from datagen.ctp.render import _to_uint8, render, render_clips, render_clips_cpu, shift_hue_saturation
+from datagen.ctp.spec import GenerationConfig
 
 T, S = 16, 112
 

@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.bitstream import vop_types
-from datagen.dali import FRAME_MS, clip_segment
-from datagen.decode import Decoder, frame_to_rgb
-from datagen.manifest import VideoInfo, resolve_videos
-from datagen.packet_index import PacketIndex
+from datagen.video.bitstream import vop_types
+from datagen.video.decode.dali import FRAME_MS, clip_segment
+from datagen.video.decode.decoder import Decoder
+from datagen.video.decode.pyav import frame_to_rgb
+from datagen.video.manifest import VideoInfo, resolve_videos
+from datagen.video.packet_index import PacketIndex
 
 
 def full_decode(video: VideoInfo) -> np.ndarray:
@@ -134,7 +135,7 @@ def test_dali_repeats_its_last_frame_past_its_own_frame_count(demo_videos):
 def test_dali_decodes_only_the_segment_a_clip_needs(tmp_path):
     """Late clips in an 8-second VP9 file: DALI is fed from the key frame before each clip, so it decodes
     about as many pictures as PyAV's seek (not every frame from the start), and the same pixels."""
-    from datagen.demo import synthesize_demo
+    from datagen.video.synthetic import synthesize_demo
 
     video = resolve_videos([str(p) for p in synthesize_demo(tmp_path, num_videos=1, seconds=8, codecs=("vp9",))])[0]
     assert video.num_frames == 200

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.dali_images import DaliJpegDecoder
-from datagen.jpeg import JpegError, decode_into
+from datagen.video.decode.dali_images import DaliJpegDecoder
+from datagen.video.jpeg import JpegError, decode_into
 from tests.frame_helpers import ENCODINGS, encode
 
 

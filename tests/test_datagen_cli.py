@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from common.configfile import load_config
 from datagen.cli import main
-from datagen.config import GenerationConfig
-from datagen.configfile import load_config
+from datagen.ctp.spec import GenerationConfig
 
 
 def test_sample_exports_the_documented_arrays(demo_dir, tmp_path):

@@ -12,18 +12,13 @@ import pytest
 import torch
 
 from bench.decode_bench import opencv_yuv_to_rgb
-from datagen import decode as decode_module
-from datagen.decode import (
-    Decoder,
-    PyAVDecoder,
-    VideoDecodeError,
-    auto_backend,
-    frame_to_rgb,
-    yuv_to_rgb,
-)
 from datagen.generator import Generator
-from datagen.manifest import VideoInfo, probe, resolve_videos
-from datagen.packet_index import PacketIndex
+from datagen.video.decode import pyav as pyav_module
+from datagen.video.decode.decoder import Decoder, VideoDecodeError, auto_backend
+from datagen.video.decode.pyav import PyAVDecoder, frame_to_rgb
+from datagen.video.decode.yuv import yuv_to_rgb
+from datagen.video.manifest import VideoInfo, probe, resolve_videos
+from datagen.video.packet_index import PacketIndex
 
 
 def full_decode(video: VideoInfo) -> np.ndarray:
@@ -163,7 +158,7 @@ def test_clips_are_read_from_the_file_with_no_container_opened(shared, monkeypat
     def no_container(path, *args):
         raise AssertionError(f"{path} was opened as a container")
 
-    monkeypatch.setattr(decode_module, "open_video", no_container)
+    monkeypatch.setattr(pyav_module, "open_video", no_container)
     rng = np.random.default_rng(3)
     for video in videos:
         indices = clip_indices(rng, video.num_frames)
@@ -356,7 +351,7 @@ def test_a_video_dali_fails_on_is_decoded_by_pyav_and_not_quarantined(demo_video
     h264 = next(v for v in demo_videos if v.codec == "h264")
     decoder = Decoder("cpu", dali_codecs={"h264"}, batch_size=4)
     requests = [(h264, np.arange(0, 32, 2)), (h264, np.array([70, 3, 3, 10_000]))]
-    with caplog.at_level(logging.WARNING, logger="datagen.decode"):
+    with caplog.at_level(logging.WARNING, logger="datagen.video.decode.decoder"):
         clips = decoder.decode_many(requests)
     pyav = Decoder(backend="pyav").decode_many(requests)
     assert all(torch.equal(a, b) for a, b in zip(clips, pyav))

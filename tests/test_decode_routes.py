@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.decode import Decoder
-from datagen.decode_routes import DecodeClass, compare_frames, probe_indices, reference_indices
-from datagen.demo import synthesize_demo
-from datagen.manifest import VideoDecodeError, resolve_videos
-from datagen.packet_index import PacketIndex
+from datagen.video.decode.decoder import Decoder
+from datagen.video.decode.routes import DecodeClass, compare_frames, probe_indices, reference_indices
+from datagen.video.manifest import VideoDecodeError, resolve_videos
+from datagen.video.packet_index import PacketIndex
+from datagen.video.synthetic import synthesize_demo
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_the_first_clip_of_each_class_is_a_probe_that_routes_it(dali_cpu_videos,
     left with DALI; the H.264 video is not DALI-CPU's and is never probed."""
     decoder = Decoder("cpu", verify=True)
     rng = np.random.default_rng(0)
-    with caplog.at_level(logging.WARNING, logger="datagen.decode"):
+    with caplog.at_level(logging.WARNING, logger="datagen.video.decode.decoder"):
         for _ in range(2):
             requests = [(v, rng.integers(0, v.num_frames, 16)) for v in dali_cpu_videos]
             for (video, indices), clip in zip(requests, decoder.decode_many(requests)):
@@ -101,7 +101,7 @@ def test_a_backend_that_returns_shifted_frames_is_caught_and_its_class_routed_to
     fault = ShiftedDali(decoder)
     decoder.dali.decode_batch = fault  # type: ignore[method-assign]
     indices = np.arange(20, 36)
-    with caplog.at_level(logging.WARNING, logger="datagen.decode"):
+    with caplog.at_level(logging.WARNING, logger="datagen.video.decode.decoder"):
         clip = decoder.decode(vp9, indices)
     assert torch.equal(clip, Decoder("cpu", "pyav").decode(vp9, indices))  # PyAV's frames, not the shifted ones
     ((cls, route),) = decoder.routes.items()
@@ -142,7 +142,7 @@ def test_a_class_dali_cannot_be_fed_goes_to_pyav_without_a_probe(shared_videos, 
     index = decoder.pyav.index.get(hmdb.path)
     unparsed = dataclasses.replace(index, stamps=[], frame_packet=np.zeros(0, np.int64), droppable={})
     monkeypatch.setattr(decoder.pyav.index, "get", lambda path: unparsed)
-    with caplog.at_level(logging.WARNING, logger="datagen.decode"):
+    with caplog.at_level(logging.WARNING, logger="datagen.video.decode.decoder"):
         assert decoder.backend_for(hmdb) == "pyav"
     assert decoder.stats["probes"] == 0 and "packed B-frames" in caplog.text
 
@@ -150,7 +150,7 @@ def test_a_class_dali_cannot_be_fed_goes_to_pyav_without_a_probe(shared_videos, 
 def test_a_probe_of_a_video_pyav_cannot_decode_routes_nothing_to_dali(tmp_path):
     broken = tmp_path / "broken.webm"
     broken.write_bytes(b"\x1a\x45\xdf\xa3" + b"\x00" * 64)
-    from datagen.manifest import VideoInfo
+    from datagen.video.manifest import VideoInfo
 
     video = VideoInfo(str(broken), 30, 25.0, 320, 240, "vp9")
     with pytest.raises(VideoDecodeError):

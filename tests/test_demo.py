@@ -7,9 +7,9 @@ import logging
 import numpy as np
 import pytest
 
-from datagen.decode import PyAVDecoder
-from datagen.demo import render_scene, synthesize_demo
-from datagen.manifest import probe
+from datagen.video.decode.pyav import PyAVDecoder
+from datagen.video.manifest import probe
+from datagen.video.synthetic import render_scene, synthesize_demo
 
 
 def test_default_set_is_real_video_in_three_codecs(demo_dir, demo_videos):

@@ -397,7 +397,7 @@ def resolve(argv: list[str]) -> Iterator[tuple[str, ...]]:
         if args.command == "pretrain":
             load_train_config(args.config, args.overrides)  # the preset exists, the overrides are real keys
         yield program, args.command
-    elif program in ("torchrun", "ctp-torchrun"):  # ctp-torchrun takes torchrun's arguments (trainer.launch)
+    elif program in ("torchrun", "ctp-torchrun"):  # ctp-torchrun takes torchrun's arguments (trainer.runtime.launch)
         from torch.distributed.run import get_args_parser
 
         args = parse(get_args_parser(), rest, where)
@@ -553,13 +553,13 @@ def test_env_defaults_give_a_gpu_stack_that_waits_for_its_replicas(monkeypatch):
     pretrain = train_parser().parse_args(torchrun.training_script_args)
     cfg = load_train_config(pretrain.config, pretrain.overrides)
     assert list(cfg.data.videos) == serve_args.videos, "trainer and replicas must index the same videos (same digest)"
-    from datagen.config import load_generation
+    from datagen.ctp.spec import load_generation
 
     served = load_generation(serve_args.config, serve_args.overrides)
     assert served == cfg.data.generation, "the replicas must serve the trainer's generation settings (one config)"
     assert cfg.run.out_dir == f"/runs/{env['CTP_RUN_NAME']}" and torchrun.log_dir.startswith(cfg.run.out_dir + "/")
     assert pretrain.resume == "auto"
-    from trainer.data import replica_settings
+    from trainer.pretrain.sources import replica_settings
 
     for name, value in trainer["environment"].items():  # the trainer reads the fleet from its environment
         monkeypatch.setenv(name, str(value))
@@ -794,7 +794,7 @@ def test_ports_agree():
 
 
 def test_autoscaler_targets_datagen_on_a_metric_replicas_export():
-    from datagen.service.replica_metrics import ReplicaMetrics
+    from datagen.service.server.metrics import ReplicaMetrics
 
     hpa = k8s_object("HorizontalPodAutoscaler", "ctp-datagen")
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ctp-datagen"}
@@ -805,7 +805,7 @@ def test_autoscaler_targets_datagen_on_a_metric_replicas_export():
 
 
 def test_environment_agrees():
-    from datagen.env import DATAGEN_TOKEN, REDIS_URL
+    from common.env import DATAGEN_TOKEN, REDIS_URL
 
     REDIS_ENV, TOKEN_ENV = REDIS_URL.name, DATAGEN_TOKEN.name
     datagen = k8s_object("Deployment", "ctp-datagen")
@@ -836,7 +836,7 @@ def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
 
     from trainer.cli import build_parser
     from trainer.config import load_train_config
-    from trainer.data import replica_settings
+    from trainer.pretrain.sources import replica_settings
 
     job, service = k8s_object("Job", "ctp-trainer"), k8s_object("Service", "ctp-trainer")
     spec, c = job["spec"], container(job, "trainer")
@@ -863,7 +863,7 @@ def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
     assert fleet is not None and fleet["redis_url"] == container_env(datagen)["CTP_REDIS_URL"]
     assert fleet["namespace"] == serve[serve.index("--namespace") + 1]
     from datagen.cli import build_parser as datagen_parser
-    from datagen.config import load_generation
+    from datagen.ctp.spec import load_generation
 
     served = load_generation(datagen_parser().parse_args(serve[1:]).config)
     assert served == load_train_config(pretrain.config).data.generation, "replicas serve the trainer's generation"
@@ -874,8 +874,8 @@ def test_trainer_job_meets_through_c10d_rendezvous(monkeypatch):
 def test_trainer_job_outlives_lost_drained_and_stopped_pods():
     from torch.distributed.run import get_args_parser
 
-    from trainer.launch import SHARED_STORE_ENV, store_host_conf
-    from trainer.signals import STOPPED_EXIT
+    from trainer.runtime.launch import SHARED_STORE_ENV, store_host_conf
+    from trainer.runtime.signals import STOPPED_EXIT
 
     job = k8s_object("Job", "ctp-trainer")
     spec, c = job["spec"], container(job, "trainer")

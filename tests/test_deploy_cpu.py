@@ -140,8 +140,8 @@ def test_tensorboard_is_published_on_this_host_only():
 
 def test_ctp_torchrun_ends_a_stopped_run_with_75_and_no_traceback(tmp_path: Path):
     """torchrun answers SIGTERM (`docker compose stop`) with a traceback and exit status 1, like a crash;
-    ctp-torchrun (trainer.launch) with one line and 75, "stopped, not finished"."""
-    from trainer.signals import STOPPED_EXIT
+    ctp-torchrun (trainer.runtime.launch) with one line and 75, "stopped, not finished"."""
+    from trainer.runtime.signals import STOPPED_EXIT
 
     worker = tmp_path / "worker.py"
     worker.write_text(
@@ -153,7 +153,7 @@ def test_ctp_torchrun_ends_a_stopped_run_with_75_and_no_traceback(tmp_path: Path
     results = {}
     for launcher in ("torchrun", "ctp-torchrun"):
         program = (
-            [sys.executable, "-m", "trainer.launch"]
+            [sys.executable, "-m", "trainer.runtime.launch"]
             if launcher == "ctp-torchrun"
             else [str(Path(sys.executable).parent / "torchrun")]
         )

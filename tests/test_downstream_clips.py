@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from datagen.decode import Decoder
-from datagen.manifest import probe
-from datagen.rng import SampleKey
+from datagen.ctp.rng import SampleKey
+from datagen.video.decode.decoder import Decoder
+from datagen.video.manifest import probe
 from trainer.downstream.clips import (
     ClipColour,
     EvalClips,

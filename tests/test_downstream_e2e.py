@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from datagen.configfile import parse_command_line
+from common.configfile import parse_command_line
 from trainer.cli import build_parser
 from trainer.downstream.config import SplitConfig
 from trainer.downstream.datasets import label_subset, open_split
@@ -75,7 +75,7 @@ def test_a_new_finetune_refuses_the_folder_of_another(finetuned, shared_videos):
 
 
 def test_eval_scores_the_checkpoint_like_its_validation(finetuned, capsys, caplog):
-    with caplog.at_level("INFO", logger="trainer.progress"):
+    with caplog.at_level("INFO", logger="trainer.runtime.progress"):
         ctp_train("eval", "--checkpoint", finetuned, "run.progress=true")  # stderr here is no terminal
     printed = capsys.readouterr().out
     assert "testing: 12 of 12 videos (100%)" in caplog.text, "a log file hears of the progress, not of nothing"

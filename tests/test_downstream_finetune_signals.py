@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from tests.test_trainer_signals import REPO, _wait_for, assert_second_ctrl_c_stops_at_once
-from trainer.signals import STOPPED_EXIT
+from trainer.runtime.signals import STOPPED_EXIT
 
 
 def _finetune(videos: Path, out: Path, *extra: str) -> subprocess.Popen:

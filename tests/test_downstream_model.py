@@ -8,16 +8,16 @@ import pytest
 import torch
 from torchvision.models.video import r3d_18
 
-from datagen.configfile import to_dict
+from common.configfile import to_dict
 from trainer.config import ModelConfig, TrainConfig
-from trainer.ctp_model import CtPNetwork
-from trainer.distributed import Ranks
 from trainer.downstream.clips import ClipBatch
 from trainer.downstream.config import load_downstream_config
 from trainer.downstream.finetune import FineTuner
 from trainer.downstream.model import VideoClassifier, load_classifier, load_encoder
-from trainer.encoders import build_encoder, torchvision_model
-from trainer.execution import Execution
+from trainer.model.encoders import build_encoder, torchvision_model
+from trainer.model.network import CtPNetwork
+from trainer.runtime.distributed import Ranks
+from trainer.runtime.execution import Execution
 
 
 def assert_same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.manifest import probe
+from datagen.video.manifest import probe
 from trainer.downstream.config import load_downstream_config
 from trainer.downstream.datasets import LabelledSet
 from trainer.downstream.evaluate import classification_results, predict
@@ -21,7 +21,7 @@ from trainer.downstream.scoring import (
     retrieval_hits,
     topk_accuracy,
 )
-from trainer.execution import Execution
+from trainer.runtime.execution import Execution
 
 
 def test_clips_are_averaged_per_video_in_any_order():

@@ -1,4 +1,4 @@
-"""The CTP_* environment variables (datagen/env.py): defined in one place, honoured alike by every command, and
+"""The CTP_* environment variables (common/env.py): defined in one place, honoured alike by every command, and
 named in the log whenever one decides what a command does."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from datagen import env
+from common import env
 from datagen.service.registry import Registry, ReplicaRecord
 from tests.service_helpers import RedisServer
 from trainer.config import ServiceConfig
-from trainer.data import replica_settings
+from trainer.pretrain.sources import replica_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -37,12 +37,12 @@ def test_every_ctp_variable_a_program_reads_is_defined_in_the_env_module():
         text = path.read_text()
         assert not re.search(r"environ(\.get)?[\[(]\s*[\"']CTP_", text), f"{path}: reads a CTP_* variable itself"
         unknown = set(re.findall(r"\bCTP_[A-Z_]+\b", text)) - names
-        assert not unknown, f"{path} names {sorted(unknown)}, which datagen/env.py does not define"
+        assert not unknown, f"{path} names {sorted(unknown)}, which common/env.py does not define"
     assert len(names) == len(env.VARIABLES) and all(v.meaning for v in env.VARIABLES)
 
 
 def test_a_flag_wins_then_the_variable_named_in_the_log_then_the_default(monkeypatch, caplog):
-    caplog.set_level(logging.INFO, logger="datagen.env")
+    caplog.set_level(logging.INFO, logger="common.env")
     monkeypatch.setenv("CTP_NAMESPACE", "")  # empty: unset
     assert env.NAMESPACE.resolve(None, "x") == "ctp" and not caplog.records
     monkeypatch.setenv("CTP_NAMESPACE", "fleet-b")

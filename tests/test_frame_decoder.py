@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.dali_images import DaliJpegDecoder
-from datagen.decode import Decoder
-from datagen.decode_routes import compare_frames, reference_indices
-from datagen.frame_decoder import JPEG_BACKEND
-from datagen.frames import FRAME_CODEC
 from datagen.generator import Generator
-from datagen.manifest import VideoDecodeError, probe
 from datagen.verify import check_decoding
+from datagen.video.decode.dali_images import DaliJpegDecoder
+from datagen.video.decode.decoder import Decoder
+from datagen.video.decode.frame_decoder import JPEG_BACKEND
+from datagen.video.decode.routes import compare_frames, reference_indices
+from datagen.video.frames import FRAME_CODEC
+from datagen.video.manifest import VideoDecodeError, probe
 from tests.frame_helpers import frame_files, opencv_decode, write_folder, write_zip
 
 INDICES = np.array([5, 3, 3, 0, 40, 23, 1000])  # repeats, out of order, past the end (the last frame)
@@ -101,7 +101,7 @@ def test_a_dali_decoder_that_returns_the_wrong_frames_is_caught_and_its_class_ro
     monkeypatch.setattr(DaliJpegDecoder, "decode", shifted)
     decoder = Decoder("cpu", "auto", num_threads=2, dali_codecs={FRAME_CODEC}, verify=True)
     video, files = sources["zip"]
-    with caplog.at_level(logging.WARNING, logger="datagen.decode"):
+    with caplog.at_level(logging.WARNING, logger="datagen.video.decode.decoder"):
         clip = decoder.decode(video, INDICES)
     assert np.array_equal(clip.numpy(), expected(files, INDICES))  # decoded by libjpeg-turbo after the probe
     ((cls, route),) = decoder.routes.items()

@@ -13,8 +13,16 @@ import numpy as np
 import pytest
 
 from datagen import cli
-from datagen.frames import FRAME_CODEC, FrameSourceError, FrameSources, Naming, detect_naming, list_frames, probe_frames
-from datagen.manifest import (
+from datagen.video.frames import (
+    FRAME_CODEC,
+    FrameSourceError,
+    FrameSources,
+    Naming,
+    detect_naming,
+    list_frames,
+    probe_frames,
+)
+from datagen.video.manifest import (
     VideoError,
     VideoInfo,
     find_videos,
@@ -257,8 +265,8 @@ def test_generating_commands_take_frame_sources_mixed_with_video_files(mixed, tm
 def test_pretraining_takes_the_official_zips(mixed, tmp_path):
     """`ctp-train pretrain data.videos=[...]` on official-style zips and a frame folder, one short epoch."""
     from trainer.config import load_train_config
-    from trainer.metrics_log import read_records
-    from trainer.pretrain import pretrain
+    from trainer.pretrain.loop import pretrain
+    from trainer.runtime.metrics_log import read_records
 
     videos = f"data.videos=[{mixed / 'zips' / 'good.zip'},{mixed / 'rawframes'}]"
     run = [videos, f"run.out_dir={tmp_path / 'run'}", "data.batch_size=2", "data.clips_per_video=2", "optim.epochs=1"]

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from datagen.config import GenerationConfig, upgrade_generation
-from datagen.configfile import from_dict, to_dict
-from datagen.decode import Decoder
+from common.configfile import from_dict, to_dict
+from datagen.ctp.plan import plan_sample
+from datagen.ctp.rng import SampleKey
+from datagen.ctp.spec import GenerationConfig, upgrade_generation
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos
-from datagen.plan import plan_sample
 from datagen.quarantine import QuarantinedVideos
-from datagen.rng import SampleKey
+from datagen.video.decode.decoder import Decoder
+from datagen.video.manifest import resolve_videos
 
 KEYS = [(11, 2, i) for i in range(6)]
 

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from datagen.jpeg import JpegError, decode_into, is_complete, read_header
+from datagen.video.jpeg import JpegError, decode_into, is_complete, read_header
 from tests.frame_helpers import ENCODINGS, encode, opencv_decode
 
 

@@ -11,9 +11,8 @@ import av
 import pytest
 
 from datagen import cli
-from datagen import manifest as manifest_module
-from datagen.demo import synthesize_demo
-from datagen.manifest import (
+from datagen.video import manifest as manifest_module
+from datagen.video.manifest import (
     MANIFEST_VERSION,
     Rejected,
     VideoError,
@@ -26,6 +25,7 @@ from datagen.manifest import (
     videos_digest,
     write_manifest,
 )
+from datagen.video.synthetic import synthesize_demo
 
 # From ../shared/videos/README.md: what a full decode gives (container metadata disagrees for HMDB-51).
 SHARED = {
@@ -224,7 +224,7 @@ def test_short_videos_and_progress_are_the_same_for_index_as_for_pretraining(mix
     """One minimum for every command (a 10-frame video is usable: its last frame repeats), and in a log file
     plain progress lines instead of a bar's carriage returns."""
     monkeypatch.setattr(manifest_module, "PROGRESS_EVERY_S", 0.0)
-    with caplog.at_level(logging.INFO, logger="datagen.manifest"):
+    with caplog.at_level(logging.INFO, logger="datagen.video.manifest"):
         videos, _ = index_videos([mixed_folder], progress=True)
     assert {Path(v.path).name for v in videos} >= {"demo_00_h264.mp4"}, "the 10-frame video is kept"
     assert [v.path for v in videos] == [v.path for v in resolve_videos([mixed_folder])]

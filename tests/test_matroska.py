@@ -10,9 +10,9 @@ import av
 import numpy as np
 import pytest
 
-from datagen.decode import frame_to_rgb
-from datagen.manifest import open_video, picture_packets, probe
-from datagen.matroska import CODEC_IDS, Track, matroska
+from datagen.video.decode.pyav import frame_to_rgb
+from datagen.video.manifest import open_video, picture_packets, probe
+from datagen.video.matroska import CODEC_IDS, Track, matroska
 
 
 def original(path) -> tuple[Track, list[bytes], list[int], list[bool]]:
@@ -28,7 +28,7 @@ def original(path) -> tuple[Track, list[bytes], list[int], list[bool]]:
 @pytest.fixture(scope="module")
 def codec_videos(tmp_path_factory):
     """One short demo video per codec the writer names."""
-    from datagen.demo import synthesize_demo
+    from datagen.video.synthetic import synthesize_demo
 
     codecs = ("vp9", "vp8", "mpeg4", "h264", "hevc", "mjpeg", "av1")
     out = tmp_path_factory.mktemp("codecs")

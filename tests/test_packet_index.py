@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.manifest import resolve_videos
-from datagen.packet_index import PacketIndex
+from datagen.video.manifest import resolve_videos
+from datagen.video.packet_index import PacketIndex
 
 
 def test_the_traits_of_the_shared_footage_and_the_demo_set(shared_videos, demo_dir):

@@ -10,10 +10,10 @@ import os
 import numpy as np
 import pytest
 
-from datagen import packet_index_cache
-from datagen.manifest import resolve_videos
-from datagen.packet_index import PacketIndex
-from datagen.packet_index_cache import PacketIndexCache, _from_bytes, _to_bytes
+from datagen.video import packet_index_cache
+from datagen.video.manifest import resolve_videos
+from datagen.video.packet_index import PacketIndex
+from datagen.video.packet_index_cache import PacketIndexCache, _from_bytes, _to_bytes
 
 
 def assert_same(a: PacketIndex, b: PacketIndex) -> None:
@@ -78,7 +78,7 @@ def test_a_changed_or_unreadable_index_is_made_again(shared_videos, tmp_path, ca
     for damaged, warned in ((b"ctp-packet-index 1\n\x02\x00\x00\x00{}", False), (b"\x00" * 64, True)):
         stored.write_bytes(damaged)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="datagen.packet_index_cache"):
+        with caplog.at_level(logging.WARNING, logger="datagen.video.packet_index_cache"):
             again = PacketIndexCache(directory=folder).get(str(video))
         assert ("not a readable packet index" in caplog.text) == warned, caplog.text
         assert_same(again, first)
@@ -93,7 +93,7 @@ def test_a_folder_that_cannot_be_written_leaves_the_indexes_in_memory(shared_vid
         str(shared_videos / "ucf101" / name)
         for name in ("v_SoccerJuggling_g23_c01.avi", "v_SoccerJuggling_g24_c01.avi")
     ]
-    with caplog.at_level(logging.WARNING, logger="datagen.packet_index_cache"):
+    with caplog.at_level(logging.WARNING, logger="datagen.video.packet_index_cache"):
         for video in videos:
             assert cache.get(video).stored is not None
     assert caplog.text.count("set CTP_CACHE_DIR to a writable folder") == 1

@@ -12,8 +12,8 @@ import av
 import pytest
 
 from datagen import cli
-from datagen.manifest import open_video, probe, read_manifest
-from datagen.prepare import Settings, check_settings, prepare
+from datagen.video.manifest import open_video, probe, read_manifest
+from datagen.video.prepare import Settings, check_settings, prepare
 from trainer.downstream.config import SplitConfig
 from trainer.downstream.datasets import read_split
 

@@ -10,10 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from datagen.config import GenerationConfig
-from datagen.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_patches, plan_sample
-from datagen.render import colour, render, rescale_crop_flip, resized_crop, shift_hue_saturation, source_window
-from datagen.rng import SampleKey
+from datagen.ctp.plan import ELLIPSE, RECTANGLE, ClipPlan, ColourPlan, PatchPlan, SamplePlan, plan_patches, plan_sample
+from datagen.ctp.render import colour, render, rescale_crop_flip, resized_crop, shift_hue_saturation, source_window
+from datagen.ctp.rng import SampleKey
+from datagen.ctp.spec import GenerationConfig
 
 T, S = 16, 112
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from datagen.rng import EPOCHS, HELD_OUT_EPOCH, SUBSET_EPOCH, SampleKey, Stream, generator, key_problem, uniforms
+from datagen.ctp.rng import EPOCHS, HELD_OUT_EPOCH, SUBSET_EPOCH, SampleKey, Stream, generator, key_problem, uniforms
 
 
 def test_batched_streams_equal_numpys_philox_bit_for_bit():

@@ -18,15 +18,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from datagen.batch import Batch
+from datagen.ctp.batch import Batch
+from datagen.ctp.rng import SampleKey
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos
-from datagen.rng import SampleKey
 from datagen.service import cli
-from datagen.service.fleet import NoReplicaError, RemoteSource
-from datagen.service.hedging import HedgeBudget
+from datagen.service.client.hedging import HedgeBudget
+from datagen.service.client.remote_source import NoReplicaError, RemoteSource
+from datagen.service.client.replica_client import ReplicaClient
 from datagen.service.registry import Registry
-from datagen.service.replica_client import ReplicaClient
+from datagen.video.manifest import resolve_videos
 from protos import datagen_pb2 as pb
 from tests.service_helpers import (
     REPO,

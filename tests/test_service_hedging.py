@@ -1,10 +1,10 @@
-"""When a request is late and how many hedges a client may send (datagen/service/hedging.py), by hand.
+"""When a request is late and how many hedges a client may send (datagen/service/client/hedging.py), by hand.
 
 The hedges themselves, against real replicas one of which is frozen, are in tests/test_service_fleet.py."""
 
 import pytest
 
-from datagen.service.hedging import HedgeBudget, Lateness
+from datagen.service.client.hedging import HedgeBudget, Lateness
 
 
 def test_nothing_is_late_until_enough_silences_were_observed():

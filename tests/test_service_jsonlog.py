@@ -3,12 +3,14 @@
 import logging
 import socket
 
+from common.jsonlog import PlainFormatter
 from datagen.cli import main
-from datagen.service.jsonlog import PlainFormatter
 
 
 def test_plain_format_keeps_the_extra_fields():
-    record = logging.LogRecord("datagen.service.fleet", logging.WARNING, "", 0, "datagen replica down", None, None)
+    record = logging.LogRecord(
+        "datagen.service.client.remote_source", logging.WARNING, "", 0, "datagen replica down", None, None
+    )
     record.address, record.reason = "10.0.0.7:50051", "UNAVAILABLE: connection refused"
     line = PlainFormatter().format(record)
     assert line.endswith("datagen replica down (address=10.0.0.7:50051, reason=UNAVAILABLE: connection refused)")

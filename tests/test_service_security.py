@@ -19,14 +19,14 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from datagen.ctp.rng import SampleKey
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos
-from datagen.rng import SampleKey
-from datagen.service.fleet import RemoteSource
+from datagen.service.client.remote_source import RemoteSource
+from datagen.service.client.replica_client import ReplicaClient
 from datagen.service.registry import Registry, ReplicaRecord
-from datagen.service.replica_client import ReplicaClient
 from datagen.service.security import TlsFiles, token_metadata
-from datagen.service.server import Limits, Replica
+from datagen.service.server.servicer import Limits, Replica
+from datagen.video.manifest import resolve_videos
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 from tests.service_helpers import RedisServer, make_videos, metric_value, redis_binary, tiny_config
@@ -313,7 +313,7 @@ def test_the_metrics_endpoint_listens_where_the_replica_does_unless_told_otherwi
 def test_a_loopback_address_advertised_to_a_remote_redis_is_warned_about(videos, config, caplog) -> None:
     for redis_url, warned in (("redis://redis.example.org:6379/0", True), ("redis://127.0.0.1:6379/0", False)):
         caplog.clear()
-        with caplog.at_level("WARNING", logger="datagen.service.server"):
+        with caplog.at_level("WARNING", logger="datagen.service.server.servicer"):
             replica = Replica(Generator(videos, config), config, host="127.0.0.1", registry=Registry(redis_url))
         replica.server.stop(None)
         assert any("a loopback address" in r.getMessage() for r in caplog.records) == warned, redis_url

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from datagen.service.fleet import RemoteSource
+from datagen.service.client.remote_source import RemoteSource
 from datagen.service.shm_ring import ShmRing
 from tests.service_helpers import REPO, ReplicaProcess, make_videos, redis_binary, wait_until
 
 SHM = Path("/dev/shm")
 CLIENT = """
 import sys, time
-from datagen.service.fleet import RemoteSource
+from datagen.service.client.remote_source import RemoteSource
 from tests.service_helpers import tiny_config
 src = RemoteSource([sys.argv[1]], config=tiny_config(), connect_timeout=30, wait_for_replicas=120)
 assert sum(len(b) for b in src.stream(0, 0, range(8), 4)) == 8

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from datagen.batch import Batch
+from datagen.ctp.batch import Batch
 from datagen.service.shm_ring import RingUnreachable, ShmRing
 from datagen.service.wire import BatchDecoder, WireError, encode_batch
 from protos import datagen_pb2 as pb

@@ -10,11 +10,11 @@ import threading
 import pytest
 import torch
 
+from datagen.ctp.plan import choose_video
+from datagen.ctp.rng import SampleKey
 from datagen.generator import Generator, pipelined
-from datagen.plan import choose_video
-from datagen.rng import SampleKey
-from datagen.service.replica_metrics import ReplicaMetrics
-from datagen.service.work import WorkQueue
+from datagen.service.server.metrics import ReplicaMetrics
+from datagen.service.server.work_queue import WorkQueue
 
 
 def run_queue(generator, batches: list[list[SampleKey]]):

@@ -1,4 +1,4 @@
-from datagen.tables import format_table
+from common.tables import format_table
 
 
 def test_columns_fit_their_widest_cell_names_left_numbers_right():

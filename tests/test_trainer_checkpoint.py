@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from trainer.checkpoint import (
+from trainer.runtime.checkpoint import (
     checkpoint_path,
     latest_checkpoint,
     list_checkpoints,
@@ -58,7 +58,7 @@ def test_load_errors_are_actionable(tmp_path):
 
 
 def test_every_checkpoint_says_what_it_holds_and_older_ones_still_do():
-    from trainer.checkpoint import CHECKPOINT_FORMAT, FINETUNE_TASK, PRETRAIN_TASK, checkpoint_task, marked
+    from trainer.runtime.checkpoint import CHECKPOINT_FORMAT, FINETUNE_TASK, PRETRAIN_TASK, checkpoint_task, marked
 
     assert marked(FINETUNE_TASK, {"step": 3}) == {"task": "finetune", "format": CHECKPOINT_FORMAT, "step": 3}
     assert checkpoint_task(marked(PRETRAIN_TASK, state(1))) == PRETRAIN_TASK
@@ -67,7 +67,7 @@ def test_every_checkpoint_says_what_it_holds_and_older_ones_still_do():
 
 
 def test_resume_auto_means_the_same_for_pretraining_and_fine_tuning_folders(tmp_path):
-    from trainer.checkpoint import FINETUNED_NAME, resume_point
+    from trainer.runtime.checkpoint import FINETUNED_NAME, resume_point
 
     pretraining, finetuning, empty = tmp_path / "pre", tmp_path / "fine", tmp_path / "empty"
     for step in (5, 10):
@@ -86,7 +86,7 @@ def test_resume_auto_means_the_same_for_pretraining_and_fine_tuning_folders(tmp_
 
 
 def test_resume_is_refused_from_another_task_or_config_naming_what_differs(tmp_path):
-    from trainer.checkpoint import FINETUNE_TASK, PRETRAIN_TASK, check_resumable, marked
+    from trainer.runtime.checkpoint import FINETUNE_TASK, PRETRAIN_TASK, check_resumable, marked
 
     config = {"model": {"encoder": "tiny"}, "data": {"seed": 0}, "classes": ["a", "b"]}
     saved = marked(FINETUNE_TASK, {"config": config})
@@ -99,10 +99,10 @@ def test_resume_is_refused_from_another_task_or_config_naming_what_differs(tmp_p
 
 
 def test_pretraining_refuses_to_resume_from_a_fine_tuned_checkpoint(tmp_path):
-    from trainer.checkpoint import FINETUNE_TASK
     from trainer.config import load_train_config
-    from trainer.execution import Execution
-    from trainer.pretrain import Trainer
+    from trainer.pretrain.loop import Trainer
+    from trainer.runtime.checkpoint import FINETUNE_TASK
+    from trainer.runtime.execution import Execution
 
     trainer = Trainer(load_train_config("tiny_cpu"), Execution.resolve("cpu"), epoch_size=8)
     finetuned = {**trainer.state_dict(), "task": FINETUNE_TASK}

@@ -7,15 +7,15 @@ import pytest
 import torch
 from torchvision.models import video as tv_video
 
+from common.configfile import to_dict
 from datagen.cli import main as ctp_datagen
-from datagen.configfile import to_dict
-from trainer.checkpoint import FINETUNE_TASK, checkpoint_path, resolve_checkpoint, save_atomic
 from trainer.cli import main as ctp_train
 from trainer.config import load_train_config
-from trainer.ctp_model import CtPNetwork
 from trainer.downstream.config import DownstreamConfig
 from trainer.downstream.model import VideoClassifier, load_classifier, load_encoder
-from trainer.encoders import build_encoder
+from trainer.model.encoders import build_encoder
+from trainer.model.network import CtPNetwork
+from trainer.runtime.checkpoint import FINETUNE_TASK, checkpoint_path, resolve_checkpoint, save_atomic
 
 
 def finetuned_run(folder):

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from trainer.ctp_model import MEAN, STD, CtPNetwork, normalise
-from trainer.encoders import (
+from trainer.model.encoders import (
     PRETRAIN_SPATIAL_STRIDE,
     build_encoder,
     count_parameters,
@@ -12,7 +11,8 @@ from trainer.encoders import (
     set_stage4_spatial_stride,
     torchvision_model,
 )
-from trainer.head import CtPHead
+from trainer.model.head import CtPHead
+from trainer.model.network import MEAN, STD, CtPNetwork, normalise
 
 TORCHVISION_ENCODERS = ("r3d_18", "r2plus1d_18")
 

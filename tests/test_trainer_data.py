@@ -5,11 +5,11 @@ import threading
 import pytest
 import torch
 
-from datagen.batch import Batch
-from datagen.config import ClipConfig, GenerationConfig
+from datagen.ctp.batch import Batch
+from datagen.ctp.spec import ClipConfig, GenerationConfig
 from datagen.generator import Generator
-from trainer.cursor import EpochCursor
-from trainer.data import HELD_OUT_EPOCH, InProcessSource, held_out_batches, prefetched
+from trainer.pretrain.cursor import EpochCursor
+from trainer.pretrain.sources import HELD_OUT_EPOCH, InProcessSource, held_out_batches, prefetched
 
 SMALL = GenerationConfig(clip=ClipConfig(num_frames=8, short_sides=(64,), crop_size=64))
 

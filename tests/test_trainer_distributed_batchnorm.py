@@ -11,7 +11,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from trainer.distributed import CpuSyncBatchNorm, EmptySafeSyncBatchNorm, convert_sync_batchnorm, sync_batchnorm_layers
+from trainer.runtime.distributed import (
+    CpuSyncBatchNorm,
+    EmptySafeSyncBatchNorm,
+    convert_sync_batchnorm,
+    sync_batchnorm_layers,
+)
 
 # (rank 0's rows, rank 1's rows) of a batch of 5: an uneven split, and a rank with an empty batch.
 SPLITS = [((0, 3), (3, 5)), ((0, 5), (5, 5))]
@@ -98,10 +103,10 @@ def test_conversion_keeps_the_weights_and_picks_torchs_module_off_cpu():
 
 
 def _distribute_rank(rank: int, init_method: str) -> None:
-    from trainer.distributed import Ranks
     from trainer.downstream.model import VideoClassifier
-    from trainer.encoders import build_encoder
-    from trainer.execution import Execution, distribute
+    from trainer.model.encoders import build_encoder
+    from trainer.runtime.distributed import Ranks
+    from trainer.runtime.execution import Execution, distribute
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=2)
@@ -118,5 +123,5 @@ def _distribute_rank(rank: int, init_method: str) -> None:
 
 
 def test_fine_tuning_and_pretraining_sync_batchnorm_under_torchrun_on_cpu_too(tmp_path):
-    """One rule (trainer.execution.distribute): fine-tuning on gloo synchronised no BatchNorm before."""
+    """One rule (trainer.runtime.execution.distribute): fine-tuning on gloo synchronised no BatchNorm before."""
     mp.spawn(_distribute_rank, args=(f"file://{tmp_path / 'store'}",), nprocs=2, join=True)

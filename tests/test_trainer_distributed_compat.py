@@ -3,7 +3,7 @@
 torch 2.13 added DDP's `forward_sync_buffers` (and deprecated `broadcast_buffers`); the GPU machine runs
 torch 2.11, whose DDP rejects the keyword. Two real gloo ranks train here with a DDP class that has the older
 signature. The second step leaves rank 1 an empty batch, the epoch's tail. It runs fp32, as every CPU run does:
-CPU bf16 is refused (trainer/execution.py), since oneDNN's bf16 weight gradients of 3D convolutions over 2-frame
+CPU bf16 is refused (trainer/runtime/execution.py), since oneDNN's bf16 weight gradients of 3D convolutions over 2-frame
 maps are garbage (this run's layer3 here; the NaN once seen in it came from there). The bf16 BatchNorm exchange
 with an empty rank is tested exactly in test_trainer_distributed_batchnorm.py.
 """
@@ -17,13 +17,13 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
-import trainer.distributed
-import trainer.pretrain
-from datagen.batch import Batch
+import trainer.pretrain.loop
+import trainer.runtime.distributed
+from datagen.ctp.batch import Batch
 from trainer.config import load_train_config
-from trainer.distributed import Ranks, exchanged_input
-from trainer.execution import Execution
-from trainer.pretrain import Trainer
+from trainer.pretrain.loop import Trainer
+from trainer.runtime.distributed import Ranks, exchanged_input
+from trainer.runtime.execution import Execution
 
 FRAMES, SIZE, K = 8, 32, 2
 
@@ -51,7 +51,7 @@ def batch(first: int, size: int) -> Batch:
 
 def _rank(rank: int, store: str, out: dict) -> None:
     torch.set_num_threads(1)
-    for module in (trainer.distributed, trainer.pretrain):  # wherever the code under test looks DDP up
+    for module in (trainer.runtime.distributed, trainer.pretrain.loop):  # wherever the code under test looks DDP up
         if hasattr(module, "DistributedDataParallel"):
             module.DistributedDataParallel = Torch211DDP
     dist.init_process_group("gloo", init_method=store, rank=rank, world_size=2)

@@ -7,10 +7,10 @@ import pytest
 
 from datagen.service.security import TlsFiles
 from trainer.config import load_train_config
-from trainer.data import replica_settings
-from trainer.distributed import Ranks
-from trainer.execution import Execution
-from trainer.pretrain import Trainer
+from trainer.pretrain.loop import Trainer
+from trainer.pretrain.sources import replica_settings
+from trainer.runtime.distributed import Ranks
+from trainer.runtime.execution import Execution
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4])

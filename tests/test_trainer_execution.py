@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.cli import main
-from trainer.execution import Execution
+from trainer.runtime.execution import Execution
 
 
 def test_cpu_refuses_bf16_and_says_what_to_use():

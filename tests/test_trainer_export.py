@@ -4,12 +4,12 @@ import pytest
 import torch
 from torchvision.models import video as tv_video
 
-from datagen.configfile import to_dict
-from trainer.checkpoint import save_atomic
+from common.configfile import to_dict
 from trainer.cli import main
 from trainer.config import load_train_config
-from trainer.ctp_model import CtPNetwork
-from trainer.encoders import set_stage4_spatial_stride
+from trainer.model.encoders import set_stage4_spatial_stride
+from trainer.model.network import CtPNetwork
+from trainer.runtime.checkpoint import save_atomic
 
 
 def pretraining_checkpoint(tmp_path, encoder: str):
@@ -71,8 +71,8 @@ def test_a_file_that_is_no_checkpoint_is_refused_without_unsafe_advice(tmp_path,
 
 
 def test_track_eval_of_a_fine_tuned_checkpoint_says_what_to_give_it(tmp_path, demo_dir, capsys):
-    from trainer.checkpoint import FINETUNE_TASK, marked
     from trainer.downstream.config import DownstreamConfig
+    from trainer.runtime.checkpoint import FINETUNE_TASK, marked
 
     finetuned = tmp_path / "finetuned.pt"
     save_atomic(marked(FINETUNE_TASK, {"model": {}, "config": to_dict(DownstreamConfig())}), finetuned)

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos, write_manifest
-from datagen.service.server import Limits, Replica
-from trainer.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, resume_point
+from datagen.service.server.servicer import Limits, Replica
+from datagen.video.manifest import resolve_videos, write_manifest
 from trainer.cli import main
 from trainer.config import load_train_config
-from trainer.metrics_log import read_records
-from trainer.pretrain import pretrain
+from trainer.pretrain.loop import pretrain
+from trainer.runtime.checkpoint import checkpoint_path, list_checkpoints, load_checkpoint, resume_point
+from trainer.runtime.metrics_log import read_records
 
 # 6 demo videos x 2 clips = 12 samples = 3 steps of 4, a checkpoint after each.
 SHORT = [
@@ -90,7 +90,7 @@ def test_resume_auto_falls_back_past_a_damaged_newest_checkpoint_and_says_so(pre
     run = run_copy(pretrained, tmp_path)
     newest = checkpoint_path(run, 2)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a copy or a disk that failed
-    with caplog.at_level("WARNING", logger="trainer.checkpoint"):
+    with caplog.at_level("WARNING", logger="trainer.runtime.checkpoint"):
         assert resume_point(run, "auto", overwrite=False) == checkpoint_path(run, 1)
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith("--resume auto: skipped ckpt-00000002.pt (") and "kept as ckpt-00000002.pt.damaged" in (

@@ -1,4 +1,4 @@
-"""`ctp-torchrun` (trainer.launch): who hosts the rendezvous store, the unshared store, exit 75 for a stopped run,
+"""`ctp-torchrun` (trainer.runtime.launch): who hosts the rendezvous store, the unshared store, exit 75 for a stopped run,
 error.json from a crashing rank, and two torchrun nodes on this machine that lose a node and finish anyway.
 
 The two-node tests run each node as Kubernetes runs a pod of the trainer Job: `JOB_COMPLETION_INDEX` set, one
@@ -20,12 +20,12 @@ from pathlib import Path
 import pytest
 
 from tests.service_helpers import REPO, free_port, make_videos
-from trainer.launch import JOB_INDEX_ENV, SHARED_STORE_ENV, store_host_conf
-from trainer.metrics_log import read_records
-from trainer.signals import STOPPED_EXIT
+from trainer.runtime.launch import JOB_INDEX_ENV, SHARED_STORE_ENV, store_host_conf
+from trainer.runtime.metrics_log import read_records
+from trainer.runtime.signals import STOPPED_EXIT
 
 VENV_BIN = Path(sys.executable).parent
-LAUNCH = [sys.executable, "-m", "trainer.launch"]
+LAUNCH = [sys.executable, "-m", "trainer.runtime.launch"]
 
 
 def launcher_env(**extra: str) -> dict[str, str]:
@@ -109,12 +109,12 @@ def test_workers_get_an_unshared_store_and_exit_75_only_when_they_all_stopped():
 CRASH = """
 import os
 if os.environ.get("LOCAL_RANK") == "1":
-    import trainer.pretrain
+    import trainer.pretrain.loop
 
     def crash(self, *args, **kwargs):
         raise RuntimeError("injected crash in rank 1's first step")
 
-    trainer.pretrain.Trainer.train_step = crash
+    trainer.pretrain.loop.Trainer.train_step = crash
 """
 
 
@@ -149,7 +149,7 @@ def test_a_crashing_rank_leaves_error_json_where_torchrun_logs(demo_dir, tmp_pat
     (error_file,) = logs.glob("*/attempt_0/1/error.json")
     message = json.loads(error_file.read_text())["message"]
     assert message["message"] == "RuntimeError: injected crash in rank 1's first step"
-    assert "trainer/pretrain.py" in message["extraInfo"]["py_callstack"]
+    assert "trainer/pretrain/loop.py" in message["extraInfo"]["py_callstack"]
 
 
 # -- two nodes that lose one ---------------------------------------------------------------------------------------

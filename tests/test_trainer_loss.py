@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from trainer.loss import box_iou, ctp_loss, decode, encode, first_box_baseline
+from trainer.model.loss import box_iou, ctp_loss, decode, encode, first_box_baseline
 
 LN2 = math.log(2.0)
 
@@ -105,7 +105,7 @@ def test_first_box_baseline_repeats_the_query():
 def test_per_step_constants_are_built_once_not_copied_to_the_device_each_step(monkeypatch):
     """`torch.tensor(...)` on a CUDA device is a host-device copy and sync; steps after the first make none.
     Constants first built in inference mode still serve autograd afterwards."""
-    from trainer.ctp_model import normalise
+    from trainer.model.network import normalise
 
     clips = torch.randint(0, 256, (1, 4, 6, 5, 3), dtype=torch.uint8)
     with torch.inference_mode():

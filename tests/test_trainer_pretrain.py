@@ -8,12 +8,12 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from trainer.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_atomic
 from trainer.cli import main
 from trainer.config import load_train_config
-from trainer.metrics_log import read_records
-from trainer.pretrain import pretrain
-from trainer.signals import stop_on_signals
+from trainer.pretrain.loop import pretrain
+from trainer.runtime.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_atomic
+from trainer.runtime.metrics_log import read_records
+from trainer.runtime.signals import stop_on_signals
 
 # 6 demo videos × 2 clips = 12 samples per epoch = 3 steps of 4; two epochs with an lr drop between them.
 SHORT_RUN = [
@@ -70,7 +70,7 @@ def test_stopped_and_resumed_run_reproduces_every_step(demo_dir, tmp_path, unint
 def test_a_run_resumed_at_or_past_its_stop_step_trains_nothing_and_says_so(demo_dir, tmp_path, caplog):
     assert pretrain(short_run(demo_dir, tmp_path, "run.stop_at_step=4")) is None
     records, checkpoints = read_records(tmp_path), list_checkpoints(tmp_path)
-    with caplog.at_level("WARNING", logger="trainer.pretrain"):
+    with caplog.at_level("WARNING", logger="trainer.pretrain.loop"):
         assert pretrain(short_run(demo_dir, tmp_path, "run.stop_at_step=3"), resume="auto") is None
     assert read_records(tmp_path) == records and list_checkpoints(tmp_path) == checkpoints  # not one more step
     assert "run.stop_at_step=3: the run is at step 4 already, nothing to train" in caplog.text

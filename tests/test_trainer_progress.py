@@ -4,7 +4,7 @@ import logging
 import re
 
 from trainer.cli import main
-from trainer.progress import PlainProgress, eta
+from trainer.runtime.progress import PlainProgress, eta
 
 
 def test_eta_reads_like_a_duration():
@@ -48,9 +48,9 @@ def test_redirected_pretraining_logs_plain_lines_with_loss_lr_eta_and_every_eval
 
 def test_plain_progress_lines_say_count_share_rate_and_eta(monkeypatch, caplog):
     clock = iter([0.0, 5.0, 20.0, 21.0, 40.0])  # start, then one reading per update
-    monkeypatch.setattr("trainer.progress.time.monotonic", lambda: next(clock))
+    monkeypatch.setattr("trainer.runtime.progress.time.monotonic", lambda: next(clock))
     progress = PlainProgress("testing", 40, "videos", every=15.0)
-    with caplog.at_level(logging.INFO, logger="trainer.progress"):
+    with caplog.at_level(logging.INFO, logger="trainer.runtime.progress"):
         for _ in range(4):
             progress.update(10)
     assert caplog.messages == [

@@ -8,8 +8,14 @@ import math
 import pytest
 import torch
 
-from trainer.reporting import RankReport, merge_reports
-from trainer.starvation import RankWindow, StarvationMonitor, consumption_rate, replicas_needed, starvation_advice
+from trainer.pretrain.reporting import RankReport, merge_reports
+from trainer.pretrain.starvation import (
+    RankWindow,
+    StarvationMonitor,
+    consumption_rate,
+    replicas_needed,
+    starvation_advice,
+)
 
 
 def report(losses: list[list[float]], indices: list[list[int]], seconds: float = 2.0, wait: float = 0.5) -> RankReport:

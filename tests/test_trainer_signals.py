@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from trainer import signals
-from trainer.checkpoint import list_checkpoints
 from trainer.cli import main
-from trainer.metrics_log import read_records
-from trainer.signals import STOPPED_EXIT
+from trainer.runtime import signals
+from trainer.runtime.checkpoint import list_checkpoints
+from trainer.runtime.metrics_log import read_records
+from trainer.runtime.signals import STOPPED_EXIT
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = [

@@ -2,7 +2,7 @@
 
 import torch
 
-from trainer.viz import boxes_image
+from trainer.pretrain.viz import boxes_image
 
 
 def test_boxes_image_pixels():

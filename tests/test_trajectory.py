@@ -8,11 +8,11 @@ import math
 import numpy as np
 import pytest
 
-from datagen.config import GenerationConfig, TrajectoryConfig
-from datagen.keyframes import ACCELERATE, DECELERATE, UNIFORM, draw_keyframes, interpolate
-from datagen.plan import plan_patches
-from datagen.rng import Draws, SampleKey
-from datagen.trajectory import draw_trajectories
+from datagen.ctp.keyframes import ACCELERATE, DECELERATE, UNIFORM, draw_keyframes, interpolate
+from datagen.ctp.plan import plan_patches
+from datagen.ctp.rng import Draws, SampleKey
+from datagen.ctp.spec import GenerationConfig, TrajectoryConfig
+from datagen.ctp.trajectory import draw_trajectories
 
 T, W = 16, 112
 CFG = TrajectoryConfig()

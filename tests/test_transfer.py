@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from bench import transfer
-from datagen.decode import PyAVDecoder
-from datagen.manifest import probe
-from trainer.checkpoint import latest_checkpoint, read_state
-from trainer.encoders import build_encoder
+from datagen.video.decode.pyav import PyAVDecoder
+from datagen.video.manifest import probe
 from trainer.export import encoder_state_dict
+from trainer.model.encoders import build_encoder
+from trainer.runtime.checkpoint import latest_checkpoint, read_state
 
 
 @pytest.fixture(scope="module")

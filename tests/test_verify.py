@@ -14,11 +14,11 @@ import pytest
 
 from datagen import verify as verify_module
 from datagen.cli import main
-from datagen.decode import Decoder
-from datagen.demo import synthesize_demo
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos
 from datagen.verify import RendererMismatch, check_rendering
+from datagen.video.decode.decoder import Decoder
+from datagen.video.manifest import resolve_videos
+from datagen.video.synthetic import synthesize_demo
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def test_verify_compares_dali_cpu_with_pyav_and_reports_json(dali_cpu_dir, capsy
 
 
 def test_verify_catches_a_decoder_that_returns_shifted_frames_and_exits_1(dali_cpu_dir, capsys, monkeypatch):
-    from datagen.dali import DaliDecoder
+    from datagen.video.decode.dali import DaliDecoder
 
     real = DaliDecoder.decode_batch
 
@@ -80,7 +80,7 @@ def test_the_tensor_renderer_matches_the_cpu_kernels(shared_videos):
 
 def faulty_renderer(plans, frames, crop_size):
     """The tensor renderer with a fault only where patches are pasted: every patch half as opaque."""
-    from datagen.render import render_clips
+    from datagen.ctp.render import render_clips
 
     return render_clips(dataclasses.replace(plans, opacity=plans.opacity / 2), frames, crop_size)
 
@@ -105,7 +105,7 @@ def test_a_generator_that_checks_itself_probed_every_dali_class(dali_cpu_dir):
 
 def test_a_replica_publishes_its_routes_as_metrics_in_redis_and_in_status(dali_cpu_dir, tmp_path, capsys):
     from datagen.service.registry import Registry
-    from datagen.service.server import Replica
+    from datagen.service.server.servicer import Replica
     from tests.service_helpers import RedisServer, tiny_config, wait_until
 
     config = tiny_config()

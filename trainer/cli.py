@@ -10,9 +10,9 @@ import os
 import sys
 from pathlib import Path
 
-from datagen.configfile import parse_command_line, split_overrides, to_yaml
-from datagen.service import jsonlog
-from trainer.signals import STOPPED_EXIT, Stopped, stopped_at_once
+from common import jsonlog
+from common.configfile import parse_command_line, split_overrides, to_yaml
+from trainer.runtime.signals import STOPPED_EXIT, Stopped, stopped_at_once
 
 # Each command's one-line help. Only the command being run imports its module: torch and friends take seconds to
 # load, which `ctp-train --help` need not wait for.
@@ -28,7 +28,7 @@ COMMANDS = {
 
 def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The parser: the `full` commands' own subparsers, the others one-line entries."""
-    from datagen.env import describe
+    from common.env import describe
 
     parser = argparse.ArgumentParser(
         prog="ctp-train",
@@ -68,7 +68,7 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         if stopped_at_once():  # a second Ctrl-C: whatever it broke, stop without a traceback
             return _interrupted(args.command)
-        from datagen.service.fleet import NoReplicaError  # imported already by any command that can raise it
+        from datagen.service.client.remote_source import NoReplicaError
 
         if not isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NoReplicaError)):
             raise
@@ -99,7 +99,7 @@ def _configured(
 
 
 def _overrides(p: argparse.ArgumentParser, example: str) -> None:
-    """KEY=VALUE operands, anywhere on the line (`datagen.configfile.parse_command_line`)."""
+    """KEY=VALUE operands, anywhere on the line (`common.configfile.parse_command_line`)."""
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=f"config overrides, e.g. {example}")
 
 
@@ -145,8 +145,8 @@ def _pretrain(args: argparse.Namespace) -> None:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return
-    from trainer.distributed import Ranks
-    from trainer.pretrain import pretrain
+    from trainer.pretrain.loop import pretrain
+    from trainer.runtime.distributed import Ranks
 
     score = pretrain(cfg, resume=args.resume, overwrite=args.overwrite)
     if score is not None and Ranks.from_env().is_main:
@@ -205,7 +205,7 @@ def _finetune(args: argparse.Namespace) -> None:
 
 
 def _track_eval_parser(subparsers: argparse._SubParsersAction) -> None:
-    from datagen.rng import seed_arg
+    from datagen.ctp.rng import seed_arg
 
     p = subparsers.add_parser(
         "track-eval",
@@ -228,8 +228,8 @@ def _track_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _track_eval(args: argparse.Namespace) -> None:
-    from datagen.atomic import write_json
-    from trainer.track_eval import score_checkpoint
+    from common.atomic import write_json
+    from trainer.pretrain.track_eval import score_checkpoint
 
     score, checkpoint, step = score_checkpoint(
         args.checkpoint, args.videos, args.clips, args.seed, args.batch_size, args.device

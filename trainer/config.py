@@ -1,7 +1,7 @@
 """Typed training configuration: the sections pretraining and fine-tuning share (optimiser, run), and
-pretraining's own; loaded from a preset (datagen/presets/) or YAML file plus KEY=VALUE overrides.
+pretraining's own; loaded from a preset (common/presets/) or YAML file plus KEY=VALUE overrides.
 
-Choices are `Literal`s, which the loader (datagen.configfile) checks, naming the key and the allowed values.
+Choices are `Literal`s, which the loader (common.configfile) checks, naming the key and the allowed values.
 """
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal
 
-from datagen.config import GenerationConfig, validate_generation
-from datagen.configfile import PRESETS, load_config, preset_names
-from datagen.rng import seed_problem
+from common.configfile import PRESETS, load_config, preset_names
+from datagen.ctp.rng import seed_problem
+from datagen.ctp.spec import GenerationConfig, validate_generation
 
 PRESETS_DIR = PRESETS
-EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.encoders builds each
+EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.model.encoders builds each
 # auto: bf16 autocast on CUDA, else fp32. fp32: IEEE fp32 math everywhere (the paper's numerics; on CUDA cuDNN
 # would otherwise run fp32 convolutions as TF32). tf32: fp32 tensors, TF32 tensor-core convolutions and matmuls.
 Precision = Literal["auto", "fp32", "tf32", "bf16"]
@@ -71,7 +71,7 @@ class RunConfig:
     precision: Precision = "auto"
     channels_last: bool | None = None  # None: on CUDA only
     # Under torchrun, BatchNorm normalises with the statistics of the global batch (on CPU and CUDA alike), so
-    # a run trains the same network whatever its number of ranks (trainer.distributed.wrap_ranks).
+    # a run trains the same network whatever its number of ranks (trainer.runtime.distributed.wrap_ranks).
     sync_batchnorm: bool = True
     log_every: int = 10  # steps
     progress: bool = True

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from trainer.checkpoint import (
+from trainer.model.encoders import torchvision_model
+from trainer.runtime.checkpoint import (
     FINETUNE_TASK,
     checkpoint_task,
     damage,
@@ -24,7 +25,6 @@ from trainer.checkpoint import (
     resolve_checkpoint,
     save_atomic,
 )
-from trainer.encoders import torchvision_model
 
 ENCODER_PREFIX = "encoder."
 

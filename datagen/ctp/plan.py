@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import numpy.typing as npt
 
-from .config import ClipConfig, ColourConfig, GenerationConfig, PatchConfig
 from .keyframes import UNIFORM, draw_easings, draw_keyframes, hold_repeats, interpolate, num_slots
 from .rng import Draws, SampleKey, Stream, below, between, choose, epoch_permutation, generator, pick, uniforms
+from .spec import ClipConfig, ColourConfig, GenerationConfig, PatchConfig
 from .trajectory import draw_trajectories
 
 RECTANGLE, ELLIPSE, RHOMBUS = 0, 1, 2

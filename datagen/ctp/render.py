@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import cpu_kernels
+from . import render_cpu as cpu_kernels
 from .batch import Batch
 from .plan import ELLIPSE, RECTANGLE, RHOMBUS, ClipPlan, PlanBatch, SamplePlan
 

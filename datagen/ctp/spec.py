@@ -2,7 +2,7 @@
 
 Both sides of the service import this module: the replica generates from a `GenerationConfig` and the
 trainer sends its digest, so a replica never serves samples of a config it was not given. The file and
-override plumbing is generic: `datagen.configfile`.
+override plumbing is generic: `common.configfile`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .configfile import apply_overrides, from_dict, read_yaml, resolve_preset, to_dict
+from common.configfile import apply_overrides, from_dict, read_yaml, resolve_preset, to_dict
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,9 +12,9 @@ import dataclasses
 
 import numpy as np
 
-from .config import TrajectoryConfig
 from .keyframes import draw_easings, draw_keyframes, interpolate, num_slots
 from .rng import Draws, between, pick
+from .spec import TrajectoryConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,13 +11,13 @@ import signal
 import time
 from typing import TYPE_CHECKING
 
-from ..env import NAMESPACE, REDIS_URL, redact
-from ..tables import format_table
-from . import jsonlog
+from common import jsonlog
+from common.env import NAMESPACE, REDIS_URL, redact
+from common.tables import format_table
 
 if TYPE_CHECKING:
     from .security import TlsFiles
-    from .server import Replica
+    from .server.servicer import Replica
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0  # pull's progress lines
@@ -66,7 +66,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles:
 
 def _serve_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
     from ..options import add_generation_args
-    from .server import Limits
+    from .server.servicer import Limits
 
     p = subparsers.add_parser("serve", help=help_text)
     add_generation_args(p, videos="positional")
@@ -142,7 +142,7 @@ def _replica(args: argparse.Namespace, generator) -> Replica:
     """The replica the options describe (ports 0: free ones, which `serve` prints once listening)."""
     from .registry import Registry
     from .security import resolve_token
-    from .server import Limits, Replica
+    from .server.servicer import Limits, Replica
 
     return Replica(
         generator,
@@ -225,7 +225,7 @@ def run_status(args: argparse.Namespace) -> int:
 
 
 def _pull_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
-    from ..rng import seed_arg
+    from ..ctp.rng import seed_arg
 
     p = subparsers.add_parser("pull", help=help_text)
     p.add_argument("--epoch", type=int, required=True, help="the epoch whose samples to pull")
@@ -253,7 +253,7 @@ def _pull_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from datagen.service.fleet import NoReplicaError
+    from datagen.service.client.remote_source import NoReplicaError
 
     try:
         return _pull(args)
@@ -262,9 +262,9 @@ def run_pull(args: argparse.Namespace) -> int:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from datagen.service.fleet import FAULT_COUNTERS, RemoteSource
+    from common.atomic import write_json
+    from datagen.service.client.remote_source import FAULT_COUNTERS, RemoteSource
 
-    from ..atomic import write_json
     from .security import resolve_token
 
     _control_plane(args, "samples are pulled from the replicas registered there")
@@ -326,7 +326,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _print_routes(replicas: list) -> None:
-    """Which backend decodes each decode class, over the replicas that met it (datagen/decode_routes.py)."""
+    """Which backend decodes each decode class, over the replicas that met it (datagen/video/decode/routes.py)."""
     routes = collections.Counter((cls, backend) for r in replicas for cls, backend in r.routes.items())
     if not routes:
         return

@@ -20,7 +20,7 @@ from typing import cast
 import redis
 from redis.typing import EncodableT, FieldT
 
-from datagen.env import redact
+from common.env import redact
 
 log = logging.getLogger(__name__)
 

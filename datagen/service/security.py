@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import grpc
 
-from datagen.env import DATAGEN_TOKEN
+from common.env import DATAGEN_TOKEN
 
 MISSING_TOKEN, WRONG_TOKEN = "missing token", "wrong token"  # why a call was refused
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from datagen.batch import Batch
+from datagen.ctp.batch import Batch
 from protos import datagen_pb2 as pb
 
 from .shm_ring import ShmRing

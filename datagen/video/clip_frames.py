@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.manifest import VideoInfo
+from datagen.video.manifest import VideoInfo
 
 
 def clamp_indices(video: VideoInfo, indices: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.jpeg import JpegError, JpegHeader, decode_into, is_complete, read_header
+from datagen.video.jpeg import JpegError, JpegHeader, decode_into, is_complete, read_header
 
 FRAME_CODEC = "jpeg-frames"  # VideoInfo.codec of a frame source
 OFFICIAL_FMT = "img_{:05d}.jpg"  # the official CtP zips' (and MMAction2's) frame names, numbered from 1

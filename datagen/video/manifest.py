@@ -26,9 +26,10 @@ from pathlib import Path
 import av
 from tqdm import tqdm
 
-from .atomic import write_atomic
+from common.atomic import write_atomic
+from common.tables import format_table
+
 from .frames import FRAME_CODEC, FrameSourceError, has_frames, is_frame_name, is_frame_source, probe_frames
-from .tables import format_table
 
 log = logging.getLogger(__name__)
 

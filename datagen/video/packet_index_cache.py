@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from datagen.env import CACHE_DIR
-from datagen.packet_index import DecoderSetup, PacketIndex, StoredPackets, StreamTraits
+from common.env import CACHE_DIR
+from datagen.video.packet_index import DecoderSetup, PacketIndex, StoredPackets, StreamTraits
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ prepared copy is H.264 (NVDEC and PyAV both decode it) in MP4, yuv420p, a closed
 B-frames, tuned for fast decoding (no CABAC, no deblocking filter: 2.2× faster to decode on a CPU core for
 9 % more bytes, docs/performance.md), and a short side of `short_side` (never upscaled): CtP draws short
 sides 112/128/144, so 144 keeps every draw a downscale. Every decoded picture is encoded once with its source timestamp, so frame i of the
-copy is frame i of the source (datagen/manifest.py's definition). Audio is dropped. Frame sources (zips and
+copy is frame i of the source (datagen/video/manifest.py's definition). Audio is dropped. Frame sources (zips and
 folders of JPEG frames) are random access already: they are kept where they are and listed as they are.
 """
 
@@ -25,7 +25,8 @@ import av
 from av.video.frame import PictureType
 from tqdm import tqdm
 
-from .atomic import replacing, write_atomic
+from common.atomic import replacing, write_atomic
+
 from .frames import is_frame_source
 from .manifest import (
     Rejected,
@@ -105,7 +106,7 @@ def display_times(source: Path) -> Sequence[int | None]:
 def encode(source: Path, output: Path, settings: Settings, threads: int = 1) -> int:
     """Decode every picture of `source` and encode it to `output`; returns the number of frames written.
 
-    Written atomically (datagen.atomic), so a killed run never leaves a file that looks finished."""
+    Written atomically (common.atomic), so a killed run never leaves a file that looks finished."""
     written = 0
     try:
         with replacing(output) as tmp:

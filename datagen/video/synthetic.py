@@ -16,7 +16,7 @@ import av
 import cv2
 import numpy as np
 
-from .atomic import replacing
+from common.atomic import replacing
 
 log = logging.getLogger(__name__)
 

@@ -18,12 +18,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from datagen.decode import Decoder
-from datagen.manifest import Rejected, VideoDecodeError, VideoInfo
-from datagen.plan import ClipPlan
+from datagen.ctp.plan import ClipPlan
+from datagen.ctp.render import rescale_crop_flip, shift_hue_saturation
+from datagen.ctp.rng import SampleKey, Stream, generator
 from datagen.quarantine import QuarantinedVideos
-from datagen.render import rescale_crop_flip, shift_hue_saturation
-from datagen.rng import SampleKey, Stream, generator
+from datagen.video.decode.decoder import Decoder
+from datagen.video.manifest import Rejected, VideoDecodeError, VideoInfo
 from trainer.downstream.config import ClipsConfig, StaticColourConfig
 from trainer.downstream.datasets import LabelledSet
 

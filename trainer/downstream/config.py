@@ -10,8 +10,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
-from datagen.configfile import load_config, preset_names
-from datagen.rng import seed_problem
+from common.configfile import load_config, preset_names
+from datagen.ctp.rng import seed_problem
 from trainer.config import EncoderName, OptimConfig, Recipe, RunConfig
 
 PRESETS_DIR = Path(__file__).resolve().parent / "configs"

@@ -4,7 +4,7 @@ the official CtP lists and Something-Something's files are parsed by `annotation
 Reading is strict about the annotation files (a malformed line is an error that names the file and the line)
 and lenient about the videos (a listed video that is missing or unreadable is skipped, counted and
 reported, as Kinetics downloads always miss some). A video may be a file or a frame source (a zip or a
-folder of JPEG frames, `datagen/frames.py`): a listed `<class>/<video>.avi` is also found as the official
+folder of JPEG frames, `datagen/video/frames.py`): a listed `<class>/<video>.avi` is also found as the official
 CtP zip `<video>.zip` or a rawframe folder `<class>/<video>/`. Classes are identified by name; a split's
 `classes` tuple fixes their label indices.
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from datagen.manifest import VIDEO_EXTENSIONS, Rejected, VideoInfo, find_videos, index_videos, read_manifest
-from datagen.rng import SUBSET_EPOCH, SampleKey, Stream, generator
+from datagen.ctp.rng import SUBSET_EPOCH, SampleKey, Stream, generator
+from datagen.video.manifest import VIDEO_EXTENSIONS, Rejected, VideoInfo, find_videos, index_videos, read_manifest
 from trainer.downstream.annotations import Annotated, SplitFileError, read_ctp, read_ssv1, read_ssv2
 from trainer.downstream.config import SplitConfig
 

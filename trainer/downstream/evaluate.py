@@ -17,13 +17,9 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from datagen.atomic import write_json
-from datagen.manifest import Rejected
-from datagen.tables import format_table
-from trainer.checkpoint import resolve_checkpoint
-from trainer.ctp_model import normalise
-from trainer.data import prefetched
-from trainer.distributed import Ranks, process_group
+from common.atomic import write_json
+from common.tables import format_table
+from datagen.video.manifest import Rejected
 from trainer.downstream.clips import ClipIndices, EvalClips, eval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config
 from trainer.downstream.datasets import LabelledSet, open_split
@@ -36,8 +32,12 @@ from trainer.downstream.scoring import (
     per_class_accuracy,
     topk_accuracy,
 )
-from trainer.execution import Execution
-from trainer.progress import PlainProgress, show_bars
+from trainer.model.network import normalise
+from trainer.pretrain.sources import prefetched
+from trainer.runtime.checkpoint import resolve_checkpoint
+from trainer.runtime.distributed import Ranks, process_group
+from trainer.runtime.execution import Execution
+from trainer.runtime.progress import PlainProgress, show_bars
 
 
 @torch.no_grad()

@@ -22,23 +22,23 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from datagen.atomic import write_json
-from datagen.configfile import to_dict
-from trainer.checkpoint import FINETUNE_TASK, FINETUNED_NAME, check_resumable, marked, resume_point, save_atomic
+from common.atomic import write_json
+from common.configfile import to_dict
 from trainer.config import EncoderName
-from trainer.ctp_model import normalise
-from trainer.data import InProcessSource
-from trainer.distributed import Ranks, process_group
 from trainer.downstream.clips import ClipBatch, TrainClips
 from trainer.downstream.config import DownstreamConfig
 from trainer.downstream.datasets import LabelledSet, label_subset, open_split
 from trainer.downstream.evaluate import evaluate, summary_table
 from trainer.downstream.model import VideoClassifier, load_encoder, read_state
-from trainer.execution import Execution, distribute
-from trainer.metrics_log import MetricsLog
-from trainer.optimizer import build_optimizer, build_scheduler
-from trainer.progress import eta, show_bars
-from trainer.signals import Stopped, stop_on_signals
+from trainer.model.network import normalise
+from trainer.pretrain.sources import InProcessSource
+from trainer.runtime.checkpoint import FINETUNE_TASK, FINETUNED_NAME, check_resumable, marked, resume_point, save_atomic
+from trainer.runtime.distributed import Ranks, process_group
+from trainer.runtime.execution import Execution, distribute
+from trainer.runtime.metrics_log import MetricsLog
+from trainer.runtime.optimizer import build_optimizer, build_scheduler
+from trainer.runtime.progress import eta, show_bars
+from trainer.runtime.signals import Stopped, stop_on_signals
 
 log = logging.getLogger(__name__)
 

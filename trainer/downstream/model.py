@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.checkpoint import FINETUNE_TASK, checkpoint_task, read_state, resolve_checkpoint
-from trainer.encoders import Encoder, build_encoder
 from trainer.export import ENCODER_PREFIX, encoder_state_dict
+from trainer.model.encoders import Encoder, build_encoder
+from trainer.runtime.checkpoint import FINETUNE_TASK, checkpoint_task, read_state, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

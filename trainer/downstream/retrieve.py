@@ -17,9 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from datagen.atomic import write_json
-from datagen.tables import format_table
-from trainer.distributed import Ranks, process_group
+from common.atomic import write_json
+from common.tables import format_table
 from trainer.downstream.clips import retrieval_clip_indices
 from trainer.downstream.config import DownstreamConfig, load_downstream_config
 from trainer.downstream.datasets import LabelledSet, open_split
@@ -27,8 +26,9 @@ from trainer.downstream.evaluate import video_means
 from trainer.downstream.model import is_finetuned, load_encoder, read_state
 from trainer.downstream.report import percent, results_path
 from trainer.downstream.scoring import RETRIEVAL_KS, retrieval_hits
-from trainer.encoders import Encoder
-from trainer.execution import Execution
+from trainer.model.encoders import Encoder
+from trainer.runtime.distributed import Ranks, process_group
+from trainer.runtime.execution import Execution
 
 
 def retrieval_features(feature_map: torch.Tensor) -> torch.Tensor:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.ops import roi_align
 
-from trainer.encoders import PRETRAIN_SPATIAL_STRIDE
+from trainer.model.encoders import PRETRAIN_SPATIAL_STRIDE
 
 
 class CtPHead(nn.Module):

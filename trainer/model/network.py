@@ -7,8 +7,8 @@ import functools
 import torch
 from torch import nn
 
-from trainer.encoders import build_encoder, feature_frames
-from trainer.head import CtPHead
+from trainer.model.encoders import build_encoder, feature_frames
+from trainer.model.head import CtPHead
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -1,5 +1,5 @@
 """CtP pretraining: the trainer's state and step, and the loop, alone or as one rank of a torchrun job
-(its reporting: trainer.reporting; its command line: trainer.cli).
+(its reporting: trainer.pretrain.reporting; its command line: trainer.cli).
 
 Exactness: the network is initialised from the run seed, batches are pure functions of their sample keys,
 and a checkpoint holds model, optimiser, scheduler, step, the set of indices still to consume this epoch
@@ -26,12 +26,20 @@ from typing import Any, cast
 import torch
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from datagen.batch import Batch
-from datagen.config import GenerationConfig, upgrade_generation
-from datagen.configfile import to_dict
+from common.configfile import to_dict
+from datagen.ctp.batch import Batch
+from datagen.ctp.spec import GenerationConfig, upgrade_generation
 from datagen.generator import Generator
-from datagen.manifest import VideoInfo, resolve_videos, videos_digest
-from trainer.checkpoint import (
+from datagen.video.manifest import VideoInfo, resolve_videos, videos_digest
+from trainer.config import TrainConfig
+from trainer.model.encoders import count_parameters
+from trainer.model.loss import ctp_loss, encode
+from trainer.model.network import CtPNetwork
+from trainer.pretrain.cursor import EpochCursor
+from trainer.pretrain.reporting import Reporter
+from trainer.pretrain.sources import SampleSource, held_out_batches, open_source, replica_problem
+from trainer.pretrain.track_eval import TrackingScore
+from trainer.runtime.checkpoint import (
     PRETRAIN_TASK,
     check_resumable,
     check_same_videos,
@@ -43,19 +51,11 @@ from trainer.checkpoint import (
     save_atomic,
     video_list,
 )
-from trainer.config import TrainConfig
-from trainer.ctp_model import CtPNetwork
-from trainer.cursor import EpochCursor
-from trainer.data import SampleSource, held_out_batches, open_source, replica_problem
-from trainer.distributed import Ranks, process_group, sync_batchnorm_layers
-from trainer.encoders import count_parameters
-from trainer.execution import Execution, distribute
-from trainer.loss import ctp_loss, encode
-from trainer.optimizer import build_optimizer, build_scheduler
-from trainer.progress import show_bars
-from trainer.reporting import Reporter
-from trainer.signals import Stopped, stop_on_signals
-from trainer.track_eval import TrackingScore
+from trainer.runtime.distributed import Ranks, process_group, sync_batchnorm_layers
+from trainer.runtime.execution import Execution, distribute
+from trainer.runtime.optimizer import build_optimizer, build_scheduler
+from trainer.runtime.progress import show_bars
+from trainer.runtime.signals import Stopped, stop_on_signals
 
 log = logging.getLogger(__name__)
 

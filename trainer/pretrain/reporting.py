@@ -14,16 +14,16 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
-from datagen.batch import Batch
+from datagen.ctp.batch import Batch
 from trainer.config import TrainConfig
-from trainer.data import SampleSource
-from trainer.distributed import Ranks
-from trainer.execution import Execution
-from trainer.metrics_log import MetricsLog
-from trainer.progress import eta, show_bars
-from trainer.starvation import RankWindow, StarvationMonitor
-from trainer.track_eval import TrackingScore, evaluate
-from trainer.viz import boxes_image
+from trainer.pretrain.sources import SampleSource
+from trainer.pretrain.starvation import RankWindow, StarvationMonitor
+from trainer.pretrain.track_eval import TrackingScore, evaluate
+from trainer.pretrain.viz import boxes_image
+from trainer.runtime.distributed import Ranks
+from trainer.runtime.execution import Execution
+from trainer.runtime.metrics_log import MetricsLog
+from trainer.runtime.progress import eta, show_bars
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """Where training batches come from: the sample-source protocol, the in-process generator source, and the
-choice between it and the datagen replicas (`datagen.service.fleet.RemoteSource`)."""
+choice between it and the datagen replicas (`datagen.service.client.remote_source.RemoteSource`)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 
-from datagen.batch import Batch
-from datagen.env import NAMESPACE, REDIS_URL, redact
+from common.env import NAMESPACE, REDIS_URL, redact
+from datagen.ctp.batch import Batch
+from datagen.ctp.rng import HELD_OUT_EPOCH, SampleKey
 from datagen.generator import Generator, pipelined
-from datagen.manifest import VideoInfo, videos_digest
-from datagen.rng import HELD_OUT_EPOCH, SampleKey
-from datagen.service.fleet import NoReplicaError, RemoteSource, RequestRefused
+from datagen.service.client.remote_source import NoReplicaError, RemoteSource, RequestRefused
 from datagen.service.security import TlsFiles, resolve_token
+from datagen.video.manifest import VideoInfo, videos_digest
 from trainer.config import ServiceConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def held_out_batches(generator: Generator, seed: int, clips: int, batch_size: in
 
 
 def replica_settings(service: ServiceConfig) -> dict[str, Any] | None:
-    """`RemoteSource` arguments from the config, else the environment (`datagen.env`, which logs each variable
+    """`RemoteSource` arguments from the config, else the environment (`common.env`, which logs each variable
     that decides); None when no replica is named anywhere."""
     redis_url = REDIS_URL.resolve(
         service.redis_url,

@@ -21,7 +21,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-# The client's fault counters (datagen.service.fleet.FAULT_COUNTERS) that mean a replica misbehaved, in words.
+# The client's fault counters (datagen.service.client.remote_source.FAULT_COUNTERS) that mean a replica misbehaved, in words.
 FAULTS = {
     "hedges_sent": "request(s) late and hedged",
     "stalls": "stall(s)",

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from datagen.batch import Batch
-from datagen.configfile import from_dict
+from common.configfile import from_dict
+from datagen.ctp.batch import Batch
 from datagen.generator import Generator
-from datagen.manifest import resolve_videos
-from trainer.checkpoint import FINETUNE_TASK, checkpoint_task, load_checkpoint, resolve_checkpoint
+from datagen.video.manifest import resolve_videos
 from trainer.config import TrainConfig
-from trainer.ctp_model import CtPNetwork
-from trainer.data import held_out_batches
-from trainer.execution import Execution
-from trainer.loss import box_iou, decode, first_box_baseline
+from trainer.model.loss import box_iou, decode, first_box_baseline
+from trainer.model.network import CtPNetwork
+from trainer.pretrain.sources import held_out_batches
+from trainer.runtime.checkpoint import FINETUNE_TASK, checkpoint_task, load_checkpoint, resolve_checkpoint
+from trainer.runtime.execution import Execution
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically (datagen.atomic), so a crash never leaves a torn file behind;
+"""Checkpoints: written atomically (common.atomic), so a crash never leaves a torn file behind;
 marked with what they hold; found in run folders; checked before a run resumes from one.
 
 Pretraining and fine-tuning share all of it: the `task` marker, what `--resume auto` picks (the newest
@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from datagen.atomic import replacing
-from datagen.configfile import differences
-from datagen.manifest import VideoInfo, videos_digest
-from trainer.rundir import claim_run_dir
+from common.atomic import replacing
+from common.configfile import differences
+from datagen.video.manifest import VideoInfo, videos_digest
+from trainer.runtime.rundir import claim_run_dir
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
@@ -60,7 +60,7 @@ def check_resumable(
 
 
 def resume_point(run_dir: Path, resume: str | None, overwrite: bool, reads: Sequence[str | Path] = ()) -> Path | None:
-    """The checkpoint a run continues from (None: a new run), once its folder is this run's (trainer.rundir).
+    """The checkpoint a run continues from (None: a new run), once its folder is this run's (trainer.runtime.rundir).
 
     `--resume auto`: the folder's newest intact checkpoint, or a new run when it has none yet (what lies there then
     is an unfinished run's outputs, redone from the start); `--resume PATH`: that checkpoint, or a run folder's.

@@ -20,7 +20,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from trainer.signals import Stopped
+from trainer.runtime.signals import Stopped
 
 T = TypeVar("T")
 

@@ -9,10 +9,10 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from datagen.batch import Batch
+from datagen.ctp.batch import Batch
 from trainer.config import RunConfig
-from trainer.ctp_model import normalise
-from trainer.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel
+from trainer.model.network import normalise
+from trainer.runtime.distributed import Ranks, convert_sync_batchnorm, distributed_data_parallel
 
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 

@@ -28,7 +28,7 @@ import signal
 import sys
 import time
 
-from trainer.signals import STOPPED_EXIT
+from trainer.runtime.signals import STOPPED_EXIT
 
 SHARED_STORE_ENV = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 JOB_INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from datagen.atomic import write_atomic
+from common.atomic import write_atomic
 
 
 class MetricsLog:

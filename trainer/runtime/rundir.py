@@ -10,7 +10,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-# What a run writes into its folder besides its checkpoints (trainer.metrics_log.MetricsLog).
+# What a run writes into its folder besides its checkpoints (trainer.runtime.metrics_log.MetricsLog).
 _RUN_OUTPUTS = ("metrics.jsonl", "tensorboard")
 
 

@@ -24,18 +24,18 @@ from typing import cast
 
 import grpc
 
-from datagen.batch import Batch
-from datagen.config import GenerationConfig
-from datagen.manifest import VideoInfo
-from datagen.rng import key_problem
+from datagen.ctp.batch import Batch
+from datagen.ctp.rng import key_problem
+from datagen.ctp.spec import GenerationConfig
+from datagen.video.manifest import VideoInfo
 from protos import datagen_pb2 as pb
 
+from ..security import TlsFiles
+from ..shm_ring import sweep_orphans
+from ..wire import Received
 from .hedging import HedgeBudget, Lateness
 from .reorder import Slice
-from .replica_pool import Flight, NoReplicaError, Replica, ReplicaPool
-from .security import TlsFiles
-from .shm_ring import sweep_orphans
-from .wire import Received
+from .replicas import Flight, NoReplicaError, Replica, ReplicaPool
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import torch
 
-from datagen.batch import Batch
+from datagen.ctp.batch import Batch
 
 
 class Slice:

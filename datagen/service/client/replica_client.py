@@ -1,6 +1,6 @@
 """One connection to one datagen replica: channel security, Describe, and Generate streams decoded to batches.
 
-The scheduling across replicas (discovery, windows, retries, exactly-once) is `datagen.service.fleet.RemoteSource`;
+The scheduling across replicas (discovery, windows, retries, exactly-once) is `datagen.service.client.remote_source.RemoteSource`;
 this module only speaks the wire contract with a single replica.
 """
 

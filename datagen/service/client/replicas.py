@@ -18,16 +18,16 @@ from typing import cast
 
 import grpc
 
-from datagen.config import GenerationConfig
-from datagen.configfile import differences, from_dict, to_dict
-from datagen.manifest import VideoInfo, first_difference
-from datagen.manifest import videos_digest as videos_digest_of
+from common.configfile import differences, from_dict, to_dict
+from common.env import redact
+from datagen.ctp.spec import GenerationConfig
+from datagen.video.manifest import VideoInfo, first_difference
+from datagen.video.manifest import videos_digest as videos_digest_of
 from protos import datagen_pb2 as pb
 
-from ..env import redact
-from .registry import Discovery, Registry
+from ..registry import Discovery, Registry
+from ..security import TlsFiles
 from .replica_client import GenerateStream, ReplicaClient
-from .security import TlsFiles
 
 log = logging.getLogger(__name__)
 

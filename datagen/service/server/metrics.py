@@ -33,7 +33,7 @@ class ReplicaMetrics:
         self.active_streams = Gauge("ctp_datagen_active_streams", "Generate streams in flight", registry=r)
         self.decode_route = Gauge(
             "ctp_datagen_decode_route",
-            "1 for the backend that decodes each decode class met so far (datagen/decode_routes.py)",
+            "1 for the backend that decodes each decode class met so far (datagen/video/decode/routes.py)",
             ["decode_class", "backend"],
             registry=r,
         )

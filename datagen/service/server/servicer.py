@@ -28,20 +28,20 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from datagen.config import GenerationConfig
-from datagen.configfile import to_dict
-from datagen.decode_routes import DecodeClass, Route
-from datagen.manifest import videos_digest
-from datagen.rng import SampleKey, key_problem
+from common.configfile import to_dict
+from datagen.ctp.rng import SampleKey, key_problem
+from datagen.ctp.spec import GenerationConfig
+from datagen.video.decode.routes import DecodeClass, Route
+from datagen.video.manifest import videos_digest
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 
-from .registry import Heartbeat, Registry, ReplicaRecord
-from .replica_metrics import ReplicaMetrics
-from .security import TlsFiles, TokenInterceptor
-from .shm_ring import AttachedRings, RingUnreachable, ShmRing
-from .wire import DEFAULT_CHUNK_BYTES, encode_batch
-from .work import BatchGenerator, StreamGone, WorkQueue
+from ..registry import Heartbeat, Registry, ReplicaRecord
+from ..security import TlsFiles, TokenInterceptor
+from ..shm_ring import AttachedRings, RingUnreachable, ShmRing
+from ..wire import DEFAULT_CHUNK_BYTES, encode_batch
+from .metrics import ReplicaMetrics
+from .work_queue import BatchGenerator, StreamGone, WorkQueue
 
 log = logging.getLogger(__name__)
 

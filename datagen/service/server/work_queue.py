@@ -21,15 +21,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
-from datagen.batch import Batch
-from datagen.decode_routes import DecodeRoutes
+from datagen.ctp.batch import Batch
+from datagen.ctp.rng import SampleKey
 from datagen.generator import pipelined
-from datagen.rng import SampleKey
 from datagen.verify import Report
+from datagen.video.decode.routes import DecodeRoutes
 from protos import datagen_pb2 as pb
 
-from .replica_metrics import ReplicaMetrics
-from .shm_ring import ShmRing
+from ..shm_ring import ShmRing
+from .metrics import ReplicaMetrics
 
 log = logging.getLogger(__name__)
 

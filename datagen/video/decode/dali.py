@@ -24,12 +24,12 @@ import av
 import numpy as np
 import torch
 
-from datagen.bitstream import unmark_packed, unpack_b_frames
-from datagen.clip_frames import clamp_indices
-from datagen.manifest import VideoDecodeError, VideoError, VideoInfo
-from datagen.matroska import Track, matroska
-from datagen.packet_index import PacketIndex
-from datagen.packet_index_cache import PacketIndexCache
+from datagen.video.bitstream import unmark_packed, unpack_b_frames
+from datagen.video.clip_frames import clamp_indices
+from datagen.video.manifest import VideoDecodeError, VideoError, VideoInfo
+from datagen.video.matroska import Track, matroska
+from datagen.video.packet_index import PacketIndex
+from datagen.video.packet_index_cache import PacketIndexCache
 
 FRAME_MS = 40  # a segment's frames are 40 ms apart: any spacing numbers them the same
 

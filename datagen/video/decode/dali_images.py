@@ -15,8 +15,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from datagen.dali import dali_reason, pipeline_options
-from datagen.jpeg import JpegError
+from datagen.video.decode.dali import dali_reason, pipeline_options
+from datagen.video.jpeg import JpegError
 
 
 class DaliJpegDecoder:

@@ -1,4 +1,4 @@
-"""Frame sources behind the decoder façade (`datagen.decode.Decoder`): clips of JPEG frames decoded on the CPU
+"""Frame sources behind the decoder façade (`datagen.video.decode.decoder.Decoder`): clips of JPEG frames decoded on the CPU
 (libjpeg-turbo) or by DALI (nvJPEG on a GPU), the decode classes of frame sources and their probes.
 
 Random access is free here: a clip reads only its distinct frames from the zip or folder (`frames.py`) and
@@ -17,12 +17,12 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from datagen.clip_frames import clamp_indices, clip_array
-from datagen.dali_images import DaliJpegDecoder
-from datagen.decode_routes import DecodeClass, Route, compare_frames, probe_indices, reference_indices
-from datagen.frames import FRAME_CODEC, FrameSource, FrameSourceError, FrameSources
-from datagen.jpeg import JpegError, decode_into
-from datagen.manifest import VideoDecodeError, VideoInfo
+from datagen.video.clip_frames import clamp_indices, clip_array
+from datagen.video.decode.dali_images import DaliJpegDecoder
+from datagen.video.decode.routes import DecodeClass, Route, compare_frames, probe_indices, reference_indices
+from datagen.video.frames import FRAME_CODEC, FrameSource, FrameSourceError, FrameSources
+from datagen.video.jpeg import JpegError, decode_into
+from datagen.video.manifest import VideoDecodeError, VideoInfo
 
 JPEG_BACKEND = "libjpeg-turbo"  # the CPU decoder of frame sources: their reference, as PyAV is of video files
 

@@ -28,8 +28,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from datagen.manifest import VideoInfo
-from datagen.packet_index import PacketIndex
+from datagen.video.manifest import VideoInfo
+from datagen.video.packet_index import PacketIndex
 
 MIN_FRAME_PSNR = 35.0  # dB against PyAV's frame
 _SHIFT_MARGIN = 0.5  # dB: a frame this much nearer another frame than its own is misplaced

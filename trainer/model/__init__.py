@@ -1,0 +1,1 @@
+"""The CtP network: encoders, the trajectory head, and the loss."""

@@ -1,0 +1,1 @@
+"""Pretraining: the loop, its sample sources, the epoch cursor, and what a run reports."""

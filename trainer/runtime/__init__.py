@@ -1,0 +1,1 @@
+"""Where and how training runs: ranks, devices and precision, checkpoints, run folders, signals, launch."""
