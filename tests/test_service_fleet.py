@@ -23,8 +23,9 @@ from datagen.ctp.rng import SampleKey
 from datagen.generator import Generator
 from datagen.service import cli
 from datagen.service.client.hedging import HedgeBudget
-from datagen.service.client.remote_source import NoReplicaError, RemoteSource
+from datagen.service.client.remote_source import RemoteSource
 from datagen.service.client.replica_client import ReplicaClient
+from datagen.service.client.replicas import NoReplicaError
 from datagen.service.registry import Registry
 from datagen.video.manifest import resolve_videos
 from protos import datagen_pb2 as pb

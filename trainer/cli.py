@@ -68,7 +68,7 @@ def _main(argv: list[str] | None) -> int:
     except Exception as exc:
         if stopped_at_once():  # a second Ctrl-C: whatever it broke, stop without a traceback
             return _interrupted(args.command)
-        from datagen.service.client.remote_source import NoReplicaError
+        from datagen.service.client.replicas import NoReplicaError
 
         if not isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, ConnectionError, NoReplicaError)):
             raise

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from common.configfile import PRESETS, load_config, preset_names
 from datagen.ctp.rng import seed_problem
 from datagen.ctp.spec import GenerationConfig, validate_generation
+from datagen.service.client.settings import RemoteSourceConfig
 
 PRESETS_DIR = PRESETS
 EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.model.encoders builds each
@@ -105,6 +106,7 @@ class ServiceConfig:
     tls_key: str | None = None
     server_name: str | None = None  # the name in the replicas' certificates, when it is not the dialled address
     shared_memory: bool = True  # clips from replicas on this host through shared memory (else inline gRPC)
+    client: RemoteSourceConfig = RemoteSourceConfig()  # how requests are scheduled: window, stall_timeout, hedging…
 
 
 class Recipe:

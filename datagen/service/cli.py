@@ -253,7 +253,7 @@ def _pull_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None
 
 
 def run_pull(args: argparse.Namespace) -> int:
-    from datagen.service.client.remote_source import NoReplicaError
+    from datagen.service.client.replicas import NoReplicaError
 
     try:
         return _pull(args)

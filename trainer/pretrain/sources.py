@@ -15,7 +15,9 @@ from common.env import NAMESPACE, REDIS_URL, redact
 from datagen.ctp.batch import Batch
 from datagen.ctp.rng import HELD_OUT_EPOCH, SampleKey
 from datagen.generator import Generator, pipelined
-from datagen.service.client.remote_source import NoReplicaError, RemoteSource, RequestRefused
+from datagen.service.client.flights import RequestRefused
+from datagen.service.client.remote_source import RemoteSource
+from datagen.service.client.replicas import NoReplicaError
 from datagen.service.security import TlsFiles, resolve_token
 from datagen.video.manifest import VideoInfo, videos_digest
 from trainer.config import ServiceConfig, TrainConfig
@@ -162,6 +164,7 @@ def replica_settings(service: ServiceConfig) -> dict[str, Any] | None:
         tls=TlsFiles(cert=service.tls_cert, key=service.tls_key, ca=service.tls_ca),
         server_name=service.server_name,
         shared_memory=service.shared_memory,
+        settings=service.client,
     )
 
 
