@@ -26,7 +26,8 @@ from datagen.ctp.batch import Batch
 from datagen.ctp.spec import GenerationConfig
 from datagen.service.client.remote_source import RemoteSource
 from datagen.service.client.replica_client import ReplicaClient
-from datagen.service.server.servicer import Limits, Replica
+from datagen.service.limits import Limits
+from datagen.service.server.servicer import Replica
 from datagen.verify import Report
 from datagen.video.decode.routes import DecodeRoutes
 from datagen.video.manifest import VideoInfo

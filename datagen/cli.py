@@ -29,7 +29,7 @@ COMMANDS = {
 }
 
 
-def cmd_preview(args: argparse.Namespace) -> int:
+def _preview(args: argparse.Namespace) -> int:
     from .ctp.preview import render_preview
     from .options import make_generator
 
@@ -40,7 +40,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
+def _sample(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .options import make_generator
@@ -65,7 +65,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from common.atomic import write_json
@@ -93,7 +93,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_verify(args: argparse.Namespace) -> int:
+def _verify(args: argparse.Namespace) -> int:
     """The installation check: every decode class probed against PyAV, the renderer against the CPU kernels."""
     import json
 
@@ -124,17 +124,17 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
     """The embedded default: synthesise demo videos, then preview generated clips from them."""
     from .video.synthetic import synthesize_demo
 
     paths = synthesize_demo(args.videos_dir)
     print(f"demo input: {len(paths)} synthetic videos in {args.videos_dir}")
     args.videos = [str(args.videos_dir)]
-    return cmd_preview(args)
+    return _preview(args)
 
 
-def cmd_index(args: argparse.Namespace) -> int:
+def _index(args: argparse.Namespace) -> int:
     from .video import manifest
 
     missing = [root for root in args.roots if not os.path.exists(root)]
@@ -159,7 +159,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prepare(args: argparse.Namespace) -> int:
+def _prepare(args: argparse.Namespace) -> int:
     from .video import manifest, prepare
 
     if args.short_side < 2 or args.gop < 1:
@@ -213,7 +213,7 @@ def _index_parser(sub: argparse._SubParsersAction) -> None:
         help="the frame names of every frame source, as the official code's frame_fmt (e.g. 'img_{:05d}.jpg', "
         "'{:05d}.jpg'); default: found from the files of each",
     )
-    parser.set_defaults(func=cmd_index)
+    parser.set_defaults(func=_index)
 
 
 def _prepare_parser(sub: argparse._SubParsersAction) -> None:
@@ -237,7 +237,7 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--workers", type=int, default=0, help="parallel encodes (0: one per CPU core)")
     parser.add_argument("--log", default=None, metavar="FILE", help="plain log of every file (default DIR/prepare.log)")
-    parser.set_defaults(func=cmd_prepare)
+    parser.set_defaults(func=_prepare)
 
 
 def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
@@ -276,7 +276,7 @@ def _preview_parser(sub: argparse._SubParsersAction) -> None:
     add_generation_args(p)
     _keyed(p, 8)
     p.add_argument("--out", required=True, metavar="DIR", help="folder for grid.png and clips.gif")
-    p.set_defaults(func=cmd_preview)
+    p.set_defaults(func=_preview)
 
 
 def _sample_parser(sub: argparse._SubParsersAction) -> None:
@@ -292,7 +292,7 @@ def _sample_parser(sub: argparse._SubParsersAction) -> None:
         metavar="FILE.npz",
         help="clips (N,T,H,W,3) uint8, boxes (N,K,T,4), visible (N,K,T), keys (N,3)",
     )
-    p.set_defaults(func=cmd_sample)
+    p.set_defaults(func=_sample)
 
 
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
@@ -303,7 +303,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="samples per timed batch")
     p.add_argument("--repeats", type=int, default=3, help="timed batches per row")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    p.set_defaults(func=cmd_bench)
+    p.set_defaults(func=_bench)
 
 
 def _verify_parser(sub: argparse._SubParsersAction) -> None:
@@ -324,7 +324,7 @@ def _verify_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--per-class", type=int, default=2, help="videos probed per decode class")
     p.add_argument("--samples", type=int, default=8, help="CtP samples rendered on both sides (0: none)")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of the table")
-    p.set_defaults(func=cmd_verify)
+    p.set_defaults(func=_verify)
 
 
 def _demo_parser(sub: argparse._SubParsersAction) -> None:
@@ -335,7 +335,7 @@ def _demo_parser(sub: argparse._SubParsersAction) -> None:
     _keyed(p, 8)
     p.add_argument("--videos-dir", type=Path, default=DEMO_DIR, help="where the demo videos are written")
     p.add_argument("--out", default="out/demo", metavar="DIR", help="folder for grid.png and clips.gif")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=_demo)
 
 
 def _service_parser(name: str):

@@ -150,7 +150,7 @@ def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(
         f"metrics of {len(epoch_indices)} clips, {requests} requests, {batches} batches",
     )
 
-    cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=True))
+    cli._status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=True))
     status = json.loads(capsys.readouterr().out)
     assert sorted(r["replica_id"] for r in status["replicas"]) == sorted(r.replica_id for r in replicas)
     assert all(r["clips_per_second"] > 0 for r in status["replicas"]) and status["quarantined"] == {}
@@ -368,7 +368,7 @@ def test_unreadable_video_is_quarantined_fleet_wide_and_replaced_deterministical
             30,
             f"replica {r.replica_id} to quarantine {broken.name}",
         )
-    cli.run_status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=False))
+    cli._status(argparse.Namespace(redis=redis_server.url, namespace=NS, json=False))
     assert str(broken) in capsys.readouterr().out
 
     out = tmp_path / "pull.json"

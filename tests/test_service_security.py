@@ -23,9 +23,10 @@ from datagen.ctp.rng import SampleKey
 from datagen.generator import Generator
 from datagen.service.client.remote_source import RemoteSource
 from datagen.service.client.replica_client import ReplicaClient
+from datagen.service.limits import Limits
 from datagen.service.registry import Registry, ReplicaRecord
 from datagen.service.security import TlsFiles, token_metadata
-from datagen.service.server.servicer import Limits, Replica
+from datagen.service.server.servicer import Replica
 from datagen.video.manifest import resolve_videos
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from datagen.generator import Generator
-from datagen.service.server.servicer import Limits, Replica
+from datagen.service.limits import Limits
+from datagen.service.server.servicer import Replica
 from datagen.video.manifest import resolve_videos, write_manifest
 from trainer.cli import main
 from trainer.config import load_train_config

@@ -66,7 +66,7 @@ def _tls(args: argparse.Namespace) -> TlsFiles:
 
 def _serve_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
     from ..options import add_generation_args
-    from .server.servicer import Limits
+    from .limits import Limits
 
     p = subparsers.add_parser("serve", help=help_text)
     add_generation_args(p, videos="positional")
@@ -114,10 +114,10 @@ def _serve_parser(subparsers: argparse._SubParsersAction, help_text: str) -> Non
     p.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
     _redis_args(p)
     _security_args(p, "server")
-    p.set_defaults(func=run_serve)
+    p.set_defaults(func=_serve)
 
 
-def run_serve(args: argparse.Namespace) -> int:
+def _serve(args: argparse.Namespace) -> int:
     from ..options import make_generator
 
     jsonlog.setup(args.log_level, service="ctp-datagen")
@@ -140,9 +140,10 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _replica(args: argparse.Namespace, generator) -> Replica:
     """The replica the options describe (ports 0: free ones, which `serve` prints once listening)."""
+    from .limits import Limits
     from .registry import Registry
     from .security import resolve_token
-    from .server.servicer import Limits, Replica
+    from .server.servicer import Replica
 
     return Replica(
         generator,
@@ -172,10 +173,10 @@ def _status_parser(subparsers: argparse._SubParsersAction, help_text: str) -> No
     p = subparsers.add_parser("status", help=help_text)
     _redis_args(p)
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.set_defaults(func=run_status)
+    p.set_defaults(func=_status)
 
 
-def run_status(args: argparse.Namespace) -> int:
+def _status(args: argparse.Namespace) -> int:
     import redis
 
     from .registry import Registry
@@ -249,19 +250,19 @@ def _pull_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None
     p.add_argument("--json", metavar="FILE", help="write the result as JSON")
     _redis_args(p)
     _security_args(p, "client")
-    p.set_defaults(func=run_pull)
+    p.set_defaults(func=_pull)
 
 
-def run_pull(args: argparse.Namespace) -> int:
+def _pull(args: argparse.Namespace) -> int:
     from datagen.service.client.replicas import NoReplicaError
 
     try:
-        return _pull(args)
+        return _pull_batches(args)
     except NoReplicaError as exc:
         raise ConnectionError(str(exc)) from exc
 
 
-def _pull(args: argparse.Namespace) -> int:
+def _pull_batches(args: argparse.Namespace) -> int:
     from common.atomic import write_json
     from datagen.service.client.remote_source import FAULT_COUNTERS, RemoteSource
 

@@ -16,9 +16,10 @@ import torch
 from datagen.ctp.batch import Batch
 from protos import datagen_pb2 as pb
 
+from .limits import Limits
 from .shm_ring import ShmRing
 
-DEFAULT_CHUNK_BYTES = 1 << 20
+DEFAULT_CHUNK_BYTES = Limits.chunk_bytes
 _DTYPES = {"uint8": torch.uint8, "bool": torch.bool, "float32": torch.float32, "int64": torch.int64}
 
 

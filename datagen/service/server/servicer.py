@@ -9,7 +9,6 @@ changes nothing. Besides DataGen it serves the standard health service and serve
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import importlib.metadata
 import ipaddress
 import json
@@ -36,10 +35,11 @@ from datagen.video.manifest import videos_digest
 from protos import datagen_pb2 as pb
 from protos import datagen_pb2_grpc as pb_grpc
 
+from ..limits import Limits
 from ..registry import Heartbeat, Registry, ReplicaRecord
 from ..security import TlsFiles, TokenInterceptor
 from ..shm_ring import AttachedRings, RingUnreachable, ShmRing
-from ..wire import DEFAULT_CHUNK_BYTES, encode_batch
+from ..wire import encode_batch
 from .metrics import ReplicaMetrics
 from .work_queue import BatchGenerator, StreamGone, WorkQueue
 
@@ -48,16 +48,6 @@ log = logging.getLogger(__name__)
 PROTOCOL = pb.DESCRIPTOR.package  # "ctp.datagen.v1"
 RING_SWEEP_S = 5.0  # how often a replica lets go of dead clients' rings and removes them from /dev/shm
 SERVICE = pb.DESCRIPTOR.services_by_name["DataGen"].full_name
-
-
-@dataclasses.dataclass(frozen=True)
-class Limits:
-    """What one request may ask, and how inline clip bytes are cut into messages."""
-
-    max_batch_size: int = 256
-    max_request_samples: int = 4096
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    max_streams: int = 64  # concurrent Generate streams; more get RESOURCE_EXHAUSTED
 
 
 class DataGenService(pb_grpc.DataGenServicer):
