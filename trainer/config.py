@@ -13,6 +13,7 @@ from common.configfile import PRESETS, load_config, preset_names
 from datagen.ctp.rng import seed_problem
 from datagen.ctp.spec import GenerationConfig, validate_generation
 from datagen.service.client.settings import RemoteSourceConfig
+from datagen.service.server.settings import ReplicaConfig
 
 PRESETS_DIR = PRESETS
 EncoderName = Literal["r3d_18", "r2plus1d_18", "tiny"]  # trainer.model.encoders builds each
@@ -129,6 +130,7 @@ class TrainConfig(Recipe):
     eval: EvalConfig = EvalConfig()
     run: PretrainRunConfig = PretrainRunConfig()
     service: ServiceConfig = ServiceConfig()
+    replica: ReplicaConfig = ReplicaConfig()  # the replicas' own settings: `ctp-datagen serve --config` reads them
 
 
 def presets() -> list[str]:

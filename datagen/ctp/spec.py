@@ -164,6 +164,7 @@ def load_generation(config: str | Path | None = None, overrides: list[str] | Non
         data = read_yaml(resolve_preset(str(config)))
         if "data" in data or "model" in data:  # a training config: only its generation section matters here
             data = (data.get("data") or {}).get("generation") or {}
+        data.pop("replica", None)  # a replica's runtime settings (datagen.service.server.settings)
     prefix = "data.generation."
     relative = [item.removeprefix(prefix) for item in overrides or []]
     cfg = from_dict(GenerationConfig, apply_overrides(data, relative))

@@ -18,6 +18,7 @@ from common.tables import format_table
 if TYPE_CHECKING:
     from .security import TlsFiles
     from .server.servicer import Replica
+    from .server.settings import ReplicaConfig
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 5.0  # pull's progress lines
@@ -66,67 +67,69 @@ def _tls(args: argparse.Namespace) -> TlsFiles:
 
 def _serve_parser(subparsers: argparse._SubParsersAction, help_text: str) -> None:
     from ..options import add_generation_args
-    from .limits import Limits
+    from .server.settings import ReplicaConfig
 
-    p = subparsers.add_parser("serve", help=help_text)
+    p = subparsers.add_parser(
+        "serve",
+        help=help_text,
+        description="Settings: the defaults, then the `replica:` section of the --config YAML (a training preset or "
+        "YAML, or a generation YAML), then these flags.",
+    )
     add_generation_args(p, videos="positional")
-    p.add_argument("--host", default="0.0.0.0", help="interface to listen on (default all)")
-    p.add_argument(
+    defaults, limits = ReplicaConfig(), ReplicaConfig().limits
+
+    def setting(flag: str, kind: type, default: object, text: str, **extra) -> None:
+        p.add_argument(flag, type=kind, help=f"{text} (default {default})", **extra)
+
+    setting("--host", str, defaults.host, "interface to listen on")
+    setting(
         "--port",
-        type=int,
-        default=50051,
-        help="gRPC port; 0 picks a free one, printed at start (a further replica on this host: "
-        "--port 0 --metrics-port 0) (default 50051)",
+        int,
+        defaults.port,
+        "gRPC port; 0 picks a free one, printed at start (a further replica on this host: --port 0 --metrics-port 0)",
     )
-    p.add_argument("--advertise", metavar="HOST:PORT", help="address clients use (default this host's IP and the port)")
-    p.add_argument(
+    setting("--advertise", str, "this host's IP and the port", "address clients use", metavar="HOST:PORT")
+    setting(
         "--metrics-port",
-        type=int,
-        default=9464,
-        help="Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables (default 9464)",
+        int,
+        defaults.metrics_port,
+        "Prometheus /metrics port; 0 picks a free one, printed at start; -1 disables",
     )
-    p.add_argument("--metrics-host", metavar="HOST", help="interface of the metrics endpoint (default: the --host one)")
-    p.add_argument("--queue", type=int, default=8, help="work queue capacity in batches (backpressure)")
-    p.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=Limits.max_batch_size,
-        help="largest batch a client may ask for (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-request-samples",
-        type=int,
-        default=Limits.max_request_samples,
-        help="most samples in one request (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-streams", type=int, default=Limits.max_streams, help="concurrent streams (default %(default)s)"
-    )
-    p.add_argument(
-        "--chunk-bytes",
-        type=int,
-        default=Limits.chunk_bytes,
-        help="inline clip bytes per message (default %(default)s)",
-    )
-    p.add_argument("--heartbeat", type=float, default=2.0, help="seconds between Redis heartbeats")
-    p.add_argument("--ttl", type=float, default=10.0, help="seconds a registration outlives its last heartbeat")
-    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds SIGTERM waits for in-flight streams")
-    p.add_argument("--log-level", default="info", help="debug, info, warning or error (default info)")
+    setting("--metrics-host", str, "the --host one", "interface of the metrics endpoint", metavar="HOST")
+    setting("--queue", int, defaults.queue, "work queue capacity in batches (backpressure)")
+    setting("--max-batch-size", int, limits.max_batch_size, "largest batch a client may ask for")
+    setting("--max-request-samples", int, limits.max_request_samples, "most samples in one request")
+    setting("--max-streams", int, limits.max_streams, "concurrent streams")
+    setting("--chunk-bytes", int, limits.chunk_bytes, "inline clip bytes per message")
+    setting("--heartbeat", float, defaults.heartbeat, "seconds between Redis heartbeats")
+    setting("--ttl", float, defaults.ttl, "seconds a registration outlives its last heartbeat")
+    setting("--drain-timeout", float, defaults.drain_timeout, "seconds SIGTERM waits for in-flight streams")
+    setting("--log-level", str, defaults.log_level, "debug, info, warning or error")
     _redis_args(p)
     _security_args(p, "server")
     p.set_defaults(func=_serve)
 
 
+def _replica_config(args: argparse.Namespace) -> ReplicaConfig:
+    """The replica's settings: defaults ← the --config YAML's `replica:` section ← the flags given."""
+    from .server.settings import ReplicaConfig, load_replica_config
+
+    names = [f.name for f in dataclasses.fields(ReplicaConfig) if f.name != "limits"]
+    names += [f.name for f in dataclasses.fields(ReplicaConfig().limits)]
+    return load_replica_config(args.config, {name: getattr(args, name) for name in names})
+
+
 def _serve(args: argparse.Namespace) -> int:
     from ..options import make_generator
 
-    jsonlog.setup(args.log_level, service="ctp-datagen")
+    settings = _replica_config(args)
+    jsonlog.setup(settings.log_level, service="ctp-datagen")
     _control_plane(args, "this replica registers there")
     # Every thread started from here on inherits the blocked mask: the signals reach only sigwait below.
     stop_signals = {signal.SIGTERM, signal.SIGINT}
     signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
     generator = make_generator(args)
-    replica = _replica(args, generator)
+    replica = _replica(args, settings, generator)
     replica.start()
     metrics = (
         f", metrics on http://{replica.metrics_host}:{replica.metrics_port}/metrics" if replica.metrics_port else ""
@@ -134,13 +137,12 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"ctp-datagen serve: listening on {replica.address} (gRPC){metrics}", flush=True)
     received = signal.sigwait(stop_signals)
     log.info("signal received", extra={"signal": signal.Signals(received).name})
-    replica.drain(args.drain_timeout)
+    replica.drain(settings.drain_timeout)
     return 0
 
 
-def _replica(args: argparse.Namespace, generator) -> Replica:
-    """The replica the options describe (ports 0: free ones, which `serve` prints once listening)."""
-    from .limits import Limits
+def _replica(args: argparse.Namespace, settings: ReplicaConfig, generator) -> Replica:
+    """The replica the settings and options describe (ports 0: free ones, which `serve` prints once listening)."""
     from .registry import Registry
     from .security import resolve_token
     from .server.servicer import Replica
@@ -149,20 +151,20 @@ def _replica(args: argparse.Namespace, generator) -> Replica:
         generator,
         generator.config,
         str(generator.device),
-        host=args.host,
-        port=args.port,
-        advertise=args.advertise,
+        host=settings.host,
+        port=settings.port,
+        advertise=settings.advertise,
         token=resolve_token(
             token_file=args.token_file, consequence="every RPC must carry it (others: UNAUTHENTICATED)"
         ),
         tls=_tls(args),
-        limits=Limits(args.max_batch_size, args.max_request_samples, args.chunk_bytes, args.max_streams),
-        queue_capacity=args.queue,
+        limits=settings.limits,
+        queue_capacity=settings.queue,
         registry=Registry(args.redis, args.namespace) if args.redis else None,
-        heartbeat_s=args.heartbeat,
-        ttl_s=args.ttl,
-        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
-        metrics_host=args.metrics_host,
+        heartbeat_s=settings.heartbeat,
+        ttl_s=settings.ttl,
+        metrics_port=None if settings.metrics_port < 0 else settings.metrics_port,
+        metrics_host=settings.metrics_host,
     )
 
 
