@@ -29,10 +29,11 @@ import cv2
 import numpy as np
 
 from common.tables import format_table
+from datagen.video.container import VideoInfo
 from datagen.video.decode.decoder import Decoder
 from datagen.video.decode.pyav import PyAVDecoder
 from datagen.video.decode.yuv import _BT601_X16, yuv_to_rgb
-from datagen.video.manifest import VideoInfo, resolve_videos
+from datagen.video.manifest import resolve_videos
 from datagen.video.synthetic import synthesize_demo
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"

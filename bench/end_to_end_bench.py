@@ -33,9 +33,10 @@ from common.tables import format_table
 from datagen.ctp.rng import SampleKey
 from datagen.ctp.spec import GenerationConfig
 from datagen.generator import Generator, pipelined
+from datagen.video.container import VideoInfo
 from datagen.video.decode.decoder import Decoder
 from datagen.video.frames import OFFICIAL_FMT
-from datagen.video.manifest import VideoInfo, probe, resolve_videos
+from datagen.video.manifest import probe, resolve_videos
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

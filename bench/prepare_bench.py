@@ -22,8 +22,9 @@ from common.tables import format_table
 from datagen.ctp.plan import plan_sample
 from datagen.ctp.rng import SampleKey
 from datagen.ctp.spec import GenerationConfig
+from datagen.video.container import VideoInfo
 from datagen.video.decode.pyav import PyAVDecoder
-from datagen.video.manifest import VideoInfo, read_manifest, resolve_videos
+from datagen.video.manifest import read_manifest, resolve_videos
 from datagen.video.prepare import SHORT_SIDE, Settings, prepare
 
 KINETICS = Path(__file__).resolve().parents[2] / "shared" / "videos" / "kinetics"

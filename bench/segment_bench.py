@@ -23,8 +23,9 @@ import numpy as np
 
 from common.atomic import write_json
 from common.tables import format_table
+from datagen.video.container import VideoInfo, open_video, picture_packets
 from datagen.video.decode.dali import clip_segment
-from datagen.video.manifest import VideoInfo, open_video, picture_packets, resolve_videos
+from datagen.video.manifest import resolve_videos
 from datagen.video.packet_index import PacketIndex, packet_timestamp
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"

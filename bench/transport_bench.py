@@ -29,8 +29,8 @@ from datagen.service.client.replica_client import ReplicaClient
 from datagen.service.limits import Limits
 from datagen.service.server.servicer import Replica
 from datagen.verify import Report
+from datagen.video.container import VideoInfo
 from datagen.video.decode.routes import DecodeRoutes
-from datagen.video.manifest import VideoInfo
 from protos import datagen_pb2 as pb
 
 

@@ -29,9 +29,9 @@ from .ctp.spec import GenerationConfig
 from .host_memory import retain_freed_memory
 from .quarantine import QuarantinedVideos
 from .verify import Report, startup_check
+from .video.container import VideoInfo
 from .video.decode.decoder import Decoder
 from .video.decode.yuv import Window
-from .video.manifest import VideoInfo
 
 T = TypeVar("T")
 U = TypeVar("U")

@@ -20,9 +20,9 @@ import torch
 
 from .ctp.plan import ClipPlan, choose_video
 from .ctp.rng import SampleKey
+from .video.container import VideoDecodeError, VideoInfo
 from .video.decode.decoder import Decoder
 from .video.decode.yuv import Window
-from .video.manifest import VideoDecodeError, VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ from datagen.ctp.plan import PlanBatch, SamplePlan
 from datagen.ctp.render import render_clips, render_clips_cpu
 from datagen.ctp.rng import SampleKey
 from datagen.ctp.spec import GenerationConfig
+from datagen.video.container import VideoError, VideoInfo
 from datagen.video.decode.decoder import Decoder, cpu_backend
 from datagen.video.decode.routes import DecodeClass, Route, psnr
-from datagen.video.manifest import VideoError, VideoInfo
 
 log = logging.getLogger(__name__)
 

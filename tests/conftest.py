@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datagen.video.manifest import VideoInfo, resolve_videos
+from datagen.video.container import VideoInfo
+from datagen.video.manifest import resolve_videos
 from datagen.video.synthetic import synthesize_demo
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"

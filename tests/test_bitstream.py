@@ -7,7 +7,7 @@ import av
 import pytest
 
 from datagen.video.bitstream import VOP_START, unmark_packed, unpack_b_frames, vop_types
-from datagen.video.manifest import open_video, picture_packets
+from datagen.video.container import open_video, picture_packets
 
 HMDB = [
     "hmdb51/RATRACE_wave_f_nm_np1_fr_goo_37.avi",

@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from datagen.video.bitstream import vop_types
+from datagen.video.container import VideoInfo
 from datagen.video.decode.dali import FRAME_MS, clip_segment
 from datagen.video.decode.decoder import Decoder
 from datagen.video.decode.pyav import frame_to_rgb
-from datagen.video.manifest import VideoInfo, resolve_videos
+from datagen.video.manifest import resolve_videos
 from datagen.video.packet_index import PacketIndex
 
 

@@ -13,11 +13,12 @@ import torch
 
 from bench.decode_bench import opencv_yuv_to_rgb
 from datagen.generator import Generator
+from datagen.video.container import VideoDecodeError, VideoInfo
 from datagen.video.decode import pyav as pyav_module
 from datagen.video.decode.decoder import Decoder, auto_backend
 from datagen.video.decode.pyav import PyAVDecoder, frame_to_rgb
 from datagen.video.decode.yuv import yuv_to_rgb
-from datagen.video.manifest import VideoDecodeError, VideoInfo, probe, resolve_videos
+from datagen.video.manifest import probe, resolve_videos
 from datagen.video.packet_index import PacketIndex
 
 

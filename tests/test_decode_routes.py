@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
+from datagen.video.container import VideoDecodeError
 from datagen.video.decode.decoder import Decoder
 from datagen.video.decode.routes import DecodeClass, compare_frames, probe_indices, reference_indices
-from datagen.video.manifest import VideoDecodeError, resolve_videos
+from datagen.video.manifest import resolve_videos
 from datagen.video.packet_index import PacketIndex
 from datagen.video.synthetic import synthesize_demo
 
@@ -150,7 +151,7 @@ def test_a_class_dali_cannot_be_fed_goes_to_pyav_without_a_probe(shared_videos, 
 def test_a_probe_of_a_video_pyav_cannot_decode_routes_nothing_to_dali(tmp_path):
     broken = tmp_path / "broken.webm"
     broken.write_bytes(b"\x1a\x45\xdf\xa3" + b"\x00" * 64)
-    from datagen.video.manifest import VideoInfo
+    from datagen.video.container import VideoInfo
 
     video = VideoInfo(str(broken), 30, 25.0, 320, 240, "vp9")
     with pytest.raises(VideoDecodeError):

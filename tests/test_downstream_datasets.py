@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from datagen.video.manifest import VideoInfo
+from datagen.video.container import VideoInfo
 from trainer.downstream.config import SplitConfig, load_downstream_config
 from trainer.downstream.datasets import LabelledSet, SplitFileError, label_subset, open_split, read_split
 

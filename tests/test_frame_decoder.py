@@ -12,12 +12,13 @@ import torch
 
 from datagen.generator import Generator
 from datagen.verify import check_decoding
+from datagen.video.container import VideoDecodeError
 from datagen.video.decode.dali_images import DaliJpegDecoder
 from datagen.video.decode.decoder import Decoder
 from datagen.video.decode.frame_decoder import JPEG_BACKEND
 from datagen.video.decode.routes import compare_frames, reference_indices
 from datagen.video.frames import FRAME_CODEC
-from datagen.video.manifest import VideoDecodeError, probe
+from datagen.video.manifest import probe
 from tests.frame_helpers import frame_files, opencv_decode, write_folder, write_zip
 
 INDICES = np.array([5, 3, 3, 0, 40, 23, 1000])  # repeats, out of order, past the end (the last frame)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from datagen import cli
+from datagen.video.container import VideoError, VideoInfo
 from datagen.video.frames import (
     FRAME_CODEC,
     FrameSourceError,
@@ -23,8 +24,6 @@ from datagen.video.frames import (
     probe_frames,
 )
 from datagen.video.manifest import (
-    VideoError,
-    VideoInfo,
     find_videos,
     index_videos,
     probe,

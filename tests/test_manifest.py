@@ -12,10 +12,10 @@ import pytest
 
 from datagen import cli
 from datagen.video import manifest as manifest_module
+from datagen.video.container import VideoError
 from datagen.video.manifest import (
     MANIFEST_VERSION,
     Rejected,
-    VideoError,
     find_videos,
     index_videos,
     probe,

@@ -10,8 +10,9 @@ import av
 import numpy as np
 import pytest
 
+from datagen.video.container import open_video, picture_packets
 from datagen.video.decode.pyav import frame_to_rgb
-from datagen.video.manifest import open_video, picture_packets, probe
+from datagen.video.manifest import probe
 from datagen.video.matroska import CODEC_IDS, Track, matroska
 
 

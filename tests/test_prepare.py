@@ -12,7 +12,8 @@ import av
 import pytest
 
 from datagen import cli
-from datagen.video.manifest import open_video, probe, read_manifest
+from datagen.video.container import open_video
+from datagen.video.manifest import probe, read_manifest
 from datagen.video.prepare import Settings, check_settings, prepare
 from trainer.downstream.config import SplitConfig
 from trainer.downstream.datasets import read_split

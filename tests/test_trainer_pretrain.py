@@ -186,7 +186,7 @@ def test_every_rank_resolves_the_video_list_before_the_process_group_exists(demo
     the others in an NCCL broadcast until its timeout). The list is resolved before the group is joined."""
     import contextlib
 
-    from trainer import pretrain as pretrain_module
+    from trainer.pretrain import loop as pretrain_module
 
     events = []
     real_resolve = pretrain_module.resolve_videos

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from datagen.video.manifest import VideoInfo
+from datagen.video.container import VideoInfo
 
 
 def clamp_indices(video: VideoInfo, indices: np.ndarray) -> np.ndarray:

@@ -28,7 +28,7 @@ from datagen.video.bitstream import (
     mpeg4_pictures,
     vop_types,
 )
-from datagen.video.manifest import VideoError, open_video, picture_packets
+from datagen.video.container import VideoError, open_video, picture_packets
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,17 +27,9 @@ from tqdm import tqdm
 
 from common.atomic import replacing, write_atomic
 
+from .container import VideoError, VideoInfo, open_video, picture_packets
 from .frames import is_frame_source
-from .manifest import (
-    Rejected,
-    VideoError,
-    VideoInfo,
-    find_videos,
-    open_video,
-    picture_packets,
-    probe,
-    write_manifest,
-)
+from .manifest import Rejected, find_videos, probe, write_manifest
 
 log = logging.getLogger(__name__)
 

@@ -22,8 +22,9 @@ from datagen.ctp.plan import ClipPlan
 from datagen.ctp.render import rescale_crop_flip, shift_hue_saturation
 from datagen.ctp.rng import SampleKey, Stream, generator
 from datagen.quarantine import QuarantinedVideos
+from datagen.video.container import VideoDecodeError, VideoInfo
 from datagen.video.decode.decoder import Decoder
-from datagen.video.manifest import Rejected, VideoDecodeError, VideoInfo
+from datagen.video.manifest import Rejected
 from trainer.downstream.config import ClipsConfig, StaticColourConfig
 from trainer.downstream.datasets import LabelledSet
 

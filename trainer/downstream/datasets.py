@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from datagen.ctp.rng import SUBSET_EPOCH, SampleKey, Stream, generator
-from datagen.video.manifest import VIDEO_EXTENSIONS, Rejected, VideoInfo, find_videos, index_videos, read_manifest
+from datagen.video.container import VideoInfo
+from datagen.video.manifest import VIDEO_EXTENSIONS, Rejected, find_videos, index_videos, read_manifest
 from trainer.downstream.annotations import Annotated, SplitFileError, read_ctp, read_ssv1, read_ssv2
 from trainer.downstream.config import SplitConfig
 

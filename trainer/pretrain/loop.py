@@ -30,7 +30,8 @@ from common.configfile import to_dict
 from datagen.ctp.batch import Batch
 from datagen.ctp.spec import GenerationConfig, upgrade_generation
 from datagen.generator import Generator
-from datagen.video.manifest import VideoInfo, resolve_videos, videos_digest
+from datagen.video.container import VideoInfo
+from datagen.video.manifest import resolve_videos, videos_digest
 from trainer.config import TrainConfig
 from trainer.model.encoders import count_parameters
 from trainer.model.loss import ctp_loss, encode

@@ -19,7 +19,8 @@ from datagen.service.client.flights import RequestRefused
 from datagen.service.client.remote_source import RemoteSource
 from datagen.service.client.replicas import NoReplicaError
 from datagen.service.security import TlsFiles, resolve_token
-from datagen.video.manifest import VideoInfo, videos_digest
+from datagen.video.container import VideoInfo
+from datagen.video.manifest import videos_digest
 from trainer.config import ServiceConfig, TrainConfig
 
 log = logging.getLogger(__name__)

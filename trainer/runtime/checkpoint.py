@@ -18,7 +18,8 @@ import torch
 
 from common.atomic import replacing
 from common.configfile import differences
-from datagen.video.manifest import VideoInfo, videos_digest
+from datagen.video.container import VideoInfo
+from datagen.video.manifest import videos_digest
 from trainer.runtime.rundir import claim_run_dir
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from typing import Any
 from datagen.ctp.batch import Batch
 from datagen.ctp.rng import key_problem
 from datagen.ctp.spec import GenerationConfig
-from datagen.video.manifest import VideoInfo
+from datagen.video.container import VideoInfo
 from protos import datagen_pb2 as pb
 
 from ..security import TlsFiles

@@ -21,7 +21,8 @@ import grpc
 from common.configfile import differences, from_dict, to_dict
 from common.env import redact
 from datagen.ctp.spec import GenerationConfig
-from datagen.video.manifest import VideoInfo, first_difference
+from datagen.video.container import VideoInfo
+from datagen.video.manifest import first_difference
 from datagen.video.manifest import videos_digest as videos_digest_of
 from protos import datagen_pb2 as pb
 

@@ -26,7 +26,7 @@ import torch
 
 from datagen.video.bitstream import unmark_packed, unpack_b_frames
 from datagen.video.clip_frames import clamp_indices
-from datagen.video.manifest import VideoDecodeError, VideoError, VideoInfo
+from datagen.video.container import VideoDecodeError, VideoError, VideoInfo
 from datagen.video.matroska import Track, matroska
 from datagen.video.packet_index import PacketIndex
 from datagen.video.packet_index_cache import PacketIndexCache

@@ -23,6 +23,7 @@ from typing import cast
 import numpy as np
 import torch
 
+from datagen.video.container import VideoDecodeError, VideoError, VideoInfo
 from datagen.video.decode.dali import DaliDecoder
 from datagen.video.decode.frame_decoder import JPEG_BACKEND, FrameDecoder
 from datagen.video.decode.pyav import PyAVDecoder
@@ -36,7 +37,6 @@ from datagen.video.decode.routes import (
 )
 from datagen.video.decode.yuv import Window
 from datagen.video.frames import FRAME_CODEC
-from datagen.video.manifest import VideoDecodeError, VideoError, VideoInfo
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from datagen.video.clip_frames import clamp_indices, clip_array
+from datagen.video.container import VideoDecodeError, VideoInfo
 from datagen.video.decode.dali_images import DaliJpegDecoder
 from datagen.video.decode.routes import DecodeClass, Route, compare_frames, probe_indices, reference_indices
 from datagen.video.frames import FRAME_CODEC, FrameSource, FrameSourceError, FrameSources
 from datagen.video.jpeg import JpegError, decode_into
-from datagen.video.manifest import VideoDecodeError, VideoInfo
 
 JPEG_BACKEND = "libjpeg-turbo"  # the CPU decoder of frame sources: their reference, as PyAV is of video files
 

@@ -13,8 +13,8 @@ import av
 import numpy as np
 
 from datagen.video.clip_frames import clip_array
+from datagen.video.container import VideoDecodeError, VideoError, VideoInfo, open_video
 from datagen.video.decode.yuv import Window, yuv_to_rgb
-from datagen.video.manifest import VideoDecodeError, VideoError, VideoInfo, open_video
 from datagen.video.packet_index import PacketIndex, packet_timestamp
 from datagen.video.packet_index_cache import PacketIndexCache
 

@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from datagen.video.manifest import VideoInfo
+from datagen.video.container import VideoInfo
 from datagen.video.packet_index import PacketIndex
 
 MIN_FRAME_PSNR = 35.0  # dB against PyAV's frame
