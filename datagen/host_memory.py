@@ -1,6 +1,6 @@
 """Host memory of the hot path: what a batch frees is kept for the next one, in pages already mapped.
 
-A replica decodes every clip into an array of several MB (PyAV, `decode.py`), rescales it through torch's
+A replica decodes every clip into an array of several MB (PyAV, `video/decode/pyav.py`), rescales it through torch's
 buffers and renders every batch into another array. glibc's malloc hands such blocks back to the kernel
 when they are freed (a block above its mmap threshold is unmapped; a free heap top above its trim
 threshold is trimmed), and NumPy asks for huge pages on arrays of 4 MB and more, which the kernel zeroes

@@ -6,7 +6,7 @@ compositing touches only the pixels inside the boxes: every (sample, frame) box 
 enumerated into one flat list of pixels, which is sampled from the patch's source frame (pixels gathered
 as one int32 each), shaped by its alpha and blended in place; brightness and contrast are one lookup table
 per frame, after hue/saturation on the clips that drew it. This tensor code is what a GPU runs (one launch
-per operation for the whole batch); on the CPU the same stages run as compiled loops (`cpu_kernels.py`)
+per operation for the whole batch); on the CPU the same stages run as compiled loops (`render_cpu.py`)
 on the same host-side parameters, one clip at a time while it is in cache.
 """
 
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import render_cpu as cpu_kernels
+from . import render_cpu
 from .batch import Batch
 from .plan import ELLIPSE, RECTANGLE, RHOMBUS, ClipPlan, PlanBatch, SamplePlan
 
@@ -61,7 +61,7 @@ def render_clips(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: in
 
 
 def render_clips_cpu(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size: int) -> torch.Tensor:
-    """`render_clips` on the CPU: compositing and hue/saturation as compiled loops (`cpu_kernels.py`), one clip
+    """`render_clips` on the CPU: compositing and hue/saturation as compiled loops (`render_cpu.py`), one clip
     at a time (its 0.6 MB stay in cache through the stages), on the same box lists and colour tables: the
     same bytes."""
     n, t, s = len(plans), plans.frame_indices.shape[1], crop_size
@@ -89,11 +89,11 @@ def render_clips_cpu(plans: PlanBatch, frames: Sequence[torch.Tensor], crop_size
         for ints, floats, shape_ends, bounds in steps:
             if bounds[i + 1] > bounds[i]:
                 mine = slice(bounds[i], bounds[i + 1])
-                cpu_kernels.composite(
+                render_cpu.composite(
                     out.reshape(-1, 3), clean, ints[:, mine], floats[:, mine], shape_ends, s, i * pixels
                 )
         if plans.hue_shift[i] != 0 or plans.saturation[i] != 1:
-            cpu_kernels.hue_saturation(out.reshape(-1, 3), float(plans.hue_shift[i]), float(plans.saturation[i]))
+            render_cpu.hue_saturation(out.reshape(-1, 3), float(plans.hue_shift[i]), float(plans.saturation[i]))
         apply_tables(torch.from_numpy(out)[None], tables[i : i + 1])
     return torch.from_numpy(clips)
 

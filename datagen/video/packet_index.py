@@ -1,7 +1,7 @@
 """A video's packet index: which packet gives which frame, and what a clip must be fed to decode its frames.
 
 Built once per video from one demux pass (no decoding) and kept in memory and on disk
-(`datagen/video/packet_index_cache.py`): the decoders (`decode.py`, `dali.py`) seek by it, feed only the packets a
+(`datagen/video/packet_index_cache.py`): the decoders (`decode/pyav.py`, `decode/dali.py`) seek by it, feed only the packets a
 clip needs (`PacketIndex.feed`, `PacketIndex.span`), read those packets straight from the file
 (`StoredPackets`) and check every picture that comes out against it; its `StreamTraits` tell which decode
 class a video belongs to (`verify.py`).

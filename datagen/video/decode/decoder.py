@@ -78,7 +78,7 @@ class Decoder:
 
     backend="auto": DALI for the codecs in `dali_codecs` (default AUTO_DALI_CODECS of the device), PyAV
     otherwise (libjpeg-turbo for frame sources: what "PyAV" means below for them), and PyAV for decode
-    classes DALI cannot be fed or did not decode as PyAV does (`decode_routes.py`). With `verify` (default:
+    classes DALI cannot be fed or did not decode as PyAV does (`routes.py`). With `verify` (default:
     on CUDA), the first clip of each decode class DALI would take is a probe: decoded by both and compared,
     the class routed by the verdict; a class that fails is logged with its numbers and decoded by PyAV from
     then on. A video DALI fails on is decoded again by PyAV

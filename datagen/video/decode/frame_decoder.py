@@ -6,7 +6,7 @@ decodes each once, straight into its slot of the clip. DALI decodes the frames o
 in one batch. Like a video decoder, DALI's JPEG decoder is trusted only after a probe: on first contact with
 a decode class (container, chroma subsampling, baseline or progressive coding: what changes nvJPEG's path,
 the hardware engines decoding baseline only) one clip is decoded by both and compared (`compare_frames`,
-the tolerance of `decode_routes.py`), and a class that differs is decoded on the CPU.
+the tolerance of `routes.py`), and a class that differs is decoded on the CPU.
 """
 
 from __future__ import annotations
