@@ -30,7 +30,8 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 def test_every_ctp_variable_a_program_reads_is_defined_in_the_env_module():
     names = {v.name for v in env.VARIABLES}
-    sources = [*REPO.glob("datagen/**/*.py"), *REPO.glob("trainer/**/*.py"), *(REPO / "deploy" / "bin").iterdir()]
+    sources = [*REPO.glob("common/**/*.py"), *REPO.glob("datagen/**/*.py"), *REPO.glob("trainer/**/*.py")]
+    sources += (REPO / "deploy" / "bin").iterdir()
     for path in sources:
         if path.name == "env.py":
             continue
