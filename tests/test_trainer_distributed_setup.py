@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from datagen.service.client.settings import RemoteSourceConfig
 from datagen.service.security import TlsFiles
 from trainer.config import load_train_config
 from trainer.pretrain.loop import Trainer
@@ -53,6 +54,7 @@ def test_the_deployments_environment_names_the_fleet(monkeypatch):
         "tls": TlsFiles(),
         "server_name": None,
         "shared_memory": True,
+        "settings": RemoteSourceConfig(),
     }
 
 
@@ -83,6 +85,7 @@ def test_the_config_wins_over_the_environment(monkeypatch, tmp_path):
         "tls": TlsFiles(ca="ca.pem"),
         "server_name": "datagen",
         "shared_memory": False,
+        "settings": RemoteSourceConfig(),
     }
     monkeypatch.delenv("CTP_REDIS_URL")
     only_addresses = replica_settings(load_train_config(None, ["service.addresses=[a:1, b:2]"]).service)
