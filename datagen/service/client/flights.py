@@ -1,5 +1,6 @@
-"""A Generate request in flight, as the client's scheduler judges it: silent how long, late or not, what it still
-owes, and the thread that pumps its batches to the scheduler."""
+"""The scheduling of one stream's Generate requests (flights) over the replicas, RemoteSource's engine: each
+flight judged (silent how long, late or not, what it still owes), pumped by a thread of its own, dispatched,
+hedged, taken (each index once), failed and asked again. `remote_source.py` is the façade around it."""
 
 from __future__ import annotations
 
