@@ -103,6 +103,42 @@ def test_workers_get_an_unshared_store_and_exit_75_only_when_they_all_stopped():
     assert crashed.returncode == 1 and "exitcode  : 3" in crashed.stderr  # torchrun's own failure summary
 
 
+# The agent's end after a signal: torchrun leaves the rendezvous keep-alive running (a daemon thread in TCPStore
+# calls). Ending the interpreter under it aborts: the same script with sys.exit(75) exits -6 (6 runs of 6 on this
+# machine), which is how the two-node test once failed in CI.
+KEEP_ALIVE_EXIT = """
+import threading, time
+from datetime import timedelta
+from torch.distributed import TCPStore
+from trainer.launch import exit_now
+
+host = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
+client = TCPStore("127.0.0.1", host.port, is_master=False, timeout=timedelta(seconds=30))
+calls = 0
+
+def keep_alive():
+    global calls
+    while True:
+        client.set("last_heartbeat", str(time.time()))
+        calls += 1
+
+threading.Thread(target=keep_alive, daemon=True).start()
+while calls < 100:
+    time.sleep(0.01)
+print("stopping after", calls, "store calls", flush=True)
+exit_now(75)
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_stopped_agent_exits_75_while_the_keep_alive_is_in_a_store_call(attempt):
+    done = subprocess.run(
+        [sys.executable, "-c", KEEP_ALIVE_EXIT], env=launcher_env(), capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == STOPPED_EXIT, done.stderr[-2000:]
+    assert done.stdout.startswith("stopping after"), "the keep-alive thread made its store calls"
+
+
 # -- a crashing rank leaves error.json ----------------------------------------------------------------------------
 
 # Injected through sitecustomize, so that the real `ctp-train` entry point runs and crashes in its training loop.
@@ -320,7 +356,7 @@ def test_two_nodes_lose_a_node_three_ways_and_train_every_epoch_once(job):
     node1.start()  # what the Job controller does: a new pod for index 1
     after(5)
     node1.process.send_signal(signal.SIGTERM)
-    assert node1.wait() == STOPPED_EXIT
+    assert node1.wait() == STOPPED_EXIT, node1.output()[-4000:]
     node1.start()
     after(9)
     node0.kill()  # node 1's agent loses the store: a new agent waits for the next one, without exiting

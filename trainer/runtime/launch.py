@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import logging
 import os
 import signal
 import sys
 import time
+from typing import NoReturn
 
 from trainer.runtime.signals import STOPPED_EXIT
 
@@ -52,14 +54,27 @@ def store_host_conf(args: argparse.Namespace, job_index: str | None) -> str:
     return f"{conf},{is_host}" if conf.strip() else is_host
 
 
-def _stopped(what: str) -> int:
+def exit_now(code: int) -> NoReturn:
+    """End this process with `code` at once, without the interpreter's shutdown.
+
+    After a signal torchrun leaves the rendezvous open (so that the run can go on without this node), and with it
+    the rendezvous keep-alive, a daemon thread that calls the TCPStore every few seconds. Ending the interpreter
+    while that thread is inside a store call aborts the process (SIGABRT: exit -6, not 75). The workers are gone
+    by now; what is buffered is flushed first."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _stopped(what: str) -> NoReturn:
     print(
         f"ctp-torchrun: {what}; the run is not finished: the same command with --resume auto continues it from "
         f"its newest checkpoint (exit {STOPPED_EXIT})",
         file=sys.stderr,
         flush=True,
     )
-    return STOPPED_EXIT
+    exit_now(STOPPED_EXIT)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         except ChildFailedError as exc:
             if {failure.exitcode for failure in exc.failures.values()} != {STOPPED_EXIT}:
                 raise
-            return _stopped("the workers stopped before the end after a checkpoint")
+            _stopped("the workers stopped before the end after a checkpoint")
         except SignalException as exc:
-            return _stopped(f"stopped by {signal.Signals(exc.sigval).name}, passed on to the workers")
+            _stopped(f"stopped by {signal.Signals(exc.sigval).name}, passed on to the workers")
         except (RendezvousConnectionError, RendezvousClosedError) as exc:
             if relaunches == RELAUNCHES:
                 raise
