@@ -110,7 +110,7 @@ KEEP_ALIVE_EXIT = """
 import threading, time
 from datetime import timedelta
 from torch.distributed import TCPStore
-from trainer.launch import exit_now
+from trainer.runtime.launch import exit_now
 
 host = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=30))
 client = TCPStore("127.0.0.1", host.port, is_master=False, timeout=timedelta(seconds=30))
