@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 import torch
 
-from bench.reference_ctp import reference_sample
 from bench.timing import interleaved_best
 from datagen.atomic import write_json
 from datagen.config import GenerationConfig
@@ -32,6 +31,7 @@ from datagen.plan import PlanBatch
 from datagen.render import _paste_step_boxes, render, render_clips
 from datagen.rng import SampleKey
 from datagen.tables import format_table
+from reference.ctp import reference_sample
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

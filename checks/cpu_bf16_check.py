@@ -5,7 +5,7 @@ one bf16 backward pass are compared with float64 ones computed from the same bf1
 alone stays below ~1 % of the largest gradient; torch 2.14.1's oneDNN (3.12) on an AVX512-BF16 CPU returns garbage
 weight gradients whenever the map has 2 frames, as R3D-18's layer4 has at 16 input frames.
 
-    python -m bench.cpu_bf16_check
+    python -m checks.cpu_bf16_check
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """The GPU check's harness: sections in order of value under one deadline, each in a process group of its own.
 
-A lent GPU gives 15 minutes in all, so the check (bench/gpu_check.py) has one deadline and its sections run in
-order of value, each in a child process of its own process group with the smaller of its own cap and the
-time left; a section that overruns is killed with everything it started, and the next one runs. Its JSON is
-rewritten after every section and, inside a section, after every measurement (`Context.record`), so whatever
-ran survives a kill. A section that is killed is reported as such ("timed out"), never as a wrong result.
+A lent GPU gives 15 minutes in all, so the check (checks/gpu_check.py lists the sections, checks/gpu_*.py hold
+them) has one deadline and its sections run in order of value, each in a child process of its own process
+group with the smaller of its own cap and the time left; a section that overruns is killed with everything
+it started, and the next one runs. Its JSON is rewritten after every section and, inside a section, after
+every measurement (`Context.record`), so whatever ran survives a kill. A section that is killed is reported
+as such ("timed out"), never as a wrong result.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,6 +26,8 @@ from typing import Any
 
 from datagen.atomic import write_atomic
 from datagen.tables import format_table
+
+PRESET = "r3d18_ucf101"  # the training preset the sections pretrain and fine-tune with
 
 
 @dataclasses.dataclass
@@ -58,31 +62,26 @@ class Section:
     run: Callable[[Context], None]
 
 
-class Sections(list[Section]):
-    """The sections of a check, registered in order of value with `@sections.add(name, cap_s)`."""
-
-    def add(self, name: str, cap_s: float) -> Callable[[Callable[[Context], None]], Callable[[Context], None]]:
-        def register(fn: Callable[[Context], None]) -> Callable[[Context], None]:
-            self.append(Section(name, cap_s, fn))
-            return fn
-
-        return register
-
-
 def commit() -> str:
     if shutil.which("git"):
         done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
         if done.returncode == 0:
             return done.stdout.strip()
-    packed = Path(".devpack/commit")  # written by bench/gpu_pack.sh: the device machine may have no git
+    packed = Path(".devpack/commit")  # written by checks/gpu_pack.sh: the device machine may have no git
     return packed.read_text().strip() if packed.exists() else "unknown"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def run_section(sec: Section, index: int, child_args: Sequence[str], budget: float, out: Path) -> dict[str, Any]:
     """The section in a child of its own process group, killed with all it started at the budget."""
     result_file = out / f".section-{index}.json"
     result_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "bench.gpu_check", "--section", sec.name, "--result", str(result_file)]
+    command = [sys.executable, "-m", "checks.gpu_check", "--section", sec.name, "--result", str(result_file)]
     start = time.monotonic()
     child = subprocess.Popen([*command, *child_args], start_new_session=True)
     try:

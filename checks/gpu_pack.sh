@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# Prepare everything the GPU check (bench/gpu_check.sh) needs on a device machine that reaches no package
+# Prepare everything the GPU check (checks/gpu_check.sh) needs on a device machine that reaches no package
 # index and takes at most ~64 MiB per call. Run here, from the repository root:
 #
-#   bash bench/gpu_pack.sh
+#   bash checks/gpu_pack.sh
 #
 # It builds .devpack/ (git-ignored): DALI in 45 MiB parts (../shared/tools/dali-offline-pack), the small
 # wheels DALI needs plus PyAV, redis-py and the gRPC/protobuf runtime our generated code needs, for CPython
 # 3.12 (the device image has numba, llvmlite and OpenCV already), the few real videos the check decodes (an
 # HMDB-51 packed-B AVI among them), one synthetic video per codec the footage lacks, and the commit. How to
-# send them and run the check: the header of bench/gpu_check.sh.
+# send them and run the check: the header of checks/gpu_check.sh.
 set -euo pipefail
 top=$(git rev-parse --show-toplevel)
 cd "$top"
@@ -49,4 +49,4 @@ for i, f in enumerate(frames[:48]):
 PY
 git rev-parse --short HEAD > .devpack/commit  # the device machine may have no git
 du -sh .devpack/* | sort -h
-echo "send and run: see the header of bench/gpu_check.sh"
+echo "send and run: see the header of checks/gpu_check.sh"

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from bench.decode_bench import opencv_yuv_to_rgb
 from datagen import decode as decode_module
 from datagen.decode import (
     Decoder,
@@ -24,6 +23,7 @@ from datagen.decode import (
 from datagen.generator import Generator
 from datagen.manifest import VideoInfo, probe, resolve_videos
 from datagen.packet_index import PacketIndex
+from reference.yuv import opencv_yuv_to_rgb
 
 
 def full_decode(video: VideoInfo) -> np.ndarray:

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import gpu_check, gpu_harness
+from checks import gpu_check, gpu_harness
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def test_the_check_keeps_its_deadline_and_reports_every_section(tmp_path: Path):
         [
             sys.executable,
             "-m",
-            "bench.gpu_check",
+            "checks.gpu_check",
             "--videos",
             str(tmp_path / "none"),
             "--out",

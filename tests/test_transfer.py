@@ -1,4 +1,4 @@
-"""The transfer experiment's pipeline (bench/transfer.py --quick): disjoint source material, fine-tuning that
+"""The transfer experiment's pipeline (experiments/transfer, --quick): disjoint source material, fine-tuning that
 starts from the pretrained encoder (or, for scratch, from the seed's fresh init), and the report's shape."""
 
 from __future__ import annotations
@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from bench import transfer
 from datagen.decode import PyAVDecoder
 from datagen.manifest import probe
+from experiments.transfer import arms, dataset, experiment
+from experiments.transfer.dataset import Scene
+from experiments.transfer.plan import ARMS, QUICK
+from experiments.transfer.report import summarise, verdict
 from trainer.checkpoint import latest_checkpoint, read_state
 from trainer.encoders import build_encoder
 from trainer.export import encoder_state_dict
@@ -21,7 +24,7 @@ from trainer.export import encoder_state_dict
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory) -> tuple[Path, dict]:
     work = tmp_path_factory.mktemp("transfer")
-    transfer.main(
+    experiment.main(
         ["--quick", "--work", str(work), "--out", str(work / "transfer.json"), "--image", str(work / "t.png")]
     )
     return work, json.loads((work / "transfer.json").read_text())
@@ -41,7 +44,7 @@ def test_splits_share_no_source_material(quick):
     by_split: dict[str, set] = {}
     for v in index["videos"]:
         by_split.setdefault(v["split"], set()).add(tuple(v["seed"]))
-    assert set(by_split) == set(transfer.SPLITS)
+    assert set(by_split) == set(dataset.SPLITS)
     seeds = [s for split in by_split.values() for s in split]
     assert len(seeds) == len(set(seeds)) == len(index["videos"])  # every video its own seed, no split shares one
     # and the pixels differ: no first frame of one split appears in another
@@ -49,12 +52,12 @@ def test_splits_share_no_source_material(quick):
     for v in index["videos"]:
         info = probe(work / "videos" / v["path"])
         first.setdefault(v["split"], []).append(PyAVDecoder().decode(info, np.arange(1))[0].astype(np.int16))
-    for i, a in enumerate(transfer.SPLITS):
-        for b in transfer.SPLITS[i + 1 :]:
+    for i, a in enumerate(dataset.SPLITS):
+        for b in dataset.SPLITS[i + 1 :]:
             assert min(np.abs(x - y).mean() for x in first[a] for y in first[b]) > 10
     # the labelled splits are balanced class folders; the pool has no labels
     for split in ("train", "val", "test"):
-        assert sorted(p.name for p in (work / "videos" / split).iterdir() if p.is_dir()) == sorted(transfer.CLASSES)
+        assert sorted(p.name for p in (work / "videos" / split).iterdir() if p.is_dir()) == sorted(dataset.CLASSES)
     assert all(v["class"] is None for v in index["videos"] if v["split"] == "pool")
 
 
@@ -84,7 +87,7 @@ def test_the_linear_probe_keeps_each_arms_encoder_as_it_was(quick):
     # pretrainings of the fixture's run are reused).
     work, _ = quick
     out = ["--out", str(work / "probe.json"), "--image", str(work / "probe.png")]
-    transfer.main(["--quick", "--linear-probe", "--arms", "scratch", "ctp_simple", "--work", str(work), *out])
+    experiment.main(["--quick", "--linear-probe", "--arms", "scratch", "ctp_simple", "--work", str(work), *out])
     pretrained = _conv_weights(encoder_state_dict(read_state(latest_checkpoint(work / "pretrain" / "ctp_simple"))))
     probed = _tuned_encoder(work, "ctp_simple", kind="probe")
     assert all(torch.equal(probed[k], pretrained[k]) for k in pretrained)
@@ -94,12 +97,12 @@ def test_the_linear_probe_keeps_each_arms_encoder_as_it_was(quick):
 def test_a_finished_fine_tuning_is_reused_only_for_the_same_recipe(quick):
     work, first = quick
     out = ["--work", str(work), "--out", str(work / "again.json"), "--image", str(work / "again.png")]
-    transfer.main(["--quick", *out])
+    experiment.main(["--quick", *out])
     again = json.loads((work / "again.json").read_text())
     assert all(r["reused"] for r in again["runs"]) and again["top1"] == first["top1"]
     assert again["budget"]["cpu_seconds_reused_finetuning"] == sum(r["cpu_seconds"] for r in first["runs"])
     with pytest.raises(FileExistsError, match="already holds a run"):  # other steps, the same folders
-        transfer.main(["--quick", "--arms", "scratch", "--finetune-steps", "3", *out])
+        experiment.main(["--quick", "--arms", "scratch", "--finetune-steps", "3", *out])
 
 
 def test_the_two_pretraining_arms_play_different_games(quick):
@@ -115,8 +118,8 @@ def test_the_two_pretraining_arms_play_different_games(quick):
 
 def test_report_lists_every_arm_fraction_and_seed(quick):
     work, report = quick
-    assert set(report["top1"]) == set(transfer.ARMS)
-    for arm in transfer.ARMS:
+    assert set(report["top1"]) == set(ARMS)
+    for arm in ARMS:
         assert set(report["top1"][arm]) == {"0.5", "1"}
         assert all(0 <= v <= 1 for by_seed in report["top1"][arm].values() for v in by_seed.values())
     assert report["verdict_at_lowest_fraction"]["fraction"] == "0.5"
@@ -127,7 +130,7 @@ def test_report_lists_every_arm_fraction_and_seed(quick):
     assert budget["cpu_seconds_total"] == budget["cpu_seconds_this_process"] > 0  # nothing reused in a fresh folder
     assert budget["cpu_seconds_budget"] == 5400 and len(budget["load_average_end"]) == 3
     assert [(r["arm"], r["fraction"], r["seed"]) for r in report["runs"]] == [
-        (arm, f, 0) for arm in transfer.ARMS for f in (0.5, 1.0)
+        (arm, f, 0) for arm in ARMS for f in (0.5, 1.0)
     ]
     for arm in ("ctp_full", "ctp_simple"):
         p = report["pretraining"][arm]
@@ -138,7 +141,7 @@ def test_a_finished_pretraining_is_reused_not_rerun(quick):
     work, report = quick
     spec = json.loads((work / "videos" / "sources.json").read_text())["spec"]
     before = (work / "pretrain" / "ctp_full" / "metrics.jsonl").read_text()
-    checkpoint, record = transfer.pretrain_arm(
+    checkpoint, record = arms.pretrain_arm(
         "ctp_full", work / "videos" / "pool", work / "pretrain" / "ctp_full", 2, spec
     )
     assert checkpoint == latest_checkpoint(work / "pretrain" / "ctp_full") and record["reused"]
@@ -151,20 +154,20 @@ def test_summary_and_verdict_are_hand_checkable():
         "scratch": {"0.05": {"0": 0.2, "1": 0.3, "2": 0.4}},
         "ctp_full": {"0.05": {"0": 0.6, "1": 0.6, "2": 0.6}},
     }
-    summary = transfer.summarise(results)
+    summary = summarise(results)
     assert summary["scratch"]["0.05"]["mean"] == pytest.approx(0.3)
     assert summary["scratch"]["0.05"]["sd"] == pytest.approx(0.1)  # sample sd
-    v = transfer.verdict(summary, "0.05")["ctp_full"]
+    v = verdict(summary, "0.05")["ctp_full"]
     assert v["gap"] == pytest.approx(0.3) and v["pooled_sd"] == pytest.approx(0.1 / 2**0.5) and v["above_two_sd"]
 
 
 def test_the_class_is_the_actors_motion():
     """On a flat background without distractors, the actor's pixels trace the class's motion: a horizontal swing
     moves only the column of its centre, a vertical one only the row, a pulse neither but the area."""
-    scene = transfer.Scene(background="flat", pan=0.0, distractors=(0, 0))
+    scene = Scene(background="flat", pan=0.0, distractors=(0, 0))
     tracks = {}
-    for kind in transfer.CLASSES:
-        video = transfer.render_video(np.random.default_rng([15, 9, 0]), kind, 30, 128, 96, scene).astype(np.int16)
+    for kind in dataset.CLASSES:
+        video = dataset.render_video(np.random.default_rng([15, 9, 0]), kind, 30, 128, 96, scene).astype(np.int16)
         actor = np.abs(video - video[:, :1, :1]).sum(-1) > 0  # the corners are background in every frame
         assert actor.any(axis=(1, 2)).all()
         ys, xs = (np.array([np.nonzero(m)[k].mean() for m in actor]) for k in (0, 1))
@@ -178,5 +181,5 @@ def test_the_class_is_the_actors_motion():
 def test_videos_of_the_same_plan_are_rendered_once(quick):
     work, _ = quick
     before = {p: p.stat().st_mtime_ns for p in (work / "videos").rglob("*") if p.is_file()}
-    transfer.build_dataset(work / "videos", transfer.QUICK)
+    dataset.build_dataset(work / "videos", QUICK)
     assert {p: p.stat().st_mtime_ns for p in (work / "videos").rglob("*") if p.is_file()} == before
