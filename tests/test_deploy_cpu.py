@@ -19,21 +19,19 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_deploy import (
+from tests.deploy.compose_files import (
     COMPOSE_CPU,
     COMPOSE_FILE,
-    DOCKERFILE,
-    REPO,
     command_argv,
     compose_raw,
     compose_with_env,
-    dockerfile_instructions,
-    dockerfile_stages,
     host_ports,
     interpolate_tree,
     read_dotenv,
-    resolve,
 )
+from tests.deploy.image_files import DOCKERFILE, dockerfile_instructions, dockerfile_stages
+from tests.deploy.program_parsers import resolve
+from tests.service_helpers import REPO
 
 
 class ComposeLoader(yaml.SafeLoader):

@@ -34,7 +34,7 @@ def test_serve_on_free_ports_prints_where_it_listens(demo_dir):
     import signal
     import subprocess
 
-    from service_helpers import REPO, TINY, serve_command
+    from tests.service_helpers import REPO, TINY, serve_command
 
     args = [*serve_command([demo_dir]), *TINY]
     process = subprocess.Popen(

