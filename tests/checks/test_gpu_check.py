@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 from checks import gpu_check, gpu_harness
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.service_helpers import REPO as ROOT
 
 
 def alive(pid: int) -> bool:

@@ -14,11 +14,9 @@ import pytest
 
 from datagen import env
 from datagen.service.registry import Registry, ReplicaRecord
-from tests.service_helpers import RedisServer
+from tests.service_helpers import REPO, RedisServer
 from trainer.config import ServiceConfig
 from trainer.data import replica_settings
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture

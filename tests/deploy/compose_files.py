@@ -15,7 +15,7 @@ import yaml
 from tests.service_helpers import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
-COMPOSE_CPU = REPO / "compose.cpu.yml"  # the CPU override (tests/test_deploy_cpu.py)
+COMPOSE_CPU = REPO / "compose.cpu.yml"  # the CPU override (tests/deploy/test_cpu_hosts.py)
 DOTENV = REPO / ".env"
 SCHEMA = REPO / "tests" / "data" / "compose-spec.json"
 

@@ -222,7 +222,7 @@ def test_trainer_job_outlives_lost_drained_and_stopped_pods():
 
 def test_every_torchrun_start_is_one_that_survives_a_lost_node():
     """Containers and the documented multi-node commands start torchrun through ctp-torchrun, which sets
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (tests/test_trainer_launch.py): with plain torchrun, a restarted node
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (tests/trainer/test_launch.py): with plain torchrun, a restarted node
     deadlocks the rendezvous (torch >= 2.5, pytorch/pytorch#135712) and a stopped run exits as a crash."""
     for where, argv in container_commands().items():
         assert ("torchrun",) not in set(resolve(argv)), f"{where}: run ctp-torchrun, not torchrun"

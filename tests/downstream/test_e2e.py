@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from datagen.configfile import parse_command_line
+from tests.service_helpers import REPO
 from trainer.cli import build_parser
 from trainer.downstream.config import SplitConfig
 from trainer.downstream.datasets import label_subset, open_split
@@ -124,15 +125,14 @@ def test_resume_continues_exactly_with_a_label_fraction(shared_videos, tmp_path)
 def test_finetune_under_torchrun_with_two_gloo_ranks(shared_videos, tmp_path):
     script = tmp_path / "ctp_train.py"
     script.write_text(
-        textwrap.dedent(f"""
+        textwrap.dedent("""
         import logging, sys
         logging.basicConfig(level=logging.INFO)
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_downstream_e2e import ctp_train
+        from tests.downstream.test_e2e import ctp_train
         ctp_train(*sys.argv[1:])
     """)
     )
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     command = [
         sys.executable,
         "-m",

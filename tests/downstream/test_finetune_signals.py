@@ -9,7 +9,8 @@ from pathlib import Path
 
 import torch
 
-from tests.test_trainer_signals import REPO, _wait_for, assert_second_ctrl_c_stops_at_once
+from tests.service_helpers import REPO
+from tests.trainer.test_signals import _wait_for, assert_second_ctrl_c_stops_at_once
 from trainer.signals import STOPPED_EXIT
 
 

@@ -1,6 +1,6 @@
 """When a request is late and how many hedges a client may send (datagen/service/hedging.py), by hand.
 
-The hedges themselves, against real replicas one of which is frozen, are in tests/test_service_fleet.py."""
+The hedges themselves, against real replicas one of which is frozen, are in tests/service/test_fleet_faults.py."""
 
 import pytest
 

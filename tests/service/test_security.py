@@ -1,7 +1,7 @@
 """Who may use a replica, and what it does with bad requests: token, TLS/mTLS, Redis credentials, validation.
 
 The replica runs in this process (a real gRPC server on loopback with the real generator) to keep the
-tests cheap; the multi-process behaviour is in test_service_fleet.py.
+tests cheap; the multi-process behaviour is in tests/service/test_fleet.py and test_fleet_faults.py.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ torch 2.11, whose DDP rejects the keyword. Two real gloo ranks train here with a
 signature. The second step leaves rank 1 an empty batch, the epoch's tail. It runs fp32, as every CPU run does:
 CPU bf16 is refused (trainer/execution.py), since oneDNN's bf16 weight gradients of 3D convolutions over 2-frame
 maps are garbage (this run's layer3 here; the NaN once seen in it came from there). The bf16 BatchNorm exchange
-with an empty rank is tested exactly in test_trainer_distributed_batchnorm.py.
+with an empty rank is tested exactly in test_distributed_batchnorm.py.
 """
 
 from __future__ import annotations

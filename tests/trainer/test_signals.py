@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.service_helpers import REPO
 from trainer import signals
 from trainer.checkpoint import list_checkpoints
 from trainer.cli import main
 from trainer.metrics_log import read_records
 from trainer.signals import STOPPED_EXIT
 
-REPO = Path(__file__).resolve().parents[1]
 RUN = [
     "data.batch_size=4",
     "data.clips_per_video=2",

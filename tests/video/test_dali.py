@@ -15,26 +15,9 @@ import torch
 from datagen.bitstream import vop_types
 from datagen.dali import FRAME_MS, clip_segment
 from datagen.decode import Decoder, frame_to_rgb
-from datagen.manifest import VideoInfo, resolve_videos
+from datagen.manifest import resolve_videos
 from datagen.packet_index import PacketIndex
-
-
-def full_decode(video: VideoInfo) -> np.ndarray:
-    with av.open(video.path, metadata_errors="ignore") as container:
-        return np.stack([frame_to_rgb(frame, video) for frame in container.decode(video=0)])
-
-
-def clip_indices(rng: np.random.Generator, num_frames: int) -> np.ndarray:
-    """A CtP-like clip (stride, jitter, clamping past the end) plus a shuffled copy with repeats."""
-    stride = int(rng.integers(1, 6))
-    start = int(rng.integers(0, num_frames))
-    clip = start + np.arange(16) * stride + rng.integers(0, stride, 16)
-    return np.concatenate([clip, rng.permutation(clip)[:5]])
-
-
-@pytest.fixture(scope="module")
-def shared(shared_videos) -> list[VideoInfo]:
-    return resolve_videos([shared_videos], min_frames=1)
+from tests.video.decode_helpers import clip_indices, full_decode
 
 
 def test_every_shared_video_segment_numbers_its_pictures_as_they_are_shown(shared):
