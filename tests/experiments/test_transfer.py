@@ -4,6 +4,7 @@ starts from the pretrained encoder (or, for scratch, from the seed's fresh init)
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,17 @@ from experiments.transfer.report import summarise, verdict
 from trainer.checkpoint import latest_checkpoint, read_state
 from trainer.encoders import build_encoder
 from trainer.export import encoder_state_dict
+
+
+@pytest.fixture(scope="module", autouse=True)
+def log_levels_kept():
+    """`experiment.main()` quiets the trainer's and datagen's loggers, as a command may; the tests that run after
+    these (tests/trainer reads the trainer's INFO lines) get the levels back."""
+    loggers = [logging.getLogger(name) for name in ("trainer", "datagen")]
+    levels = [logger.level for logger in loggers]
+    yield
+    for logger, level in zip(loggers, levels):
+        logger.setLevel(level)
 
 
 @pytest.fixture(scope="module")
