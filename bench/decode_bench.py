@@ -3,7 +3,7 @@
     python -m bench.decode_bench [--clips 48] [--batch-size 8] [--seconds 10] [--conversion-only]
                                  [--against OLD/datagen/decode.py]
 
-Prints two tables. First PyAV's YCbCr->RGB conversion per frame: the OpenCV chain it replaced (kept here as
+Prints two tables. First PyAV's YCbCr->RGB conversion per frame: the OpenCV chain it replaced (reference/yuv.py:
 the baseline and the tests' oracle) against `yuv_to_rgb` writing into a preallocated frame, on random
 planes of the footage's sizes, the bytes checked equal (`--conversion-only` stops there). Then clips/s,
 frames/s and pictures decoded per clip of PyAV and of DALI's CPU decoder on synthetic 10-second VP9 files
@@ -25,16 +25,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from common.tables import format_table
 from datagen.video.container import VideoInfo
 from datagen.video.decode.decoder import Decoder
 from datagen.video.decode.pyav import PyAVDecoder
-from datagen.video.decode.yuv import _BT601_X16, yuv_to_rgb
+from datagen.video.decode.yuv import yuv_to_rgb
 from datagen.video.manifest import resolve_videos
 from datagen.video.synthetic import synthesize_demo
+from reference.yuv import opencv_yuv_to_rgb
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 FRAMES = 16
@@ -46,18 +46,6 @@ PICTURES = [
     ("4:2:2", 240, 320, 1, 2),
     ("4:4:4", 240, 320, 1, 1),
 ]
-
-
-def opencv_yuv_to_rgb(y: np.ndarray, cb: np.ndarray, cr: np.ndarray, full_range: bool = False) -> np.ndarray:
-    """The conversion before the compiled pass: planes ×16 into uint16, chroma `cv2.resize`d, merged,
-    `cv2.transform`ed and saturated to uint8, a fresh array at each step."""
-    height, width = y.shape
-    planes = [np.left_shift(y, 4, dtype=np.uint16)]
-    planes += [
-        cv2.resize(np.left_shift(c, 4, dtype=np.uint16), (width, height), interpolation=cv2.INTER_LINEAR)
-        for c in (cb, cr)
-    ]
-    return cv2.convertScaleAbs(cv2.transform(cv2.merge(planes), _BT601_X16[full_range]))
 
 
 def per_frame_ms(repeats: int, convert, *args, **kwargs) -> float:

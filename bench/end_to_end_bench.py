@@ -6,7 +6,7 @@
 Baseline, the official CtP data path: every video's frames extracted once as JPEG into one zip per video,
 named as the official zips name them (`img_00001.jpg`, … from 1; outside the timing, like the official
 code's required preprocessing; cached in --cache), then per clip the 16 planned frames read from the zip,
-decoded with `cv2.imdecode` and rendered one sample at a time by `bench/reference_ctp.py` (plans drawn up
+decoded with `cv2.imdecode` and rendered one sample at a time by `reference/ctp.py` (plans drawn up
 front, out of its time). Ours: keys in, batches out through `Generator` (plan + decode + render), from the
 video files and from the very zips the baseline reads (frame sources: libjpeg-turbo), one stage after the
 other (as a replica runs on one core: `Generator.ahead`) and pipelined (the next batch planned and decoded
@@ -26,7 +26,6 @@ import cv2
 import numpy as np
 import torch
 
-from bench.reference_ctp import reference_sample
 from bench.timing import interleaved_best
 from common.atomic import write_json
 from common.tables import format_table
@@ -37,6 +36,7 @@ from datagen.video.container import VideoInfo
 from datagen.video.decode.decoder import Decoder
 from datagen.video.frames import OFFICIAL_FMT
 from datagen.video.manifest import probe, resolve_videos
+from reference.ctp import reference_sample
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 

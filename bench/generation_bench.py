@@ -21,7 +21,6 @@ import cv2
 import numpy as np
 import torch
 
-from bench.reference_ctp import reference_sample
 from bench.timing import interleaved_best
 from common.atomic import write_json
 from common.tables import format_table
@@ -32,6 +31,7 @@ from datagen.ctp.spec import GenerationConfig
 from datagen.generator import Generator
 from datagen.video.decode.decoder import Decoder
 from datagen.video.manifest import resolve_videos
+from reference.ctp import reference_sample
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "videos"
 
