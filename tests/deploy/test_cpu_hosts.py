@@ -87,6 +87,7 @@ def test_docker_compose_merges_the_cpu_override_as_intended():
             capture_output=True,
             text=True,
             check=True,
+            timeout=120,  # the CLI once spun here for minutes (docker-cli-plugin-metadata): fail, don't hang
         ).stdout
     )
     services = merged["services"]

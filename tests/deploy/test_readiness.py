@@ -129,27 +129,32 @@ def start_slot_replica(redis_url: str, *options: str) -> tuple[subprocess.Popen,
 
 
 def test_gpu_slot_leases_follow_replicas_that_stop_restart_or_die(redis_server: RedisServer):
+    """Leases of 3 s renewed every second; the killed replica's of 10 s, so that the next one starts inside it
+    however loaded the machine, and the last one starts once Redis's clock is past it."""
     import redis
 
     client = redis.Redis.from_url(redis_server.url)
-    a, gpu_a = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
-    b, gpu_b = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    short = ("--gpus", "2", "--lease-ttl", "3")
+    a, gpu_a = start_slot_replica(redis_server.url, *short)
+    b, gpu_b = start_slot_replica(redis_server.url, *short)
     assert (gpu_a, gpu_b) == ("0", "1")
-    time.sleep(2.5)  # past the TTL: only renewal keeps both leases
+    time.sleep(4)  # past the TTL: only renewal keeps both leases
     assert [client.zcard(f"leases:datagen:gpu-lease:{g}") for g in "01"] == [1, 1]
 
     b.send_signal(signal.SIGTERM)  # scaled down: the replica drains, the lease goes back at once
     assert b.wait(30) == 0 and b.stdout.read().strip() == "drained"
     assert client.zcard("leases:datagen:gpu-lease:1") == 0
-    c, gpu_c = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    c, gpu_c = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "10")
     assert gpu_c == "1"  # a round-robin counter would have stacked this restart on GPU 0 with replica a
 
     os.killpg(c.pid, signal.SIGKILL)  # died without a word: its lease outlives it by at most the TTL
     c.wait(30)
-    d, gpu_d = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    d, gpu_d = start_slot_replica(redis_server.url, *short)
     assert gpu_d == "0"  # c's lease still counts: GPU 1 looks taken, the tie goes to the first
-    time.sleep(2)
-    e, gpu_e = start_slot_replica(redis_server.url, "--gpus", "2", "--lease-ttl", "1.5")
+    ((_, expires_ms),) = client.zrange("leases:datagen:gpu-lease:1", 0, -1, withscores=True)
+    seconds, micros = client.time()  # the leases' clock is Redis's
+    time.sleep(max(0.0, expires_ms - (seconds * 1000 + micros // 1000)) / 1000 + 0.5)
+    e, gpu_e = start_slot_replica(redis_server.url, *short)
     assert gpu_e == "1"  # expired: GPU 1 has the fewest live leases again
     for process in (a, d, e):
         process.send_signal(signal.SIGTERM)
