@@ -249,7 +249,7 @@ class Job:
 
 
 def audit(run_dir: Path) -> None:
-    """The metrics audit of tests/test_trainer_pretrain_distributed.py: each step once, each epoch's samples once."""
+    """The metrics audit of tests/trainer/test_pretrain_distributed.py: each step once, each epoch's samples once."""
     rows = [r for r in read_records(run_dir) if "loss" in r]
     if [r["step"] for r in rows] != list(range(1, EPOCHS * STEPS_PER_EPOCH + 1)):
         raise SmokeFailure(f"{run_dir.name}: steps {[r['step'] for r in rows]}")

@@ -5,7 +5,7 @@ the same operations are ~45 passes over memory for compositing alone and ~35 for
 kernels do the per-pixel arithmetic of the tensor code in one loop over the pixels it touches, in float32,
 in the same order and with a·b + c contracted into one FMA as torch's vectorised CPU kernels do, on the
 same host-side parameters (compositing's box lists, `render._paste_step_boxes`): the same bytes
-(`tests/test_cpu_kernels.py`). Compiled once per machine (numba's cache beside this module, or in the
+(`tests/ctp/test_render_cpu.py`). Compiled once per machine (numba's cache beside this module, or in the
 user's cache directory when that is read-only); `nogil`, so a replica's decode thread runs alongside.
 """
 

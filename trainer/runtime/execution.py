@@ -17,12 +17,12 @@ from trainer.runtime.distributed import Ranks, convert_sync_batchnorm, distribut
 ModuleT = TypeVar("ModuleT", bound=torch.nn.Module)
 
 # Found on torch 2.14.1 (oneDNN 3.12, AVX512-BF16 CPU): bf16 3D-convolution weight gradients are garbage whenever
-# the feature map has 2 frames (kernel 3, padding 1), e.g. R3D-18's layer4 at 16 input frames; bench/cpu_bf16_check.py
+# the feature map has 2 frames (kernel 3, padding 1), e.g. R3D-18's layer4 at 16 input frames; checks/cpu_bf16_check.py
 # measures it on any machine. Forward passes are right, so only the gradients, and every step's update, are wrong.
 CPU_BF16_REFUSED = (
     "run.precision=bf16 on CPU: this torch's oneDNN computes wrong bf16 3D-convolution weight gradients (errors "
     "up to 1e36, sometimes NaN) for feature maps of 2 frames, as R3D-18's last stage has; CPU runs use fp32: set "
-    "run.precision=fp32 or auto (python -m bench.cpu_bf16_check shows the errors on this machine)"
+    "run.precision=fp32 or auto (python -m checks.cpu_bf16_check shows the errors on this machine)"
 )
 
 
