@@ -33,6 +33,11 @@ def test_a_section_is_killed_with_the_processes_it_started():
     assert child.returncode is not None and not alive(grandchild)
 
 
+# Without CUDA every section fails fast; the environment section still imports torch and DALI, which took over its
+# share of a 20 s deadline once at a load average of 10.
+DEADLINE = 40
+
+
 def test_the_check_keeps_its_deadline_and_reports_every_section(tmp_path: Path):
     start = time.monotonic()
     done = subprocess.run(
@@ -45,7 +50,7 @@ def test_the_check_keeps_its_deadline_and_reports_every_section(tmp_path: Path):
             "--out",
             str(tmp_path),
             "--deadline",
-            "20",
+            str(DEADLINE),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -57,10 +62,11 @@ def test_the_check_keeps_its_deadline_and_reports_every_section(tmp_path: Path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     names = [s.name for s in gpu_check.SECTIONS]
     assert list(report["sections"]) == names  # each section, in order of value, ran, failed or was skipped
-    assert seconds < 20 + 10 and report["seconds"] <= 20 + 2
+    assert seconds < DEADLINE + 10 and report["seconds"] <= DEADLINE + 2
     env = report["sections"]["environment"]
     assert env["result"]["environment"]["torch"] and env["exit"] == 1  # recorded before it failed: no CUDA here
     assert "no CUDA device" in env["error"]
-    assert sum(s.get("seconds", 0) for s in report["sections"].values()) <= 20
-    assert "libnvcuvid" in done.stdout and done.stdout.rstrip().endswith("s of a 20.0 s deadline)")  # the table, last
+    assert sum(s.get("seconds", 0) for s in report["sections"].values()) <= DEADLINE
+    table = done.stdout.rstrip()  # the table, last
+    assert "libnvcuvid" in table and table.endswith(f"s of a {DEADLINE:.1f} s deadline)")
     assert not list(tmp_path.glob(".section-*.json"))  # per-section scratch files are folded into the report
