@@ -71,7 +71,7 @@ SCENARIOS = {
     "kill-replica": "docker kill of datagen replica 0, restarted 20 s later",
 }
 # Lines of the containers' logs, after Docker's timestamp: a step rank 0 trained, a resume.
-STEP_LINE = re.compile(r"^(\S+) .*INFO trainer\.reporting: step (\d+)/\d+ epoch")
+STEP_LINE = re.compile(r"^(\S+) .*INFO trainer\.pretrain\.reporting: step (\d+)/\d+ epoch")
 RESUMED = re.compile(r"^(\S+) .*resumed from \S+ at step (\d+)")
 
 
