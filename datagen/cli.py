@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from common import jsonlog
+from common.commands import command_parser
 from common.configfile import parse_command_line, split_overrides
 
 DEMO_DIR = Path("out/demo-videos")
@@ -242,21 +243,8 @@ def _prepare_parser(sub: argparse._SubParsersAction) -> None:
 
 def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The parser: the `full` commands' own subparsers, the others one-line entries."""
-    from common.env import describe
-
-    parser = argparse.ArgumentParser(
-        prog="ctp-datagen",
-        description=__doc__,
-        epilog=describe(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    parser = command_parser("ctp-datagen", __doc__ or "", COMMANDS, PARSERS, full)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
-        if name in full:
-            PARSERS[name](sub)
-        else:
-            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from common import jsonlog
+from common.commands import command_parser
 from common.configfile import parse_command_line, split_overrides, to_yaml
 from trainer.runtime.signals import STOPPED_EXIT, Stopped, stopped_at_once
 
@@ -28,21 +29,8 @@ COMMANDS = {
 
 def build_parser(full: tuple[str, ...] = tuple(COMMANDS)) -> argparse.ArgumentParser:
     """The parser: the `full` commands' own subparsers, the others one-line entries."""
-    from common.env import describe
-
-    parser = argparse.ArgumentParser(
-        prog="ctp-train",
-        description="Catch-the-Patch self-supervised video pretraining and its evaluation.",
-        epilog=describe(),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, help_text in COMMANDS.items():
-        if name in full:
-            PARSERS[name](subparsers)
-        else:
-            subparsers.add_parser(name, help=help_text, add_help=False)
-    return parser
+    description = "Catch-the-Patch self-supervised video pretraining and its evaluation."
+    return command_parser("ctp-train", description, COMMANDS, PARSERS, full)
 
 
 def main(argv: list[str] | None = None) -> int:
